@@ -1,0 +1,263 @@
+"""Node configuration: embedded defaults < TOML file < environment < command line.
+
+The TOML keys are the field names of ``NodeConfig`` (see ``config/node.toml``, which
+documents each one). Environment overrides use the prefix ``DXR_NODE__`` and ``__``
+between nested keys, e.g. ``DXR_NODE__PORT=104``, ``DXR_NODE__DISPATCH__MAX_ATTEMPTS=5``;
+lists are comma separated (``DXR_NODE__ALLOWED_CALLING_AETS=CT1,PACS``) and
+``DXR_NODE__DESTINATIONS`` takes ``AET@HOST:PORT`` items (or a JSON list of tables).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "DXR_NODE__"
+OBJECT_KINDS = ("SR", "SC", "GSPS", "PDF")
+
+# DICOM AE titles: 1-16 characters of the default repertoire, no backslash, not all spaces.
+_AET_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message naming the bad key and why."""
+
+
+def _check_aet(value: str) -> str:
+    value = value.strip()
+    if not _AET_PATTERN.match(value):
+        raise ValueError(f"not a valid AE title (1-16 printable characters, no '\\'): {value!r}")
+    return value
+
+
+class Destination(BaseModel):
+    """A PACS (or other C-STORE SCP) that receives the produced objects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_aet(cls, value: str) -> str:
+        return _check_aet(value)
+
+
+class DispatchPolicy(BaseModel):
+    """How produced objects are sent (used by ``dxr_node.node.dispatch``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=8, ge=1)
+    initial_backoff_s: float = Field(default=2.0, gt=0)
+    max_backoff_s: float = Field(default=300.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)  # ACSE, DIMSE and network timeouts
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = "DXRNODE"
+    # Loopback by default: a fresh node is reachable only from this machine until the
+    # operator opens it (containers set DXR_NODE__HOST=0.0.0.0).
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    # Empty: any calling AE title is accepted (a warning is logged at start-up).
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    # Empty: any source address. Items are addresses or networks ("10.1.2.0/24").
+    allowed_source_ips: list[str] = Field(default_factory=list)
+    max_associations: int = Field(default=10, ge=1)
+    data_dir: Path = Path("data")
+    spool_dir: Path | None = None  # default: <data_dir>/spool
+    database: Path | None = None  # default: <data_dir>/dxr-node.sqlite
+    workers: int = Field(default=0, ge=0)  # 0: one per core
+    worker_max_attempts: int = Field(default=3, ge=1)  # claims before an image is failed
+    destinations: list[Destination] = Field(default_factory=list)
+    send_objects: list[Literal["SR", "SC", "GSPS", "PDF"]] = Field(
+        default_factory=lambda: ["SR", "SC", "GSPS"]
+    )
+    send_objects_for_rejected: bool = True  # rejected images still get an SR saying why
+    retention_days: float = Field(default=30.0, ge=0)  # 0 keeps spooled images forever
+    min_free_disk_mb: int = Field(default=500, ge=0)  # below this C-STORE answers 0xA700
+    dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_aet(cls, value: str) -> str:
+        return _check_aet(value)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _valid_aets(cls, values: list[str]) -> list[str]:
+        return [_check_aet(v) for v in values]
+
+    @field_validator("allowed_source_ips")
+    @classmethod
+    def _valid_networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {value!r}") from None
+        return values
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, values: list[Destination]) -> list[Destination]:
+        names = [d.name for d in values]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique: {', '.join(duplicates)}")
+        return values
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
+    @property
+    def objects_path(self) -> Path:
+        """Where workers write the produced SR/SC/GSPS/PDF files."""
+        return self.data_dir / "objects"
+
+    @property
+    def database_path(self) -> Path:
+        return self.database if self.database is not None else self.data_dir / "dxr-node.sqlite"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
+
+
+def parse_destination(text: str) -> dict[str, Any]:
+    """``AET@HOST:PORT`` (IPv6 hosts in brackets) -> a destination table named by AET."""
+    match = re.fullmatch(r"([^@]+)@(\[[^\]]+\]|[^:\[\]]+):(\d+)", text.strip())
+    if not match:
+        raise ConfigError(f"destination {text!r}: expected AET@HOST:PORT, e.g. PACS@10.0.0.5:104")
+    aet, host, port = match.groups()
+    return {"name": aet, "ae_title": aet, "host": host.strip("[]"), "port": int(port)}
+
+
+def _env_value(key: str, raw: str) -> Any:
+    """Turn one environment string into the shape its key expects."""
+    if key == "destinations":
+        if raw.lstrip().startswith("["):
+            return json.loads(raw)
+        return [parse_destination(item) for item in raw.split(",") if item.strip()]
+    if key in ("allowed_calling_aets", "allowed_source_ips", "send_objects"):
+        if raw.lstrip().startswith("["):
+            return json.loads(raw)
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw  # pydantic converts strings to int/float/bool/Path
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Nested dict of the ``DXR_NODE__*`` variables in ``environ``."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        try:
+            value = _env_value(path[-1], raw)
+        except (json.JSONDecodeError, ConfigError) as exc:
+            raise ConfigError(f"environment {name}: {exc}") from None
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling in config/node.toml)"
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> NodeConfig:
+    """Defaults, then the TOML file at ``path`` (if given), then ``DXR_NODE__*``
+    variables, then ``overrides`` (command-line values; None values are ignored).
+    Raises ConfigError with one line per bad key."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    env = env_overrides(os.environ if environ is None else environ)
+    if env:
+        data = _merge(data, env)
+        source += " + environment"
+    cli = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if cli:
+        data = _merge(data, cli)
+        source += " + command line"
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def cli_overrides(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    ae_title: str | None = None,
+    data_dir: str | None = None,
+    workers: int | None = None,
+    destinations: Sequence[str] | None = None,
+    allow_aets: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The ``dxr-node serve`` options as config keys (destinations replace the file's)."""
+    return {
+        "host": host,
+        "port": port,
+        "ae_title": ae_title,
+        "data_dir": data_dir,
+        "workers": workers,
+        "destinations": None if destinations is None
+        else [parse_destination(d) for d in destinations],
+        "allowed_calling_aets": None if allow_aets is None else list(allow_aets),
+    }

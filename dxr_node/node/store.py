@@ -1,0 +1,639 @@
+"""The node's durable state: one SQLite database in WAL mode.
+
+Tables (times are UTC seconds since the epoch, REAL):
+
+- ``instances``: every SOP instance received (one row per SOP Instance UID; a
+  duplicate only bumps ``receive_count``), with its spool path and the header fields
+  needed for routing and follow-up. No patient names are stored.
+- ``jobs``: one analysis job per instance. States: ``queued`` -> ``running`` ->
+  ``done`` | ``failed``; ``skipped`` for instances triage found not analysable (the
+  reason is in ``error``). ``attempts`` counts claims, so an image that kills its
+  worker is retried a bounded number of times.
+- ``results``: one per finished job: engine status, analysis and interpretation JSON,
+  plus the columns ``priors()`` needs (patient, study date, laterality, DXR-BMD).
+- ``objects``: the DICOM objects a job produced (SR, SC, GSPS, PDF), unique by SOP
+  Instance UID so a re-run with deterministic UIDs never makes a second row.
+- ``dispatches``: one per (object, destination). States: ``pending`` -> ``sending``
+  -> ``sent`` | ``failed``; a transient failure returns it to ``pending`` with a later
+  ``next_attempt_at``.
+
+Every public method is one transaction. A ``Store`` may be shared by threads (calls are
+serialised by a lock); each process opens its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dxr_node.clinical.result import PriorResult
+
+SCHEMA_VERSION = 1
+
+JOB_QUEUED = "queued"
+JOB_RUNNING = "running"
+JOB_DONE = "done"
+JOB_FAILED = "failed"
+JOB_SKIPPED = "skipped"
+JOB_STATES = (JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_SKIPPED)
+
+DISPATCH_PENDING = "pending"
+DISPATCH_SENDING = "sending"
+DISPATCH_SENT = "sent"
+DISPATCH_FAILED = "failed"
+DISPATCH_STATES = (DISPATCH_PENDING, DISPATCH_SENDING, DISPATCH_SENT, DISPATCH_FAILED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id                   INTEGER PRIMARY KEY,
+    sop_instance_uid     TEXT NOT NULL UNIQUE,
+    sop_class_uid        TEXT NOT NULL,
+    transfer_syntax_uid  TEXT NOT NULL,
+    study_instance_uid   TEXT,
+    series_instance_uid  TEXT,
+    patient_id           TEXT,
+    issuer_of_patient_id TEXT,
+    study_date           TEXT,
+    modality             TEXT,
+    calling_aet          TEXT,
+    source_ip            TEXT,
+    path                 TEXT NOT NULL,
+    size_bytes           INTEGER NOT NULL,
+    received_at          REAL NOT NULL,
+    receive_count        INTEGER NOT NULL DEFAULT 1,
+    last_received_at     REAL NOT NULL,
+    spool_deleted_at     REAL
+);
+CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id, issuer_of_patient_id);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY,
+    instance_id INTEGER NOT NULL UNIQUE REFERENCES instances (id),
+    state       TEXT NOT NULL CHECK (state IN ('queued','running','done','failed','skipped')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    claimed_by  TEXT,
+    error       TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+
+CREATE TABLE IF NOT EXISTS results (
+    job_id              INTEGER PRIMARY KEY REFERENCES jobs (id),
+    instance_id         INTEGER NOT NULL REFERENCES instances (id),
+    sop_instance_uid    TEXT NOT NULL,
+    patient_id          TEXT,
+    issuer_of_patient_id TEXT,
+    study_date          TEXT,
+    status              TEXT NOT NULL,
+    laterality          TEXT,
+    dxr_bmd_g_cm2       REAL,
+    analysis_json       TEXT NOT NULL,
+    interpretation_json TEXT,
+    created_at          REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_patient ON results (patient_id, issuer_of_patient_id);
+
+CREATE TABLE IF NOT EXISTS objects (
+    id               INTEGER PRIMARY KEY,
+    job_id           INTEGER NOT NULL REFERENCES jobs (id),
+    kind             TEXT NOT NULL CHECK (kind IN ('SR','SC','GSPS','PDF')),
+    sop_class_uid    TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    path             TEXT NOT NULL,
+    created_at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_job ON objects (job_id);
+
+CREATE TABLE IF NOT EXISTS dispatches (
+    id              INTEGER PRIMARY KEY,
+    object_id       INTEGER NOT NULL REFERENCES objects (id),
+    destination     TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending','sending','sent','failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_status     INTEGER,
+    error           TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    sent_at         REAL,
+    UNIQUE (object_id, destination)
+);
+CREATE INDEX IF NOT EXISTS dispatches_state ON dispatches (state, next_attempt_at);
+"""
+
+
+class StoreError(Exception):
+    """The database cannot be opened or has an unknown schema."""
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What the SCP records about one received instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size_bytes: int
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    patient_id: str | None = None
+    issuer_of_patient_id: str | None = None
+    study_date: str | None = None
+    modality: str | None = None
+    calling_aet: str | None = None
+    source_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class AddedInstance:
+    instance_id: int
+    job_id: int
+    duplicate: bool  # the SOP Instance UID was already known: nothing new was queued
+    path: str  # spool path of the stored copy (the first one, for a duplicate)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    instance_id: int
+    sop_instance_uid: str
+    path: str
+    attempts: int  # including the current claim
+
+
+@dataclass(frozen=True)
+class ProducedObject:
+    kind: str  # "SR" | "SC" | "GSPS" | "PDF"
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    id: int
+    object_id: int
+    destination: str
+    attempts: int  # including the current claim
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: str
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Store:
+    """Open (and create or migrate) the node database at ``path``."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: every public method opens its own explicit transaction.
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the SCP answers Success (power-cut safe).
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.path} is not a usable dxr-node database: {exc}") from None
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}; this dxr-node knows "
+                f"{SCHEMA_VERSION} (upgrade dxr-node)"
+            )
+        if version < SCHEMA_VERSION:
+            # Idempotent (IF NOT EXISTS), so processes opening a new database at once agree.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # --- receiving (SCP) -------------------------------------------------------------
+
+    def add_instance(self, info: InstanceInfo, *, skip_reason: str | None = None) -> AddedInstance:
+        """Record a received instance and queue its job (or record it as skipped).
+
+        A SOP Instance UID already known is not queued again: the existing row's
+        ``receive_count`` goes up and ``duplicate`` is True (the caller discards its copy).
+        """
+        now = _now()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT i.id, i.path, j.id AS job_id FROM instances i "
+                "JOIN jobs j ON j.instance_id = i.id WHERE i.sop_instance_uid = ?",
+                (info.sop_instance_uid,),
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE instances SET receive_count = receive_count + 1, "
+                    "last_received_at = ? WHERE id = ?",
+                    (now, row["id"]),
+                )
+                return AddedInstance(row["id"], row["job_id"], True, row["path"])
+            instance_id = db.execute(
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+                " study_instance_uid, series_instance_uid, patient_id, issuer_of_patient_id,"
+                " study_date, modality, calling_aet, source_ip, path, size_bytes,"
+                " received_at, last_received_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    info.sop_instance_uid, info.sop_class_uid, info.transfer_syntax_uid,
+                    info.study_instance_uid, info.series_instance_uid, info.patient_id,
+                    info.issuer_of_patient_id, info.study_date, info.modality,
+                    info.calling_aet, info.source_ip, info.path, info.size_bytes, now, now,
+                ),
+            ).lastrowid
+            if skip_reason is None:
+                job_id = db.execute(
+                    "INSERT INTO jobs (instance_id, state, created_at, updated_at)"
+                    " VALUES (?, 'queued', ?, ?)",
+                    (instance_id, now, now),
+                ).lastrowid
+            else:
+                job_id = db.execute(
+                    "INSERT INTO jobs (instance_id, state, error, created_at, updated_at,"
+                    " finished_at) VALUES (?, 'skipped', ?, ?, ?, ?)",
+                    (instance_id, skip_reason, now, now, now),
+                ).lastrowid
+            return AddedInstance(instance_id, job_id, False, info.path)
+
+    # --- analysis jobs (workers) -----------------------------------------------------
+
+    def claim_job(self, worker: str) -> Job | None:
+        """Atomically take the oldest queued job, or None when the queue is empty."""
+        now = _now()
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?,"
+                " started_at = ?, updated_at = ?"
+                " WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1)"
+                " RETURNING id, instance_id, attempts",
+                (worker, now, now),
+            ).fetchone()
+            if row is None:
+                return None
+            inst = db.execute(
+                "SELECT sop_instance_uid, path FROM instances WHERE id = ?", (row["instance_id"],)
+            ).fetchone()
+            return Job(row["id"], row["instance_id"], inst["sop_instance_uid"], inst["path"],
+                       row["attempts"])
+
+    def finish_job(
+        self,
+        job_id: int,
+        *,
+        status: str,
+        analysis: dict[str, Any],
+        interpretation: dict[str, Any] | None,
+        objects: Sequence[ProducedObject],
+        destinations: Sequence[str],
+    ) -> None:
+        """Record a job's result and objects, and queue one dispatch per object and
+        destination, all in one transaction (a crash leaves the job re-runnable)."""
+        now = _now()
+        with self._transaction() as db:
+            inst = db.execute(
+                "SELECT i.id, i.sop_instance_uid, i.patient_id, i.issuer_of_patient_id,"
+                " i.study_date FROM jobs j JOIN instances i ON i.id = j.instance_id"
+                " WHERE j.id = ?",
+                (job_id,),
+            ).fetchone()
+            if inst is None:
+                raise KeyError(f"no job {job_id}")
+            bmd = analysis.get("dxr_bmd_g_cm2") if status == "ok" else None
+            laterality = analysis.get("laterality_tag") or analysis.get("laterality")
+            db.execute(
+                "INSERT OR REPLACE INTO results (job_id, instance_id, sop_instance_uid,"
+                " patient_id, issuer_of_patient_id, study_date, status, laterality,"
+                " dxr_bmd_g_cm2, analysis_json, interpretation_json, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job_id, inst["id"], inst["sop_instance_uid"], inst["patient_id"],
+                    inst["issuer_of_patient_id"], inst["study_date"], status, laterality, bmd,
+                    json.dumps(analysis),
+                    None if interpretation is None else json.dumps(interpretation), now,
+                ),
+            )
+            for obj in objects:
+                db.execute(
+                    "INSERT OR IGNORE INTO objects (job_id, kind, sop_class_uid,"
+                    " sop_instance_uid, path, created_at) VALUES (?,?,?,?,?,?)",
+                    (job_id, obj.kind, obj.sop_class_uid, obj.sop_instance_uid, obj.path, now),
+                )
+                object_id = db.execute(
+                    "SELECT id FROM objects WHERE sop_instance_uid = ?", (obj.sop_instance_uid,)
+                ).fetchone()[0]
+                for destination in destinations:
+                    db.execute(
+                        "INSERT OR IGNORE INTO dispatches (object_id, destination, state,"
+                        " next_attempt_at, created_at, updated_at)"
+                        " VALUES (?, ?, 'pending', ?, ?, ?)",
+                        (object_id, destination, now, now, now),
+                    )
+            db.execute(
+                "UPDATE jobs SET state = 'done', error = NULL, finished_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                (now, now, job_id),
+            )
+
+    def fail_job(self, job_id: int, reason: str) -> None:
+        """Mark a job failed for good with a reason (e.g. unreadable image)."""
+        now = _now()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                (reason, now, now, job_id),
+            )
+
+    def release_job(self, job_id: int, reason: str, *, max_attempts: int) -> str:
+        """A job's worker died: queue it again, or fail it once it has used
+        ``max_attempts`` claims. Returns the new state."""
+        now = _now()
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END,"
+                " error = ?, finished_at = CASE WHEN attempts >= ? THEN ? END, updated_at = ?"
+                " WHERE id = ? AND state = 'running' RETURNING state",
+                (max_attempts, reason, max_attempts, now, now, job_id),
+            ).fetchone()
+            return row["state"] if row else ""
+
+    def recover_interrupted(self, *, max_attempts: int) -> int:
+        """At start-up: jobs left ``running`` and dispatches left ``sending`` by a dead
+        node go back to their queues (jobs past ``max_attempts`` fail). Returns how
+        many rows were recovered."""
+        now = _now()
+        reason = "interrupted: the node stopped while this job was running"
+        with self._transaction() as db:
+            jobs = db.execute(
+                "UPDATE jobs SET state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END,"
+                " error = ?, finished_at = CASE WHEN attempts >= ? THEN ? END, updated_at = ?"
+                " WHERE state = 'running'",
+                (max_attempts, reason, max_attempts, now, now),
+            ).rowcount
+            sends = db.execute(
+                "UPDATE dispatches SET state = 'pending', next_attempt_at = ?, updated_at = ?"
+                " WHERE state = 'sending'",
+                (now, now),
+            ).rowcount
+            return jobs + sends
+
+    def requeue_failed_jobs(self) -> int:
+        """Operator action: failed jobs get a fresh set of attempts."""
+        now = _now()
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL,"
+                " finished_at = NULL, updated_at = ? WHERE state = 'failed'",
+                (now,),
+            ).rowcount
+
+    # --- dispatch (SCU) --------------------------------------------------------------
+
+    def claim_dispatch(self, *, now: float | None = None) -> Dispatch | None:
+        """Atomically take the oldest pending dispatch that is due, or None."""
+        now = _now() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE dispatches SET state = 'sending', attempts = attempts + 1, updated_at = ?"
+                " WHERE id = (SELECT id FROM dispatches WHERE state = 'pending'"
+                "   AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1)"
+                " RETURNING id, object_id, destination, attempts",
+                (now, now),
+            ).fetchone()
+            if row is None:
+                return None
+            obj = db.execute(
+                "SELECT kind, sop_class_uid, sop_instance_uid, path FROM objects WHERE id = ?",
+                (row["object_id"],),
+            ).fetchone()
+            return Dispatch(row["id"], row["object_id"], row["destination"], row["attempts"],
+                            obj["kind"], obj["sop_class_uid"], obj["sop_instance_uid"],
+                            obj["path"])
+
+    def next_dispatch_due(self) -> float | None:
+        """When the earliest pending dispatch becomes due (lets a dispatcher sleep)."""
+        row = self._read("SELECT MIN(next_attempt_at) FROM dispatches WHERE state = 'pending'")
+        return row[0][0]
+
+    def dispatch_sent(self, dispatch_id: int, status: int) -> None:
+        now = _now()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE dispatches SET state = 'sent', last_status = ?, error = NULL,"
+                " sent_at = ?, updated_at = ? WHERE id = ?",
+                (status, now, now, dispatch_id),
+            )
+
+    def dispatch_retry_later(
+        self, dispatch_id: int, reason: str, next_attempt_at: float, status: int | None = None
+    ) -> None:
+        """A transient failure: back to pending, due again at ``next_attempt_at``."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE dispatches SET state = 'pending', error = ?, last_status = ?,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                (reason, status, next_attempt_at, _now(), dispatch_id),
+            )
+
+    def dispatch_failed(self, dispatch_id: int, reason: str, status: int | None = None) -> None:
+        """A permanent failure (or retries exhausted): kept for `dxr-node retry`."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE dispatches SET state = 'failed', error = ?, last_status = ?,"
+                " updated_at = ? WHERE id = ?",
+                (reason, status, _now(), dispatch_id),
+            )
+
+    def retry_failed_dispatches(self) -> int:
+        """Operator action: every failed dispatch is pending again with fresh attempts."""
+        now = _now()
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE dispatches SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " updated_at = ? WHERE state = 'failed'",
+                (now, now),
+            ).rowcount
+
+    # --- follow-up (HistorySource for the pipeline) ----------------------------------
+
+    def priors(
+        self, patient_id: str, issuer: str | None, exclude_sop_instance_uid: str
+    ) -> list[PriorResult]:
+        """Earlier successful results of the same patient (same PatientID and issuer),
+        oldest first; the instance being analysed is never its own prior."""
+        rows = self._read(
+            "SELECT sop_instance_uid, study_date, laterality, dxr_bmd_g_cm2 FROM results"
+            " WHERE patient_id = ? AND issuer_of_patient_id IS ? AND status = 'ok'"
+            " AND dxr_bmd_g_cm2 IS NOT NULL AND sop_instance_uid != ?"
+            " ORDER BY study_date, created_at",
+            (patient_id, issuer or None, exclude_sop_instance_uid),
+        )
+        return [
+            PriorResult(r["sop_instance_uid"], r["study_date"] or "", r["laterality"],
+                        r["dxr_bmd_g_cm2"])
+            for r in rows
+        ]
+
+    # --- retention -------------------------------------------------------------------
+
+    def spool_files_to_delete(self, older_than: float) -> list[tuple[int, str]]:
+        """(instance id, path) of spooled images received before ``older_than`` whose
+        job is finished (done, failed or skipped) and still on disk."""
+        rows = self._read(
+            "SELECT i.id, i.path FROM instances i JOIN jobs j ON j.instance_id = i.id"
+            " WHERE i.received_at < ? AND i.spool_deleted_at IS NULL"
+            " AND j.state IN ('done','failed','skipped') ORDER BY i.id",
+            (older_than,),
+        )
+        return [(r["id"], r["path"]) for r in rows]
+
+    def mark_spool_deleted(self, instance_id: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE instances SET spool_deleted_at = ? WHERE id = ?", (_now(), instance_id)
+            )
+
+    # --- reading (status, console) ---------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per state: {"jobs": {...}, "dispatches": {...}} with every state present."""
+        out: dict[str, dict[str, int]] = {
+            "jobs": dict.fromkeys(JOB_STATES, 0),
+            "dispatches": dict.fromkeys(DISPATCH_STATES, 0),
+        }
+        for table in ("jobs", "dispatches"):
+            for row in self._read(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"):
+                out[table][row[0]] = row[1]
+        return out
+
+    def instance_count(self) -> int:
+        return self._read("SELECT COUNT(*) FROM instances")[0][0]
+
+    def recent_results(self, limit: int = 10) -> list[dict[str, Any]]:
+        """Newest results first: job, SOP Instance UID, status and key numbers."""
+        rows = self._read(
+            "SELECT r.job_id, r.sop_instance_uid, r.study_date, r.status, r.laterality,"
+            " r.dxr_bmd_g_cm2, r.analysis_json, r.interpretation_json, r.created_at,"
+            " (SELECT COUNT(*) FROM objects o WHERE o.job_id = r.job_id) AS n_objects"
+            " FROM results r ORDER BY r.created_at DESC, r.job_id DESC LIMIT ?",
+            (limit,),
+        )
+        out = []
+        for r in rows:
+            analysis = json.loads(r["analysis_json"])
+            interp = json.loads(r["interpretation_json"]) if r["interpretation_json"] else {}
+            out.append({
+                "job_id": r["job_id"],
+                "sop_instance_uid": r["sop_instance_uid"],
+                "study_date": r["study_date"],
+                "status": r["status"],
+                "laterality": r["laterality"],
+                "dxr_bmd_g_cm2": r["dxr_bmd_g_cm2"],
+                "mci": analysis.get("mci"),
+                "bhi": analysis.get("bhi"),
+                "t_score": interp.get("t_score"),
+                "category": interp.get("category"),
+                "reasons": analysis.get("reasons", []),
+                "objects": r["n_objects"],
+                "finished_at": r["created_at"],
+            })
+        return out
+
+    def failures(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest failed jobs and dispatches with their reasons."""
+        rows = self._read(
+            "SELECT 'job' AS what, j.id, i.sop_instance_uid, NULL AS destination, j.attempts,"
+            " j.error, j.updated_at FROM jobs j JOIN instances i ON i.id = j.instance_id"
+            " WHERE j.state = 'failed'"
+            " UNION ALL "
+            "SELECT 'dispatch', d.id, o.sop_instance_uid, d.destination, d.attempts, d.error,"
+            " d.updated_at FROM dispatches d JOIN objects o ON o.id = d.object_id"
+            " WHERE d.state = 'failed'"
+            " ORDER BY 7 DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {"what": r[0], "id": r[1], "sop_instance_uid": r[2], "destination": r[3],
+             "attempts": r[4], "reason": r[5], "at": r[6]}
+            for r in rows
+        ]
+
+    def skipped(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest instances accepted but not analysed, with the triage reason."""
+        rows = self._read(
+            "SELECT j.id, i.sop_instance_uid, i.sop_class_uid, i.modality, j.error,"
+            " j.updated_at FROM jobs j JOIN instances i ON i.id = j.instance_id"
+            " WHERE j.state = 'skipped' ORDER BY j.id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {"job_id": r[0], "sop_instance_uid": r[1], "sop_class_uid": r[2], "modality": r[3],
+             "reason": r[4], "at": r[5]}
+            for r in rows
+        ]
+
+    def job_state(self, job_id: int) -> dict[str, Any] | None:
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return dict(rows[0]) if rows else None
+
+    def objects_for_job(self, job_id: int) -> list[ProducedObject]:
+        rows = self._read(
+            "SELECT kind, sop_class_uid, sop_instance_uid, path FROM objects WHERE job_id = ?"
+            " ORDER BY id",
+            (job_id,),
+        )
+        return [ProducedObject(*r) for r in rows]
