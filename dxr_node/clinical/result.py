@@ -34,7 +34,8 @@ class PriorComparison:
     change_percent: float
     change_percent_per_year: float | None
     least_significant_change_percent: float
-    significant: bool
+    significant: bool  # |change_percent| > least_significant_change_percent
+    precision_cv_percent: float | None = None  # the CV the LSC was computed from (2.77 x CV)
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,11 @@ class Interpretation:
     priors: tuple[PriorResult, ...] = ()
     billing_modifier: str | None = None  # "52" reduced, "53" discontinued, None full
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    caveats: tuple[str, ...] = ()  # limits of the interpretation a reader must see
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["reasons"] = list(self.reasons)
+        out["caveats"] = list(self.caveats)
         out["priors"] = [asdict(p) for p in self.priors]
         return out

@@ -1,0 +1,187 @@
+"""interpret(): the clinical meaning of one engine Analysis."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dxr_node.clinical import scores
+from dxr_node.clinical.followup import PRECISION_CV_PERCENT, compare_with_priors
+from dxr_node.clinical.patient import find_age, find_exam_date, find_sex
+from dxr_node.clinical.reference import ReferenceTable, load_reference
+from dxr_node.clinical.result import Interpretation, PriorResult, ReferenceInfo
+from dxr_node.engine.result import BONE_NAMES, Analysis
+
+if TYPE_CHECKING:
+    import pydicom
+
+BILLING_DISCONTINUED = "53"  # no result at all
+BILLING_REDUCED = "52"  # fewer than three metacarpals measured
+
+
+def billing_modifier(analysis: Analysis) -> str | None:
+    """CPT-style modifier: '53' no result, '52' fewer than 3 metacarpals, None full service."""
+    measured = sum(1 for name in BONE_NAMES if name in analysis.bones)
+    if not analysis.ok or _usable_bmd(analysis) is None or measured == 0:
+        return BILLING_DISCONTINUED
+    if measured < len(BONE_NAMES):
+        return BILLING_REDUCED
+    return None
+
+
+def interpret(
+    analysis: Analysis,
+    header: pydicom.Dataset | None,
+    *,
+    sex: str | None = None,
+    age_years: float | None = None,
+    priors: Sequence[PriorResult] = (),
+    reference: ReferenceTable | None = None,
+    precision_cv_percent: float = PRECISION_CV_PERCENT,
+) -> Interpretation:
+    """Scores, category, triage, risk and follow-up for one Analysis.
+
+    ``sex`` and ``age_years`` override the header (CLI options). Every score left null
+    gets a reason in ``Interpretation.reasons``; nothing is defaulted silently.
+    """
+    table = reference if reference is not None else load_reference()
+    reasons: list[str] = []
+    caveats: list[str] = []
+
+    age = find_age(header, age_years)
+    patient_sex = find_sex(header, sex)
+    for finding in (age, patient_sex):
+        if finding.reason:
+            reasons.append(finding.reason)
+    age_value: float | None = age.value
+    sex_value: str | None = patient_sex.value
+
+    sex_ref = table.sexes.get(sex_value) if sex_value else None
+    if sex_value and sex_ref is None:
+        reasons.append(f"reference table has no data for sex {sex_value!r}")
+    age_matched = None
+    if sex_ref is not None and age_value is not None:
+        age_matched = sex_ref.at_age(age_value)
+    reference_info = ReferenceInfo(
+        name=table.name,
+        version=table.version,
+        young_adult_mean_g_cm2=sex_ref.young_adult_mean_g_cm2 if sex_ref else None,
+        young_adult_sd_g_cm2=sex_ref.young_adult_sd_g_cm2 if sex_ref else None,
+        age_matched_mean_g_cm2=round(age_matched[0], 4) if age_matched else None,
+        age_matched_sd_g_cm2=round(age_matched[1], 4) if age_matched else None,
+    )
+
+    bmd = _usable_bmd(analysis)
+    child = analysis.paediatric or (age_value is not None
+                                    and age_value < scores.ADULT_MIN_AGE_YEARS)
+    t_score = z_score = category = triage = relative_risk = None
+    if bmd is None:
+        detail = "; ".join(analysis.reasons) or "no DXR-BMD"
+        reasons.append(f"no scores: analysis {analysis.status} ({detail})")
+    elif child:
+        why = ("the engine flagged the image as paediatric" if analysis.paediatric
+               else f"age {age_value:.1f} is under {scores.ADULT_MIN_AGE_YEARS:g}")
+        reasons.append(f"no adult scores (T, Z, category, triage, risk): {why}")
+    elif sex_ref is None:
+        reasons.append("T-score, Z-score, category, triage and relative risk not computed: "
+                       "they need the patient's sex ('F' or 'M')")
+    else:
+        t_score = scores.round_score(scores.standard_score(
+            bmd, sex_ref.young_adult_mean_g_cm2, sex_ref.young_adult_sd_g_cm2))
+        category = scores.category(t_score)
+        caveats.append(scores.CATEGORY_CAVEAT)
+        raw_z = None
+        if age_value is None:
+            reasons.append("Z-score, triage and relative risk not computed: they need the "
+                           "patient's age")
+            caveats.append("age unknown: the T-score assumes an adult because the engine "
+                           "did not flag the image as paediatric")
+        elif age_matched is None:
+            low, high = sex_ref.age_range
+            reasons.append(f"Z-score and relative risk not computed: age {age_value:.1f} is "
+                           f"outside the reference table's range {low:g}-{high:g} years")
+        else:
+            raw_z = scores.standard_score(bmd, *age_matched)
+            z_score = scores.round_score(raw_z)
+        if age_value is not None and age_value < scores.TRIAGE_MIN_AGE_YEARS:
+            caveats.append("under 50 the Z-score, not the T-score category, is the usual "
+                           "basis of interpretation (ISCD)")
+        triage = _triage(t_score, sex_value, age_value, reasons)
+        relative_risk = _relative_risk(raw_z, sex_value, age_value, table, reasons)
+
+    if _laterality(analysis) == "R":
+        caveats.append("right hand: reference data come from left or non-dominant hands, and "
+                       "right hands measure higher")
+
+    prior = None
+    eligible: tuple[PriorResult, ...] = ()
+    if priors and bmd is None:
+        reasons.append("priors not compared: this exam has no DXR-BMD")
+    elif priors:
+        uid = str(header.get("SOPInstanceUID") or "") if header is not None else ""
+        follow = compare_with_priors(bmd, find_exam_date(header).value, uid or None,
+                                     _laterality(analysis), priors, precision_cv_percent)
+        prior, eligible = follow.comparison, follow.eligible
+        reasons.extend(follow.reasons)
+
+    return Interpretation(
+        age_years=None if age_value is None else round(age_value, 2),
+        sex=sex_value,
+        t_score=t_score,
+        z_score=z_score,
+        category=category,
+        triage=triage,
+        relative_risk=relative_risk,
+        reference=reference_info,
+        prior=prior,
+        priors=eligible,
+        billing_modifier=billing_modifier(analysis),
+        reasons=tuple(reasons),
+        caveats=tuple(caveats),
+    )
+
+
+def _usable_bmd(analysis: Analysis) -> float | None:
+    value = analysis.dxr_bmd_g_cm2
+    if not analysis.ok or value is None or not math.isfinite(value) or value <= 0:
+        return None
+    return value
+
+
+def _laterality(analysis: Analysis) -> str | None:
+    """The hand measured: as detected from the image, else the header's tag."""
+    for value in (analysis.laterality, analysis.laterality_tag):
+        if value and value.upper() in ("L", "R"):
+            return value.upper()
+    return None
+
+
+def _triage(t_score: float, sex: str, age: float | None, reasons: list[str]) -> str | None:
+    if sex != "F":
+        reasons.append("triage not given: the DXR triage bands were derived in women only")
+        return None
+    if age is None:
+        return None  # the missing age is already a reason
+    if age < scores.TRIAGE_MIN_AGE_YEARS:
+        reasons.append("triage not given: the DXR triage bands were derived in women aged "
+                       "50 and over")
+        return None
+    return scores.triage(t_score)
+
+
+def _relative_risk(raw_z: float | None, sex: str, age: float | None, table: ReferenceTable,
+                   reasons: list[str]) -> float | None:
+    if raw_z is None:
+        return None  # the missing Z-score is already a reason
+    hazard_ratio = table.hip_fracture_hr_per_sd.get(sex)
+    if hazard_ratio is None:
+        reasons.append(f"relative risk not computed: the reference table has no hip-fracture "
+                       f"hazard ratio for sex {sex!r}")
+        return None
+    min_age = table.hip_fracture_min_age_years
+    if min_age is not None and age is not None and age < min_age:
+        reasons.append(f"relative risk not computed: the hazard ratio per SD was estimated "
+                       f"at ages {min_age:g} and over")
+        return None
+    return round(scores.relative_risk(raw_z, hazard_ratio), 2)
