@@ -1,0 +1,91 @@
+"""Coded concepts used by the report objects.
+
+Standard codes come from DICOM (DCM), SNOMED CT (SCT), LOINC (LN) and UCUM. DXR has no
+standard concepts for its indices (cortical thickness of a metacarpal, DXR-BMD, metacarpal
+index, Bone Health Index, T-score, the DXR category and triage), so those are local codes
+in the private coding scheme ``99DXR``, declared in every SR through the Coding Scheme
+Identification Sequence and listed in docs/dicom-conformance.md.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+LOCAL_SCHEME = "99DXR"
+
+CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(
+    designator=LOCAL_SCHEME,
+    name="dxr-node local codes for digital X-ray radiogrammetry",
+    responsible_organization="dxr-node project",
+)
+
+
+def _local(value: str, meaning: str) -> Code:
+    return Code(value, LOCAL_SCHEME, meaning)
+
+
+# Procedure Reported: CID 100 has no hand or DXR procedure; LOINC 43468-8 "XR unspecified
+# body region" is the CID 100 member that names the modality (36669-6 "XR Hand" is not
+# in CID 100 and is rejected by SR validators).
+PROCEDURE_REPORTED = codes.cid100.XRUnspecifiedBodyRegion
+
+# Anatomy. SNOMED CT has per-metacarpal concepts, but none is in pydicom's dictionary
+# and we could not verify their identifiers, so every bone uses "Bone structure of
+# metacarpal" and the tracking identifier names the bone.
+METACARPAL = codes.SCT.BoneStructureOfMetacarpal
+HAND = codes.SCT.Hand
+LATERALITY = {"L": codes.SCT.Left, "R": codes.SCT.Right}
+BONE_LABELS = {
+    "MC2": "MC2 second metacarpal (index finger)",
+    "MC3": "MC3 third metacarpal (middle finger)",
+    "MC4": "MC4 fourth metacarpal (ring finger)",
+}
+WHOLE_HAND_LABEL = "DXR whole hand (MC2-MC4)"
+
+# Measurement names.
+OUTER_WIDTH = codes.SCT.Width  # outer (periosteal) width of the bone at mid-shaft
+LENGTH = codes.SCT.Length
+Z_SCORE = codes.DCM.ZScore
+CORTICAL_THICKNESS = _local("CT", "Cortical thickness")
+MEDULLARY_WIDTH = _local("MW", "Medullary width")
+METACARPAL_INDEX = _local("MCI", "Metacarpal index")
+VPA = _local("VPA", "Cortical volume per area")
+DXR_BMD = _local("BMD", "DXR bone mineral density")
+BONE_HEALTH_INDEX = _local("BHI", "Bone Health Index")
+T_SCORE = _local("TSC", "T-score")
+RELATIVE_RISK = _local("RR", "Hip fracture relative risk")
+CHANGE_SINCE_PRIOR = _local("CHG", "DXR-BMD change since prior")
+
+# Qualitative evaluations.
+ANALYSIS_STATUS = _local("STATUS", "DXR analysis status")
+STATUS_VALUES = {
+    "ok": _local("OK", "Analysis completed"),
+    "rejected": _local("REJ", "Analysis not possible"),
+    "error": _local("ERR", "Analysis failed"),
+}
+QC_REASON = _local("REASON", "DXR quality control reason")
+CATEGORY = _local("CAT", "DXR-BMD category")
+CATEGORY_VALUES = {
+    "normal": _local("NORMAL", "Normal"),
+    "low bone mass": _local("LOW", "Low bone mass"),
+    "osteoporosis range": _local("OSTEO", "Osteoporosis range"),
+}
+TRIAGE = _local("TRIAGE", "DXR triage for DXA referral")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+
+# Units (UCUM).
+MM = codes.UCUM.Millimeter
+RATIO = codes.UCUM.Ratio
+NO_UNITS = codes.UCUM.NoUnits
+PERCENT = codes.UCUM.Percent
+G_PER_CM2 = Code("g/cm2", "UCUM", "gram per square centimeter")
+STANDARD_DEVIATION = Code("{SD}", "UCUM", "standard deviation")
+
+# Procedure code on the PDF (and its billing modifiers).
+CPT_DXR = Code("0750T", "CPT", "DXR-BMD analysis, single-view digital X-ray")
+MODIFIER_TEXT = {
+    "52": "Modifier 52 (reduced service): fewer than three metacarpals measured.",
+    "53": "Modifier 53 (discontinued service): no DXR result could be produced.",
+}

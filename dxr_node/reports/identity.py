@@ -1,0 +1,64 @@
+"""What every derived object shares: deterministic UIDs, laterality, device naming."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pydicom
+
+from dxr_node.engine.result import Analysis
+from dxr_node.reports.uids import SERIES_NUMBERS, derived_uid
+
+MANUFACTURER = "dxr-node project"
+CHARACTER_SET = "ISO_IR 192"  # UTF-8: patient names in any script survive the copy
+
+
+@dataclass(frozen=True)
+class DerivedIdentity:
+    kind: str  # "SR" | "SC" | "GSPS" | "PDF"
+    source_sop_instance_uid: str
+    algorithm_name: str
+    algorithm_version: str
+    laterality: str | None  # "L" | "R" | None
+
+    manufacturer: str = MANUFACTURER
+    character_set: str = CHARACTER_SET
+
+    @classmethod
+    def for_kind(cls, kind: str, source: pydicom.Dataset, analysis: Analysis) -> DerivedIdentity:
+        return cls(
+            kind=kind,
+            source_sop_instance_uid=str(source.get("SOPInstanceUID", "")),
+            algorithm_name=analysis.algorithm.get("name") or "dxr-node",
+            algorithm_version=analysis.algorithm.get("version") or "unknown",
+            laterality=hand_laterality(source, analysis),
+        )
+
+    def uid(self, role: str) -> str:
+        return derived_uid(self.source_sop_instance_uid, self.algorithm_version, self.kind, role)
+
+    @property
+    def series_uid(self) -> str:
+        return self.uid("series")
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.uid("instance")
+
+    @property
+    def series_number(self) -> int:
+        return SERIES_NUMBERS[self.kind]
+
+    @property
+    def software_version(self) -> str:
+        return f"{self.algorithm_name} {self.algorithm_version}"
+
+
+def hand_laterality(source: pydicom.Dataset, analysis: Analysis) -> str | None:
+    """The header's laterality when present (what the technologist recorded), else the
+    side the engine detected from the thumb."""
+    for value in (source.get("ImageLaterality"), source.get("Laterality"),
+                  analysis.laterality_tag, analysis.laterality):
+        if value in ("L", "R"):
+            return str(value)
+    return None

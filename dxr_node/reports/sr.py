@@ -1,0 +1,210 @@
+"""TID 1500 Measurement Report (Comprehensive SR) of one DXR analysis.
+
+Layout of the content tree:
+- one TID 1501 measurement group per measured metacarpal: tracking identifier and UID,
+  finding site (metacarpal, with laterality), numeric measurements with UCUM units, each
+  carrying its image coordinates (ROI band, edge lines, bone axis) and the algorithm;
+- one TID 1501 group for the whole hand: indices, scores, category, analysis status;
+- the TID 1500 "Qualitative Evaluations" container: analysis status, QC reasons and
+  clinical remarks as text.
+A rejected or failed analysis has no numbers, only the status and the reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.coding import Code
+
+from dxr_node.clinical.result import Interpretation
+from dxr_node.engine.result import Analysis, BoneMeasurement, Point
+from dxr_node.reports import codes
+from dxr_node.reports.identity import DerivedIdentity
+
+SR_SERIES_DESCRIPTION = "DXR measurements (SR)"
+
+
+def build_sr(source: pydicom.Dataset, analysis: Analysis,
+             interpretation: Interpretation | None,
+             identity: DerivedIdentity) -> hd.sr.ComprehensiveSR:
+    """Build the measurement report; `identity` gives UIDs and common attributes."""
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=identity.algorithm_name, version=identity.algorithm_version)
+    region_ref = hd.sr.SourceImageForRegion.from_source_image(source)
+    group_ref = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
+    laterality = codes.LATERALITY.get(identity.laterality or "")
+
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    if analysis.ok:
+        for name, bone in analysis.bones.items():
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=identity.uid(f"tracking-{name}"),
+                    identifier=codes.BONE_LABELS.get(name, name)),
+                finding_sites=[hd.sr.FindingSite(codes.METACARPAL, laterality=laterality)],
+                algorithm_id=algorithm,
+                source_images=[group_ref],
+                measurements=_bone_measurements(bone, algorithm, region_ref),
+            ))
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=identity.uid("tracking-hand"), identifier=codes.WHOLE_HAND_LABEL),
+        finding_sites=[hd.sr.FindingSite(codes.HAND, laterality=laterality)],
+        algorithm_id=algorithm,
+        source_images=[group_ref],
+        measurements=_hand_measurements(analysis, interpretation, algorithm) or None,
+        qualitative_evaluations=_hand_evaluations(analysis, interpretation),
+    ))
+
+    observer = hd.sr.ObserverContext(
+        observer_type=pydicom.sr.codedict.codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=identity.uid("device"), name=identity.algorithm_name,
+            manufacturer_name=identity.manufacturer, model_name=identity.algorithm_name,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+    )
+    root = report[0]
+    content = root.ContentSequence
+    content.append(_remarks_container(analysis, interpretation))
+
+    # highdicom deep-copies and searches the whole tree (about 0.4 s for three bones)
+    # to collect the evidence, which is the source image only: hand it an empty root
+    # and attach the tree, already built and checked by the templates, afterwards.
+    root.ContentSequence = []
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[source],
+        content=root,
+        series_instance_uid=identity.series_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=1,
+        manufacturer=identity.manufacturer,
+        is_complete=True,
+        series_description=SR_SERIES_DESCRIPTION,
+        coding_schemes=[codes.CODING_SCHEME],
+        specific_character_set=identity.character_set,
+        software_versions=identity.software_version,
+    )
+    sr.ContentSequence = content
+    return sr
+
+
+def _bone_measurements(bone: BoneMeasurement, algorithm: hd.sr.AlgorithmIdentification,
+                       region_ref: hd.sr.SourceImageForRegion) -> list[hd.sr.Measurement]:
+    def polyline(*points: Point) -> hd.sr.CoordinatesForMeasurement:
+        return hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=image_coordinates(points), source_image=region_ref)
+
+    roi = polyline(*bone.roi_rc, bone.roi_rc[0])
+    outer = [polyline(*bone.outer_edge_a_rc), polyline(*bone.outer_edge_b_rc)]
+    inner = [polyline(*bone.inner_edge_a_rc), polyline(*bone.inner_edge_b_rc)]
+    axis = polyline(bone.proximal_rc, bone.distal_rc)
+
+    def measure(name: Code, value: float | None, unit: Code,
+                coordinates: list[hd.sr.CoordinatesForMeasurement]) -> hd.sr.Measurement | None:
+        if value is None:
+            return None
+        return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm,
+                                 referenced_coordinates=coordinates)
+
+    # Each measurement points at the geometry it comes from: the edge lines for the
+    # widths and thickness, the bone axis for the length, the ROI band for the index.
+    items = [
+        measure(codes.CORTICAL_THICKNESS, bone.cortical_thickness_mm, codes.MM,
+                [*outer, *inner]),
+        measure(codes.OUTER_WIDTH, bone.width_mm, codes.MM, outer),
+        measure(codes.MEDULLARY_WIDTH, bone.medullary_width_mm, codes.MM, inner),
+        measure(codes.LENGTH, bone.length_mm, codes.MM, [axis]),
+        measure(codes.METACARPAL_INDEX, bone.mci, codes.RATIO, [roi]),
+    ]
+    return [item for item in items if item is not None]
+
+
+def _hand_measurements(analysis: Analysis, interpretation: Interpretation | None,
+                       algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    if not analysis.ok:
+        return []
+    values: list[tuple[Code, float | None, Code]] = [
+        (codes.CORTICAL_THICKNESS, analysis.cortical_thickness_mm, codes.MM),
+        (codes.OUTER_WIDTH, analysis.width_mm, codes.MM),
+        (codes.METACARPAL_INDEX, analysis.mci, codes.RATIO),
+        (codes.VPA, analysis.vpa_mm, codes.MM),
+        (codes.DXR_BMD, analysis.dxr_bmd_g_cm2, codes.G_PER_CM2),
+        (codes.BONE_HEALTH_INDEX, analysis.bhi, codes.NO_UNITS),
+    ]
+    if interpretation is not None:
+        values += [
+            (codes.T_SCORE, interpretation.t_score, codes.STANDARD_DEVIATION),
+            (codes.Z_SCORE, interpretation.z_score, codes.STANDARD_DEVIATION),
+            (codes.RELATIVE_RISK, interpretation.relative_risk, codes.RATIO),
+        ]
+        if interpretation.prior is not None:
+            values.append((codes.CHANGE_SINCE_PRIOR, interpretation.prior.change_percent,
+                           codes.PERCENT))
+    return [hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm)
+            for name, value, unit in values if value is not None]
+
+
+def _hand_evaluations(analysis: Analysis, interpretation: Interpretation | None,
+                      ) -> list[hd.sr.QualitativeEvaluation]:
+    status = codes.STATUS_VALUES.get(analysis.status, codes.STATUS_VALUES["error"])
+    evaluations = [hd.sr.QualitativeEvaluation(codes.ANALYSIS_STATUS, status)]
+    category = interpretation.category if interpretation and analysis.ok else None
+    if category in codes.CATEGORY_VALUES:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            codes.CATEGORY, codes.CATEGORY_VALUES[category]))
+    return evaluations
+
+
+def _remarks_container(analysis: Analysis,
+                       interpretation: Interpretation | None) -> hd.sr.ContainerContentItem:
+    """TID 1500 row "Qualitative Evaluations": status plus free-text reasons and remarks."""
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    status = codes.STATUS_VALUES.get(analysis.status, codes.STATUS_VALUES["error"])
+    items: list[pydicom.Dataset] = [hd.sr.CodeContentItem(
+        name=codes.ANALYSIS_STATUS, value=status,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)]
+    for text in report_remarks(analysis, interpretation):
+        items.append(hd.sr.TextContentItem(
+            name=codes.QC_REASON, value=text,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    container.ContentSequence = items
+    return container
+
+
+def report_remarks(analysis: Analysis, interpretation: Interpretation | None) -> list[str]:
+    """Reasons and remarks worth stating in words (shared with the overlay and PDF)."""
+    remarks = list(analysis.reasons)
+    if interpretation is not None:
+        if analysis.ok and interpretation.category and (
+                interpretation.category not in codes.CATEGORY_VALUES):
+            remarks.append(f"Category: {interpretation.category}")
+        if analysis.ok and interpretation.triage:
+            remarks.append(f"Triage: {interpretation.triage}")
+        remarks += [r for r in interpretation.reasons if r not in remarks]
+    return [_sr_text(r) for r in remarks if r]
+
+
+def _sr_text(text: str) -> str:
+    # TEXT content items are UT; keep one line per remark for readable dumps.
+    return " ".join(text.split())[:1024]
+
+
+def image_coordinates(points_rc: Sequence[Point]) -> np.ndarray:
+    """(row, col) pixel centres to DICOM (column, row) image coordinates.
+
+    DICOM puts 0.0\\0.0 at the top-left corner of the top-left pixel, so the centre of
+    pixel [r, c] is (c + 0.5, r + 0.5).
+    """
+    return np.array([[c + 0.5, r + 0.5] for r, c in points_rc], dtype=np.float64)
