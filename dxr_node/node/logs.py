@@ -1,0 +1,42 @@
+"""Structured logs for the node: one line per event, ``event=... key=value ...``.
+
+Fields are identifiers only (association, calling AE, SOP Instance UID, job id, state):
+never patient names or other demographics.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+
+def _format_value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c.isspace() or c in '"=' for c in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
+              **fields: Any) -> None:
+    """Log ``event=<event> k=v ...`` (None values are left out)."""
+    if not logger.isEnabledFor(level):
+        return
+    parts = [f"event={event}"]
+    parts += [f"{k}={_format_value(v)}" for k, v in fields.items() if v is not None]
+    logger.log(level, " ".join(parts))
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Timestamped lines on stderr; pynetdicom's chatty PDU logs kept at WARNING."""
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime  # UTC, as the Z says
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

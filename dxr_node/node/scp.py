@@ -1,0 +1,239 @@
+"""The node's DICOM listener: C-ECHO and C-STORE SCP (pynetdicom).
+
+Every storage SOP class and every transfer syntax is accepted and stored exactly as
+received. A C-STORE gets Success only after the file is fsync'd, renamed into the spool
+and its row (and queued job) committed in SQLite, so a sender that saw Success never has
+to send again. Low disk answers 0xA700 (out of resources: the sender keeps the image and
+retries). Calling AE titles and source addresses outside the allow lists are rejected
+before any data is accepted.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import AssociationServer
+
+from dxr_node.node.config import NodeConfig
+from dxr_node.node.logs import log_event
+from dxr_node.node.store import InstanceInfo, Store
+from dxr_node.node.triage import skip_reason
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_PROCESSING_FAILURE = 0x0110
+
+_SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _text(value: object) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+class StorageSCP:
+    """C-ECHO/C-STORE listener that spools to ``config.spool_path`` and queues jobs.
+
+    ``on_stored`` is called (from the association's thread) with the job id after each
+    newly queued instance, so workers can be woken without polling.
+    """
+
+    def __init__(self, config: NodeConfig, store: Store,
+                 on_stored: Callable[[int], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.on_stored = on_stored
+        self.spool = Path(config.spool_path)
+        self._incoming = self.spool / "incoming"
+        self._networks = [ipaddress.ip_network(n, strict=False)
+                          for n in config.allowed_source_ips]
+        self._server: AssociationServer | None = None
+        self._lock = threading.Lock()
+        self.received = 0  # new instances stored since start (for logs and benchmarks)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve in background threads; returns the bound (host, port)."""
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        self._remove_partial_files()
+        ae = AE(ae_title=self.config.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        # AllStoragePresentationContexts lacks Verification; without it C-ECHO fails.
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.maximum_associations = self.config.max_associations
+        ae.maximum_pdu_size = 0  # unlimited: fewer, larger PDUs for big radiographs
+        if self.config.allowed_calling_aets:
+            ae.require_calling_aet = list(self.config.allowed_calling_aets)
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_association, ["accepted"]),
+            (evt.EVT_REJECTED, self._on_association, ["rejected"]),
+            (evt.EVT_RELEASED, self._on_association, ["released"]),
+            (evt.EVT_ABORTED, self._on_association, ["aborted"]),
+        ]
+        server = ae.start_server((self.config.host, self.config.port), block=False,
+                                 evt_handlers=handlers)
+        if self._networks:
+            # pynetdicom has no IP allow list; socketserver closes a connection whose
+            # verify_request is False before any association is read.
+            server.verify_request = self._verify_source  # type: ignore[method-assign]
+        self._server = server
+        host, port = server.server_address[:2]
+        log_event(log, "listening", ae_title=self.config.ae_title, host=host, port=port,
+                  allowed_calling_aets=",".join(self.config.allowed_calling_aets) or "ANY",
+                  allowed_source_ips=",".join(self.config.allowed_source_ips) or "ANY")
+        return host, port
+
+    def stop(self) -> None:
+        """Stop accepting; associations in progress are ended by pynetdicom."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    @property
+    def active_associations(self) -> int:
+        return len(self._server.active_associations) if self._server else 0
+
+    def _remove_partial_files(self) -> None:
+        """Files left half-written by a crash were never acknowledged: drop them."""
+        for leftover in self._incoming.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+
+    # --- access control --------------------------------------------------------------
+
+    def _verify_source(self, request: object, client_address: tuple[str, int]) -> bool:
+        try:
+            address = ipaddress.ip_address(client_address[0])
+        except ValueError:
+            address = None
+        allowed = address is not None and any(address in net for net in self._networks)
+        if not allowed:
+            log_event(log, "connection_refused", logging.WARNING, source_ip=client_address[0],
+                      reason="source address not in allowed_source_ips")
+        return allowed
+
+    # --- handlers --------------------------------------------------------------------
+
+    def _on_association(self, event: evt.Event, what: str) -> None:
+        assoc = event.assoc
+        level = logging.WARNING if what in ("rejected", "aborted") else logging.INFO
+        log_event(log, f"association_{what}", level, assoc=assoc.name,
+                  calling_aet=assoc.requestor.ae_title, source_ip=assoc.requestor.address)
+
+    def _on_echo(self, event: evt.Event) -> int:
+        log_event(log, "echo", assoc=event.assoc.name,
+                  calling_aet=event.assoc.requestor.ae_title)
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int:
+        assoc = event.assoc
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        fields = {"assoc": assoc.name, "calling_aet": assoc.requestor.ae_title,
+                  "sop_instance_uid": sop_uid}
+        try:
+            if self._disk_nearly_full():
+                log_event(log, "store_refused", logging.WARNING, **fields,
+                          reason=f"less than {self.config.min_free_disk_mb} MB free in spool",
+                          status="0xA700")
+                return STATUS_OUT_OF_RESOURCES
+            return self._store(event, sop_uid, fields)
+        except OSError as exc:
+            status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+                else STATUS_PROCESSING_FAILURE
+            log_event(log, "store_failed", logging.ERROR, **fields, status=f"0x{status:04X}",
+                      reason=f"{type(exc).__name__}: {exc}")
+            return status
+        except Exception as exc:  # a bug must not kill the association thread silently
+            log.exception("store failed")
+            log_event(log, "store_failed", logging.ERROR, **fields, status="0x0110",
+                      reason=f"{type(exc).__name__}: {exc}")
+            return STATUS_PROCESSING_FAILURE
+
+    def _disk_nearly_full(self) -> bool:
+        free = shutil.disk_usage(self.spool).free
+        return free < self.config.min_free_disk_mb * 1024 * 1024
+
+    def _store(self, event: evt.Event, sop_uid: str, fields: dict) -> int:
+        encoded = event.encoded_dataset(include_meta=True)
+        sop_class = str(event.request.AffectedSOPClassUID)
+        transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            header = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            reason = skip_reason(header, sop_class)
+        except (InvalidDicomError, ValueError, TypeError, EOFError, KeyError) as exc:
+            # Queued anyway: the worker records it as a failure with the loader's reason.
+            log_event(log, "header_unreadable", logging.WARNING, **fields, reason=str(exc))
+            header, reason = Dataset(), None
+
+        final = self._spool_path(sop_uid)
+        if not final.exists():  # else a copy (duplicate, or left by a crash) is already there
+            # Durable write: temp file, fsync, atomic rename, fsync the directory.
+            partial = self._incoming / f"{uuid.uuid4().hex}.part"
+            with open(partial, "wb") as handle:
+                handle.write(encoded)
+                handle.flush()
+                os.fsync(handle.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, final)
+            _fsync_dir(final.parent)
+
+        info = InstanceInfo(
+            sop_instance_uid=sop_uid, sop_class_uid=sop_class,
+            transfer_syntax_uid=transfer_syntax, path=str(final), size_bytes=len(encoded),
+            study_instance_uid=_text(header.get("StudyInstanceUID")),
+            series_instance_uid=_text(header.get("SeriesInstanceUID")),
+            patient_id=_text(header.get("PatientID")),
+            issuer_of_patient_id=_text(header.get("IssuerOfPatientID")),
+            study_date=_text(header.get("StudyDate")), modality=_text(header.get("Modality")),
+            calling_aet=event.assoc.requestor.ae_title,
+            source_ip=event.assoc.requestor.address,
+        )
+        added = self.store.add_instance(info, skip_reason=reason)
+        if added.duplicate:
+            log_event(log, "stored_duplicate", **fields, job_id=added.job_id,
+                      reason="SOP Instance UID already received; not analysed again")
+            return STATUS_SUCCESS
+        with self._lock:
+            self.received += 1
+        if reason is not None:
+            log_event(log, "stored_skipped", **fields, job_id=added.job_id, reason=reason)
+        else:
+            log_event(log, "stored", **fields, job_id=added.job_id, bytes=len(encoded),
+                      transfer_syntax=transfer_syntax)
+            if self.on_stored is not None:
+                self.on_stored(added.job_id)
+        return STATUS_SUCCESS
+
+    def _spool_path(self, sop_uid: str) -> Path:
+        """<spool>/<last two digits>/<SOP Instance UID>.dcm; unsafe UIDs are replaced."""
+        name = sop_uid
+        if not _SAFE_UID.match(name):
+            name = "x" + uuid.uuid5(uuid.NAMESPACE_OID, sop_uid).hex
+        return self.spool / name[-2:].replace(".", "_") / f"{name}.dcm"

@@ -1,0 +1,56 @@
+"""Header-only triage: is a received instance something the engine should analyse?
+
+Conservative on purpose: only instances that are clearly not a projection radiograph of
+a hand (another SOP class, a multi-frame or colour image, a named other body part, a
+lateral or oblique view) are skipped. Anything that might be a PA hand goes to the
+engine, which rejects it with reasons (and an SR saying why) if it is not one.
+Skipping every non-image class also keeps the node from analysing its own SR, overlay
+or GSPS if a PACS routes them back.
+"""
+
+from __future__ import annotations
+
+from pydicom import Dataset
+
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+ANALYSABLE_SOP_CLASSES = {
+    CR_IMAGE: "CR",
+    DX_FOR_PRESENTATION: "DX for presentation",
+    DX_FOR_PROCESSING: "DX for processing",
+}
+
+# BodyPartExamined values (CID 4031 terms and common free text) that may show the
+# metacarpal shafts. An absent or empty value is analysed too.
+HAND_BODY_PARTS = {
+    "HAND", "HANDS", "FINGER", "FINGERS", "WRIST", "WRISTS", "UPPER EXTREMITY", "UPPEXM",
+    "UPPER_EXTREMITY", "EXTREMITY", "ARM", "BONE AGE", "BONEAGE",
+}
+# ViewPosition values that are not a PA/AP projection.
+NON_PA_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO", "OBL", "OBLIQUE"}
+
+
+def skip_reason(dataset: Dataset, sop_class_uid: str) -> str | None:
+    """Why this instance will not be analysed, or None when it should be.
+
+    ``dataset`` needs only the header (read with ``stop_before_pixels=True``).
+    """
+    if sop_class_uid not in ANALYSABLE_SOP_CLASSES:
+        return f"not a CR/DX image (SOP class {sop_class_uid})"
+    frames = dataset.get("NumberOfFrames")
+    try:
+        if frames not in (None, "") and int(frames) > 1:
+            return f"multi-frame image ({int(frames)} frames)"
+    except (TypeError, ValueError):
+        return f"unreadable NumberOfFrames {frames!r}"
+    samples = dataset.get("SamplesPerPixel", 1)
+    if samples not in (None, "", 1):
+        return f"not a greyscale image (SamplesPerPixel {samples})"
+    body_part = str(dataset.get("BodyPartExamined", "") or "").strip().upper()
+    if body_part and body_part not in HAND_BODY_PARTS:
+        return f"body part {body_part} is not a hand"
+    view = str(dataset.get("ViewPosition", "") or "").strip().upper()
+    if view in NON_PA_VIEWS:
+        return f"view position {view} is not a PA hand projection"
+    return None

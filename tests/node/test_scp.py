@@ -1,0 +1,217 @@
+"""The C-ECHO/C-STORE SCP against real dcmtk peers (and a pynetdicom SCU for statuses)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dcmtk_peers import free_port, require
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    generate_uid,
+)
+from pynetdicom import AE
+
+from dxr_node.node.config import load_config
+from dxr_node.node.scp import StorageSCP
+from dxr_node.node.store import Store
+from dxr_node.node.triage import skip_reason
+
+
+def write_dx(path: Path, *, sop_class: str = DigitalXRayImageStorageForPresentation,
+             body_part: str | None = "HAND", view: str | None = "PA",
+             patient_id: str = "PID1", uid: str | None = None) -> str:
+    """A small 12-bit DX radiograph file; returns its SOP Instance UID."""
+    uid = uid or generate_uid()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uid
+    ds.PatientName = "Secret^Person"
+    ds.PatientID = patient_id
+    ds.IssuerOfPatientID = "HOSP"
+    ds.StudyDate = "20240102"
+    ds.Modality = "DX" if sop_class == DigitalXRayImageStorageForPresentation else "CT"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    if body_part:
+        ds.BodyPartExamined = body_part
+    if view:
+        ds.ViewPosition = view
+    ds.Rows, ds.Columns = 64, 48
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.PixelSpacing = [0.1, 0.1]
+    rng = np.random.default_rng(abs(hash(uid)) % 2**32)
+    ds.PixelData = rng.integers(0, 4096, (64, 48), dtype=np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return uid
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A running SCP on a free port; yields a function to (re)start it with overrides."""
+    running: list[StorageSCP] = []
+    stores: list[Store] = []
+
+    def start(**overrides) -> tuple[StorageSCP, Store, int]:
+        config = load_config(environ={}, overrides={
+            "data_dir": str(tmp_path / "data"), "port": free_port(),
+            "min_free_disk_mb": 1, **overrides})
+        store = Store(config.database_path)
+        scp = StorageSCP(config, store)
+        _, port = scp.start()
+        running.append(scp)
+        stores.append(store)
+        return scp, store, port
+
+    yield start
+    for scp in running:
+        scp.stop()
+    for store in stores:
+        store.close()
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def _send_with_pynetdicom(path: Path, port: int, calling: str = "SCU") -> int | None:
+    ds = dcmread(path)
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DXRNODE")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ds)
+        return status.get("Status")
+    finally:
+        assoc.release()
+
+
+def test_echoscu_gets_an_answer(node):
+    require("echoscu")
+    _, _, port = node()
+    result = _run("echoscu", "-aec", "DXRNODE", "127.0.0.1", str(port))
+    assert result.returncode == 0, result.stderr
+
+
+def test_storescu_uncompressed_and_jpeg_lossless_are_stored_as_received(node, tmp_path):
+    require("storescu")
+    require("dcmcjpeg")
+    plain = tmp_path / "in" / "plain.dcm"
+    plain_uid = write_dx(plain)
+    source = tmp_path / "in" / "src.dcm"
+    jpeg_uid = write_dx(source)
+    jpeg = tmp_path / "in" / "jpeg.dcm"
+    assert _run("dcmcjpeg", "+e1", str(source), str(jpeg)).returncode == 0  # lossless SV1
+    scp, store, port = node()
+
+    for path, propose in ((plain, "-x="), (jpeg, "-xs")):
+        result = _run("storescu", propose, "-aec", "DXRNODE", "127.0.0.1", str(port), str(path))
+        assert result.returncode == 0, result.stderr
+
+    assert store.counts()["jobs"]["queued"] == 2
+    rows = {r["sop_instance_uid"]: r for r in store._read("SELECT * FROM instances")}
+    assert rows[jpeg_uid]["transfer_syntax_uid"] == JPEGLosslessSV1
+    for uid, original in ((plain_uid, plain), (jpeg_uid, jpeg)):
+        stored = dcmread(rows[uid]["path"])
+        assert stored.file_meta.TransferSyntaxUID == dcmread(original).file_meta.TransferSyntaxUID
+        assert stored.PixelData == dcmread(original).PixelData  # byte for byte, no re-encode
+        assert rows[uid]["patient_id"] == "PID1" and rows[uid]["calling_aet"] == "STORESCU"
+    assert scp.received == 2
+
+
+def test_duplicate_instance_is_acknowledged_but_queued_once(node, tmp_path):
+    path = tmp_path / "dup.dcm"
+    write_dx(path)
+    _, store, port = node()
+    assert _send_with_pynetdicom(path, port) == 0x0000
+    assert _send_with_pynetdicom(path, port) == 0x0000
+    row = store._read("SELECT receive_count FROM instances")[0]
+    assert row["receive_count"] == 2
+    assert sum(store.counts()["jobs"].values()) == 1
+
+
+def test_non_hand_instance_is_accepted_and_recorded_as_skipped(node, tmp_path):
+    chest = tmp_path / "chest.dcm"
+    write_dx(chest, body_part="CHEST")
+    ct = tmp_path / "ct.dcm"
+    write_dx(ct, sop_class=CTImageStorage)
+    _, store, port = node()
+    assert _send_with_pynetdicom(chest, port) == 0x0000
+    assert _send_with_pynetdicom(ct, port) == 0x0000
+    reasons = sorted(s["reason"] for s in store.skipped())
+    assert reasons[0] == "body part CHEST is not a hand"
+    assert reasons[1].startswith("not a CR/DX image")
+    assert store.claim_job("w") is None
+
+
+def test_unknown_calling_aet_is_rejected_at_association(node):
+    require("echoscu")
+    _, _, port = node(allowed_calling_aets=["MODALITY1"])
+    refused = _run("echoscu", "-aet", "STRANGER", "-aec", "DXRNODE", "127.0.0.1", str(port))
+    assert refused.returncode != 0
+    assert "Association Rejected" in refused.stderr + refused.stdout
+    allowed = _run("echoscu", "-aet", "MODALITY1", "-aec", "DXRNODE", "127.0.0.1", str(port))
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_source_address_outside_allow_list_is_refused(node):
+    _, _, port = node(allowed_source_ips=["192.0.2.0/24"])  # TEST-NET-1: not us
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DXRNODE")
+    assert not assoc.is_established
+    _, _, port = node(allowed_source_ips=["127.0.0.0/8"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DXRNODE")
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_disk_nearly_full_answers_out_of_resources(node, tmp_path):
+    path = tmp_path / "img.dcm"
+    write_dx(path)
+    _, store, port = node(min_free_disk_mb=10**9)  # more than any disk has
+    assert _send_with_pynetdicom(path, port) == 0xA700
+    assert store.instance_count() == 0
+
+
+def test_partial_files_from_a_crash_are_removed_at_start(node, tmp_path):
+    incoming = tmp_path / "data" / "spool" / "incoming"
+    incoming.mkdir(parents=True)
+    (incoming / "dead.part").write_bytes(b"half a file")
+    node()
+    assert list(incoming.iterdir()) == []
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({}, None),
+    ({"BodyPartExamined": ""}, None),
+    ({"BodyPartExamined": "HAND "}, None),
+    ({"BodyPartExamined": "KNEE"}, "body part KNEE is not a hand"),
+    ({"ViewPosition": "LL"}, "view position LL is not a PA hand projection"),
+    ({"NumberOfFrames": "3"}, "multi-frame image (3 frames)"),
+    ({"SamplesPerPixel": 3}, "not a greyscale image (SamplesPerPixel 3)"),
+])
+def test_triage_reasons(changes, expected):
+    ds = Dataset()
+    ds.BodyPartExamined = "HAND"
+    ds.ViewPosition = "PA"
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    assert skip_reason(ds, DigitalXRayImageStorageForPresentation) == expected
+    assert skip_reason(ds, "1.2.840.10008.5.1.4.1.1.88.22").startswith("not a CR/DX")
