@@ -1,0 +1,93 @@
+"""Node configuration: defaults, the shipped TOML, environment and CLI precedence, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dxr_node.node.config import ConfigError, NodeConfig, cli_overrides, load_config
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "node.toml"
+
+
+def test_shipped_file_documents_exactly_the_embedded_defaults():
+    assert load_config(SHIPPED, environ={}) == NodeConfig()
+
+
+def test_defaults_run_on_one_machine():
+    config = load_config(environ={})
+    assert (config.ae_title, config.host, config.port) == ("DXRNODE", "127.0.0.1", 11112)
+    assert config.database_path == Path("data/dxr-node.sqlite")
+    assert config.spool_path == Path("data/spool")
+    assert config.destinations == [] and config.allowed_calling_aets == []
+    assert config.send_objects == ["SR", "SC", "GSPS"]
+    assert config.worker_count >= 1
+
+
+def test_precedence_file_then_environment_then_command_line(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'ae_title = "FROMFILE"\nport = 2000\nworkers = 2\n[dispatch]\nmax_attempts = 4\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "pacs.local"\n'
+        'port = 4242\n'
+    )
+    env = {"DXR_NODE__PORT": "3000", "DXR_NODE__DISPATCH__TIMEOUT_S": "5",
+           "DXR_NODE__ALLOWED_CALLING_AETS": "CR1, DX2", "OTHER": "ignored"}
+    config = load_config(path, environ=env, overrides=cli_overrides(workers=3))
+    assert config.ae_title == "FROMFILE"
+    assert config.port == 3000
+    assert config.workers == 3
+    assert config.dispatch.max_attempts == 4 and config.dispatch.timeout_s == 5.0
+    assert config.allowed_calling_aets == ["CR1", "DX2"]
+    assert config.destination("pacs").host == "pacs.local"
+
+
+def test_command_line_destinations_replace_the_file_ones():
+    config = load_config(environ={}, overrides=cli_overrides(
+        destinations=["PACS@10.0.0.5:104", "VNA@[::1]:11113"], allow_aets=["MOD1"],
+        data_dir="/var/lib/dxr"))
+    assert [(d.name, d.ae_title, d.host, d.port) for d in config.destinations] == [
+        ("PACS", "PACS", "10.0.0.5", 104), ("VNA", "VNA", "::1", 11113)]
+    assert config.allowed_calling_aets == ["MOD1"]
+    assert config.database_path == Path("/var/lib/dxr/dxr-node.sqlite")
+
+
+def test_environment_destinations_as_items_or_json():
+    items = load_config(environ={"DXR_NODE__DESTINATIONS": "ORTHANC@orthanc:4242"})
+    as_json = load_config(environ={"DXR_NODE__DESTINATIONS":
+                                   '[{"name": "pacs", "ae_title": "ORTHANC", '
+                                   '"host": "orthanc", "port": 4242}]'})
+    assert items.destinations[0].host == as_json.destinations[0].host == "orthanc"
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('prot = 1', "prot: unknown key"),
+    ('port = 70000', "port: Input should be less than or equal to 65535"),
+    ('ae_title = "MUCH_TOO_LONG_AE_TITLE"', "ae_title: Value error, not a valid AE title"),
+    ('send_objects = ["SR", "XX"]', "send_objects.1: Input should be"),
+    ('allowed_source_ips = ["10.0.0.999"]', "not an IP address or network: '10.0.0.999'"),
+    ('[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport = 0',
+     "destinations.0.port: Input should be greater than or equal to 1"),
+    ('[[destinations]]\nname="a"\nae_title="A"\nhost="h"\nport=1\n'
+     '[[destinations]]\nname="a"\nae_title="B"\nhost="h"\nport=2',
+     "destination names must be unique: a"),
+    ('[dispatch]\nmax_attempts = 0', "dispatch.max_attempts: Input should be greater"),
+    ('port = ', "not valid TOML"),
+])
+def test_bad_values_name_the_key(tmp_path, toml, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert message in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_and_bad_environment_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="environment: port: Input should be a valid integer"):
+        load_config(environ={"DXR_NODE__PORT": "eleven"})
+    with pytest.raises(ConfigError, match="expected AET@HOST:PORT"):
+        cli_overrides(destinations=["PACS:104"])
