@@ -4,7 +4,7 @@ Imports engine results only; never the node, the web console or the network.
 """
 
 from dxr_node.clinical.followup import PRECISION_CV_PERCENT
-from dxr_node.clinical.interpreter import billing_modifier, interpret
+from dxr_node.clinical.interpreter import billing_modifier, exam_laterality, interpret
 from dxr_node.clinical.reference import ReferenceTable, ReferenceTableError, load_reference
 from dxr_node.clinical.result import Interpretation, PriorComparison, PriorResult, ReferenceInfo
 
@@ -17,6 +17,7 @@ __all__ = [
     "ReferenceTable",
     "ReferenceTableError",
     "billing_modifier",
+    "exam_laterality",
     "interpret",
     "load_reference",
 ]

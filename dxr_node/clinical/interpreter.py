@@ -110,7 +110,8 @@ def interpret(
         triage = _triage(t_score, sex_value, age_value, reasons)
         relative_risk = _relative_risk(raw_z, sex_value, age_value, table, reasons)
 
-    if _laterality(analysis) == "R":
+    side, side_problem = exam_laterality(analysis)
+    if side == "R":
         caveats.append("right hand: reference data come from left or non-dominant hands, and "
                        "right hands measure higher")
 
@@ -121,8 +122,10 @@ def interpret(
     elif priors:
         uid = str(header.get("SOPInstanceUID") or "") if header is not None else ""
         follow = compare_with_priors(bmd, find_exam_date(header).value, uid or None,
-                                     _laterality(analysis), priors, precision_cv_percent)
+                                     side, priors, precision_cv_percent)
         prior, eligible = follow.comparison, follow.eligible
+        if side_problem:
+            reasons.append(side_problem)
         reasons.extend(follow.reasons)
 
     return Interpretation(
@@ -149,12 +152,23 @@ def _usable_bmd(analysis: Analysis) -> float | None:
     return value
 
 
-def _laterality(analysis: Analysis) -> str | None:
-    """The hand measured: as detected from the image, else the header's tag."""
-    for value in (analysis.laterality, analysis.laterality_tag):
-        if value and value.upper() in ("L", "R"):
-            return value.upper()
-    return None
+def exam_laterality(analysis: Analysis) -> tuple[str | None, str | None]:
+    """The hand measured ('L'/'R') and, when it is unknown, why.
+
+    The header's tag and the hand detected in the image must agree when both are present:
+    a conflict means we cannot be sure which hand an earlier result is comparable with.
+    """
+    tag, detected = (_normalised_side(analysis.laterality_tag),
+                     _normalised_side(analysis.laterality))
+    if tag and detected and tag != detected:
+        return None, (f"laterality conflict: header says {tag}, image shows {detected}")
+    side = tag or detected
+    return side, None if side else "laterality unknown (no header tag, not detected)"
+
+
+def _normalised_side(value: str | None) -> str | None:
+    text = (value or "").strip().upper()
+    return text if text in ("L", "R") else None
 
 
 def _triage(t_score: float, sex: str, age: float | None, reasons: list[str]) -> str | None:

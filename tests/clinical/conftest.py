@@ -23,11 +23,12 @@ def make_bone(name: str) -> BoneMeasurement:
 
 
 def make_analysis(bmd: float | None = 0.5, *, status: str = "ok", bones: int = 3,
-                  laterality: str | None = "L", paediatric: bool = False,
+                  laterality: str | None = "L", laterality_tag: str | None = None,
+                  paediatric: bool = False,
                   reasons: tuple[str, ...] = ()) -> Analysis:
     return Analysis(
         source="test.dcm", status=status, reasons=reasons, laterality=laterality,
-        laterality_tag=None, pixel_spacing_mm=0.1, pixel_spacing_source="PixelSpacing",
+        laterality_tag=laterality_tag, pixel_spacing_mm=0.1, pixel_spacing_source="PixelSpacing",
         image_rows=2000, image_cols=1600,
         bones={name: make_bone(name) for name in BONE_NAMES[:bones]},
         dxr_bmd_g_cm2=bmd, paediatric=paediatric,

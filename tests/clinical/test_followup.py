@@ -115,3 +115,16 @@ def test_no_result_means_no_comparison(analysis_factory, header_factory):
                        header_factory(age="068Y"), priors=[prior("20240301", 0.5)])
     assert result.prior is None
     assert any("priors not compared" in r for r in result.reasons)
+
+
+def test_header_laterality_counts_and_conflicts_block_comparison(analysis_factory,
+                                                                 header_factory):
+    header = header_factory(age="068Y", uid=UID_NOW)
+    priors = [prior("20240301", 0.500, "R")]
+    tag_only = interpret(analysis_factory(0.48, laterality=None, laterality_tag="R"), header,
+                         priors=priors)
+    assert tag_only.prior is not None
+    conflict = interpret(analysis_factory(0.48, laterality="L", laterality_tag="R"), header,
+                         priors=priors)
+    assert conflict.prior is None
+    assert any("laterality conflict" in r for r in conflict.reasons)
