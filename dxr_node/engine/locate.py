@@ -1,0 +1,496 @@
+"""Find the hand, its laterality and metacarpals II-IV on a PA hand radiograph.
+
+Classical image analysis, no trained weights:
+
+1. Work on a copy downscaled to ``WORK_SIZE``; the hand mask is the largest bright
+   component above a triangle threshold (soft tissue vs background), after erasing
+   plate edges and thin lines along the border.
+2. The palm is the largest inscribed disc of the mask: its radius sets the working
+   scale, so images of very different resolutions are handled alike. Fingers are what an
+   opening with a disc of about half that radius removes from the mask.
+3. The thumb is the outer finger set apart by the widest angular gap; the other four
+   fingers give the fingers-up direction and the laterality.
+4. In a canonical fingers-up frame at a fixed palm radius, each metacarpal is traced
+   proximally from its finger's base along the bright bone ridge of a top-hat image; its
+   distal end is the dark MCP joint gap, its proximal end the CMC joint, and its axis a
+   line fitted to the traced ridge. Coordinates are mapped back to the input image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+WORK_SIZE = 512  # longest side of the copy used to find the hand
+PALM_RADIUS_PX = 80.0  # palm inscribed radius in the canonical frame
+
+FINGER_NAMES = ("index", "middle", "ring", "little")
+BONE_FOR_FINGER = {"index": "MC2", "middle": "MC3", "ring": "MC4", "little": "MC5"}
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class LocatedBone:
+    """One metacarpal found in the image (all coordinates in input pixels, [row, col])."""
+
+    name: str  # "MC2" | "MC3" | "MC4"
+    center_rc: Point  # mid-shaft centre
+    axis_angle_deg: float  # proximal->distal, deg CCW from +col, rows down; fingers up = 90
+    proximal_rc: Point  # base end along the axis
+    distal_rc: Point  # head end (MCP joint)
+    length_px: float
+    width_estimate_px: float  # rough outer width, to size the profile search
+
+
+@dataclass(frozen=True)
+class HandLocation:
+    bones: dict[str, LocatedBone]
+    laterality: str | None  # "L" | "R" from the thumb side
+    rotation_deg: float  # fingers-up = 0, clockwise positive
+    paediatric: bool  # open growth plates seen
+    problems: tuple[str, ...]
+    # For previews and diagnostics: hand outline and finger rays in input pixels.
+    outline_rc: tuple[Point, ...] = ()
+    rays_rc: tuple[tuple[Point, Point], ...] = ()
+    details: dict[str, float] = field(default_factory=dict)
+
+
+class LocateError(ValueError):
+    """The input is not an image the locator can work on (wrong shape, empty)."""
+
+
+def locate_metacarpals(pixels: np.ndarray) -> HandLocation:
+    """Locate the hand, its laterality and metacarpals II-IV in a bone-bright image."""
+    image = np.asarray(pixels)
+    if image.ndim != 2 or min(image.shape) < 64:
+        raise LocateError(f"expected a 2-D greyscale image of at least 64x64, got {image.shape}")
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise LocateError("the image holds NaN or infinite pixel values")
+    work, scale, grey_range = _downscale(image)
+    mask = _hand_mask(work)
+    if mask is None:
+        return _failed("no hand found: not a hand radiograph")
+    outline = _outline(mask, scale)
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    palm_radius = float(dist.max())
+    palm_y, palm_x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    palm_centre = np.array([palm_x, palm_y], dtype=np.float64)
+    fingers = _fingers(mask, palm_centre, palm_radius)
+    if len(fingers) < 5:
+        return _failed(f"not a hand radiograph: {len(fingers)} finger rays found, need 5",
+                       outline)
+    fingers = sorted(sorted(fingers, key=lambda f: -f.length)[:5], key=lambda f: f.rel_angle)
+    thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
+    # Thumb last in clockwise order = thumb on the image right with fingers up = left hand.
+    laterality = "L" if thumb is fingers[-1] else "R"
+    up = np.mean([f.direction for f in long_fingers], axis=0)
+    rotation_deg = 90.0 - math.degrees(math.atan2(-up[1], up[0]))
+    rotation_deg = (rotation_deg + 180.0) % 360.0 - 180.0
+
+    zoom = PALM_RADIUS_PX / (palm_radius / scale)
+    frame = _canonical(_normalise(image, *grey_range), palm_centre / scale, rotation_deg, zoom)
+    smooth = cv2.GaussianBlur(frame.image, (0, 0), 1.0)
+    ridge = _ridge_map(frame.image, 0.07 * PALM_RADIUS_PX)
+    inside = cv2.warpAffine(np.ones(image.shape, np.uint8), frame.matrix,
+                            frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
+
+    problems: list[str] = []
+    bones: dict[str, LocatedBone] = {}
+    canonical_bones: dict[str, _CanonicalBone] = {}
+    rays = []
+    for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=True):
+        name = BONE_FOR_FINGER[finger_name]
+        rays.append(tuple(_rc(p) for p in (finger.base / scale, finger.tip / scale)))
+        if name == "MC5":
+            continue
+        base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
+        bone = _trace_metacarpal(smooth, ridge, base, tip)
+        if bone is None:
+            problems.append(f"{name} not found")
+            continue
+        if not _inside(inside, bone):
+            problems.append(f"{name} shaft cut by the field edge")
+            continue
+        canonical_bones[name] = bone
+        bones[name] = _to_input(name, bone, frame)
+
+    paediatric, toddler, features = _maturity(smooth, canonical_bones)
+    if toddler:
+        problems.insert(0, "bones too small to measure (toddler)")
+    features["thumb_evidence"] = thumb_evidence
+    features["palm_radius_px"] = palm_radius / scale
+    return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
+                        paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
+                        rays_rc=tuple(rays), details=features)
+
+
+def _failed(reason: str, outline: tuple[Point, ...] = ()) -> HandLocation:
+    return HandLocation(bones={}, laterality=None, rotation_deg=0.0, paediatric=False,
+                        problems=(reason,), outline_rc=outline)
+
+
+def _rc(xy: np.ndarray) -> Point:
+    return (float(xy[1]), float(xy[0]))
+
+
+@dataclass(frozen=True)
+class _Finger:
+    tip: np.ndarray  # (x, y) work pixels
+    base: np.ndarray  # where the finger leaves the palm
+    direction: np.ndarray  # unit vector base -> tip
+    length: float
+    rel_angle: float  # angle of the tip around the palm centre, relative to the mean
+
+
+def _downscale(image: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Copy whose longest side is WORK_SIZE, normalised to 0..1 by robust percentiles.
+
+    Returns (work image, scale from input to work, (low, high) input grey levels).
+    """
+    scale = min(1.0, WORK_SIZE / max(image.shape))
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    low, high = (float(v) for v in np.percentile(small, [0.5, 99.5]))
+    return _normalise(small, low, high), scale, (low, high)
+
+
+def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros_like(image, dtype=np.float32)
+    return np.clip((image - low) / (high - low), 0, 1).astype(np.float32)
+
+
+def _hand_mask(work: np.ndarray) -> np.ndarray | None:
+    """Largest soft-tissue component (triangle threshold), holes filled, or None."""
+    grey = (cv2.GaussianBlur(work, (0, 0), 2) * 255).astype(np.uint8)
+    threshold, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_TRIANGLE)
+    mask = (grey > threshold).astype(np.uint8)
+    _erase_border_bands(mask)
+    # Break thin bright lines (plate edges, collimator seams) that would join the hand.
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(3))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+    if count < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[largest, cv2.CC_STAT_AREA] < 0.03 * mask.size:
+        return None
+    mask = (labels == largest).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(mask)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled
+
+
+def _erase_border_bands(mask: np.ndarray) -> None:
+    """Clear nearly full rows/columns near the border: unexposed plate edges, not tissue."""
+    rows, cols = mask.shape
+    band = max(3, int(0.05 * min(rows, cols)))
+    for axis, size in ((1, rows), (0, cols)):
+        fill = mask.mean(axis=axis)
+        for index in list(range(band)) + list(range(size - band, size)):
+            if fill[index] > 0.85:
+                if axis == 1:
+                    mask[index, :] = 0
+                else:
+                    mask[:, index] = 0
+
+
+def _disc(radius: float) -> np.ndarray:
+    size = 2 * max(1, int(round(radius))) + 1
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def _fingers(mask: np.ndarray, palm_centre: np.ndarray, palm_radius: float) -> list[_Finger]:
+    """Finger-like protrusions of the mask (what a half-palm-sized opening removes)."""
+    palm = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(0.45 * palm_radius))
+    protrusions = cv2.erode(mask & (1 - palm), _disc(1))
+    count, labels = cv2.connectedComponents(protrusions, connectivity=4)
+    found = []
+    for label in range(1, count):
+        ys, xs = np.nonzero(labels == label)
+        if len(xs) < 0.2 * palm_radius**2:
+            continue
+        points = np.column_stack([xs, ys]).astype(np.float64)
+        centroid = points.mean(axis=0)
+        _, vectors = np.linalg.eigh(np.cov((points - centroid).T))
+        direction = vectors[:, 1]
+        if np.dot(centroid - palm_centre, direction) < 0:
+            direction = -direction
+        along = (points - centroid) @ direction
+        length = float(along.max() - along.min())
+        width = len(xs) / max(length, 1.0)
+        if length < 0.6 * palm_radius or width > 0.9 * palm_radius:
+            continue
+        tip = centroid + direction * along.max()
+        base = centroid + direction * along.min()
+        found.append((tip, base, direction, length))
+    if not found:
+        return []
+    # Angles of the tips around the palm centre, relative to their mean direction.
+    unit = [(tip - palm_centre) / np.linalg.norm(tip - palm_centre) for tip, *_ in found]
+    mean = np.sum(unit, axis=0)
+    mean_angle = math.atan2(mean[1], mean[0])
+    fingers = []
+    for (tip, base, direction, length), u in zip(found, unit, strict=True):
+        rel = (math.atan2(u[1], u[0]) - mean_angle + math.pi) % (2 * math.pi) - math.pi
+        fingers.append(_Finger(tip, base, direction, length, rel))
+    return sorted(fingers, key=lambda f: f.rel_angle)
+
+
+def _outline(mask: np.ndarray, scale: float) -> tuple[Point, ...]:
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return ()
+    contour = max(contours, key=cv2.contourArea)[:, 0, :] / scale
+    return tuple((float(y), float(x)) for x, y in contour)
+
+
+def _split_thumb(fingers: list[_Finger], palm_centre: np.ndarray, palm_radius: float):
+    """(thumb, [index, middle, ring, little]) from five fingers ordered by angle.
+
+    The thumb is the outer finger set apart by the wider angular gap; a shorter reach
+    from the palm centre (the thumb is the shortest ray) adds to the evidence.
+    """
+    first, last = fingers[0], fingers[-1]
+    gap_first = math.degrees(fingers[1].rel_angle - first.rel_angle)
+    gap_last = math.degrees(last.rel_angle - fingers[-2].rel_angle)
+    reach_first = np.linalg.norm(first.tip - palm_centre) / palm_radius
+    reach_last = np.linalg.norm(last.tip - palm_centre) / palm_radius
+    score_last = (gap_last - gap_first) + 30.0 * (reach_first - reach_last)
+    if score_last >= 0:
+        return last, fingers[-2::-1][:4], score_last
+    return first, fingers[1:5], -score_last
+
+
+@dataclass(frozen=True)
+class _Canonical:
+    """Fingers-up frame at a fixed palm radius; ``matrix`` maps input (x, y) to it."""
+
+    image: np.ndarray
+    matrix: np.ndarray  # 2x3, input pixel (x, y) -> canonical (x, y)
+    inverse: np.ndarray  # 2x3, canonical -> input
+
+    def to_input(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.atleast_2d(np.asarray(xy, dtype=np.float64))
+        return xy @ self.inverse[:, :2].T + self.inverse[:, 2]
+
+    def from_input(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.atleast_2d(np.asarray(xy, dtype=np.float64))
+        return xy @ self.matrix[:, :2].T + self.matrix[:, 2]
+
+
+def _canonical(image: np.ndarray, centre_xy: np.ndarray, rotation_deg: float,
+               zoom: float) -> _Canonical:
+    """Rotate the input image counter-clockwise by rotation_deg (fingers up) and zoom."""
+    matrix = cv2.getRotationMatrix2D((float(centre_xy[0]), float(centre_xy[1])),
+                                     rotation_deg, zoom)
+    rows, cols = image.shape
+    corners = np.array([[0, 0], [cols, 0], [0, rows], [cols, rows]], dtype=np.float64)
+    mapped = corners @ matrix[:, :2].T + matrix[:, 2]
+    matrix[:, 2] -= mapped.min(axis=0)
+    width, height = np.ceil(mapped.max(axis=0) - mapped.min(axis=0)).astype(int)
+    if zoom < 1:  # anti-alias before the shrinking warp
+        image = cv2.GaussianBlur(image, (0, 0), 0.5 / zoom)
+    warped = cv2.warpAffine(image, matrix, (int(width), int(height)), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return _Canonical(warped, matrix, cv2.invertAffineTransform(matrix))
+
+
+def _ridge_map(canonical: np.ndarray, sigma: float) -> np.ndarray:
+    """Bright tubular structures of width about 3*sigma: minus the Hessian's lower eigenvalue."""
+    smooth = cv2.GaussianBlur(canonical, (0, 0), sigma)
+    dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
+    dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
+    dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3)
+    lower = 0.5 * (dxx + dyy) - np.sqrt(0.25 * (dxx - dyy) ** 2 + dxy**2)
+    return np.maximum(-lower, 0) * sigma**2
+
+
+def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Bilinear samples at float (x, y) positions (any shape); 0 outside the image."""
+    xs = np.asarray(xs, dtype=np.float32)
+    ys = np.asarray(ys, dtype=np.float32)
+    # remap wants maps under 32767 on a side: fold the samples into rows of 1024.
+    count = xs.size
+    padded = -(-count // 1024) * 1024
+    map_x = np.resize(xs.ravel(), padded).reshape(-1, 1024)
+    map_y = np.resize(ys.ravel(), padded).reshape(-1, 1024)
+    values = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=0)
+    return values.ravel()[:count].reshape(xs.shape)
+
+
+def _best_line(ridge: np.ndarray, top: np.ndarray, heading_deg: float, length: float,
+               lateral: float, spread_deg: float) -> tuple[np.ndarray, float, float]:
+    """Straight segment of the strongest mean ridge: (top point, angle deg, score).
+
+    Candidates start within +-lateral of ``top`` (across the heading) and point proximally
+    within +-spread_deg of ``heading_deg`` (image angle of the proximal direction).
+    """
+    shifts = np.arange(-lateral, lateral + 1.0)
+    angles = heading_deg + np.arange(-spread_deg, spread_deg + 1.0)
+    along = np.arange(0.0, length, 2.0)
+    base = np.radians(heading_deg)
+    normal = np.array([-math.sin(base), math.cos(base)])
+    starts = top[None, :] + shifts[:, None] * normal[None, :]  # (S, 2)
+    rad = np.radians(angles)
+    steps = np.stack([np.cos(rad), np.sin(rad)], axis=1)  # (A, 2)
+    xs = starts[:, None, None, 0] + along[None, None, :] * steps[None, :, None, 0]
+    ys = starts[:, None, None, 1] + along[None, None, :] * steps[None, :, None, 1]
+    scores = _sample(ridge, xs, ys).mean(axis=2)  # (S, A)
+    s, a = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return starts[s], float(angles[a]), float(scores[s, a])
+
+
+@dataclass(frozen=True)
+class _CanonicalBone:
+    """A metacarpal in the canonical frame (x, y); profile kept for maturity checks."""
+
+    distal: np.ndarray
+    proximal: np.ndarray
+    centre: np.ndarray
+    width: float
+    score: float
+    valleys_near_head: int  # joint and physis gaps within reach of the MCP joint
+
+
+def _trace_metacarpal(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
+                      tip: np.ndarray) -> _CanonicalBone | None:
+    """The metacarpal continuing a finger proximally from its base (canonical frame)."""
+    radius = PALM_RADIUS_PX
+    proximal_way = (base - tip) / np.linalg.norm(base - tip)
+    heading = math.degrees(math.atan2(proximal_way[1], proximal_way[0]))
+    # Search a segment from about the MCP joint (a third of a palm radius below the web)
+    # over the proximal shaft for the strongest straight ridge.
+    top = base + 0.35 * radius * proximal_way
+    start, angle, score = _best_line(ridge, top, heading, 0.9 * radius, 0.25 * radius, 20)
+    if score < 1e-4:
+        return None
+    direction = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))])
+    start, direction = _refine_axis(ridge, start, direction)
+
+    along = np.arange(-0.6 * radius, 2.0 * radius, 1.0)
+    profile = _band_profile(smooth, start, direction, along, 0.05 * radius)
+    valleys = _valley_strength(profile, int(0.08 * radius))
+    distal_s = _strongest(valleys, along, -0.5 * radius, 0.3 * radius)
+    proximal_s = _strongest(valleys, along, distal_s + 1.05 * radius, distal_s + 1.8 * radius)
+    centre_s = 0.5 * (distal_s + proximal_s)
+    centre = start + centre_s * direction
+    near_head = (along > distal_s - 0.25 * radius) & (along < distal_s + 0.25 * radius)
+    strong = valleys > 0.5 * valleys[near_head].max()
+    local_max = (valleys >= np.roll(valleys, 1)) & (valleys >= np.roll(valleys, -1))
+    peaks = near_head & strong & local_max
+    return _CanonicalBone(
+        distal=start + distal_s * direction,
+        proximal=start + proximal_s * direction,
+        centre=centre,
+        width=_width_across(smooth, centre, direction),
+        score=score,
+        valleys_near_head=int(peaks.sum()),
+    )
+
+
+def _refine_axis(ridge: np.ndarray, start: np.ndarray,
+                 direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Straighten a rough axis by a line fit to the ridge's centroid across each step."""
+    radius = PALM_RADIUS_PX
+    normal = np.array([-direction[1], direction[0]])
+    along = np.arange(0.1 * radius, 0.9 * radius, 2.0)
+    across = np.arange(-0.12 * radius, 0.12 * radius + 1.0)
+    points = start + along[:, None, None] * direction + across[None, :, None] * normal
+    values = _sample(ridge, points[..., 0], points[..., 1])
+    weights = np.maximum(values - 0.5 * values.max(axis=1, keepdims=True), 0)
+    total = weights.sum(axis=1)
+    keep = total > 0
+    if keep.sum() < 5:
+        return start, direction
+    offsets = (weights[keep] * across).sum(axis=1) / total[keep]
+    slope, intercept = np.polyfit(along[keep], offsets, 1)
+    new_direction = direction + slope * normal
+    new_direction /= np.linalg.norm(new_direction)
+    return start + intercept * normal, new_direction
+
+
+def _band_profile(image: np.ndarray, start: np.ndarray, direction: np.ndarray,
+                  along: np.ndarray, half_width: float) -> np.ndarray:
+    """Mean of the image across a narrow band, at each position along a line."""
+    normal = np.array([-direction[1], direction[0]])
+    across = np.linspace(-half_width, half_width, 5)
+    points = start + along[:, None, None] * direction + across[None, :, None] * normal
+    return _sample(image, points[..., 0], points[..., 1]).mean(axis=1)
+
+
+def _valley_strength(profile: np.ndarray, reach: int) -> np.ndarray:
+    """How far each sample lies below the brighter sides of it (joint gaps, physes)."""
+    padded = np.pad(profile, reach, mode="edge")
+    count = len(profile)
+    before = np.max([padded[reach - k: reach - k + count] for k in range(1, reach + 1)], axis=0)
+    after = np.max([padded[reach + k: reach + k + count] for k in range(1, reach + 1)], axis=0)
+    return np.maximum(np.minimum(before, after) - profile, 0)
+
+
+def _strongest(values: np.ndarray, along: np.ndarray, low: float, high: float) -> float:
+    window = (along >= low) & (along <= high)
+    if not window.any():
+        return 0.5 * (low + high)
+    return float(along[window][int(np.argmax(values[window]))])
+
+
+def _width_across(smooth: np.ndarray, centre: np.ndarray, direction: np.ndarray) -> float:
+    """Outer width: distance between the steepest rise and fall across the shaft."""
+    radius = PALM_RADIUS_PX
+    normal = np.array([-direction[1], direction[0]])
+    across = np.arange(-0.22 * radius, 0.22 * radius + 0.5, 0.5)
+    along = np.linspace(-0.1 * radius, 0.1 * radius, 9)
+    points = centre + along[:, None, None] * direction + across[None, :, None] * normal
+    profile = _sample(smooth, points[..., 0], points[..., 1]).mean(axis=0)
+    slope = np.gradient(profile)
+    middle = len(across) // 2
+    rise = int(np.argmax(slope[:middle]))
+    fall = middle + int(np.argmin(slope[middle:]))
+    return float(across[fall] - across[rise])
+
+
+def _inside(field: np.ndarray, bone: _CanonicalBone) -> bool:
+    """Whether the whole bone, with its width, lies on the input image."""
+    axis = bone.distal - bone.proximal
+    normal = np.array([-axis[1], axis[0]]) / max(np.linalg.norm(axis), 1e-6)
+    steps = np.linspace(0, 1, 20)[:, None]
+    points = [bone.proximal + steps * axis + side * 0.5 * bone.width * normal
+              for side in (-1, 0, 1)]
+    points = np.concatenate(points)
+    return bool((_sample(field.astype(np.float32), points[:, 0], points[:, 1]) > 0.5).all())
+
+
+def _to_input(name: str, bone: _CanonicalBone, frame: _Canonical) -> LocatedBone:
+    centre, proximal, distal = frame.to_input(np.array([bone.centre, bone.proximal, bone.distal]))
+    zoom = float(np.sqrt(abs(np.linalg.det(frame.matrix[:, :2]))))
+    axis = distal - proximal
+    return LocatedBone(
+        name=name,
+        center_rc=_rc(centre),
+        axis_angle_deg=math.degrees(math.atan2(-axis[1], axis[0])) % 360.0,
+        proximal_rc=_rc(proximal),
+        distal_rc=_rc(distal),
+        length_px=float(np.linalg.norm(axis)),
+        width_estimate_px=bone.width / zoom,
+    )
+
+
+def _maturity(smooth: np.ndarray, bones: dict[str, _CanonicalBone]):
+    """(paediatric, toddler, features) from the bones' proportions and gaps."""
+    if not bones:
+        return False, False, {}
+    lengths = [np.linalg.norm(b.distal - b.proximal) / PALM_RADIUS_PX for b in bones.values()]
+    widths = [b.width / PALM_RADIUS_PX for b in bones.values()]
+    gaps = [b.valleys_near_head for b in bones.values()]
+    features = {
+        "length_per_palm_radius": float(np.mean(lengths)),
+        "width_per_palm_radius": float(np.mean(widths)),
+        "gaps_near_head": float(np.mean(gaps)),
+    }
+    return False, False, features
