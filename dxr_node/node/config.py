@@ -31,7 +31,7 @@ class ConfigError(Exception):
     """A configuration problem, with a message naming the bad key and why."""
 
 
-def _check_aet(value: str) -> str:
+def check_ae_title(value: str) -> str:
     value = value.strip()
     if not _AET_PATTERN.match(value):
         raise ValueError(f"not a valid AE title (1-16 printable characters, no '\\'): {value!r}")
@@ -51,7 +51,7 @@ class Destination(BaseModel):
     @field_validator("ae_title")
     @classmethod
     def _valid_aet(cls, value: str) -> str:
-        return _check_aet(value)
+        return check_ae_title(value)
 
 
 class DispatchPolicy(BaseModel):
@@ -96,12 +96,12 @@ class NodeConfig(BaseModel):
     @field_validator("ae_title")
     @classmethod
     def _valid_aet(cls, value: str) -> str:
-        return _check_aet(value)
+        return check_ae_title(value)
 
     @field_validator("allowed_calling_aets")
     @classmethod
     def _valid_aets(cls, values: list[str]) -> list[str]:
-        return [_check_aet(v) for v in values]
+        return [check_ae_title(v) for v in values]
 
     @field_validator("allowed_source_ips")
     @classmethod

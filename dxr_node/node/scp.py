@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from io import BytesIO
@@ -111,11 +112,20 @@ class StorageSCP:
                   allowed_source_ips=",".join(self.config.allowed_source_ips) or "ANY")
         return host, port
 
-    def stop(self) -> None:
-        """Stop accepting; associations in progress are ended by pynetdicom."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop listening, let associations in progress finish for up to ``grace_s``,
+        then abort the rest (their unacknowledged instances are re-sent by the peer)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        associations = server.active_associations  # threads: still listed after shutdown
+        deadline = time.monotonic() + grace_s
+        while any(a.is_alive() for a in associations) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in associations:
+            if assoc.is_alive():
+                assoc.abort()
 
     @property
     def active_associations(self) -> int:

@@ -1,0 +1,176 @@
+"""Entry points of `dxr-node serve | status | retry | send` (parsed in dxr_node/cli.py).
+
+Exit status: 0 success, 1 something failed (e.g. an object not acknowledged), 2 usage
+error such as a bad configuration or a missing file (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dxr_node.node.config import ConfigError, NodeConfig, cli_overrides, load_config
+from dxr_node.node.store import Store, StoreError
+
+CONFIG_ENV = "DXR_NODE_CONFIG"  # a config file for containers, when --config is not given
+
+
+def _fail(message: str) -> int:
+    print(f"dxr-node: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> NodeConfig:
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
+    data_dir = getattr(args, "data_dir", None)
+    return load_config(path, overrides={**overrides, "data_dir": data_dir})
+
+
+def _open_existing_store(config: NodeConfig) -> Store:
+    path = config.database_path
+    if not path.is_file():
+        raise StoreError(f"no node database at {path} (has `dxr-node serve` run with this "
+                         "--data-dir / --config?)")
+    return Store(path)
+
+
+# --- serve -------------------------------------------------------------------------------
+
+def serve(args: argparse.Namespace) -> int:
+    from dxr_node.node.logs import configure_logging
+    from dxr_node.node.service import ServiceError, run
+
+    try:
+        config = _config(args, **cli_overrides(
+            host=args.host, port=args.port, ae_title=args.ae_title, workers=args.workers,
+            destinations=args.destination, allow_aets=args.allow_aet))
+    except ConfigError as exc:
+        return _fail(str(exc))
+    configure_logging(config.log_level)
+    try:
+        return run(config)
+    except (ServiceError, StoreError) as exc:
+        return _fail(str(exc))
+
+
+# --- status ------------------------------------------------------------------------------
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def collect_status(store: Store, *, limit: int = 10) -> dict[str, Any]:
+    """Everything `dxr-node status` shows, as one JSON-ready dict."""
+    return {
+        "database": str(store.path),
+        "instances": store.instance_count(),
+        **store.counts(),
+        "recent_results": store.recent_results(limit),
+        "failures": store.failures(limit),
+        "skipped": store.skipped(limit),
+    }
+
+
+def render_status(status: dict[str, Any]) -> str:
+    lines = [f"database  {status['database']}", f"instances {status['instances']}"]
+    lines.append("jobs      " + "  ".join(f"{k} {v}" for k, v in status["jobs"].items()))
+    lines.append("dispatch  " + "  ".join(f"{k} {v}" for k, v in status["dispatches"].items()))
+    lines.append("")
+    lines.append("recent results")
+    if not status["recent_results"]:
+        lines.append("  (none yet)")
+    for r in status["recent_results"]:
+        lines.append(
+            f"  job {r['job_id']:<5} {_when(r['finished_at'])}  {r['status']:<8} "
+            f"BMD {_number(r['dxr_bmd_g_cm2'])} g/cm2  MCI {_number(r['mci'])}  "
+            f"T {_number(r['t_score'], 1)}  {r['category'] or ''}  "
+            f"objects {r['objects']}  sop {r['sop_instance_uid']}"
+        )
+        if r["status"] != "ok" and r["reasons"]:
+            lines.append(f"            reasons: {'; '.join(r['reasons'])}")
+    lines.append("")
+    lines.append("failures")
+    if not status["failures"]:
+        lines.append("  (none)")
+    for f in status["failures"]:
+        target = f" -> {f['destination']}" if f["destination"] else ""
+        lines.append(f"  {f['what']} {f['id']}{target}  {_when(f['at'])}  attempts "
+                     f"{f['attempts']}  sop {f['sop_instance_uid']}: {f['reason']}")
+    if status["skipped"]:
+        lines.append("")
+        lines.append("skipped (not analysed)")
+        for s in status["skipped"]:
+            lines.append(f"  job {s['job_id']}  sop {s['sop_instance_uid']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def status(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+        with _open_existing_store(config) as store:
+            report = collect_status(store)
+    except (ConfigError, StoreError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_status(report))
+    return 0
+
+
+# --- retry -------------------------------------------------------------------------------
+
+def retry(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+        with _open_existing_store(config) as store:
+            dispatches = store.retry_failed_dispatches()
+            jobs = store.requeue_failed_jobs() if getattr(args, "jobs", False) else 0
+    except (ConfigError, StoreError) as exc:
+        return _fail(str(exc))
+    print(f"re-queued {dispatches} failed dispatch(es)"
+          + (f" and {jobs} failed analysis job(s)" if getattr(args, "jobs", False) else "")
+          + " (a running node picks them up; otherwise at its next start)")
+    return 0
+
+
+# --- send --------------------------------------------------------------------------------
+
+def _parse_host_port(text: str) -> tuple[str, int]:
+    match = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):(\d{1,5})", text.strip())
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"--to {text!r}: expected HOST:PORT, e.g. 127.0.0.1:11112")
+    return match.group(1).strip("[]"), int(match.group(2))
+
+
+def send(args: argparse.Namespace) -> int:
+    from dxr_node.node.config import Destination, check_ae_title
+    from dxr_node.node.dispatch import SENT, send_files
+
+    try:
+        host, port = _parse_host_port(args.to)
+        called, calling = check_ae_title(args.aet), check_ae_title(args.calling_aet)
+    except ValueError as exc:
+        return _fail(str(exc))
+    destination = Destination(name=called, ae_title=called, host=host, port=port)
+    paths = [Path(p) for p in args.files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return _fail(f"no such file: {', '.join(missing)}")
+    deliveries = send_files(destination, paths, calling_aet=calling)
+    for d in deliveries:
+        status = "-" if d.status is None else f"0x{d.status:04X}"
+        print(f"{d.outcome:<6} {status}  {d.path}  {d.reason}")
+    return 0 if all(d.outcome == SENT for d in deliveries) else 1

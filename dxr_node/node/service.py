@@ -1,0 +1,149 @@
+"""`dxr-node serve`: wire the store, SCP, worker pool and dispatcher; stop gracefully.
+
+Start order: database (and recovery of work a dead node left running), workers and
+dispatcher, then the listener, so nothing is acknowledged before it can be processed.
+Stop order on SIGTERM/SIGINT: listener first (no new images), then workers and
+dispatcher finish or hand back what they hold. A second signal exits at once; nothing is
+lost either way because every state change is committed before it is acted on.
+
+Parts provided by the worker/dispatch modules (called with the shared stop event):
+``worker.start_workers(config, stop_event)`` starts the analysis pool and returns a
+handle whose ``join()`` returns once the pool has stopped after ``stop_event`` is set;
+``dispatch.run_dispatcher(config, store, stop_event)`` runs in a thread until it is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from dxr_node.node.config import NodeConfig
+from dxr_node.node.logs import log_event
+from dxr_node.node.scp import StorageSCP
+from dxr_node.node.store import Store
+
+log = logging.getLogger("dxr_node.node")
+
+HOUSEKEEPING_INTERVAL_S = 3600.0  # spool retention runs at start and then hourly
+
+
+class ServiceError(Exception):
+    """The node cannot start (e.g. the port is taken); the message says why."""
+
+
+def purge_spool(config: NodeConfig, store: Store, now: float | None = None) -> int:
+    """Delete spooled images past ``retention_days`` whose analysis is finished."""
+    if config.retention_days <= 0:
+        return 0
+    cutoff = (time.time() if now is None else now) - config.retention_days * 86400
+    deleted = 0
+    for instance_id, path in store.spool_files_to_delete(cutoff):
+        Path(path).unlink(missing_ok=True)
+        store.mark_spool_deleted(instance_id)
+        deleted += 1
+    if deleted:
+        log_event(log, "spool_purged", files=deleted, retention_days=config.retention_days)
+    return deleted
+
+
+class Node:
+    """The running node; ``start()`` returns once it listens, ``stop()`` shuts it down."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        self.store: Store | None = None
+        self.scp: StorageSCP | None = None
+        self._threads: list[threading.Thread] = []
+        self._workers = None
+        self.address: tuple[str, int] | None = None
+
+    def start(self) -> None:
+        from dxr_node.node.dispatch import run_dispatcher
+        from dxr_node.node.worker import start_workers
+
+        config = self.config
+        for directory in (config.data_dir, config.spool_path, config.objects_path):
+            try:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ServiceError(f"cannot create {directory}: {exc.strerror}") from None
+        self.store = Store(config.database_path)
+        recovered = self.store.recover_interrupted(max_attempts=config.worker_max_attempts)
+        if recovered:
+            log_event(log, "recovered", rows=recovered,
+                      reason="work left running by a previous node was re-queued")
+        if not config.allowed_calling_aets:
+            log_event(log, "open_to_any_aet", logging.WARNING,
+                      reason="allowed_calling_aets is empty: any calling AE title is accepted")
+        if not config.destinations:
+            log_event(log, "no_destinations", logging.WARNING,
+                      reason="no destinations: results stay in the database")
+        purge_spool(config, self.store)
+
+        self._workers = start_workers(config, self.stop_event)
+        self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event)
+        self._spawn("housekeeping", self._housekeeping)
+        self.scp = StorageSCP(config, self.store)
+        try:
+            self.address = self.scp.start()
+        except OSError as exc:
+            self.stop()
+            raise ServiceError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+        log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
+                  port=self.address[1], workers=config.worker_count,
+                  destinations=",".join(f"{d.ae_title}@{d.host}:{d.port}"
+                                        for d in config.destinations) or None,
+                  data_dir=config.data_dir, pid=os.getpid())
+
+    def _spawn(self, name: str, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _housekeeping(self) -> None:
+        while not self.stop_event.wait(HOUSEKEEPING_INTERVAL_S):
+            try:
+                purge_spool(self.config, self.store)
+            except OSError as exc:
+                log_event(log, "purge_failed", logging.ERROR, reason=str(exc))
+
+    def stop(self) -> None:
+        log_event(log, "stopping")
+        if self.scp is not None:
+            self.scp.stop()
+        self.stop_event.set()
+        if self._workers is not None:
+            self._workers.join()
+        for thread in self._threads:
+            thread.join(timeout=self.config.dispatch.timeout_s + 5)
+        if self.store is not None:
+            self.store.close()
+        log_event(log, "stopped")
+
+
+def run(config: NodeConfig) -> int:
+    """Run the node until SIGTERM or SIGINT; returns the exit status."""
+    node = Node(config)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log_event(log, "forced_exit", logging.WARNING, signal=signal.Signals(signum).name)
+            os._exit(1)
+        log_event(log, "shutdown_requested", signal=signal.Signals(signum).name)
+        node.stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    while not node.stop_event.wait(0.5):  # short waits keep signal handling prompt
+        pass
+    node.stop()
+    return 0
