@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retry", help="re-dispatch failed items")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--jobs", action="store_true",
+                   help="also re-queue failed analysis jobs (e.g. after a fix)")
     p.set_defaults(func=_delegate("dxr_node.node.cli:retry"))
 
     p = sub.add_parser("send", help="push DICOM files to a node or PACS (C-STORE)")
