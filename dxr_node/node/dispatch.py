@@ -1,0 +1,328 @@
+"""C-STORE SCU: deliver produced objects to PACS destinations, with a retry policy.
+
+Every send ends in one of three outcomes, and nothing counts as sent unless the peer
+acknowledged it with Success (0x0000) or a Warning (0xB000-0xBFFF):
+
+- ``SENT``: acknowledged.
+- ``RETRY``: transient - connection refused, timeout, abort, an empty status (pynetdicom
+  returns an empty Dataset on timeout/abort), association rejected-transient, 0xA7xx
+  (out of resources) or 0x0213 (resource limitation). Retried with exponential backoff
+  and jitter (:func:`backoff_delay`, policy from the `dispatch` config table).
+- ``FAILED``: permanent - association rejected-permanent (e.g. calling AE not known),
+  no presentation context accepted for the object, 0xA9xx, 0xCxxx and any other refusal.
+  Retrying would only repeat the same answer, so it fails at once with the reason.
+
+Objects are sent from their files: the file's own SOP class and transfer syntax are
+proposed, plus Explicit/Implicit VR Little Endian for uncompressed files so a peer that
+only takes one of those still gets the object (pynetdicom converts between them).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.presentation import build_context
+
+from dxr_node.node.config import DispatchPolicy, NodeConfig
+from dxr_node.node.store import Dispatch, Store
+
+log = logging.getLogger(__name__)
+
+SENT = "sent"
+RETRY = "retry"
+FAILED = "failed"
+
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_MAX_CONTEXTS = 128  # DICOM limit on presentation contexts per association
+
+
+class DestinationLike(Protocol):
+    """What a configured destination must offer (config's model satisfies it)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outcome of sending one file to one destination."""
+
+    path: Path
+    sop_instance_uid: str | None
+    outcome: str  # SENT | RETRY | FAILED
+    status: int | None  # DIMSE status when the peer answered
+    reason: str
+
+
+def backoff_delay(policy: DispatchPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+    Exponential from ``initial_backoff_s``, capped at ``max_backoff_s``, with "equal
+    jitter": half the delay is fixed, half random, so items that failed together (a PACS
+    outage) do not all come back in the same second.
+    """
+    ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + (rng or random).uniform(0.0, ceiling / 2)
+
+
+def classify_status(status: int | None) -> tuple[str, str]:
+    """Map a C-STORE response status (None: no status came back) to (outcome, reason)."""
+    if status is None:
+        return RETRY, "no response status (timeout or association aborted)"
+    if status == 0x0000:
+        return SENT, "success"
+    if 0xB000 <= status <= 0xBFFF:
+        return SENT, f"warning 0x{status:04X}"
+    if 0xA700 <= status <= 0xA7FF:
+        return RETRY, f"refused: out of resources (0x{status:04X})"
+    if status == 0x0213:
+        return RETRY, "refused: resource limitation (0x0213)"
+    if 0xA900 <= status <= 0xA9FF:
+        return FAILED, f"error: data set does not match SOP class (0x{status:04X})"
+    if 0xC000 <= status <= 0xCFFF:
+        return FAILED, f"error: cannot understand (0x{status:04X})"
+    return FAILED, f"failed with status 0x{status:04X}"
+
+
+def send_files(
+    destination: DestinationLike,
+    paths: Sequence[str | Path],
+    *,
+    calling_aet: str,
+    timeout_s: float = 30.0,
+) -> list[Delivery]:
+    """Send DICOM files to one destination over one association; one Delivery per path.
+
+    Never raises for network or peer trouble: every path gets an outcome.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return []
+    headers: dict[Path, tuple[str, str, str]] = {}
+    deliveries: dict[Path, Delivery] = {}
+    for path in paths:
+        try:
+            headers[path] = _read_header(path)
+        except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
+            deliveries[path] = Delivery(path, None, FAILED, None, f"unreadable object: {exc}")
+
+    contexts = _contexts_for(headers.values())
+    if len(contexts) > _MAX_CONTEXTS:
+        # Too many distinct classes/syntaxes for one association: split the batch.
+        half = len(paths) // 2
+        return send_files(destination, paths[:half], calling_aet=calling_aet,
+                          timeout_s=timeout_s) + send_files(
+            destination, paths[half:], calling_aet=calling_aet, timeout_s=timeout_s)
+
+    if headers:
+        deliveries.update(_send_over_association(destination, headers, contexts,
+                                                 calling_aet, timeout_s))
+    return [deliveries[path] for path in paths]
+
+
+def _read_header(path: Path) -> tuple[str, str, str]:
+    """(SOP Class UID, SOP Instance UID, Transfer Syntax UID) from the file meta."""
+    meta = read_file_meta_info(path)
+    missing = [kw for kw in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
+                             "TransferSyntaxUID") if kw not in meta]
+    if missing:
+        raise ValueError(f"{path.name} has no {', '.join(missing)} in its file meta")
+    return (str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
+            str(meta.TransferSyntaxUID))
+
+
+def _contexts_for(headers: Any) -> list:
+    """One context per (class, own syntax), plus one offering conversion if uncompressed.
+
+    The own syntax gets a context of its own: in a mixed context the SCP picks, and a
+    JPEG file cannot be sent on an Explicit VR context.
+    """
+    wanted: dict[tuple[str, tuple[str, ...]], None] = {}
+    for sop_class, _, syntax in headers:
+        wanted[(sop_class, (syntax,))] = None
+        if syntax in _UNCOMPRESSED:
+            wanted[(sop_class, _UNCOMPRESSED)] = None
+    return [build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in wanted]
+
+
+def _send_over_association(
+    destination: DestinationLike,
+    headers: dict[Path, tuple[str, str, str]],
+    contexts: list,
+    calling_aet: str,
+    timeout_s: float,
+) -> dict[Path, Delivery]:
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.maximum_pdu_size = 0  # unlimited: faster for large objects
+    ae.requested_contexts = contexts
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+    def all_fail(outcome: str, reason: str) -> dict[Path, Delivery]:
+        return {path: Delivery(path, header[1], outcome, None, reason)
+                for path, header in headers.items()}
+
+    # pynetdicom may see the peer's socket close before it reads the A-ASSOCIATE-RJ and
+    # report a mere abort; catching the PDU as it arrives keeps a rejection a rejection.
+    rejections: list[A_ASSOCIATE_RJ] = []
+
+    def keep_rejection(event: Any) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejections.append(event.pdu)
+
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                             evt_handlers=[(evt.EVT_PDU_RECV, keep_rejection)])
+    except (OSError, ValueError) as exc:
+        return all_fail(FAILED, f"cannot associate with {where}: {exc}")
+    if not assoc.is_established:
+        outcome, reason = _association_failure(assoc, rejections, where)
+        log.warning("dispatch: %s", reason)
+        return all_fail(outcome, reason)
+
+    results: dict[Path, Delivery] = {}
+    try:
+        for path, (sop_class, sop_uid, syntax) in headers.items():
+            if not assoc.is_established:
+                results[path] = Delivery(path, sop_uid, RETRY, None,
+                                         f"association with {where} lost before sending")
+                continue
+            results[path] = _send_one(assoc, path, sop_class, sop_uid, syntax, where)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
+
+
+def _association_failure(assoc: Any, rejections: list[A_ASSOCIATE_RJ],
+                         where: str) -> tuple[str, str]:
+    if rejections:
+        answer = rejections[0]
+        detail = f"{answer.result_str}, {answer.source_str}: {answer.reason_str}"
+        if answer.result == 0x01:
+            return FAILED, f"association rejected by {where} ({detail})"
+        return RETRY, f"association rejected by {where} ({detail})"
+    if assoc.is_aborted and assoc.acceptor.primitive is not None:
+        # Accepted, then aborted by us: the peer took none of the proposed contexts.
+        return FAILED, f"{where} accepted no presentation context for these objects"
+    return RETRY, f"cannot reach {where} (refused, timed out or aborted)"
+
+
+def _send_one(assoc: Any, path: Path, sop_class: str, sop_uid: str, syntax: str,
+              where: str) -> Delivery:
+    accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class]
+    if not accepted:
+        return Delivery(path, sop_uid, FAILED, None,
+                        f"{where} accepted no presentation context for SOP class {sop_class} "
+                        f"({UID(syntax).name})")
+    try:
+        if any(cx.transfer_syntax[0] == syntax for cx in accepted):
+            # Stream the file as stored: no decode, no re-encode.
+            _config.STORE_SEND_CHUNKED_DATASET = True
+            status_ds = assoc.send_c_store(path)
+        else:
+            # Only a converted syntax was accepted: pynetdicom re-encodes the dataset.
+            status_ds = assoc.send_c_store(dcmread(path))
+    except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
+        return Delivery(path, sop_uid, FAILED, None, f"cannot send {path.name}: {exc}")
+    status = int(status_ds.Status) if "Status" in status_ds else None
+    outcome, reason = classify_status(status)
+    return Delivery(path, sop_uid, outcome, status, reason)
+
+
+# --- the dispatcher: store rows -> deliveries -> store rows ---------------------------
+
+POLL_INTERVAL_S = 0.25  # workers live in other processes: poll the store for new rows
+BATCH_SIZE = 64  # dispatches claimed per round (sent per destination over one association)
+
+
+def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event) -> None:
+    """Deliver due dispatches until ``stop_event`` is set; run it in a thread.
+
+    A round in progress is finished before stopping (bounded by the dispatch timeout),
+    so a graceful stop leaves no row in ``sending``.
+    """
+    senders = max(1, len(config.destinations))
+    with ThreadPoolExecutor(max_workers=senders, thread_name_prefix="dispatch") as executor:
+        while not stop_event.is_set():
+            if dispatch_once(config, store, executor=executor) == 0:
+                stop_event.wait(POLL_INTERVAL_S)
+
+
+def dispatch_once(config: NodeConfig, store: Store, *,
+                  executor: ThreadPoolExecutor | None = None) -> int:
+    """Claim the due dispatches (up to BATCH_SIZE), send them, record the outcomes.
+
+    Destinations are served in parallel, each over one association. Returns how many
+    dispatches were handled.
+    """
+    batch: list[Dispatch] = []
+    while len(batch) < BATCH_SIZE and (item := store.claim_dispatch()) is not None:
+        batch.append(item)
+    if not batch:
+        return 0
+    by_destination: dict[str, list[Dispatch]] = defaultdict(list)
+    for item in batch:
+        by_destination[item.destination].append(item)
+
+    own_executor = executor is None
+    executor = executor or ThreadPoolExecutor(max_workers=len(by_destination))
+    try:
+        pending = {}
+        for name, items in by_destination.items():
+            destination = config.destination(name)
+            if destination is None:
+                for item in items:
+                    store.dispatch_failed(item.id, f"destination {name!r} is not configured")
+                continue
+            future = executor.submit(send_files, destination, [i.path for i in items],
+                                     calling_aet=config.ae_title,
+                                     timeout_s=config.dispatch.timeout_s)
+            pending[future] = items
+        for future, items in pending.items():
+            for item, delivery in zip(items, future.result(), strict=True):
+                _record(store, config.dispatch, item, delivery)
+    finally:
+        if own_executor:
+            executor.shutdown()
+    return len(batch)
+
+
+def _record(store: Store, policy: DispatchPolicy, item: Dispatch, delivery: Delivery) -> None:
+    where = f"dispatch={item.id} sop={item.sop_instance_uid} kind={item.kind} " \
+            f"destination={item.destination} attempt={item.attempts}"
+    if delivery.outcome == SENT:
+        store.dispatch_sent(item.id, delivery.status or 0)
+        log.info("sent %s status=0x%04X", where, delivery.status or 0)
+    elif delivery.outcome == RETRY and item.attempts < policy.max_attempts:
+        delay = backoff_delay(policy, item.attempts)
+        store.dispatch_retry_later(item.id, delivery.reason, time.time() + delay,
+                                   delivery.status)
+        log.warning("retry %s in %.1fs: %s", where, delay, delivery.reason)
+    else:
+        reason = delivery.reason
+        if delivery.outcome == RETRY:
+            reason = f"gave up after {item.attempts} attempts: {reason}"
+        store.dispatch_failed(item.id, reason, delivery.status)
+        log.error("failed %s: %s", where, reason)
