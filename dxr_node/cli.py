@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aet", default="DXRNODE", help="called AE title")
     p.add_argument("--calling-aet", default="DXRSEND")
     p.set_defaults(func=_delegate("dxr_node.node.cli:send"))
+
+    p = sub.add_parser("reference", help="check a DXR-BMD reference table (default: packaged)")
+    p.add_argument("file", nargs="?", metavar="FILE", help="a site's own table (JSON)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_delegate("dxr_node.clinical.cli:run"))
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from dxr_node.clinical import scores
@@ -45,7 +46,7 @@ def interpret(
     ``sex`` and ``age_years`` override the header (CLI options). Every score left null
     gets a reason in ``Interpretation.reasons``; nothing is defaulted silently.
     """
-    table = reference if reference is not None else load_reference()
+    table = reference if reference is not None else _default_reference()
     reasons: list[str] = []
     caveats: list[str] = []
 
@@ -143,6 +144,12 @@ def interpret(
         reasons=tuple(reasons),
         caveats=tuple(caveats),
     )
+
+
+@lru_cache(maxsize=1)
+def _default_reference() -> ReferenceTable:
+    """The packaged table, read once per process (a node interprets many images)."""
+    return load_reference()
 
 
 def _usable_bmd(analysis: Analysis) -> float | None:
