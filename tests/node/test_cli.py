@@ -1,0 +1,92 @@
+"""`dxr-node status | retry | send` through the real command line entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dcmtk_peers import free_port, received_uids, storescp
+from test_scp import write_dx
+
+from dxr_node.cli import main
+from dxr_node.node.store import InstanceInfo, ProducedObject, Store
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A node database with one analysed image, one skipped and one failed dispatch."""
+    data = tmp_path / "data"
+    with Store(data / "dxr-node.sqlite") as store:
+        explicit_le = "1.2.840.10008.1.2.1"
+        store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1", explicit_le,
+                                        "/spool/1.2.3.dcm", 100, patient_id="P"))
+        store.add_instance(InstanceInfo("1.2.4", "1.2.840.10008.5.1.4.1.1.2", explicit_le,
+                                        "/spool/1.2.4.dcm", 100),
+                           skip_reason="not a CR/DX image (SOP class 1.2.840.10008.5.1.4.1.1.2)")
+        job = store.claim_job("w")
+        store.finish_job(job.id, status="ok",
+                         analysis={"dxr_bmd_g_cm2": 0.5512, "mci": 0.45, "reasons": []},
+                         interpretation={"t_score": -1.4, "category": "low bone mass"},
+                         objects=[ProducedObject("SR", "1.2.840.10008.5.1.4.1.1.88.33", "9.1",
+                                                 "/objects/9.1.dcm")],
+                         destinations=["PACS"])
+        dispatch = store.claim_dispatch()
+        store.dispatch_failed(dispatch.id, "association rejected (calling AE not recognised)")
+    return data
+
+
+def test_status_text_shows_counts_results_and_reasons(data_dir, capsys):
+    assert main(["status", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "done 1" in out and "skipped 1" in out and "failed 1" in out
+    assert "BMD 0.551 g/cm2" in out and "T -1.4" in out and "low bone mass" in out
+    assert "calling AE not recognised" in out
+    assert "not a CR/DX image" in out
+
+
+def test_status_json_and_retry(data_dir, capsys):
+    assert main(["status", "--data-dir", str(data_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dispatches"]["failed"] == 1 and report["instances"] == 2
+    assert report["recent_results"][0]["category"] == "low bone mass"
+
+    assert main(["retry", "--data-dir", str(data_dir)]) == 0
+    assert "re-queued 1 failed dispatch" in capsys.readouterr().out
+    main(["status", "--data-dir", str(data_dir), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["dispatches"]["failed"] == 0 and report["dispatches"]["pending"] == 1
+
+
+def test_status_without_database_is_a_clear_error(tmp_path, capsys):
+    assert main(["status", "--data-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dxr-node: error: no node database at") and "Traceback" not in err
+
+
+def test_serve_with_bad_config_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "node.toml"
+    bad.write_text("port = 0\n")
+    assert main(["serve", "--config", str(bad)]) == 2
+    assert "port: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert main(["serve", "--destination", "nonsense"]) == 2
+    assert "expected AET@HOST:PORT" in capsys.readouterr().err
+
+
+def test_send_delivers_files_to_a_dcmtk_storescp(tmp_path, capsys):
+    files = [tmp_path / f"in{i}.dcm" for i in range(2)]
+    uids = sorted(write_dx(f) for f in files)
+    with storescp(tmp_path / "pacs", aet="PACS") as port:
+        code = main(["send", *map(str, files), "--to", f"127.0.0.1:{port}", "--aet", "PACS"])
+    assert code == 0, capsys.readouterr()
+    assert received_uids(tmp_path / "pacs") == uids
+
+
+def test_send_reports_failure_and_bad_arguments(tmp_path, capsys):
+    path = tmp_path / "in.dcm"
+    write_dx(path)
+    assert main(["send", str(path), "--to", f"127.0.0.1:{free_port()}"]) == 1  # nobody there
+    assert main(["send", str(tmp_path / "missing.dcm"), "--to", "127.0.0.1:104"]) == 2
+    assert main(["send", str(path), "--to", "127.0.0.1"]) == 2
+    assert main(["send", str(path), "--to", "h:1", "--aet", "X" * 17]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "expected HOST:PORT" in err and "not a valid AE" in err
