@@ -65,6 +65,19 @@ class DispatchPolicy(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0)  # ACSE, DIMSE and network timeouts
 
 
+class WebConfig(BaseModel):
+    """The operator console (``dxr_node.web``), served by ``dxr-node serve``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback: no credentials needed; any other address needs them
+    port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (tests)
+    token: str | None = Field(default=None, min_length=16)  # "Authorization: Bearer <token>"
+    username: str | None = Field(default=None, min_length=1)  # HTTP basic auth
+    password: str | None = Field(default=None, min_length=8)
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -91,6 +104,7 @@ class NodeConfig(BaseModel):
     retention_days: float = Field(default=30.0, ge=0)  # 0 keeps spooled images forever
     min_free_disk_mb: int = Field(default=500, ge=0)  # below this C-STORE answers 0xA700
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
+    web: WebConfig = Field(default_factory=WebConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("ae_title")
