@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -74,42 +75,8 @@ def interpret(
     )
 
     bmd = _usable_bmd(analysis)
-    child = analysis.paediatric or (age_value is not None
-                                    and age_value < scores.ADULT_MIN_AGE_YEARS)
-    t_score = z_score = category = triage = relative_risk = None
-    if bmd is None:
-        detail = "; ".join(analysis.reasons) or "no DXR-BMD"
-        reasons.append(f"no scores: analysis {analysis.status} ({detail})")
-    elif child:
-        why = ("the engine flagged the image as paediatric" if analysis.paediatric
-               else f"age {age_value:.1f} is under {scores.ADULT_MIN_AGE_YEARS:g}")
-        reasons.append(f"no adult scores (T, Z, category, triage, risk): {why}")
-    elif sex_ref is None:
-        reasons.append("T-score, Z-score, category, triage and relative risk not computed: "
-                       "they need the patient's sex ('F' or 'M')")
-    else:
-        t_score = scores.round_score(scores.standard_score(
-            bmd, sex_ref.young_adult_mean_g_cm2, sex_ref.young_adult_sd_g_cm2))
-        category = scores.category(t_score)
-        caveats.append(scores.CATEGORY_CAVEAT)
-        raw_z = None
-        if age_value is None:
-            reasons.append("Z-score, triage and relative risk not computed: they need the "
-                           "patient's age")
-            caveats.append("age unknown: the T-score assumes an adult because the engine "
-                           "did not flag the image as paediatric")
-        elif age_matched is None:
-            low, high = sex_ref.age_range
-            reasons.append(f"Z-score and relative risk not computed: age {age_value:.1f} is "
-                           f"outside the reference table's range {low:g}-{high:g} years")
-        else:
-            raw_z = scores.standard_score(bmd, *age_matched)
-            z_score = scores.round_score(raw_z)
-        if age_value is not None and age_value < scores.TRIAGE_MIN_AGE_YEARS:
-            caveats.append("under 50 the Z-score, not the T-score category, is the usual "
-                           "basis of interpretation (ISCD)")
-        triage = _triage(t_score, sex_value, age_value, reasons)
-        relative_risk = _relative_risk(raw_z, sex_value, age_value, table, reasons)
+    adult = _adult_scores(analysis, bmd, sex_value, age_value, table, age_matched,
+                          reasons, caveats)
 
     side, side_problem = exam_laterality(analysis)
     if side == "R":
@@ -132,17 +99,72 @@ def interpret(
     return Interpretation(
         age_years=None if age_value is None else round(age_value, 2),
         sex=sex_value,
-        t_score=t_score,
-        z_score=z_score,
-        category=category,
-        triage=triage,
-        relative_risk=relative_risk,
+        t_score=adult.t_score,
+        z_score=adult.z_score,
+        category=adult.category,
+        triage=adult.triage,
+        relative_risk=adult.relative_risk,
         reference=reference_info,
         prior=prior,
         priors=eligible,
         billing_modifier=billing_modifier(analysis),
         reasons=tuple(reasons),
         caveats=tuple(caveats),
+    )
+
+
+@dataclass(frozen=True)
+class _AdultScores:
+    t_score: float | None = None
+    z_score: float | None = None
+    category: str | None = None
+    triage: str | None = None
+    relative_risk: float | None = None
+
+
+def _adult_scores(analysis: Analysis, bmd: float | None, sex: str | None, age: float | None,
+                  table: ReferenceTable, age_matched: tuple[float, float] | None,
+                  reasons: list[str], caveats: list[str]) -> _AdultScores:
+    """T, Z, category, triage and risk, each null with a reason when it cannot be given."""
+    sex_ref = table.sexes.get(sex) if sex else None
+    if bmd is None:
+        detail = "; ".join(analysis.reasons) or "no DXR-BMD"
+        reasons.append(f"no scores: analysis {analysis.status} ({detail})")
+        return _AdultScores()
+    if analysis.paediatric or (age is not None and age < scores.ADULT_MIN_AGE_YEARS):
+        why = ("the engine flagged the image as paediatric" if analysis.paediatric
+               else f"age {age:.1f} is under {scores.ADULT_MIN_AGE_YEARS:g}")
+        reasons.append(f"no adult scores (T, Z, category, triage, risk): {why}")
+        return _AdultScores()
+    if sex_ref is None:
+        reasons.append("T-score, Z-score, category, triage and relative risk not computed: "
+                       "they need the patient's sex ('F' or 'M')")
+        return _AdultScores()
+
+    t_score = scores.round_score(scores.standard_score(
+        bmd, sex_ref.young_adult_mean_g_cm2, sex_ref.young_adult_sd_g_cm2))
+    caveats.append(scores.CATEGORY_CAVEAT)
+    raw_z = None
+    if age is None:
+        reasons.append("Z-score, triage and relative risk not computed: they need the "
+                       "patient's age")
+        caveats.append("age unknown: the T-score assumes an adult because the engine "
+                       "did not flag the image as paediatric")
+    elif age_matched is None:
+        low, high = sex_ref.age_range
+        reasons.append(f"Z-score and relative risk not computed: age {age:.1f} is "
+                       f"outside the reference table's range {low:g}-{high:g} years")
+    else:
+        raw_z = scores.standard_score(bmd, *age_matched)
+    if age is not None and age < scores.TRIAGE_MIN_AGE_YEARS:
+        caveats.append("under 50 the Z-score, not the T-score category, is the usual "
+                       "basis of interpretation (ISCD)")
+    return _AdultScores(
+        t_score=t_score,
+        z_score=None if raw_z is None else scores.round_score(raw_z),
+        category=scores.category(t_score),
+        triage=_triage(t_score, sex, age, reasons),
+        relative_risk=_relative_risk(raw_z, sex, age, table, reasons),
     )
 
 
