@@ -51,26 +51,32 @@ def find_exam_date(header: Any) -> Finding:
 def find_age(header: Any, override_years: float | None = None) -> Finding:
     """Age in years: the override, else birth date and exam date, else PatientAge.
 
-    The birth date is preferred to PatientAge because it gives a fractional age.
+    The birth date is preferred because it gives a fractional age; when it gives an
+    implausible age (anonymised headers often carry a dummy birth date) PatientAge is used.
     """
     if override_years is not None:
         return _checked(float(override_years), "override")
     if header is None:
         return Finding(None, reason="age unknown: no DICOM header and no age given")
 
+    found = []
     birth = parse_dicom_date(header.get("PatientBirthDate"))
     exam = find_exam_date(header).value
     if birth is not None and exam is not None:
-        return _checked((exam - birth).days / DAYS_PER_YEAR, "PatientBirthDate")
-
+        found.append(_checked((exam - birth).days / DAYS_PER_YEAR, "PatientBirthDate"))
     text = str(header.get("PatientAge") or "").strip().upper()
     if text:
         match = re.fullmatch(r"(\d{3})([DWMY])", text)
         if match is None:
-            return Finding(None, reason=f"age unknown: PatientAge {text!r} is not nnnD/W/M/Y")
-        return _checked(int(match[1]) * _AGE_UNIT_YEARS[match[2]], "PatientAge")
-    return Finding(None, reason="age unknown: no PatientAge and no PatientBirthDate with an "
-                                "exam date in the header")
+            found.append(Finding(None, reason=f"age unknown: PatientAge {text!r} is not "
+                                              "nnnD/W/M/Y"))
+        else:
+            found.append(_checked(int(match[1]) * _AGE_UNIT_YEARS[match[2]], "PatientAge"))
+    if not found:
+        return Finding(None, reason="age unknown: no PatientAge and no PatientBirthDate with "
+                                    "an exam date in the header")
+    plausible = [f for f in found if f.value is not None]
+    return plausible[0] if plausible else found[0]
 
 
 def _checked(age_years: float, source: str) -> Finding:

@@ -216,3 +216,14 @@ def test_to_dict_has_the_json_fields_the_cli_prints(analysis_factory, header_fac
         "age_matched_mean_g_cm2", "age_matched_sd_g_cm2"}
     assert out["reference"]["version"] == TABLE["version"]
     assert out["prior"] is None
+
+
+def test_dummy_birth_date_falls_back_to_patient_age(analysis_factory, header_factory):
+    header = header_factory(age="065Y", birth="18000101")
+    assert interpret(analysis_factory(0.5), header).age_years == 65.0
+
+
+def test_malformed_patient_age_is_a_reason(analysis_factory, header_factory):
+    result = interpret(analysis_factory(0.5), header_factory(age="65"))
+    assert result.age_years is None
+    assert any("PatientAge '65' is not nnnD/W/M/Y" in r for r in result.reasons)
