@@ -224,6 +224,8 @@ def test_dummy_birth_date_falls_back_to_patient_age(analysis_factory, header_fac
 
 
 def test_malformed_patient_age_is_a_reason(analysis_factory, header_factory):
-    result = interpret(analysis_factory(0.5), header_factory(age="65"))
+    with pytest.warns(UserWarning, match="Invalid value for VR AS"):  # pydicom agrees
+        header = header_factory(age="65")
+    result = interpret(analysis_factory(0.5), header)
     assert result.age_years is None
     assert any("PatientAge '65' is not nnnD/W/M/Y" in r for r in result.reasons)
