@@ -229,3 +229,23 @@ def test_malformed_patient_age_is_a_reason(analysis_factory, header_factory):
     result = interpret(analysis_factory(0.5), header)
     assert result.age_years is None
     assert any("PatientAge '65' is not nnnD/W/M/Y" in r for r in result.reasons)
+
+
+def test_header_read_back_from_a_dicom_file(tmp_path, analysis_factory, header_factory):
+    from pydicom import dcmread
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    header = header_factory(sex="M", birth="19500615", study_date="20250614")
+    header.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
+    header.file_meta = FileMetaDataset()
+    header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    header.file_meta.MediaStorageSOPClassUID = header.SOPClassUID
+    header.file_meta.MediaStorageSOPInstanceUID = header.SOPInstanceUID
+    path = tmp_path / "hand.dcm"
+    header.save_as(path, enforce_file_format=True)
+
+    result = interpret(analysis_factory(0.55), dcmread(path))
+    assert result.sex == "M"
+    assert 74.9 < result.age_years < 75.0  # one day short of 75
+    assert result.z_score is not None and result.triage is None
