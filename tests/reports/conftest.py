@@ -12,6 +12,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dxr_node.clinical.reference import load_reference
 from dxr_node.clinical.result import Interpretation, PriorComparison, ReferenceInfo
 from dxr_node.engine.result import Analysis, BoneMeasurement
 
@@ -20,9 +21,9 @@ ROWS, COLS = 2000, 1600
 # name: centre (row, col), axis angle (deg, fingers up = 90), outer width px, cortex px,
 # length px. Left hand, PA, fingers up: the thumb (and MC2) is on the image's right.
 BONES = {
-    "MC2": ((1180.0, 1010.0), 97.0, 84.0, 27.0, 680.0),
-    "MC3": ((1150.0, 850.0), 91.0, 86.0, 26.0, 650.0),
-    "MC4": ((1190.0, 700.0), 84.0, 72.0, 21.0, 580.0),
+    "MC2": ((1180.0, 1010.0), 84.0, 84.0, 27.0, 680.0),
+    "MC3": ((1150.0, 850.0), 89.0, 86.0, 26.0, 650.0),
+    "MC4": ((1190.0, 700.0), 97.0, 72.0, 21.0, 580.0),
 }
 BAND_HALF_PX = 100.0  # half length of the measured mid-shaft band along the axis
 
@@ -45,9 +46,14 @@ def make_display(rows: int = ROWS, cols: int = COLS) -> np.ndarray:
     image = np.full((rows, cols), 18.0, np.float32)
     palm = ((rr - 1250) / 560) ** 2 + ((cc - 830) / 470) ** 2 < 1
     image[palm] += 55
-    for col in (560, 700, 850, 1010):
-        finger = (np.abs(cc - col - (rr - 800) * 0.05) < 70) & (rr > 180) & (rr < 900)
-        image[finger] += 55
+    for (r0, c0), angle, width, _, length in BONES.values():
+        along, across = _frame(angle)
+        u = (rr - r0) * along[0] + (cc - c0) * along[1]
+        d = np.abs((rr - r0) * across[0] + (cc - c0) * across[1])
+        finger = (u > length / 2) & (u < length / 2 + 900) & (d < width * 0.9)
+        image[finger & ~palm] += 55
+        phalanx = (u > length / 2 + 40) & (u < length / 2 + 560) & (d < width * 0.4)
+        image[phalanx] += 60
     for (r0, c0), angle, width, cortex, length in BONES.values():
         along, across = _frame(angle)
         u = (rr - r0) * along[0] + (cc - c0) * along[1]
@@ -56,7 +62,7 @@ def make_display(rows: int = ROWS, cols: int = COLS) -> np.ndarray:
         path = 2 * np.sqrt(np.clip(outer**2 - d**2, 0, None))
         path -= 2 * np.sqrt(np.clip(inner**2 - d**2, 0, None)) * 0.75
         inside = np.abs(u) < length / 2
-        image += np.where(inside, path * 2.2, 0)
+        image += np.where(inside, path * 1.3, 0)
     image = np.clip(image + np.random.default_rng(1).normal(0, 2.5, image.shape), 0, 255)
     return image.astype(np.uint8)
 
@@ -192,7 +198,7 @@ def make_rejected(reason: str = "hand not found: image is mostly empty") -> Anal
 
 def make_interpretation(with_prior: bool = True, modifier: str | None = None
                         ) -> Interpretation:
-    reference = ReferenceInfo(name="DXR women (Black 2001)", version="1",
+    reference = ReferenceInfo(name=load_reference().name, version="1.0.0",
                               young_adult_mean_g_cm2=0.598, young_adult_sd_g_cm2=0.034,
                               age_matched_mean_g_cm2=0.52, age_matched_sd_g_cm2=0.05)
     prior = PriorComparison(date="20240110", dxr_bmd_g_cm2=0.561, change_g_cm2=-0.013,
