@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-# Piecewise-linear Gaussian kernel: triangles at z = k * _KERNEL_STEP sd, |z| <= 4 sd.
-_KERNEL_STEP = 0.5
-_KERNEL_NODES = np.arange(-8, 9) * _KERNEL_STEP
+# Piecewise-linear Gaussian kernel: triangles at z = k * _KERNEL_STEP sd, |z| <= 3.6 sd.
+_KERNEL_STEP = 0.6
+_KERNEL_NODES = np.arange(-6, 7) * _KERNEL_STEP
 _KERNEL_WEIGHTS = np.exp(-0.5 * _KERNEL_NODES**2)
 _KERNEL_WEIGHTS /= _KERNEL_WEIGHTS.sum()
 # The sum of triangles of half-width h has variance sum(w z^2) + h^2/6: rescale so the
@@ -32,7 +32,7 @@ _KERNEL_WEIGHTS /= _KERNEL_WEIGHTS.sum()
 _KERNEL_SCALE = 1.0 / np.sqrt(np.sum(_KERNEL_WEIGHTS * _KERNEL_NODES**2) + _KERNEL_STEP**2 / 6)
 # Second differences of the triangle weights give one coefficient per shifted evaluation.
 _PADDED = np.concatenate([[0.0], _KERNEL_WEIGHTS, [0.0]])
-_SHIFT_NODES = np.arange(-9, 10) * _KERNEL_STEP
+_SHIFT_NODES = np.arange(-7, 8) * _KERNEL_STEP
 _SHIFT_COEFFS = np.concatenate([[0.0], _PADDED, [0.0]])
 _SHIFT_COEFFS = _SHIFT_COEFFS[2:] - 2 * _SHIFT_COEFFS[1:-1] + _SHIFT_COEFFS[:-2]
 
@@ -43,10 +43,12 @@ PIXEL_APERTURE_VARIANCE = 1.0 / 12.0
 def _chord_second_antiderivative(y: np.ndarray, radius: float) -> np.ndarray:
     """Second antiderivative (zero left of the disc) of the chord 2*sqrt(R^2 - y^2)."""
     r2 = radius * radius
-    yc = np.clip(y, -radius, radius)
-    root = np.sqrt(r2 - yc * yc)
-    inside = -(root**3) / 3 + r2 * (yc * np.arcsin(yc / radius) + root) + 0.5 * np.pi * r2 * yc
-    return inside + np.pi * r2 * np.maximum(y - radius, 0.0)
+    yc = np.minimum(np.maximum(y, -radius), radius)
+    y2 = yc * yc
+    out = np.sqrt(r2 - y2) * (2 * r2 + y2) / 3
+    out += r2 * yc * (np.arcsin(yc / radius) + 0.5 * np.pi)
+    out += np.pi * r2 * np.maximum(y - radius, 0.0)
+    return out
 
 
 def blurred_chord(x: np.ndarray, center: float, radius: float, sigma: float) -> np.ndarray:
@@ -90,6 +92,7 @@ class TubeFit:
     canal_amplitude: float  # A_i: canal minus cortex (negative for a hollow shaft)
     rms_residual: float
     success: bool
+    coefficients: tuple[float, ...]  # linear part: the columns of ``tube_design``
 
 
 def tube_design(x: np.ndarray, edges: TubeEdges, sigma: float) -> np.ndarray:
@@ -99,6 +102,11 @@ def tube_design(x: np.ndarray, edges: TubeEdges, sigma: float) -> np.ndarray:
     canal = blurred_chord(x, canal_center, 0.5 * (edges.inner_b - edges.inner_a), sigma)
     u = (x - edges.center) / max(edges.width, 1.0)
     return np.column_stack([outer, canal, np.ones_like(x), u, u * u])
+
+
+def model_curve(x: np.ndarray, fit: TubeFit) -> np.ndarray:
+    """The fitted profile (tube and baseline) evaluated at ``x``."""
+    return tube_design(x, fit.edges, fit.sigma) @ np.asarray(fit.coefficients)
 
 
 def _edges_from_params(p: np.ndarray) -> TubeEdges:
@@ -159,7 +167,7 @@ def fit_tube(x: np.ndarray, y: np.ndarray, weights: np.ndarray, start: TubeEdges
     rms = float(np.sqrt(np.sum(res**2) / dof))
     return TubeFit(edges=edges, sigma=float(s), cortex_amplitude=float(coef[0]),
                    canal_amplitude=float(coef[1]), rms_residual=rms,
-                   success=bool(result.status > 0))
+                   success=bool(result.status > 0), coefficients=tuple(coef.tolist()))
 
 
 def render_tube_image(shape: tuple[int, int], center_rc: tuple[float, float],
