@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", metavar="OUTDIR")
     p.add_argument("--n", type=int, default=10, help="number of images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", default="adult",
+                   choices=["adult", "paediatric", "toddler", "non-hand"])
+    p.add_argument("--transfer-syntax", default="explicit", metavar="NAME",
+                   help="explicit, rle, j2k-lossless; with dcmtk: jpeg-lossless-sv1, "
+                        "jpeg-lossless, jpeg-baseline, jpeg-extended, jpeg-ls")
+    p.add_argument("--for-processing", action="store_true",
+                   help="DX For Processing: raw linear (LIN) intensities")
+    p.add_argument("--same-anatomy", action="store_true",
+                   help="image one hand N times (precision study)")
+    p.add_argument("--previews", action="store_true", help="also write PNG previews")
     p.set_defaults(func=_delegate("dxr_node.phantom.cli:run"))
 
     p = sub.add_parser("serve", help="run the DICOM node (C-STORE SCP, workers, dispatch)")

@@ -1,0 +1,465 @@
+"""Projection radiography of a synthetic hand: attenuation paths, detector and processing.
+
+Order of the physics: line integrals of attenuation on a supersampled grid -> intensity
+I0*exp(-A) -> Gaussian system blur -> pixel integration (box average) -> heel effect and
+collimation -> quantum noise (variance ~ counts) -> log transform to 12-bit values ->
+optional unsharp-mask edge enhancement -> burned-in text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import cv2
+import numpy as np
+
+from dxr_node.phantom.acquisition import Acquisition
+from dxr_node.phantom.anatomy import (
+    METACARPALS,
+    MU_CORTEX,
+    MU_SOFT,
+    MU_TRABECULAR,
+    Blob,
+    HandAnatomy,
+    LongBone,
+)
+
+MAX_VALUE = 4095  # 12-bit detector
+_TISSUE_STEP_MM = 0.5  # soft tissue is smooth: render it coarsely, then resample
+_TISSUE_X_MM = (-140.0, 140.0)
+_TISSUE_Y_MM = (-320.0, 260.0)
+_LEAD_ATTENUATION = 4.0
+
+
+class Placement:
+    """Affine map from the canonical hand frame (x right, y up, mm) to image [row, col]."""
+
+    def __init__(self, anatomy: HandAnatomy, acquisition: Acquisition) -> None:
+        rows_mm, cols_mm = acquisition.field_mm
+        spacing = acquisition.pixel_spacing_mm
+        self.rows, self.cols = round(rows_mm / spacing), round(cols_mm / spacing)
+        angle = math.radians(acquisition.rotation_deg + (180 if acquisition.fingers == "down"
+                                                          else 0))
+        mirror = np.diag([-1.0 if acquisition.laterality == "L" else 1.0, 1.0])
+        rotate = np.array([[math.cos(angle), -math.sin(angle)],
+                           [math.sin(angle), math.cos(angle)]])
+        # Screen (x right, y up) -> (row, col): row goes down.
+        to_rc = np.array([[0.0, -1.0], [1.0, 0.0]]) / spacing
+        self.linear = to_rc @ rotate @ mirror
+        center_rc = np.array([(self.rows - 1) / 2, (self.cols - 1) / 2])
+        shift = np.array([-acquisition.offset_mm[1], acquisition.offset_mm[0]]) / spacing
+        self.offset = center_rc + shift - self.linear @ _hand_center(anatomy)
+        self._keep_inside(anatomy, margin_px=22.0 / spacing)
+
+    def _keep_inside(self, anatomy: HandAnatomy, margin_px: float) -> None:
+        """Shift the hand so finger tips and the thumb stay inside the collimated field."""
+        tips = [b.distal_xy for b in anatomy.long_bones if b.name.startswith("D")]
+        if not tips:
+            return
+        rc = np.array([self.rc(p) for p in tips])
+        for axis, size in enumerate((self.rows, self.cols)):
+            low, high = rc[:, axis].min() - margin_px, rc[:, axis].max() + margin_px
+            if low < 0 and high - low < size:
+                self.offset[axis] -= low
+            elif high > size - 1 and high - low < size:
+                self.offset[axis] -= high - (size - 1)
+
+    def rc(self, xy: tuple[float, float] | np.ndarray) -> np.ndarray:
+        return self.linear @ np.asarray(xy, dtype=float) + self.offset
+
+    def grid_to_xy(self, supersample: int) -> tuple[np.ndarray, np.ndarray]:
+        """(A, b) with canonical xy = A @ [i, j] + b for supersampled grid indices (i, j)."""
+        inverse = np.linalg.inv(self.linear)
+        # Sample i of the supersampled grid sits at native row (i + 0.5) / k - 0.5.
+        a = inverse / supersample
+        b = inverse @ (np.full(2, 0.5 / supersample - 0.5) - self.offset)
+        return a, b
+
+
+def _hand_center(anatomy: HandAnatomy) -> np.ndarray:
+    """Middle of the hand from the wrist to the finger tips (canonical mm)."""
+    if not anatomy.long_bones:
+        return np.zeros(2)
+    ends = np.array([b.distal_xy for b in anatomy.long_bones])
+    x_mid = 0.5 * (ends[:, 0].min() + ends[:, 0].max())
+    wrist = min(b.distal_xy[1] for b in anatomy.long_bones if b.name in ("radius", "ulna"))
+    top = ends[:, 1].max()
+    return np.array([x_mid, 0.5 * (wrist - 25.0 * _scale(anatomy) + top)])
+
+
+def _scale(anatomy: HandAnatomy) -> float:
+    return anatomy.bone("MC3").length_mm / 65.0
+
+
+def render(anatomy: HandAnatomy, acquisition: Acquisition) -> tuple[np.ndarray, dict[str, Any]]:
+    """Image the hand: returns stored pixel values (uint16, 12-bit) and the truth record."""
+    placement = Placement(anatomy, acquisition)
+    attenuation = line_integrals(anatomy, acquisition, placement)
+    pixels = _detect(attenuation, acquisition, placement)
+    return pixels, truth_record(anatomy, acquisition, placement)
+
+
+def line_integrals(anatomy: HandAnatomy, acquisition: Acquisition,
+                   placement: Placement | None = None) -> np.ndarray:
+    """Total attenuation (dimensionless) on the supersampled grid, lead marker included."""
+    placement = placement or Placement(anatomy, acquisition)
+    k = acquisition.supersample
+    shape = (placement.rows * k, placement.cols * k)
+    a, b = placement.grid_to_xy(k)
+    if anatomy.variant == "non-hand":
+        attenuation = _warp_canonical(_chest_attenuation(), shape, a, b)
+    else:
+        attenuation = _warp_canonical(MU_SOFT * _soft_tissue_thickness(anatomy), shape, a, b)
+        step_mm = acquisition.pixel_spacing_mm / k
+        for bone in anatomy.long_bones:
+            _add_long_bone(attenuation, bone, a, b, step_mm)
+        for blob in anatomy.blobs:
+            _add_blob(attenuation, blob, a, b, step_mm)
+    if acquisition.marker:
+        _add_marker(attenuation, acquisition, placement)
+    return attenuation
+
+
+def _bbox(points_xy: list[np.ndarray], margin_mm: float, a: np.ndarray, b: np.ndarray,
+          step_mm: float, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    inverse = np.linalg.inv(a)
+    ij = np.array([inverse @ (np.asarray(p) - b) for p in points_xy])
+    margin = margin_mm / step_mm + 2
+    i0, j0 = np.floor(ij.min(axis=0) - margin).astype(int)
+    i1, j1 = np.ceil(ij.max(axis=0) + margin).astype(int)
+    i0, j0 = max(i0, 0), max(j0, 0)
+    i1, j1 = min(i1, shape[0]), min(j1, shape[1])
+    if i0 >= i1 or j0 >= j1:
+        return None
+    return i0, i1, j0, j1
+
+
+def _local_coordinates(origin: np.ndarray, direction: np.ndarray, a: np.ndarray, b: np.ndarray,
+                       box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates along ``direction`` and across it (mm) for every sample in ``box``."""
+    i0, i1, j0, j1 = box
+    normal = np.array([-direction[1], direction[0]])
+    ii = np.arange(i0, i1, dtype=np.float32)[:, None]
+    jj = np.arange(j0, j1, dtype=np.float32)[None, :]
+    out = []
+    for axis in (direction, normal):
+        gradient = a.T @ axis
+        start = float((b - origin) @ axis)
+        out.append(start + float(gradient[0]) * ii + float(gradient[1]) * jj)
+    return out[0], out[1]
+
+
+def _add_long_bone(attenuation: np.ndarray, bone: LongBone, a: np.ndarray, b: np.ndarray,
+                   step_mm: float) -> None:
+    proximal, distal = np.asarray(bone.proximal_xy), np.asarray(bone.distal_xy)
+    length = bone.length_mm
+    direction = (distal - proximal) / length
+    outer, inner, interior_mu = bone.profiles()
+    margin = float(outer.max())
+    box = _bbox([proximal, distal], margin, a, b, step_mm, attenuation.shape)
+    if box is None:
+        return
+    t, d = _local_coordinates(proximal, direction, a, b, box)
+    index = np.clip(t * ((len(outer) - 1) / length), 0, len(outer) - 1).astype(np.int32)
+    radius_outer, radius_inner = outer[index], inner[index]
+    d2 = d * d
+    outer_path = 2 * np.sqrt(np.maximum(radius_outer * radius_outer - d2, 0))
+    inner_path = 2 * np.sqrt(np.maximum(radius_inner * radius_inner - d2, 0))
+    path = MU_CORTEX * (outer_path - inner_path) + interior_mu[index] * inner_path
+    outside = (t < 0) | (t > length)
+    physis = bone.physis_position()
+    if physis is not None:
+        outside |= np.abs(t - physis) < bone.physis_gap_mm / 2  # cartilage, not bone
+    path[outside] = 0
+    i0, i1, j0, j1 = box
+    attenuation[i0:i1, j0:j1] += path.astype(np.float32)
+
+
+def _add_blob(attenuation: np.ndarray, blob: Blob, a: np.ndarray, b: np.ndarray,
+              step_mm: float) -> None:
+    center = np.asarray(blob.center_xy)
+    semi_a, semi_b, depth = blob.semi_axes_mm
+    box = _bbox([center], max(semi_a, semi_b), a, b, step_mm, attenuation.shape)
+    if box is None:
+        return
+    angle = math.radians(blob.angle_deg)
+    u, v = _local_coordinates(center, np.array([math.cos(angle), math.sin(angle)]), a, b, box)
+    shell = blob.shell_mm
+
+    def chord(sa: float, sb: float, sc: float) -> np.ndarray:
+        return 2 * sc * np.sqrt(np.maximum(1 - (u / sa) ** 2 - (v / sb) ** 2, 0))
+
+    outer = chord(semi_a, semi_b, depth)
+    inner = chord(semi_a - shell, semi_b - shell, depth - shell)
+    i0, i1, j0, j1 = box
+    attenuation[i0:i1, j0:j1] += (MU_CORTEX * (outer - inner) + MU_TRABECULAR * inner).astype(
+        np.float32)
+
+
+def _tissue_grid() -> tuple[np.ndarray, np.ndarray]:
+    x = np.arange(_TISSUE_X_MM[0], _TISSUE_X_MM[1], _TISSUE_STEP_MM)
+    y = np.arange(_TISSUE_Y_MM[1], _TISSUE_Y_MM[0], -_TISSUE_STEP_MM)  # row 0 at the top
+    return x, y
+
+
+def _to_tissue_px(xy: np.ndarray) -> tuple[int, int]:
+    return (round((xy[0] - _TISSUE_X_MM[0]) / _TISSUE_STEP_MM),
+            round((_TISSUE_Y_MM[1] - xy[1]) / _TISSUE_STEP_MM))
+
+
+def _rounded_thickness(mask: np.ndarray, half_thickness_mm: float) -> np.ndarray:
+    """Thickness of a slab with rounded (circular) edges over a binary outline."""
+    distance = cv2.distanceTransform(mask, cv2.DIST_L2, 5) * _TISSUE_STEP_MM
+    depth = np.minimum(distance, half_thickness_mm)
+    return 2 * np.sqrt(np.maximum(half_thickness_mm**2 - (half_thickness_mm - depth) ** 2, 0))
+
+
+def _soft_tissue_thickness(anatomy: HandAnatomy) -> np.ndarray:
+    """Hand outline and thickness (mm) on the coarse canonical grid."""
+    x, y = _tissue_grid()
+    soft = anatomy.soft_tissue
+    scale = _scale(anatomy)
+    fingers = np.zeros((len(y), len(x)), np.uint8)
+    for chain in anatomy.fingers:
+        bones = [anatomy.bone(name) for name in chain]
+        tip = np.asarray(bones[-1].distal_xy)
+        tip_direction = tip - np.asarray(bones[-1].proximal_xy)
+        tip = tip + 0.3 * soft.finger_radius_mm * tip_direction / np.linalg.norm(tip_direction)
+        start = bones[0] if chain[0] == "MC1" else bones[1]
+        points = [np.asarray(start.proximal_xy)] + [np.asarray(b.distal_xy) for b in bones[:-1]]
+        points.append(tip)
+        radius = soft.finger_radius_mm * (1.15 if chain[0] == "MC1" else 1.0)
+        width_px = max(1, round(2 * radius / _TISSUE_STEP_MM))
+        for p, q in zip(points[:-1], points[1:], strict=True):
+            cv2.line(fingers, _to_tissue_px(p), _to_tissue_px(q), 255, width_px, cv2.LINE_8)
+    thickness = _rounded_thickness(fingers, soft.finger_radius_mm)
+
+    mc = {name: anatomy.bone(name) for name in METACARPALS}
+    side = soft.finger_radius_mm
+    palm_points = [
+        np.add(mc["MC2"].distal_xy, (-0.9 * side, 0.2 * side)),
+        np.add(mc["MC3"].distal_xy, (0.0, 0.4 * side)),
+        np.add(mc["MC5"].distal_xy, (1.0 * side, 0.0)),
+        np.add(mc["MC5"].proximal_xy, (1.2 * side, -12.0 * scale)),
+        np.add(mc["MC2"].proximal_xy, (-1.5 * side, -14.0 * scale)),
+        np.asarray(anatomy.bone("MC1").proximal_xy) + (-0.6 * side, 0.0),
+    ]
+    palm = np.zeros_like(fingers)
+    cv2.fillConvexPoly(palm, np.array([_to_tissue_px(p) for p in palm_points], np.int32), 255)
+    thickness = np.maximum(thickness, _rounded_thickness(palm, soft.palm_half_thickness_mm))
+
+    # Forearm and wrist, from the carpus out of the field.
+    wrist_y = min(b.distal_xy[1] for b in anatomy.long_bones if b.name in ("radius", "ulna"))
+    center_x = 0.5 * (anatomy.bone("radius").distal_xy[0] + anatomy.bone("ulna").distal_xy[0])
+    half = soft.wrist_half_width_mm
+    arm = [(center_x - 1.08 * half, wrist_y + 24 * scale), (center_x + 1.02 * half,
+                                                             wrist_y + 24 * scale),
+           (center_x + 1.2 * half, _TISSUE_Y_MM[0]), (center_x - 1.25 * half, _TISSUE_Y_MM[0])]
+    forearm = np.zeros_like(fingers)
+    cv2.fillConvexPoly(forearm, np.array([_to_tissue_px(np.asarray(p)) for p in arm], np.int32),
+                       255)
+    thickness = np.maximum(thickness, _rounded_thickness(forearm, soft.wrist_half_thickness_mm))
+    # Smooth the joins (web spaces, wrist) the way skin and fat do.
+    return cv2.GaussianBlur(thickness.astype(np.float32), (0, 0), 2.0 / _TISSUE_STEP_MM)
+
+
+def _chest_attenuation() -> np.ndarray:
+    """A chest-like CR for rejection tests: torso, lungs, spine, ribs, heart, clavicles."""
+    x, y = _tissue_grid()
+    xx, yy = np.meshgrid(x, y - 0.0)
+    attenuation = np.zeros_like(xx, dtype=np.float32)
+    torso = 1 - (xx / 170) ** 2
+    attenuation += np.where(torso > 0, 3.2 * np.sqrt(np.clip(torso, 0, 1)), 0)
+    for side in (-1, 1):
+        lung = ((xx - side * 70) / 58) ** 2 + ((yy - 20) / 120) ** 2
+        attenuation -= np.where(lung < 1, 1.4 * np.sqrt(np.clip(1 - lung, 0, 1)), 0)
+        for level in range(9):
+            rib_y = 120 - level * 24 - 0.004 * (xx - side * 10) ** 2
+            rib = np.abs(yy - rib_y) < 5
+            attenuation += np.where(rib & (side * xx > 8) & (np.abs(xx) < 150), 0.35, 0)
+        clavicle = np.abs(yy - (150 + side * 0.0 - 0.15 * np.abs(xx - side * 60))) < 7
+        attenuation += np.where(clavicle & (side * xx > 10) & (np.abs(xx) < 140), 0.5, 0)
+    attenuation += np.where(np.abs(xx) < 18, 1.2, 0)  # spine
+    heart = ((xx - 25) / 65) ** 2 + ((yy + 30) / 55) ** 2
+    attenuation += np.where(heart < 1, 1.0 * np.sqrt(np.clip(1 - heart, 0, 1)), 0)
+    return cv2.GaussianBlur(attenuation.astype(np.float32), (0, 0), 3.0)
+
+
+def _warp_canonical(image: np.ndarray, shape: tuple[int, int], a: np.ndarray,
+                    b: np.ndarray) -> np.ndarray:
+    """Resample a canonical-grid image onto the supersampled image grid (i, j)."""
+    # Canonical grid pixel (u, v): u = (x - x0) / step, v = (y1 - y) / step.
+    to_uv = np.array([[1.0, 0.0], [0.0, -1.0]]) / _TISSUE_STEP_MM
+    uv_offset = np.array([-_TISSUE_X_MM[0], _TISSUE_Y_MM[1]]) / _TISSUE_STEP_MM
+    linear = to_uv @ a  # d(u, v) / d(i, j)
+    shift = to_uv @ b + uv_offset
+    # cv2 works in (x=j, y=i) order: map destination (j, i) -> source (u, v).
+    matrix = np.array([[linear[0, 1], linear[0, 0], shift[0]],
+                       [linear[1, 1], linear[1, 0], shift[1]]])
+    return cv2.warpAffine(image, matrix, (shape[1], shape[0]),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _marker_corner(acquisition: Acquisition, placement: Placement) -> tuple[float, float]:
+    """Native (row, col) of the lead marker: the field corner farthest from the hand."""
+    top, bottom, left, right = acquisition.collimation_mm or (0.0, 0.0, 0.0, 0.0)
+    spacing = acquisition.pixel_spacing_mm
+    inset = 8.0 / spacing
+    corners = [(top / spacing + inset, left / spacing + inset),
+               (top / spacing + inset, placement.cols - right / spacing - 3 * inset),
+               (placement.rows - bottom / spacing - 3 * inset, left / spacing + inset),
+               (placement.rows - bottom / spacing - 3 * inset,
+                placement.cols - right / spacing - 3 * inset)]
+    center = placement.rc((0.0, 60.0))
+    return max(corners, key=lambda rc: float(np.hypot(rc[0] - center[0], rc[1] - center[1])))
+
+
+def _add_marker(attenuation: np.ndarray, acquisition: Acquisition, placement: Placement) -> None:
+    k = acquisition.supersample
+    spacing = acquisition.pixel_spacing_mm
+    letter_px = 12.0 / spacing * k  # 12 mm high lead letter
+    scale = letter_px / 22.0  # FONT_HERSHEY_SIMPLEX caps are ~22 px at scale 1
+    row, col = _marker_corner(acquisition, placement)
+    mask = np.zeros(attenuation.shape, np.uint8)
+    cv2.putText(mask, acquisition.laterality, (round(col * k), round(row * k + letter_px)),
+                cv2.FONT_HERSHEY_SIMPLEX, scale, 255, max(1, round(1.8 / spacing * k)),
+                cv2.LINE_AA)
+    attenuation += mask.astype(np.float32) * (_LEAD_ATTENUATION / 255)
+
+
+def _lowpass(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Wide Gaussian blur, computed on a reduced image when the kernel is large."""
+    factor = max(1, int(sigma_px // 4))
+    if factor == 1:
+        return cv2.GaussianBlur(image, (0, 0), sigma_px)
+    rows, cols = image.shape
+    small = cv2.resize(image, (max(1, cols // factor), max(1, rows // factor)),
+                       interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma_px / factor)
+    return cv2.resize(small, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def _native_grid(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    return (np.arange(rows, dtype=np.float32)[:, None], np.arange(cols, dtype=np.float32)[None, :])
+
+
+def _detect(attenuation: np.ndarray, acquisition: Acquisition,
+            placement: Placement) -> np.ndarray:
+    k = acquisition.supersample
+    spacing = acquisition.pixel_spacing_mm
+    rows, cols = placement.rows, placement.cols
+    intensity = np.exp(-attenuation)
+    if acquisition.blur_sigma_mm > 0:
+        intensity = cv2.GaussianBlur(intensity, (0, 0), acquisition.blur_sigma_mm / spacing * k)
+    intensity = intensity.reshape(rows, k, cols, k).mean(axis=(1, 3))
+
+    r, c = _native_grid(rows, cols)
+    heel = math.radians(acquisition.heel_direction_deg)
+    along = ((r / rows - 0.5) * -math.sin(heel) + (c / cols - 0.5) * math.cos(heel))
+    intensity *= 1 - acquisition.heel_gradient * along
+    if acquisition.collimation_mm is not None:
+        intensity *= _collimation_factor(acquisition, rows, cols)
+
+    counts_per_pixel = acquisition.counts_per_mm2 * spacing * spacing
+    counts = intensity * counts_per_pixel
+    if acquisition.noise:
+        rng = np.random.default_rng(acquisition.noise_seed)
+        counts += np.sqrt(counts) * rng.standard_normal(counts.shape, dtype=np.float32)
+        counts += 2.0 * rng.standard_normal(counts.shape, dtype=np.float32)  # read-out noise
+    counts = np.maximum(counts, 1.0)
+
+    if acquisition.for_processing:
+        # Raw linear signal, MONOCHROME1 (low intensity = bone = displayed bright).
+        raw = counts * (3000.0 / counts_per_pixel)
+        return np.clip(np.rint(raw), 0, MAX_VALUE).astype(np.uint16)
+
+    value = acquisition.detector_offset + acquisition.detector_gain * np.log(
+        counts_per_pixel / counts)
+    if acquisition.edge_gain > 0 and acquisition.edge_sigma_mm > 0:
+        value = value + acquisition.edge_gain * (
+            value - _lowpass(value, acquisition.edge_sigma_mm / spacing))
+    if acquisition.burned_in_text:
+        _burn_in_text(value, acquisition)
+    value = np.clip(np.rint(value), 0, MAX_VALUE)
+    if acquisition.photometric == "MONOCHROME1":
+        value = MAX_VALUE - value
+    return value.astype(np.uint16)
+
+
+def _collimation_factor(acquisition: Acquisition, rows: int, cols: int) -> np.ndarray:
+    """1 inside the collimated field, scatter level outside, with a soft penumbra."""
+    top, bottom, left, right = acquisition.collimation_mm
+    spacing = acquisition.pixel_spacing_mm
+    center = ((top + (rows * spacing - bottom)) / 2 / spacing,
+              (left + (cols * spacing - right)) / 2 / spacing)
+    size = ((cols * spacing - left - right) / spacing, (rows * spacing - top - bottom) / spacing)
+    box = cv2.boxPoints(((center[1], center[0]), size, acquisition.collimation_angle_deg))
+    field = np.zeros((rows, cols), np.float32)
+    cv2.fillConvexPoly(field, np.round(box).astype(np.int32), 1.0)
+    field = _lowpass(field, 0.6 / spacing)
+    return field + (1 - field) * 0.04
+
+
+def _burn_in_text(value: np.ndarray, acquisition: Acquisition) -> None:
+    spacing = acquisition.pixel_spacing_mm
+    top, _, left, _ = acquisition.collimation_mm or (0.0, 0.0, 0.0, 0.0)
+    scale = 3.5 / spacing / 22.0  # 3.5 mm high characters
+    thickness = max(1, round(0.4 / spacing))
+    x = round((left + 40.0) / spacing)
+    text_mask = np.zeros(value.shape, np.uint8)
+    for line, text in enumerate(("DXR PHANTOM", f"{acquisition.modality} HAND PA")):
+        y = round((top + 8.0 + 6.0 * line) / spacing)
+        cv2.putText(text_mask, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255,
+                    thickness, cv2.LINE_AA)
+    alpha = text_mask.astype(np.float32) / 255
+    value *= 1 - alpha
+    value += alpha * MAX_VALUE
+
+
+def truth_record(anatomy: HandAnatomy, acquisition: Acquisition,
+                 placement: Placement) -> dict[str, Any]:
+    """Ground truth for one image (image coordinates: [row, col], integer = pixel centre)."""
+    bones = {}
+    if anatomy.variant != "non-hand":
+        for name in METACARPALS:
+            bone = anatomy.bone(name)
+            proximal, distal = placement.rc(bone.proximal_xy), placement.rc(bone.distal_xy)
+            axis = distal - proximal
+            bones[name] = {
+                "outer_radius_mm": bone.outer_radius_mm,
+                "inner_radius_mm": bone.inner_radius_mm,
+                "cortical_thickness_mm": bone.cortical_thickness_mm,
+                "width_mm": 2 * bone.outer_radius_mm,
+                "medullary_width_mm": 2 * bone.inner_radius_mm,
+                "length_mm": bone.length_mm,
+                "midshaft_center_rc": _pair(placement.rc(bone.midshaft_xy)),
+                "axis_angle_deg": round(math.degrees(math.atan2(-axis[0], axis[1])), 4),
+                "proximal_rc": _pair(proximal),
+                "distal_rc": _pair(distal),
+                "shaft_fraction": [bone.shaft_start, bone.shaft_end],
+            }
+    acq = asdict(acquisition)
+    return {
+        "anatomy_id": anatomy.anatomy_id,
+        "variant": anatomy.variant,
+        "pixel_spacing_mm": acquisition.pixel_spacing_mm,
+        "imager_pixel_spacing_mm": acquisition.imager_pixel_spacing_mm,
+        "magnification": acquisition.magnification,
+        "laterality": acquisition.laterality,
+        "rotation_deg": acquisition.rotation_deg,
+        "fingers": acquisition.fingers,
+        "blur_sigma_mm": acquisition.blur_sigma_mm,
+        "edge_enhancement": {"sigma_mm": acquisition.edge_sigma_mm,
+                             "gain": acquisition.edge_gain},
+        "rows": placement.rows,
+        "cols": placement.cols,
+        "acquisition": acq,
+        "bones": bones,
+    }
+
+
+def _pair(rc: np.ndarray) -> list[float]:
+    return [round(float(rc[0]), 4), round(float(rc[1]), 4)]
