@@ -97,7 +97,7 @@ def interpret(
         reasons.extend(follow.reasons)
 
     return Interpretation(
-        age_years=None if age_value is None else round(age_value, 2),
+        age_years=None if age_value is None else _floor_2_decimals(age_value),
         sex=sex_value,
         t_score=adult.t_score,
         z_score=adult.z_score,
@@ -172,6 +172,11 @@ def _adult_scores(analysis: Analysis, bmd: float | None, sex: str | None, age: f
 def _default_reference() -> ReferenceTable:
     """The packaged table, read once per process (a node interprets many images)."""
     return load_reference()
+
+
+def _floor_2_decimals(age_years: float) -> float:
+    """Truncate so a printed age never reaches a birthday (or a threshold) not yet reached."""
+    return math.floor(round(age_years * 100, 6)) / 100
 
 
 def _usable_bmd(analysis: Analysis) -> float | None:

@@ -63,7 +63,7 @@ def find_age(header: Any, override_years: float | None = None) -> Finding:
     birth = parse_dicom_date(header.get("PatientBirthDate"))
     exam = find_exam_date(header).value
     if birth is not None and exam is not None:
-        found.append(_checked((exam - birth).days / DAYS_PER_YEAR, "PatientBirthDate"))
+        found.append(_checked(age_on(birth, exam), "PatientBirthDate"))
     text = str(header.get("PatientAge") or "").strip().upper()
     if text:
         match = re.fullmatch(r"(\d{3})([DWMY])", text)
@@ -77,6 +77,30 @@ def find_age(header: Any, override_years: float | None = None) -> Finding:
                                     "an exam date in the header")
     plausible = [f for f in found if f.value is not None]
     return plausible[0] if plausible else found[0]
+
+
+def age_on(birth: date, day: date) -> float:
+    """Calendar age in years on ``day``: completed years plus the elapsed part of the next.
+
+    Exact at birthdays (50.0 on the 50th birthday), unlike days / 365.25.
+    """
+    if day < birth:
+        return (day - birth).days / DAYS_PER_YEAR  # negative: rejected as implausible
+    years = day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+    last = _birthday(birth, birth.year + years)
+    following = _birthday(birth, birth.year + years + 1)
+    return years + (day - last).days / (following - last).days
+
+
+def _birthday(birth: date, year: int) -> date:
+    # A 29 February birthday falls on 28 February in common years.
+    if (birth.month, birth.day) == (2, 29) and not _is_leap(year):
+        return date(year, 2, 28)
+    return birth.replace(year=year)
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
 def _checked(age_years: float, source: str) -> Finding:
