@@ -1,0 +1,286 @@
+"""Analysis worker pool: processes that claim jobs from the store and run the pipeline.
+
+Each worker process opens its own store connection and loops: claim the oldest queued
+job (atomically, in SQLite), run :func:`dxr_node.pipeline.process_file`, write the
+produced objects (fsync'd, then renamed) and record result, objects and dispatches in
+one transaction. A supervisor thread in the node process watches the workers:
+
+- a worker that dies (segfault, OOM kill, kill -9) has its job handed back to the queue;
+  after ``worker_max_attempts`` claims the job is failed with the reason, so an image
+  that kills its worker never blocks the queue. The worker is replaced.
+- a job running longer than ``job_timeout_s`` has its worker killed (same path).
+- workers die with the node (PR_SET_PDEATHSIG) so a kill -9 of the node leaves no
+  orphan analysing a job the next node will also claim; at start-up the service
+  re-queues jobs left ``running``.
+
+Unreadable images and pipeline exceptions end as failed jobs with the reason at once:
+they are deterministic, a retry would fail the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dxr_node.node.config import NodeConfig
+from dxr_node.node.logs import configure_logging, log_event
+from dxr_node.node.store import Job, ProducedObject, Store
+
+log = logging.getLogger("dxr_node.node.worker")
+
+JOB_TIMEOUT_S = 600.0  # an analysis takes seconds; ten minutes means it hangs
+STOP_GRACE_S = 120.0  # a graceful stop waits this long for running analyses to finish
+IDLE_POLL_S = 0.2  # queue polling when idle (the SCP lives in another process)
+RESPAWN_DELAY_S = 1.0  # between restarts of a worker that keeps dying while idle
+
+_SOP_CLASS_KINDS = {
+    "1.2.840.10008.5.1.4.1.1.88.": "SR",  # every SR storage class
+    "1.2.840.10008.5.1.4.1.1.7": "SC",  # Secondary Capture (and multi-frame .7.x)
+    "1.2.840.10008.5.1.4.1.1.11.": "GSPS",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.104.1": "PDF",
+}
+
+
+def object_kind(sop_class_uid: str) -> str:
+    """"SR" | "SC" | "GSPS" | "PDF" for a produced object's SOP Class UID."""
+    for prefix, kind in _SOP_CLASS_KINDS.items():
+        if sop_class_uid.startswith(prefix):
+            return kind
+    raise ValueError(f"the pipeline produced an object of unexpected SOP class {sop_class_uid}")
+
+
+def write_object(directory: Path, dataset: Any) -> ProducedObject:
+    """Write one produced dataset durably as <directory>/<SOP Instance UID>.dcm.
+
+    Deterministic UIDs mean a re-run rewrites the same file, never a second one.
+    """
+    uid = str(dataset.SOPInstanceUID)
+    kind = object_kind(str(dataset.SOPClassUID))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{uid}.dcm"
+    partial = directory / f".{uid}.{os.getpid()}.part"
+    with open(partial, "wb") as handle:
+        dataset.save_as(handle, enforce_file_format=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    return ProducedObject(kind, str(dataset.SOPClassUID), uid, str(path))
+
+
+def run_job(config: NodeConfig, store: Store, job: Job) -> str:
+    """Analyse one claimed job and record its outcome; returns the job's new state."""
+    from dxr_node.engine.image import ImageLoadError
+    from dxr_node.pipeline import process_file
+
+    log_event(log, "analysis_started", job=job.id, sop=job.sop_instance_uid,
+              attempt=job.attempts)
+    started = time.perf_counter()
+    try:
+        result = process_file(job.path, kinds=config.send_objects, history=store,
+                              objects_for_rejected=config.send_objects_for_rejected)
+        objects = [write_object(config.objects_path, ds) for ds in result.objects]
+    except ImageLoadError as exc:
+        return _fail(store, job, f"unreadable image: {exc}")
+    except OSError as exc:
+        # Not the image's fault (disk full, spool file gone): give it another claim.
+        state = store.release_job(job.id, f"cannot read or write files: {exc}",
+                                  max_attempts=config.worker_max_attempts)
+        log_event(log, "analysis_io_error", logging.ERROR, job=job.id,
+                  sop=job.sop_instance_uid, state=state, reason=str(exc))
+        return state
+    except Exception as exc:  # a pipeline bug: record it, never leave the job stuck
+        log.exception("analysis error job=%s sop=%s", job.id, job.sop_instance_uid)
+        return _fail(store, job, f"analysis error: {type(exc).__name__}: {exc}")
+
+    interpretation = result.interpretation.to_dict() if result.interpretation else None
+    store.finish_job(job.id, status=result.analysis.status, analysis=result.analysis.to_dict(),
+                     interpretation=interpretation, objects=objects,
+                     destinations=[d.name for d in config.destinations])
+    log_event(log, "analysis_done", job=job.id, sop=job.sop_instance_uid,
+              status=result.analysis.status, objects=len(objects),
+              seconds=round(time.perf_counter() - started, 2))
+    return "done"
+
+
+def _fail(store: Store, job: Job, reason: str) -> str:
+    store.fail_job(job.id, reason)
+    log_event(log, "analysis_failed", logging.ERROR, job=job.id, sop=job.sop_instance_uid,
+              reason=reason)
+    return "failed"
+
+
+# --- the worker process --------------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when the node process goes away."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the ppid check in the loop still ends orphans between jobs
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def worker_name(index: int, pid: int) -> str:
+    """The claim name of a worker process: unique, so a dead one's jobs can be found."""
+    return f"worker-{index}-{pid}"
+
+
+def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
+                 job_started: Any) -> None:
+    _die_with_parent(parent_pid)
+    name = worker_name(index, os.getpid())
+    # Ctrl-C reaches the whole process group: the node decides, through the stop event.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(config.log_level)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # one core per worker process
+    import dxr_node.pipeline  # noqa: F401  (load the heavy modules before the first job)
+
+    with Store(config.database_path) as store:
+        while not stop.is_set() and os.getppid() == parent_pid:
+            job = store.claim_job(name)
+            if job is None:
+                stop.wait(IDLE_POLL_S)
+                continue
+            job_started.value = time.time()
+            run_job(config, store, job)
+            job_started.value = 0.0
+
+
+# --- the pool, supervised from the node process ---------------------------------------
+
+
+class _Slot:
+    """One worker position: its current process and shared job clock."""
+
+    def __init__(self, index: int, context: Any) -> None:
+        self.index = index
+        self.job_started = context.Value("d", 0.0, lock=False)  # 0: idle
+        self.process: Any = None
+        self.name = ""
+        self.last_spawn = 0.0
+        self.killed_for_timeout = False
+
+
+class WorkerPool:
+    """A supervised pool of analysis processes; see the module docstring."""
+
+    def __init__(self, config: NodeConfig, stop_event: threading.Event, *,
+                 count: int | None = None, job_timeout_s: float = JOB_TIMEOUT_S,
+                 stop_grace_s: float = STOP_GRACE_S) -> None:
+        self.config = config
+        self.stop_event = stop_event
+        self.job_timeout_s = job_timeout_s
+        self.stop_grace_s = stop_grace_s
+        # spawn, not fork: the node process has threads (SCP, dispatcher, SQLite).
+        self._context = multiprocessing.get_context("spawn")
+        self._process_stop = self._context.Event()
+        self._slots = [_Slot(i, self._context) for i in range(count or config.worker_count)]
+        self._supervisor = threading.Thread(target=self._supervise, name="worker-supervisor",
+                                            daemon=True)
+        self._ready = threading.Event()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return [s.process.pid for s in self._slots if s.process and s.process.is_alive()]
+
+    def start(self) -> WorkerPool:
+        self._supervisor.start()
+        self._ready.wait()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the pool to stop (after ``stop_event`` is set)."""
+        self._supervisor.join(timeout)
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop the pool: graceful lets running analyses finish (up to the grace time),
+        otherwise workers are terminated and their jobs wait for the next start."""
+        if not graceful:
+            self.stop_grace_s = 0.0
+        self.stop_event.set()
+        self.join()
+
+    # Everything below runs in the supervisor thread: workers are spawned from it so
+    # that their PR_SET_PDEATHSIG parent (the spawning thread) lives as long as they do.
+
+    def _supervise(self) -> None:
+        with Store(self.config.database_path) as store:
+            for slot in self._slots:
+                self._spawn(slot)
+            self._ready.set()
+            while not self.stop_event.is_set():
+                sentinels = [s.process.sentinel for s in self._slots]
+                multiprocessing.connection.wait(sentinels, timeout=0.5)
+                for slot in self._slots:
+                    if not slot.process.is_alive():
+                        self._handle_death(store, slot)
+                        if time.monotonic() - slot.last_spawn < RESPAWN_DELAY_S:
+                            time.sleep(RESPAWN_DELAY_S)
+                        self._spawn(slot)
+                    elif self._overdue(slot):
+                        log_event(log, "worker_timeout", logging.ERROR, worker=slot.name,
+                                  seconds=self.job_timeout_s)
+                        slot.killed_for_timeout = True
+                        slot.process.kill()
+            self._shut_down(store)
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.job_started.value = 0.0
+        slot.killed_for_timeout = False
+        slot.process = self._context.Process(
+            target=_worker_main, name=f"dxr-worker-{slot.index}", daemon=True,
+            args=(self.config, slot.index, os.getpid(), self._process_stop, slot.job_started),
+        )
+        slot.process.start()
+        slot.name = worker_name(slot.index, slot.process.pid)
+        slot.last_spawn = time.monotonic()
+        log_event(log, "worker_started", worker=slot.name)
+
+    def _overdue(self, slot: _Slot) -> bool:
+        started = slot.job_started.value
+        return bool(started) and time.time() - started > self.job_timeout_s \
+            and not slot.killed_for_timeout
+
+    def _handle_death(self, store: Store, slot: _Slot) -> None:
+        code = slot.process.exitcode
+        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
+        if slot.killed_for_timeout:
+            how = f"killed after {self.job_timeout_s:.0f} s without finishing"
+        jobs = store.running_jobs_claimed_by(slot.name)
+        if not jobs:
+            log_event(log, "worker_exited", logging.WARNING, worker=slot.name, cause=how)
+        for job_id in jobs:
+            state = store.release_job(job_id, f"worker died ({how}) while analysing",
+                                      max_attempts=self.config.worker_max_attempts)
+            log_event(log, "worker_died", logging.ERROR, worker=slot.name, job=job_id,
+                      cause=how, job_state=state)
+
+    def _shut_down(self, store: Store) -> None:
+        self._process_stop.set()
+        deadline = time.monotonic() + self.stop_grace_s
+        for slot in self._slots:
+            slot.process.join(max(0.0, deadline - time.monotonic()))
+        for slot in self._slots:
+            if slot.process.is_alive():
+                # Its job stays 'running' and is re-queued at the next start.
+                log_event(log, "worker_terminated", logging.WARNING, worker=slot.name)
+                slot.process.kill()
+                slot.process.join()
+
+
+def start_workers(config: NodeConfig, stop_event: threading.Event) -> WorkerPool:
+    """Start the analysis pool; it stops (gracefully) once ``stop_event`` is set."""
+    return WorkerPool(config, stop_event).start()
