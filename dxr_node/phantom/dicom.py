@@ -116,13 +116,13 @@ def to_dataset(pixels: np.ndarray, acquisition: Acquisition, patient: Patient,
     ds.KVP = 50 if variant != "non-hand" else 120
     ds.SoftwareVersions = f"dxr-node {__version__}"
     ds.ViewPosition = "PA"
-    ds.ImagerPixelSpacing = [f"{acquisition.imager_pixel_spacing_mm:.6g}"] * 2
+    ds.ImagerPixelSpacing = [f"{acquisition.imager_pixel_spacing_mm:.10g}"] * 2
     ds.DistanceSourceToDetector = 1000
     ds.ExposureTime = 20
     ds.XRayTubeCurrent = 100
     ds.Exposure = 2
     if acquisition.magnification:
-        ds.EstimatedRadiographicMagnificationFactor = f"{acquisition.magnification:.6g}"
+        ds.EstimatedRadiographicMagnificationFactor = f"{acquisition.magnification:.10g}"
         ds.DistanceSourceToPatient = f"{1000 / acquisition.magnification:.1f}"
     ds.StudyInstanceUID = study_uid or generate_uid(entropy_srcs=[uid_seed, "study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, "series"])

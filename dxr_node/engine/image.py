@@ -1,0 +1,249 @@
+"""Loading radiographs: DICOM (any transfer syntax pydicom can decode) or PNG/JPEG/TIFF.
+
+Whatever the input, the result is a float32 image in which bone is BRIGHT (values grow
+with attenuation), plus the pixel spacing the header supports and where it came from.
+Every failure a user can cause (wrong file, truncated or undecodable pixel data) becomes an
+``ImageLoadError`` with one clear line; no other exception type escapes ``load_radiograph``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import UID, ImplicitVRLittleEndian
+
+MIN_SPACING_MM = 0.02
+MAX_SPACING_MM = 1.0
+ANISOTROPY_TOLERANCE = 0.01
+_RASTER_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
+_RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+_PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float, Double Float
+
+
+class ImageLoadError(Exception):
+    """The input cannot be used as a radiograph; the message is one user-facing line."""
+
+
+@dataclass(frozen=True)
+class Radiograph:
+    pixels: np.ndarray  # float32 2-D, bone BRIGHT (higher = more attenuation)
+    pixel_spacing_mm: float | None
+    pixel_spacing_source: str | None  # "PixelSpacing", "ImagerPixelSpacing", "command line"..
+    spacing_problem: str | None  # why there is no usable spacing (missing, anisotropic, ...)
+    laterality_tag: str | None  # "L"/"R" from ImageLaterality or Laterality
+    source: str
+    dataset: Dataset | None  # DICOM header without the pixel data (for reports)
+
+
+def load_radiograph(path: str | Path, pixel_spacing_mm: float | None = None) -> Radiograph:
+    """Read a DICOM, PNG, JPEG or TIFF file; ``pixel_spacing_mm`` overrides the header."""
+    path = Path(path)
+    name = path.name or str(path)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except IsADirectoryError:
+        raise ImageLoadError(f"{name}: is a directory, not an image file") from None
+    except FileNotFoundError:
+        raise ImageLoadError(f"{name}: no such file") from None
+    except OSError as error:
+        raise ImageLoadError(f"{name}: cannot be read ({error.strerror or error})") from None
+    if not head:
+        raise ImageLoadError(f"{name}: empty file")
+    is_dicom = head[128:132] == b"DICM"
+    if not is_dicom and (head.startswith(_RASTER_MAGIC)
+                         or path.suffix.lower() in _RASTER_SUFFIXES):
+        return _load_raster(path, pixel_spacing_mm)
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as error:  # pydicom raises many types on garbage input
+        kind = "a damaged DICOM file" if is_dicom else "not a DICOM or image file"
+        raise ImageLoadError(f"{name}: {kind} ({_short(error)})") from None
+    if not is_dicom and not any(tag in ds for tag in _PIXEL_DATA_TAGS):
+        raise ImageLoadError(f"{name}: not a DICOM or image file")
+    return radiograph_from_dataset(ds, str(path), pixel_spacing_mm)
+
+
+def radiograph_from_dataset(ds: Dataset, source: str,
+                            pixel_spacing_mm: float | None = None) -> Radiograph:
+    """Decode the first frame of ``ds`` and read its spacing and laterality."""
+    name = Path(source).name or source
+    pixels = _decode(ds, name)
+    spacing, spacing_source, problem = _spacing(ds, pixel_spacing_mm)
+    laterality = None
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        if value in ("L", "R"):
+            laterality = value
+            break
+    header = Dataset()
+    header.update({elem.tag: elem for elem in ds if int(elem.tag) not in _PIXEL_DATA_TAGS})
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    return Radiograph(pixels, spacing, spacing_source, problem, laterality, source, header)
+
+
+def _decode(ds: Dataset, name: str) -> np.ndarray:
+    if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
+        sop = ds.get("SOPClassUID")
+        what = f" ({UID(sop).name})" if sop else ""
+        raise ImageLoadError(f"{name}: DICOM file has no pixel data{what}")
+    _check_pixel_module(ds, name)
+    meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        # A bare dataset without file meta: decode it the way it was encoded.
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.file_meta = meta
+    syntax = UID(meta.TransferSyntaxUID)
+    try:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            ds.pixel_array_options(index=0)  # decode only the first frame
+        stored = ds.pixel_array
+    except Exception as error:  # decoders raise ValueError, RuntimeError, ...
+        if not syntax.is_transfer_syntax:
+            raise ImageLoadError(f"{name}: unknown transfer syntax {syntax}") from None
+        if "less than expected" in str(error):
+            raise ImageLoadError(f"{name}: pixel data is truncated ({syntax.name})") from None
+        raise ImageLoadError(
+            f"{name}: pixel data could not be decoded ({syntax.name}: {_short(error)})"
+        ) from None
+    if stored.ndim == 3 and stored.shape[-1] in (3, 4) and ds.get("SamplesPerPixel", 1) > 1:
+        stored = stored[..., :3].mean(axis=-1)  # colour secondary capture: use luminance
+    if stored.ndim != 2:
+        raise ImageLoadError(f"{name}: expected a 2-D image, got shape {stored.shape}")
+
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    relationship = str(ds.get("PixelIntensityRelationship", "") or "").upper()
+    if relationship == "LIN":
+        # Linear in X-ray intensity: the log makes values scale with attenuation path.
+        if int(ds.get("PixelIntensityRelationshipSign", 1) or 1) == -1:
+            values = values.max() - values  # stored inverted: recover intensity
+        floor = max(float(values.max()), 1.0) * 1e-4
+        return (-np.log(np.maximum(values, floor))).astype(np.float32)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        return (_max_value(ds, values) - values).astype(np.float32)
+    return values
+
+
+def _check_pixel_module(ds: Dataset, name: str) -> None:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+    except (AttributeError, TypeError, ValueError):
+        raise ImageLoadError(f"{name}: image pixel description (Rows, Columns, BitsAllocated) "
+                             "is missing or malformed") from None
+    if rows < 1 or cols < 1:
+        raise ImageLoadError(f"{name}: empty image ({rows} x {cols} pixels)")
+    if allocated not in (8, 16, 32) or not 1 <= stored <= allocated:
+        raise ImageLoadError(f"{name}: unsupported bit depth (BitsAllocated {allocated}, "
+                             f"BitsStored {stored})")
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
+                           "YBR_RCT", "YBR_ICT", "PALETTE COLOR", ""):
+        raise ImageLoadError(f"{name}: unsupported photometric interpretation {photometric}")
+
+
+def _max_value(ds: Dataset, values: np.ndarray) -> float:
+    """Largest value the modality LUT can produce, for inverting MONOCHROME1."""
+    if "ModalityLUTSequence" in ds:
+        return float(values.max())
+    stored = int(ds.get("BitsStored", ds.BitsAllocated))
+    top = 2 ** (stored - 1) - 1 if int(ds.get("PixelRepresentation", 0)) else 2**stored - 1
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return max(top * slope + intercept, intercept)
+
+
+def _spacing(ds: Dataset, override: float | None) -> tuple[float | None, str | None, str | None]:
+    """(spacing mm, source, problem) following PixelSpacing > Imager/ERMF > Imager."""
+    if override is not None:
+        return _plausible([override], "command line")
+    if "PixelSpacing" in ds:
+        return _plausible(ds.PixelSpacing, "PixelSpacing")
+    if "ImagerPixelSpacing" in ds:
+        values = ds.ImagerPixelSpacing
+        magnification = ds.get("EstimatedRadiographicMagnificationFactor")
+        try:
+            factor = float(magnification) if magnification not in (None, "") else None
+        except (TypeError, ValueError):
+            factor = None
+        if factor and 0.5 < factor < 3.0:
+            try:
+                values = [float(v) / factor for v in _as_list(values)]
+            except (TypeError, ValueError):
+                return None, None, "ImagerPixelSpacing is not a number"
+            return _plausible(values, "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor")
+        return _plausible(values, "ImagerPixelSpacing")
+    return None, None, "no pixel spacing in the header"
+
+
+def _as_list(value: object) -> list:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def _plausible(values: object, source: str) -> tuple[float | None, str | None, str | None]:
+    try:
+        numbers = [float(v) for v in _as_list(values)]
+    except (TypeError, ValueError):
+        return None, None, f"{source} is not a number"
+    if not numbers or not all(math.isfinite(v) for v in numbers):
+        return None, None, f"{source} is empty or not finite"
+    row, col = numbers[0], numbers[-1]
+    if abs(row - col) > ANISOTROPY_TOLERANCE * max(row, col):
+        return None, None, f"anisotropic {source} {row:g} x {col:g} mm"
+    spacing = (row + col) / 2
+    if not MIN_SPACING_MM <= spacing <= MAX_SPACING_MM:
+        return None, None, (f"implausible {source} {spacing:g} mm (expected "
+                            f"{MIN_SPACING_MM}-{MAX_SPACING_MM} mm)")
+    return spacing, source, None
+
+
+def _load_raster(path: Path, pixel_spacing_mm: float | None) -> Radiograph:
+    name = path.name
+    data = np.fromfile(path, dtype=np.uint8)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we report it ourselves
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if image is None:
+        raise ImageLoadError(f"{name}: not a readable PNG, JPEG or TIFF image")
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        image = cv2.cvtColor(image, code)
+    if image.ndim != 2:
+        raise ImageLoadError(f"{name}: unsupported image layout {image.shape}")
+    if pixel_spacing_mm is None:
+        spacing, source, problem = None, None, "no pixel spacing (give --pixel-spacing)"
+    else:
+        spacing, source, problem = _plausible([pixel_spacing_mm], "command line")
+    return Radiograph(image.astype(np.float32), spacing, source, problem, None, str(path), None)
+
+
+def to_display_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit display version (bone bright) with a robust 0.5-99.5 percentile window."""
+    values = np.asarray(pixels, dtype=np.float32)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(values.shape, np.uint8)
+    step = max(1, finite.size // 1_000_000)
+    low, high = np.percentile(finite[::step], [0.5, 99.5])
+    if high <= low:
+        return np.where(values > low, 255, 0).astype(np.uint8)
+    scaled = (np.nan_to_num(values, nan=low) - low) * (255.0 / (high - low))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
