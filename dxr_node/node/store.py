@@ -648,3 +648,237 @@ class Store:
             (worker,),
         )
         return [r[0] for r in rows]
+
+    # --- console queries (dxr_node.web) ----------------------------------------------
+    # Read models of the operator console plus its two operator actions (retry one
+    # dispatch or job). An "exam" is one received instance and its analysis job; the
+    # console names it by job id. Exam status, as an administrator reads it:
+    # waiting (queued/running), analysed (result ok), rejected (engine rejected it or
+    # triage skipped it), failed (job failed or the engine errored).
+
+    _EXAM_STATUS_SQL = (
+        "CASE WHEN j.state IN ('queued','running') THEN 'waiting'"
+        " WHEN j.state = 'failed' THEN 'failed'"
+        " WHEN j.state = 'skipped' THEN 'rejected'"
+        " WHEN r.status = 'ok' THEN 'analysed'"
+        " WHEN r.status = 'rejected' THEN 'rejected'"
+        " ELSE 'failed' END"
+    )
+
+    def ensure_console_indexes(self) -> None:
+        """Indexes the console's filters and aggregates use (idempotent)."""
+        with self._transaction() as db:
+            db.execute("CREATE INDEX IF NOT EXISTS instances_received"
+                       " ON instances (received_at)")
+            db.execute("CREATE INDEX IF NOT EXISTS instances_study_date"
+                       " ON instances (study_date)")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)")
+            db.execute("CREATE INDEX IF NOT EXISTS dispatches_destination"
+                       " ON dispatches (destination, state)")
+
+    def exams(
+        self,
+        *,
+        status: str | None = None,
+        patient_id: str | None = None,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of exams, newest received first, and the number matching the filters.
+        ``date_from``/``date_to`` bound the study date (YYYYMMDD, inclusive)."""
+        where, params = [], []
+        if status:
+            where.append(f"{self._EXAM_STATUS_SQL} = ?")
+            params.append(status)
+        if patient_id:
+            where.append("i.patient_id = ?")
+            params.append(patient_id)
+        if date_from:
+            where.append("i.study_date >= ?")
+            params.append(date_from)
+        if date_to:
+            where.append("i.study_date <= ?")
+            params.append(date_to)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        joins = (" FROM instances i JOIN jobs j ON j.instance_id = i.id"
+                 " LEFT JOIN results r ON r.job_id = j.id")
+        total = self._read(f"SELECT COUNT(*){joins}{clause}", params)[0][0]
+        rows = self._read(
+            "SELECT j.id AS job_id, i.sop_instance_uid, i.patient_id, i.study_date,"
+            " i.modality, i.received_at, j.state AS job_state, j.error,"
+            f" {self._EXAM_STATUS_SQL} AS status, r.status AS result_status,"
+            " COALESCE(r.laterality, '') AS laterality, r.dxr_bmd_g_cm2,"
+            " json_extract(r.interpretation_json, '$.t_score') AS t_score,"
+            " json_extract(r.interpretation_json, '$.category') AS category,"
+            " json_extract(r.analysis_json, '$.reasons') AS reasons"
+            f"{joins}{clause} ORDER BY i.id DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [self._exam_row(r) for r in rows], total
+
+    @staticmethod
+    def _exam_row(r: sqlite3.Row) -> dict[str, Any]:
+        out = dict(r)
+        reasons = json.loads(out["reasons"]) if out["reasons"] else []
+        error = out.pop("error")
+        if error and out["job_state"] in ("failed", "skipped"):
+            reasons.append(error)
+        out["reasons"] = reasons
+        out["laterality"] = out["laterality"] or None
+        return out
+
+    def exam(self, job_id: int) -> dict[str, Any] | None:
+        """Everything the console's detail page shows about one exam, or None."""
+        rows = self._read(
+            "SELECT j.id AS job_id, j.state AS job_state, j.attempts, j.error,"
+            " j.started_at, j.finished_at, i.sop_instance_uid, i.sop_class_uid,"
+            " i.transfer_syntax_uid, i.study_instance_uid, i.series_instance_uid,"
+            " i.patient_id, i.issuer_of_patient_id, i.study_date, i.modality,"
+            " i.calling_aet, i.received_at, i.receive_count, i.spool_deleted_at,"
+            f" {self._EXAM_STATUS_SQL} AS status, r.analysis_json, r.interpretation_json"
+            " FROM jobs j JOIN instances i ON i.id = j.instance_id"
+            " LEFT JOIN results r ON r.job_id = j.id WHERE j.id = ?",
+            (job_id,),
+        )
+        if not rows:
+            return None
+        exam = dict(rows[0])
+        analysis = exam.pop("analysis_json")
+        interpretation = exam.pop("interpretation_json")
+        exam["analysis"] = json.loads(analysis) if analysis else None
+        exam["interpretation"] = json.loads(interpretation) if interpretation else None
+        exam["objects"] = [dict(r) for r in self._read(
+            "SELECT id, kind, sop_class_uid, sop_instance_uid, path, created_at"
+            " FROM objects WHERE job_id = ? ORDER BY id", (job_id,))]
+        exam["dispatches"] = self.exam_dispatches(job_id)
+        return exam
+
+    def exam_dispatches(self, job_id: int) -> list[dict[str, Any]]:
+        """Each produced object's dispatch to each destination, by destination."""
+        return [dict(r) for r in self._read(
+            "SELECT d.id, d.destination, o.kind, o.sop_instance_uid, d.state, d.attempts,"
+            " d.last_status, d.error, d.next_attempt_at, d.created_at, d.updated_at,"
+            " d.sent_at FROM dispatches d JOIN objects o ON o.id = d.object_id"
+            " WHERE o.job_id = ? ORDER BY d.destination, o.id", (job_id,))]
+
+    def patient_results(self, patient_id: str, issuer: str | None) -> list[dict[str, Any]]:
+        """All successful results of one patient, oldest study first (for the plot)."""
+        return [dict(r) for r in self._read(
+            "SELECT job_id, study_date, laterality, dxr_bmd_g_cm2 FROM results"
+            " WHERE patient_id = ? AND issuer_of_patient_id IS ? AND status = 'ok'"
+            " AND dxr_bmd_g_cm2 IS NOT NULL ORDER BY study_date, created_at",
+            (patient_id, issuer or None))]
+
+    def open_failures(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Failed jobs, failed dispatches and dispatches waiting to be retried after an
+        error, newest first."""
+        rows = self._read(
+            "SELECT 'job' AS what, j.id, j.id AS job_id, i.sop_instance_uid,"
+            " NULL AS destination, NULL AS kind, j.state, j.attempts, j.error AS reason,"
+            " NULL AS next_attempt_at, j.updated_at"
+            " FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.state = 'failed'"
+            " UNION ALL "
+            "SELECT 'dispatch', d.id, o.job_id, o.sop_instance_uid, d.destination, o.kind,"
+            " d.state, d.attempts, d.error, d.next_attempt_at, d.updated_at"
+            " FROM dispatches d JOIN objects o ON o.id = d.object_id"
+            " WHERE d.state = 'failed' OR (d.state = 'pending' AND d.error IS NOT NULL)"
+            " ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(r) for r in rows]
+
+    def retry_dispatch(self, dispatch_id: int) -> bool:
+        """Operator action: send a failed (or waiting) dispatch again now, with fresh
+        attempts. False when it does not exist or is already sent or sending."""
+        now = _now()
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE dispatches SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " updated_at = ? WHERE id = ? AND state IN ('failed','pending')",
+                (now, now, dispatch_id),
+            ).rowcount == 1
+
+    def retry_job(self, job_id: int) -> bool:
+        """Operator action: queue a failed analysis job again with fresh attempts."""
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL,"
+                " finished_at = NULL, updated_at = ? WHERE id = ? AND state = 'failed'",
+                (_now(), job_id),
+            ).rowcount == 1
+
+    def retry_all_failures(self) -> dict[str, int]:
+        """Operator action: every failed job and failed or waiting dispatch, now."""
+        now = _now()
+        with self._transaction() as db:
+            dispatches = db.execute(
+                "UPDATE dispatches SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " updated_at = ? WHERE state = 'failed'"
+                " OR (state = 'pending' AND error IS NOT NULL)",
+                (now, now),
+            ).rowcount
+            jobs = db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL,"
+                " finished_at = NULL, updated_at = ? WHERE state = 'failed'",
+                (now,),
+            ).rowcount
+        return {"dispatches": dispatches, "jobs": jobs}
+
+    def exam_status_counts(self, since: float) -> dict[str, int]:
+        """Exams received since ``since`` per console status (every status present)."""
+        out = dict.fromkeys(("received", "analysed", "rejected", "failed", "waiting"), 0)
+        for row in self._read(
+            f"SELECT {self._EXAM_STATUS_SQL}, COUNT(*) FROM instances i"
+            " JOIN jobs j ON j.instance_id = i.id LEFT JOIN results r ON r.job_id = j.id"
+            " WHERE i.received_at >= ? GROUP BY 1",
+            (since,),
+        ):
+            out[row[0]] = row[1]
+            out["received"] += row[1]
+        return out
+
+    def analysis_durations(self, since: float = 0.0) -> list[float]:
+        """Seconds from claim to result of the jobs done since ``since``."""
+        return [r[0] for r in self._read(
+            "SELECT finished_at - started_at FROM jobs WHERE finished_at >= ?"
+            " AND state = 'done' AND started_at IS NOT NULL", (since,))]
+
+    def spool_usage(self) -> dict[str, int]:
+        """Received images still in the spool: how many and their bytes."""
+        row = self._read("SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM instances"
+                         " WHERE spool_deleted_at IS NULL")[0]
+        return {"files": row[0], "bytes": row[1]}
+
+    def received_total(self) -> int:
+        """Every C-STORE of an instance, duplicates included."""
+        return self._read("SELECT COALESCE(SUM(receive_count), 0) FROM instances")[0][0]
+
+    def destination_health(self) -> list[dict[str, Any]]:
+        """Per destination: dispatches by state, attempts, last success, last failure."""
+        out = []
+        for r in self._read(
+            "SELECT destination, SUM(state = 'pending') AS pending,"
+            " SUM(state = 'sending') AS sending, SUM(state = 'sent') AS sent,"
+            " SUM(state = 'failed') AS failed, SUM(attempts) AS attempts,"
+            " SUM(error IS NOT NULL) AS with_error, MAX(sent_at) AS last_success_at"
+            " FROM dispatches GROUP BY destination ORDER BY destination"
+        ):
+            item = dict(r)
+            last = self._read(
+                "SELECT updated_at, error FROM dispatches WHERE destination = ?"
+                " AND error IS NOT NULL ORDER BY updated_at DESC LIMIT 1", (r["destination"],))
+            item["last_failure_at"] = last[0]["updated_at"] if last else None
+            item["last_failure_reason"] = last[0]["error"] if last else None
+            out.append(item)
+        return out
+
+    def is_writable(self) -> bool:
+        """Whether a write transaction can start now (for the console's /healthz)."""
+        try:
+            with self._transaction():
+                pass
+        except sqlite3.Error:
+            return False
+        return True

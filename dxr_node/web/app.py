@@ -1,0 +1,163 @@
+"""The operator console: FastAPI app factory and the server `dxr-node serve` runs.
+
+Routes: HTML pages (/, /exams, /exams/{id}, /failures), the JSON API under /api (with
+/openapi.json and /docs), /metrics (Prometheus) and /healthz. Everything but /healthz
+and /static needs access (see ``auth``). The console reads the node's database through
+its own ``Store`` connection and never touches the SCP.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from dxr_node import __version__
+from dxr_node.node.config import NodeConfig
+from dxr_node.node.logs import log_event
+from dxr_node.node.store import Store
+from dxr_node.web import api, pages
+from dxr_node.web.auth import ConsoleConfigError, check_console_access, require_access
+from dxr_node.web.metrics import CONTENT_TYPE, render_metrics
+
+log = logging.getLogger("dxr_node.web")
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+# Returns the SCP's bound (host, port), or None while it is not listening.
+ScpAddress = Callable[[], "tuple[str, int] | None"]
+
+
+def scp_accepts_connections(address: tuple[str, int] | None, timeout_s: float = 1.0) -> bool:
+    """A TCP connection to the SCP succeeds (a wildcard bind is probed on loopback)."""
+    if address is None:
+        return False
+    host, port = address
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def create_app(config: NodeConfig, store: Store, scp_address: ScpAddress | None = None) -> FastAPI:
+    """The console over ``store``; ``scp_address`` feeds /healthz (None: not ready)."""
+    check_console_access(config.web)
+    store.ensure_console_indexes()
+    app = FastAPI(title="dxr-node console", version=__version__,
+                  description="Operator console and JSON API of a dxr-node DICOM node.")
+    app.state.config = config
+    app.state.store = store
+    app.state.scp_address = scp_address or (lambda: None)
+
+    guarded = [Depends(require_access)]
+    app.include_router(api.router, dependencies=guarded)
+    app.include_router(pages.router, dependencies=guarded)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/metrics", dependencies=guarded, response_class=PlainTextResponse,
+             tags=["monitoring"], summary="Prometheus metrics")
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(render_metrics(store), media_type=CONTENT_TYPE)
+
+    @app.get("/healthz", tags=["monitoring"],
+             summary="200 when the SCP accepts connections and the database is writable")
+    def healthz(request: Request) -> JSONResponse:
+        checks = {
+            "scp_listening": scp_accepts_connections(request.app.state.scp_address()),
+            "database_writable": store.is_writable(),
+        }
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if _wants_json(request) or exc.status_code == 401:
+            return await http_exception_handler(request, exc)
+        return pages.render(request, "error.html", exc.status_code,
+                            title=_TITLES.get(exc.status_code, "Error"), message=exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_input(request: Request, exc: RequestValidationError) -> Response:
+        if _wants_json(request):
+            return await request_validation_exception_handler(request, exc)
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}"
+                            for e in exc.errors())
+        return pages.render(request, "error.html", 422, title="Bad request", message=message)
+
+    return app
+
+
+_TITLES = {403: "Not allowed", 404: "Not found", 409: "Nothing to do", 422: "Bad request"}
+
+
+def _wants_json(request: Request) -> bool:
+    """API clients get FastAPI's JSON errors; people on the pages get a page."""
+    path = request.url.path
+    return path.startswith("/api/") or path in ("/metrics", "/healthz")
+
+
+class ConsoleServer:
+    """uvicorn serving the console from a background thread of the node."""
+
+    def __init__(self, config: NodeConfig, scp_address: ScpAddress) -> None:
+        import uvicorn
+
+        check_console_access(config.web)
+        self.config = config
+        self._store = Store(config.database_path)
+        self._socket = self._bind(config.web.host, config.web.port)
+        self.address: tuple[str, int] = self._socket.getsockname()[:2]
+        app = create_app(config, self._store, scp_address)
+        # No access log: request lines can carry patient IDs (exam filters).
+        self._server = uvicorn.Server(uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._socket]},
+                                        name="console", daemon=True)
+
+    @staticmethod
+    def _bind(host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConsoleConfigError(
+                f"console cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        sock.listen(64)
+        return sock
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        for _ in range(int(timeout_s / 0.05)):
+            if self._server.started or not self._thread.is_alive():
+                break
+            threading.Event().wait(0.05)
+        if not self._server.started:
+            raise ConsoleConfigError("the console did not start (see the log above)")
+        host, port = self.address
+        log_event(log, "console_ready", url=f"http://{host}:{port}/",
+                  auth="on" if self.config.web.token or self.config.web.username else "local")
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()
+        self._store.close()

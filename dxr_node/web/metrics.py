@@ -1,0 +1,84 @@
+"""/metrics in the Prometheus text exposition format (version 0.0.4).
+
+Computed from the database at each scrape rather than from in-process counters: the
+SCP, the worker processes and the dispatcher all write the store, so it is the one
+place that sees everything, and the figures survive restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dxr_node import __version__
+from dxr_node.node.store import DISPATCH_STATES, Store
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DURATION_BUCKETS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _sample(name: str, value: float, **labels: str) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{_label_value(str(v))}"' for k, v in labels.items())
+        return f"{name}{{{inner}}} {value:g}"
+    return f"{name} {value:g}"
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+
+
+def histogram_samples(name: str, values: list[float],
+                      buckets: tuple[float, ...] = DURATION_BUCKETS_S) -> list[str]:
+    """Cumulative ``_bucket`` lines, then ``_sum`` and ``_count``."""
+    lines = [_sample(f"{name}_bucket", sum(v <= bound for v in values), le=f"{bound:g}")
+             for bound in buckets]
+    lines.append(_sample(f"{name}_bucket", len(values), le="+Inf"))
+    lines.append(_sample(f"{name}_sum", round(sum(values), 6)))
+    lines.append(_sample(f"{name}_count", len(values)))
+    return lines
+
+
+def render_metrics(store: Store) -> str:
+    counts = store.counts()
+    destinations = store.destination_health()
+    lines: list[str] = []
+    lines += _family("dxr_build_info", "gauge", "dxr-node version.",
+                     [_sample("dxr_build_info", 1, version=__version__)])
+    lines += _family("dxr_instances_received_total", "counter",
+                     "Instances received by C-STORE, duplicates included.",
+                     [_sample("dxr_instances_received_total", store.received_total())])
+    lines += _family("dxr_jobs", "gauge", "Analysis jobs by state.",
+                     [_sample("dxr_jobs", n, state=s) for s, n in counts["jobs"].items()])
+    lines += _family("dxr_queue_depth", "gauge",
+                     "Work waiting: analysis jobs queued or running, dispatches pending.",
+                     [_sample("dxr_queue_depth",
+                              counts["jobs"]["queued"] + counts["jobs"]["running"],
+                              queue="analysis"),
+                      _sample("dxr_queue_depth", counts["dispatches"]["pending"],
+                              queue="dispatch")])
+    lines += _family("dxr_analysis_duration_seconds", "histogram",
+                     "Time from a worker claiming an image to its recorded result.",
+                     histogram_samples("dxr_analysis_duration_seconds",
+                                       store.analysis_durations()))
+    lines += _family("dxr_dispatches", "gauge", "Dispatches by destination and state.",
+                     [_sample("dxr_dispatches", d[state] or 0, destination=d["destination"],
+                              state=state)
+                      for d in destinations for state in DISPATCH_STATES])
+    lines += _family("dxr_dispatch_attempts_total", "counter",
+                     "C-STORE attempts by destination (an operator retry starts a "
+                     "dispatch's count again).",
+                     [_sample("dxr_dispatch_attempts_total", d["attempts"] or 0,
+                              destination=d["destination"]) for d in destinations])
+    lines += _family("dxr_dispatch_failures", "gauge",
+                     "Dispatches whose last attempt failed (failed for good or waiting "
+                     "for a retry), by destination.",
+                     [_sample("dxr_dispatch_failures", d["with_error"] or 0,
+                              destination=d["destination"]) for d in destinations])
+    spool = store.spool_usage()
+    lines += _family("dxr_spool_bytes", "gauge", "Bytes of received images in the spool.",
+                     [_sample("dxr_spool_bytes", spool["bytes"])])
+    return "\n".join(lines) + "\n"
