@@ -1,1 +1,81 @@
+"""DICOM report objects of a DXR analysis: TID 1500 SR, secondary-capture overlay, GSPS and
+Encapsulated PDF, all in the source image's study with deterministic UIDs.
 
+Public surface: ``build_reports``, ``render_overlay``, ``write_objects``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from dxr_node.clinical.result import Interpretation
+from dxr_node.engine.result import Analysis
+from dxr_node.reports.overlay import render_overlay
+
+KINDS = ("SR", "SC", "GSPS", "PDF")
+REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
+                              "SeriesInstanceUID", "Rows", "Columns")
+
+__all__ = ["KINDS", "build_reports", "render_overlay", "write_objects"]
+
+
+def build_reports(source: pydicom.Dataset, analysis: Analysis,
+                  interpretation: Interpretation | None, display: np.ndarray,
+                  kinds: Collection[str] = KINDS) -> list[pydicom.Dataset]:
+    """Build the requested report objects (in the order SR, SC, GSPS, PDF).
+
+    `source` is the analysed image's header (PixelData not needed); `display` is its
+    image as uint8, bone bright, in source pixel geometry (used by the SC overlay).
+    """
+    # Imported here so that `render_overlay` users (the console) skip highdicom and fpdf.
+    from dxr_node.reports.gsps import build_gsps
+    from dxr_node.reports.identity import DerivedIdentity
+    from dxr_node.reports.pdf import build_encapsulated_pdf, render_pdf
+    from dxr_node.reports.sc import build_sc
+    from dxr_node.reports.sr import build_sr
+
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown report kind(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(KINDS)}")
+    missing = [k for k in REQUIRED_SOURCE_ATTRIBUTES if not source.get(k)]
+    if missing:
+        raise ValueError(f"source dataset lacks {', '.join(missing)}: cannot reference it")
+
+    objects: list[pydicom.Dataset] = []
+    for kind in (k for k in KINDS if k in kinds):
+        identity = DerivedIdentity.for_kind(kind, source, analysis)
+        if kind == "SR":
+            objects.append(build_sr(source, analysis, interpretation, identity))
+        elif kind == "SC":
+            overlay = render_overlay(display, analysis, interpretation)
+            objects.append(build_sc(source, overlay, identity))
+        elif kind == "GSPS":
+            objects.append(build_gsps(source, analysis, interpretation, identity))
+        else:
+            pdf_bytes = render_pdf(source, analysis, interpretation)
+            objects.append(build_encapsulated_pdf(source, pdf_bytes, identity))
+    return objects
+
+
+def write_objects(datasets: Iterable[pydicom.Dataset], outdir: Path) -> list[Path]:
+    """Write each dataset as a DICOM file ``<SOPInstanceUID>.dcm``; returns the paths.
+
+    Files appear atomically (temporary name, then rename), so a watcher never reads a
+    half-written object, and rewriting the same result replaces the file.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for dataset in datasets:
+        path = outdir / f"{dataset.SOPInstanceUID}.dcm"
+        partial = path.with_suffix(".dcm.partial")
+        dataset.save_as(partial, enforce_file_format=True)
+        os.replace(partial, path)
+        paths.append(path)
+    return paths

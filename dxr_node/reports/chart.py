@@ -46,6 +46,12 @@ def font_path(bold: bool = False) -> Path | None:
     return next((f / name for f in FONT_DIRS if (f / name).exists()), None)
 
 
+def cjk_font_path() -> Path | None:
+    """A font with CJK glyphs (Droid Sans Fallback), for names DejaVu cannot show."""
+    path = Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
+    return path if path.exists() else None
+
+
 @lru_cache(maxsize=4)
 def _default_table():  # the packaged table, loaded once
     from dxr_node.clinical.reference import load_reference

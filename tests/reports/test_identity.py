@@ -1,0 +1,95 @@
+"""Patient/study identity is copied, and UIDs are deterministic (re-analysis replaces)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pydicom
+import pytest
+from conftest import make_analysis, make_interpretation, make_source
+
+from dxr_node.reports import KINDS, build_reports, write_objects
+
+
+def _uids(objects) -> list[tuple[str, str]]:
+    return [(str(o.SOPInstanceUID), str(o.SeriesInstanceUID)) for o in objects]
+
+
+def test_two_builds_give_identical_uids(display):
+    source, analysis, interpretation = make_source(), make_analysis(), make_interpretation()
+    first = _uids(build_reports(source, analysis, interpretation, display))
+    second = _uids(build_reports(source, analysis, interpretation, display))
+    assert first == second
+    assert len({uid for pair in first for uid in pair}) == 2 * len(KINDS)  # all distinct
+    for sop_uid, series_uid in first:
+        for uid in (sop_uid, series_uid):
+            assert len(uid) <= 64 and pydicom.uid.UID(uid).is_valid
+
+
+def test_new_algorithm_version_or_source_gives_new_uids(display):
+    source, analysis = make_source(), make_analysis()
+    base = _uids(build_reports(source, analysis, None, display, kinds=("SR", "GSPS")))
+    newer = replace(analysis, algorithm={"name": "dxr-node", "version": "0.2.0"})
+    other = make_source(laterality="R")
+    assert _uids(build_reports(source, newer, None, display, kinds=("SR", "GSPS"))) != base
+    assert _uids(build_reports(other, analysis, None, display, kinds=("SR", "GSPS"))) != base
+
+
+def test_rewriting_replaces_the_files(tmp_path, display):
+    source, analysis = make_source(), make_analysis()
+    first = write_objects(build_reports(source, analysis, None, display), tmp_path)
+    second = write_objects(build_reports(source, analysis, None, display), tmp_path)
+    assert first == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first)
+    assert all(p.name == f"{pydicom.dcmread(p).SOPInstanceUID}.dcm" for p in first)
+
+
+@pytest.mark.parametrize(("name", "charset"), [("Müller^Jürgen", "ISO_IR 100"),
+                                                ("山田^太郎", "ISO_IR 192"),
+                                                ("Ηλίας^Σοφία", "ISO_IR 192")])
+def test_patient_and_study_copied_with_utf8(tmp_path, display, name, charset):
+    source = make_source(name=name, charset=charset)
+    paths = write_objects(build_reports(source, make_analysis(), make_interpretation(),
+                                       display), tmp_path)
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.SpecificCharacterSet == "ISO_IR 192"
+        assert str(ds.PatientName) == name
+        for keyword in ("PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                        "AccessionNumber", "StudyDate", "StudyID"):
+            assert ds.get(keyword) == source.get(keyword), (ds.Modality, keyword)
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert ds.SeriesDescription
+
+
+def test_sc_and_gsps_copy_laterality_and_reference_the_source(tmp_path, display):
+    source = make_source(laterality="R")
+    objects = build_reports(source, make_analysis(laterality="R"), None, display,
+                            kinds=("SC", "GSPS"))
+    sc, gsps = objects
+    assert sc.Laterality == gsps.Laterality == "R"
+    assert list(sc.PatientOrientation) == list(source.PatientOrientation)
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    referenced = gsps.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == source.SeriesInstanceUID
+    assert (referenced.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+            == source.SOPInstanceUID)
+
+
+def test_monochrome1_gsps_inverts_the_presentation_lut(display):
+    for photometric, shape in (("MONOCHROME1", "INVERSE"), ("MONOCHROME2", "IDENTITY")):
+        source = make_source(photometric=photometric)
+        [gsps] = build_reports(source, make_analysis(), None, display, kinds=("GSPS",))
+        assert gsps.PresentationLUTShape == shape
+        layers = {layer.GraphicLayer for layer in gsps.GraphicLayerSequence}
+        assert {"DXR_ROI", "DXR_OUTER_EDGES", "DXR_INNER_EDGES"} <= layers
+
+
+def test_bad_requests_get_clear_errors(display):
+    with pytest.raises(ValueError, match="unknown report kind"):
+        build_reports(make_source(), make_analysis(), None, display, kinds=("XLS",))
+    source = make_source()
+    del source.SOPInstanceUID
+    with pytest.raises(ValueError, match="SOPInstanceUID"):
+        build_reports(source, make_analysis(), None, display)

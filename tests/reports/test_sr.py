@@ -1,0 +1,141 @@
+"""The SR read back with highdicom's SR API carries exactly the Analysis/Interpretation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+from conftest import make_analysis, make_interpretation, make_rejected, make_source, partial
+
+from dxr_node.reports import build_reports, write_objects
+
+BONE_FIELDS = {  # SR concept meaning -> BoneMeasurement field
+    "Cortical thickness": "cortical_thickness_mm",
+    "Width": "width_mm",
+    "Medullary width": "medullary_width_mm",
+    "Length": "length_mm",
+    "Metacarpal index": "mci",
+}
+
+
+def _read_sr(tmp_path: Path, source, analysis, interpretation, display) -> hd.sr.ComprehensiveSR:
+    objects = build_reports(source, analysis, interpretation, display, kinds=("SR",))
+    [path] = write_objects(objects, tmp_path)
+    return hd.sr.srread(path)
+
+
+def _groups(sr) -> dict[str, hd.sr.MeasurementsAndQualitativeEvaluations]:
+    return {g.tracking_identifier.split()[0]: g
+            for g in sr.content.get_image_measurement_groups()}
+
+
+def _text_items(item) -> dict[str, str]:
+    return {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue
+            for i in item.ContentSequence if i.ValueType == "TEXT"}
+
+
+def test_every_number_equals_the_analysis(tmp_path, display):
+    source, analysis, interpretation = make_source(), make_analysis(), make_interpretation()
+    groups = _groups(_read_sr(tmp_path, source, analysis, interpretation, display))
+    assert set(groups) == {"MC2", "MC3", "MC4", "DXR"}
+
+    for name, bone in analysis.bones.items():
+        measurements = {m.name.meaning: m for m in groups[name].get_measurements()}
+        assert set(measurements) == set(BONE_FIELDS)
+        for meaning, field in BONE_FIELDS.items():
+            assert measurements[meaning].value == pytest.approx(getattr(bone, field), rel=1e-12)
+        assert measurements["Cortical thickness"].unit.value == "mm"
+        assert measurements["Metacarpal index"].unit.value == "{ratio}"
+        # Coordinates: four edge lines on T, two on W, the axis on the length.
+        assert len(measurements["Cortical thickness"].referenced_coordinates) == 4
+        assert len(measurements["Width"].referenced_coordinates) == 2
+        axis = measurements["Length"].referenced_coordinates[0].value
+        (r0, c0), (r1, c1) = bone.proximal_rc, bone.distal_rc
+        # (column, row) with 0.5 offset to pixel centres; GraphicData is float32.
+        assert axis.ravel().tolist() == pytest.approx([c0 + 0.5, r0 + 0.5, c1 + 0.5, r1 + 0.5],
+                                                      abs=1e-3)
+        for measurement in measurements.values():
+            assert _text_items(measurement[0]) == {"Algorithm Name": "dxr-node",
+                                                   "Algorithm Version": "0.1.0"}
+        site = groups[name].finding_sites[0]
+        assert site.value.value == "36455000"
+        assert site.laterality.value == "7771000"  # left
+
+    hand = {m.name.meaning: m.value for m in groups["DXR"].get_measurements()}
+    expected = {
+        "Cortical thickness": analysis.cortical_thickness_mm,
+        "Width": analysis.width_mm,
+        "Metacarpal index": analysis.mci,
+        "Cortical volume per area": analysis.vpa_mm,
+        "DXR bone mineral density": analysis.dxr_bmd_g_cm2,
+        "Bone Health Index": analysis.bhi,
+        "T-score": interpretation.t_score,
+        "Z-score": interpretation.z_score,
+        "Hip fracture relative risk": interpretation.relative_risk,
+        "DXR-BMD change since prior": interpretation.prior.change_percent,
+    }
+    assert hand == pytest.approx(expected, rel=1e-12)
+    evaluations = {q.name.meaning: q.value.meaning
+                   for q in groups["DXR"].get_qualitative_evaluations()}
+    assert evaluations == {"DXR analysis status": "Analysis completed",
+                           "DXR-BMD category": "Low bone mass"}
+
+
+def test_z_score_uses_dcm_113071_and_procedure_comes_from_cid_100(tmp_path, display):
+    sr = _read_sr(tmp_path, make_source(), make_analysis(), make_interpretation(), display)
+    z = [m for m in _groups(sr)["DXR"].get_measurements() if m.name.meaning == "Z-score"]
+    assert (z[0].name.value, z[0].name.scheme_designator) == ("113071", "DCM")
+    procedure = [i for i in sr.ContentSequence
+                 if i.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"]
+    code = procedure[0].ConceptCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator) == ("43468-8", "LN")
+    schemes = {item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence}
+    assert "99DXR" in schemes
+    assert sr.SeriesDescription and sr.CompletionFlag == "COMPLETE"
+
+
+def test_right_hand_laterality(tmp_path, display):
+    source = make_source(laterality="R")
+    sr = _read_sr(tmp_path, source, make_analysis(laterality="R"), None, display)
+    site = _groups(sr)["MC3"].finding_sites[0]
+    assert site.laterality.value == "24028007"
+
+
+def test_without_pixel_spacing_only_ratios(tmp_path, display):
+    sr = _read_sr(tmp_path, make_source(spacing=False), make_analysis(spacing_mm=None),
+                  None, display)
+    units = {m.unit.value for g in _groups(sr).values() for m in g.get_measurements()}
+    assert units == {"{ratio}"}
+
+
+def test_reduced_analysis_has_groups_for_measured_bones_only(tmp_path, display):
+    sr = _read_sr(tmp_path, make_source(), partial(make_analysis()),
+                  make_interpretation(modifier="52"), display)
+    assert set(_groups(sr)) == {"MC2", "MC3", "DXR"}
+    assert "MC4: cortex edges not found" in _qc_texts(sr)
+
+
+def _qc_texts(sr) -> list[str]:
+    [container] = [i for i in sr.ContentSequence
+                   if i.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
+    return [i.TextValue for i in container.ContentSequence if i.ValueType == "TEXT"]
+
+
+def _all_value_types(items) -> set[str]:
+    types = set()
+    for item in items:
+        types.add(item.ValueType)
+        types |= _all_value_types(item.get("ContentSequence", []))
+    return types
+
+
+def test_rejected_states_status_and_reasons_without_numbers(tmp_path, display):
+    rejected = make_rejected("hand not found: image is mostly empty")
+    sr = _read_sr(tmp_path, make_source(), rejected, None, display)
+    assert "NUM" not in _all_value_types(sr.ContentSequence)
+    assert "SCOORD" not in _all_value_types(sr.ContentSequence)
+    evaluations = {q.name.meaning: q.value.meaning
+                   for q in _groups(sr)["DXR"].get_qualitative_evaluations()}
+    assert evaluations == {"DXR analysis status": "Analysis not possible"}
+    assert _qc_texts(sr) == ["hand not found: image is mostly empty"]

@@ -1,0 +1,70 @@
+"""The written objects pass the standard validators: dciodvfy (all four), dsrdump (SR)
+and dcmpschk (GSPS), for DX and CR sources, MONOCHROME1 and 2, left and right hands."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pydicom
+import pytest
+from conftest import make_analysis, make_interpretation, make_rejected, make_source
+
+from dxr_node.reports import build_reports, write_objects
+
+SOURCES = [
+    ("DX", "MONOCHROME2", "L"),
+    ("DX", "MONOCHROME1", "R"),
+    ("CR", "MONOCHROME1", "L"),
+    ("CR", "MONOCHROME2", "R"),
+]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def _write(tmp_path, source, analysis, interpretation, display):
+    paths = write_objects(build_reports(source, analysis, interpretation, display), tmp_path)
+    return {pydicom.dcmread(p, stop_before_pixels=True).Modality: p for p in paths}
+
+
+@pytest.fixture(params=[*SOURCES, "rejected"], ids=lambda p: "-".join(p) if isinstance(p, tuple)
+                else p)
+def written(request, tmp_path, display):
+    if request.param == "rejected":
+        return _write(tmp_path, make_source(), make_rejected(), None, display)
+    modality, photometric, side = request.param
+    source = make_source(modality=modality, photometric=photometric, laterality=side)
+    return _write(tmp_path, source, make_analysis(laterality=side), make_interpretation(),
+                  display)
+
+
+def test_dciodvfy_reports_no_errors(written):
+    dciodvfy = _tool("dciodvfy")
+    assert set(written) == {"SR", "OT", "PR", "DOC"}
+    for path in written.values():
+        result = _run(dciodvfy, str(path))
+        errors = [line for line in (result.stdout + result.stderr).splitlines()
+                  if line.startswith("Error")]
+        assert errors == [], f"{path.name}: {errors}"
+
+
+def test_dsrdump_prints_the_whole_tree(written):
+    result = _run(_tool("dsrdump"), "+Pt", str(written["SR"]))
+    assert result.returncode == 0, result.stderr
+    assert "Imaging Measurement Report" in result.stdout
+    assert "Qualitative Evaluations" in result.stdout
+
+
+def test_dcmpschk_accepts_the_gsps(written):
+    result = _run(_tool("dcmpschk"), str(written["PR"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Test passed" in result.stdout + result.stderr
