@@ -39,4 +39,5 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for chatty in ("pynetdicom", "highdicom"):  # per-PDU and per-module INFO lines
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import time
 
 import pytest
 
@@ -118,6 +119,8 @@ def test_interrupted_work_is_recovered_and_bounded(store):
     for uid in ("6.1", "6.2"):
         store.add_instance(_info(uid))
     job = store.claim_job("w")
+    assert store.running_jobs_claimed_by("w") == [job.id]
+    assert store.running_jobs_claimed_by("other") == []
     assert store.recover_interrupted(max_attempts=2) == 1
     job = store.claim_job("w")  # attempt 2
     assert job.attempts == 2
@@ -193,3 +196,23 @@ def test_not_a_database_is_a_clear_error(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="not a usable dxr-node database"):
         Store(bad)
+
+
+def test_service_purges_only_finished_images_past_retention(tmp_path):
+    from dxr_node.node.config import load_config
+    from dxr_node.node.service import purge_spool
+
+    config = load_config(environ={}, overrides={"data_dir": str(tmp_path), "retention_days": 1})
+    with Store(config.database_path) as store:
+        paths = {}
+        for uid in ("11.1", "11.2"):
+            path = tmp_path / "spool" / f"{uid}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"dicom")
+            paths[uid] = path
+            store.add_instance(InstanceInfo(uid, "1.2", "1.2.840.10008.1.2.1", str(path), 5))
+        job = store.claim_job("w")  # 11.1 analysed, 11.2 still queued
+        store.fail_job(job.id, "unreadable")
+        assert purge_spool(config, store) == 0  # nothing is a day old yet
+        assert purge_spool(config, store, now=time.time() + 2 * 86400) == 1
+        assert not paths["11.1"].exists() and paths["11.2"].exists()
