@@ -29,6 +29,7 @@ class NodeProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # closed in stop() or kill()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DXR_NODE")}
+        env["DXR_NODE__WEB__PORT"] = "0"  # the console on any free port: nodes run side by side
         self.process = subprocess.Popen(
             [*DXR_NODE, "serve", "--data-dir", str(data_dir), "--port", str(port), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,

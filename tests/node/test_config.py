@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,20 @@ def test_missing_file_and_bad_environment_are_clear(tmp_path):
         load_config(environ={"DXR_NODE__PORT": "eleven"})
     with pytest.raises(ConfigError, match="expected AET@HOST:PORT"):
         cli_overrides(destinations=["PACS:104"])
+
+
+def test_docker_files_configure_a_valid_node():
+    """The image's ENV and the compose file's variables load, and wire node and PACS."""
+    docker = SHIPPED.parents[1] / "docker"
+    env = dict(re.findall(r"(DXR_NODE__\w+)=(\S+)", (docker / "Dockerfile").read_text()))
+    env.update(re.findall(r"^\s+(DXR_NODE__\w+):\s*\"?([^\"\n]+)\"?$",
+                          (docker / "compose.yaml").read_text(), flags=re.MULTILINE))
+    config_path = re.search(r"DXR_NODE_CONFIG=/opt/dxr-node/(\S+)",
+                            (docker / "Dockerfile").read_text()).group(1)
+    config = load_config(SHIPPED.parents[1] / config_path, environ=env)
+    assert config.host == "0.0.0.0" and config.data_dir == Path("/data")
+    assert [(d.ae_title, d.host, d.port) for d in config.destinations] == [
+        ("ORTHANC", "orthanc", 4242)]
+    assert "ORTHANC" in config.allowed_calling_aets
+    compose = (docker / "compose.yaml").read_text()
+    assert '"dxrnode": ["DXRNODE", "dxr-node", 11112]' in compose  # Orthanc knows the node
