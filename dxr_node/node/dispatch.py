@@ -43,6 +43,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
 from dxr_node.node.config import DispatchPolicy, NodeConfig
+from dxr_node.node.logs import log_event
 from dxr_node.node.store import Dispatch, Store
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,6 @@ def _send_over_association(
         return all_fail(FAILED, f"cannot associate with {where}: {exc}")
     if not assoc.is_established:
         outcome, reason = _association_failure(assoc, rejections, where)
-        log.warning("dispatch: %s", reason)
         return all_fail(outcome, reason)
 
     results: dict[Path, Delivery] = {}
@@ -310,19 +310,20 @@ def dispatch_once(config: NodeConfig, store: Store, *,
 
 
 def _record(store: Store, policy: DispatchPolicy, item: Dispatch, delivery: Delivery) -> None:
-    where = f"dispatch={item.id} sop={item.sop_instance_uid} kind={item.kind} " \
-            f"destination={item.destination} attempt={item.attempts}"
+    fields = {"dispatch": item.id, "sop": item.sop_instance_uid, "kind": item.kind,
+              "destination": item.destination, "attempt": item.attempts}
     if delivery.outcome == SENT:
         store.dispatch_sent(item.id, delivery.status or 0)
-        log.info("sent %s status=0x%04X", where, delivery.status or 0)
+        log_event(log, "dispatch_sent", status=f"0x{delivery.status or 0:04X}", **fields)
     elif delivery.outcome == RETRY and item.attempts < policy.max_attempts:
         delay = backoff_delay(policy, item.attempts)
         store.dispatch_retry_later(item.id, delivery.reason, time.time() + delay,
                                    delivery.status)
-        log.warning("retry %s in %.1fs: %s", where, delay, delivery.reason)
+        log_event(log, "dispatch_retry", logging.WARNING, in_s=round(delay, 1),
+                  reason=delivery.reason, **fields)
     else:
         reason = delivery.reason
         if delivery.outcome == RETRY:
             reason = f"gave up after {item.attempts} attempts: {reason}"
         store.dispatch_failed(item.id, reason, delivery.status)
-        log.error("failed %s: %s", where, reason)
+        log_event(log, "dispatch_failed", logging.ERROR, reason=reason, **fields)
