@@ -73,7 +73,7 @@ class _Band:
     t: np.ndarray  # along the axis, px
     u: np.ndarray  # across the axis, px
     value: np.ndarray
-    clipped: np.ndarray  # bool: pixel value at the image's extreme (saturated or padding)
+    clipped: np.ndarray  # bool: not finite, or flat like saturation, padding or a mask
     expected_per_bin: float  # pixels per bin if the whole band lies inside the image
 
 
@@ -136,8 +136,6 @@ class _Measurer:
         self.half_width = float(half_width)
         self.min_width = float(min_width)
         self.fixed_sigma = fixed_sigma
-        finite = image[np.isfinite(image)]
-        self.extremes = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
         self.n_groups = int(np.clip(2 * self.half_length // 6, MIN_GROUPS_ACCEPTED, 8))
 
     # -- sampling ---------------------------------------------------------------------
@@ -159,8 +157,7 @@ class _Measurer:
         value = block[inside].astype(np.float64)
         bad = ~np.isfinite(value)
         value[bad] = 0.0
-        clipped = (bad | (value <= self.extremes[0]) | (value >= self.extremes[1])
-                   | _flat_pixels(block)[inside])
+        clipped = bad | _flat_pixels(block)[inside]
         return _Band(t[inside], u[inside], value, clipped,
                      expected_per_bin=(2 * self.half_length + 1) * BIN_PX)
 
@@ -200,11 +197,11 @@ class _Measurer:
             keep &= beyond <= limit
         return keep
 
-    def fit(self, prof: _Profile, start: TubeEdges, sigma: float, fit_sigma: bool,
-            fit_shape: bool = True) -> tuple[TubeFit, np.ndarray]:
+    def fit(self, prof: _Profile, start: TubeEdges, sigma: float,
+            fit_sigma: bool) -> tuple[TubeFit, np.ndarray]:
         keep = self.window(prof, start, sigma)
         result = fit_tube(prof.x[keep], prof.y[keep], prof.count[keep], start, sigma,
-                          fit_sigma=fit_sigma, fit_shape=fit_shape)
+                          fit_sigma=fit_sigma)
         return result, keep
 
     # -- the measurement --------------------------------------------------------------

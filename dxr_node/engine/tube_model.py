@@ -40,25 +40,43 @@ _SHIFT_COEFFS = _SHIFT_COEFFS[2:] - 2 * _SHIFT_COEFFS[1:-1] + _SHIFT_COEFFS[:-2]
 PIXEL_APERTURE_VARIANCE = 1.0 / 12.0
 
 
-def _chord_second_antiderivative(y: np.ndarray, radius: float) -> np.ndarray:
-    """Second antiderivative (zero left of the disc) of the chord 2*sqrt(R^2 - y^2)."""
+def _chord_integrals(y: np.ndarray, radius: float,
+                     derivatives: bool) -> tuple[np.ndarray, ...]:
+    """Second antiderivative F2 (zero left of the disc) of the chord 2*sqrt(R^2 - y^2),
+    and with ``derivatives`` also F = dF2/dy and dF2/dR."""
     r2 = radius * radius
     yc = np.minimum(np.maximum(y, -radius), radius)
     y2 = yc * yc
-    out = np.sqrt(r2 - y2) * (2 * r2 + y2) / 3
-    out += r2 * yc * (np.arcsin(yc / radius) + 0.5 * np.pi)
-    out += np.pi * r2 * np.maximum(y - radius, 0.0)
-    return out
+    root = np.sqrt(r2 - y2)
+    angle = np.arcsin(yc / radius) + 0.5 * np.pi
+    beyond = np.maximum(y - radius, 0.0)
+    f2 = root * (2 * r2 + y2) / 3 + r2 * yc * angle + np.pi * r2 * beyond
+    if not derivatives:
+        return (f2,)
+    f1 = yc * root + r2 * angle
+    f2_radius = 2 * radius * (root + yc * angle + np.pi * beyond)
+    return f2, f1, f2_radius
 
 
-def blurred_chord(x: np.ndarray, center: float, radius: float, sigma: float) -> np.ndarray:
+def blurred_chord(x: np.ndarray, center: float, radius: float, sigma: float,
+                  derivatives: bool = False) -> tuple[np.ndarray, ...] | np.ndarray:
     """Chord length 2*sqrt(R^2 - (x-c)^2) of a disc, convolved with a Gaussian of sd sigma.
 
-    ``sigma`` must be > 0 (include the pixel aperture); units are those of ``x``.
+    ``sigma`` must be > 0 (include the pixel aperture); units are those of ``x``. With
+    ``derivatives`` returns (value, d/dcenter, d/dradius, d/dsigma).
     """
-    step = sigma * _KERNEL_SCALE * _KERNEL_STEP
-    shifts = (x - center)[:, None] - (sigma * _KERNEL_SCALE) * _SHIFT_NODES[None, :]
-    return _chord_second_antiderivative(shifts, radius) @ _SHIFT_COEFFS / (step * step)
+    scale = sigma * _KERNEL_SCALE
+    norm = 1.0 / (scale * _KERNEL_STEP) ** 2
+    shifts = (x - center)[:, None] - scale * _SHIFT_NODES[None, :]
+    parts = _chord_integrals(shifts, radius, derivatives)
+    value = parts[0] @ _SHIFT_COEFFS * norm
+    if not derivatives:
+        return value
+    f1 = parts[1]
+    d_center = -(f1 @ _SHIFT_COEFFS) * norm
+    d_radius = parts[2] @ _SHIFT_COEFFS * norm
+    d_sigma = -(f1 @ (_SHIFT_COEFFS * _SHIFT_NODES)) * norm * _KERNEL_SCALE - 2 * value / sigma
+    return value, d_center, d_radius, d_sigma
 
 
 @dataclass(frozen=True)
@@ -93,20 +111,26 @@ class TubeFit:
     rms_residual: float
     success: bool
     coefficients: tuple[float, ...]  # linear part: the columns of ``tube_design``
+    reference: tuple[float, float]  # (centre, width) that normalises the baseline
 
 
-def tube_design(x: np.ndarray, edges: TubeEdges, sigma: float) -> np.ndarray:
-    """Columns of the linear model: outer chord, canal chord, baseline 1, u, u^2."""
+def tube_design(x: np.ndarray, edges: TubeEdges, sigma: float,
+                reference: tuple[float, float] | None = None) -> np.ndarray:
+    """Columns of the linear model: outer chord, canal chord, baseline 1, u, u^2.
+
+    ``u`` is x relative to a reference (centre, width), by default the tube's own; any
+    reference spans the same quadratic baseline."""
+    center, width = reference or (edges.center, edges.width)
     outer = blurred_chord(x, edges.center, 0.5 * edges.width, sigma)
     canal_center = 0.5 * (edges.inner_a + edges.inner_b)
     canal = blurred_chord(x, canal_center, 0.5 * (edges.inner_b - edges.inner_a), sigma)
-    u = (x - edges.center) / max(edges.width, 1.0)
+    u = (x - center) / max(width, 1.0)
     return np.column_stack([outer, canal, np.ones_like(x), u, u * u])
 
 
 def model_curve(x: np.ndarray, fit: TubeFit) -> np.ndarray:
     """The fitted profile (tube and baseline) evaluated at ``x``."""
-    return tube_design(x, fit.edges, fit.sigma) @ np.asarray(fit.coefficients)
+    return tube_design(x, fit.edges, fit.sigma, fit.reference) @ np.asarray(fit.coefficients)
 
 
 def _edges_from_params(p: np.ndarray) -> TubeEdges:
@@ -115,59 +139,92 @@ def _edges_from_params(p: np.ndarray) -> TubeEdges:
                      outer_a + cortex_a + canal + cortex_b)
 
 
+class _ProjectedModel:
+    """Variable projection for one profile: residuals and their Jacobian (Kaufman's
+    approximation) with respect to the nonlinear parameters
+    q = (outer_a, cortex_a, canal, cortex_b[, sigma]); amplitudes and baseline are
+    solved by least squares at every q."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                 reference: tuple[float, float], sigma: float | None) -> None:
+        self.x = x
+        self.sqrt_w = np.sqrt(weights)
+        self.y_w = y * self.sqrt_w
+        u = (x - reference[0]) / max(reference[1], 1.0)
+        self.baseline = np.column_stack([np.ones_like(x), u, u * u]) * self.sqrt_w[:, None]
+        self.fixed_sigma = sigma
+        self._cache_q: np.ndarray | None = None
+
+    def _evaluate(self, q: np.ndarray) -> None:
+        if self._cache_q is not None and np.array_equal(q, self._cache_q):
+            return
+        sigma = self.fixed_sigma if self.fixed_sigma is not None else q[4]
+        edges = _edges_from_params(q)
+        outer = blurred_chord(self.x, edges.center, 0.5 * edges.width, sigma, True)
+        canal = blurred_chord(self.x, 0.5 * (edges.inner_a + edges.inner_b),
+                              0.5 * (edges.inner_b - edges.inner_a), sigma, True)
+        w = self.sqrt_w
+        design = np.column_stack([outer[0] * w, canal[0] * w, self.baseline])
+        basis, upper = np.linalg.qr(design)
+        coef = np.linalg.solve(upper, basis.T @ self.y_w)
+        self.residual = design @ coef - self.y_w
+        self.coef, self.basis = coef, basis
+        # Derivatives of the fitted tube term along each parameter.
+        o_c, o_r, o_s = outer[1] * coef[0], outer[2] * coef[0], outer[3] * coef[0]
+        i_c, i_r, i_s = canal[1] * coef[1], canal[2] * coef[1], canal[3] * coef[1]
+        columns = [o_c + i_c,  # outer_a moves everything
+                   0.5 * (o_c + o_r) + i_c,  # cortex_a
+                   0.5 * (o_c + o_r) + 0.5 * (i_c + i_r),  # canal
+                   0.5 * (o_c + o_r)]  # cortex_b
+        if self.fixed_sigma is None:
+            columns.append(o_s + i_s)
+        moved = np.column_stack(columns) * w[:, None]
+        self.jacobian = moved - basis @ (basis.T @ moved)
+        self._cache_q = q.copy()
+
+    def fun(self, q: np.ndarray) -> np.ndarray:
+        self._evaluate(q)
+        return self.residual
+
+    def jac(self, q: np.ndarray) -> np.ndarray:
+        self._evaluate(q)
+        return self.jacobian
+
+
 def fit_tube(x: np.ndarray, y: np.ndarray, weights: np.ndarray, start: TubeEdges,
-             sigma: float, fit_sigma: bool = True, fit_shape: bool = True) -> TubeFit:
-    """Least-squares fit of the blurred tube to one profile (variable projection).
+             sigma: float, fit_sigma: bool = True) -> TubeFit:
+    """Least-squares fit of the blurred tube to one profile.
 
     The edges (and the blur when ``fit_sigma``) are the nonlinear parameters; the two
-    amplitudes and the quadratic baseline are solved linearly at every step. With
-    ``fit_shape`` False only the position moves (for centring profiles on the axis).
-    ``weights`` are the number of pixels behind each sample.
+    amplitudes and the quadratic baseline are solved linearly at every step (variable
+    projection, analytic Jacobian). ``weights`` are the number of pixels behind each
+    sample; ``sigma`` is the total blur (PSF and pixel aperture) to start from or keep.
     """
     from scipy.optimize import least_squares
 
-    sqrt_w = np.sqrt(weights)
-    base = np.array([start.outer_a, start.inner_a - start.outer_a,
-                     start.inner_b - start.inner_a, start.outer_b - start.inner_b])
-
-    def unpack(q: np.ndarray) -> tuple[TubeEdges, float]:
-        if fit_shape:
-            p = q[:4]
-        else:
-            p = base.copy()
-            p[0] += q[0]
-        s = q[-1] if fit_sigma else sigma
-        return _edges_from_params(p), s
-
-    def residual(q: np.ndarray) -> np.ndarray:
-        edges, s = unpack(q)
-        design = tube_design(x, edges, s) * sqrt_w[:, None]
-        coef, *_ = np.linalg.lstsq(design, y * sqrt_w, rcond=None)
-        return design @ coef - y * sqrt_w
-
+    reference = (start.center, start.width)
+    model = _ProjectedModel(x, y, weights, reference, None if fit_sigma else sigma)
     min_part = 0.3  # px: below this a cortex or canal is not resolvable anyway
-    if fit_shape:
-        q0 = [*base]
-        lower = [-np.inf, min_part, min_part, min_part]
-        upper = [np.inf] * 4
-    else:
-        q0, lower, upper = [0.0], [-np.inf], [np.inf]
+    q0 = [start.outer_a, start.inner_a - start.outer_a, start.inner_b - start.inner_a,
+          start.outer_b - start.inner_b]
+    lower = [-np.inf, min_part, min_part, min_part]
+    upper = [np.inf] * 4
     if fit_sigma:
         q0.append(sigma)
         lower.append(np.sqrt(PIXEL_APERTURE_VARIANCE))
         upper.append(max(20.0, 2 * sigma))
     q0 = np.clip(np.asarray(q0, float), np.add(lower, 1e-6), np.subtract(upper, 1e-6))
-    result = least_squares(residual, q0, bounds=(lower, upper), x_scale=1.0,
-                           diff_step=1e-4, xtol=1e-6, ftol=1e-9, max_nfev=200)
-    edges, s = unpack(result.x)
-    design = tube_design(x, edges, s) * sqrt_w[:, None]
-    coef, *_ = np.linalg.lstsq(design, y * sqrt_w, rcond=None)
-    res = design @ coef - y * sqrt_w
-    dof = max(len(y) - design.shape[1] - len(result.x), 1)
-    rms = float(np.sqrt(np.sum(res**2) / dof))
-    return TubeFit(edges=edges, sigma=float(s), cortex_amplitude=float(coef[0]),
-                   canal_amplitude=float(coef[1]), rms_residual=rms,
-                   success=bool(result.status > 0), coefficients=tuple(coef.tolist()))
+    result = least_squares(model.fun, q0, jac=model.jac, bounds=(lower, upper),
+                           xtol=1e-7, ftol=1e-10, max_nfev=100)
+    model._evaluate(result.x)
+    dof = max(len(y) - 5 - len(result.x), 1)
+    rms = float(np.sqrt(np.sum(model.residual**2) / dof))
+    coef = model.coef
+    return TubeFit(edges=_edges_from_params(result.x),
+                   sigma=float(result.x[4]) if fit_sigma else float(sigma),
+                   cortex_amplitude=float(coef[0]), canal_amplitude=float(coef[1]),
+                   rms_residual=rms, success=bool(result.status > 0),
+                   coefficients=tuple(coef.tolist()), reference=reference)
 
 
 def render_tube_image(shape: tuple[int, int], center_rc: tuple[float, float],
