@@ -41,9 +41,13 @@ def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.Im
     return ImageFont.load_default(size)
 
 
-def font_path(bold: bool = False) -> Path | None:
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    return next((f / name for f in FONT_DIRS if (f / name).exists()), None)
+def pdf_font_path(bold: bool = False) -> Path | None:
+    """Liberation Sans (Latin, Greek, Cyrillic; loads ~6x faster in fpdf2 than DejaVu,
+    which has many more glyphs), else DejaVu Sans."""
+    candidates = [Path("/usr/share/fonts/truetype/liberation") /
+                  ("LiberationSans-Bold.ttf" if bold else "LiberationSans-Regular.ttf")]
+    candidates += [f / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf") for f in FONT_DIRS]
+    return next((path for path in candidates if path.exists()), None)
 
 
 def cjk_font_path() -> Path | None:

@@ -265,7 +265,14 @@ def _panel_scores(canvas: Image.Image, draw: ImageDraw.ImageDraw, left: int, rig
                                              (right - left, chart_height))
         if image is not None:
             canvas.paste(image, (left, y))
-            y += chart_height
+            y += chart_height + 16
+    # Why a score is missing, and caveats, in the space left above the legend.
+    notes = [line for reason in interpretation.reasons
+             for line in _wrap(f"• {reason}", font(21), right - left)]
+    room = max(0, (CANVAS_HEIGHT - MARGIN - 230 - y) // 28)
+    for text in notes[:room]:
+        draw.text((left, y), text, fill=chart.MUTED, font=font(21))
+        y += 28
     return y
 
 

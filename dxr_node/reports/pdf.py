@@ -39,7 +39,7 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
     pdf.set_title(DOCUMENT_TITLE)
     pdf.set_creator("dxr-node")
     pdf.set_margins(16, 14, 16)
-    regular, bold = chart.font_path(), chart.font_path(bold=True)
+    regular, bold = chart.pdf_font_path(), chart.pdf_font_path(bold=True)
     if regular and bold:
         pdf.add_font("Body", "", str(regular))
         pdf.add_font("Body", "B", str(bold))
@@ -48,7 +48,7 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
         family = "Helvetica"
     cjk = chart.cjk_font_path()
     if family == "Body" and cjk and _has_cjk(str(source.get("PatientName", ""))):
-        # DejaVu has no CJK glyphs; loading the large fallback font only when needed.
+        # No CJK glyphs in the body font; the large fallback font is loaded only when needed.
         pdf.add_font("Fallback", "", str(cjk))
         pdf.set_fallback_fonts(["Fallback"], exact_match=False)
     pdf.add_page()
