@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 WORK_SIZE = 512  # longest side of the copy used to find the hand
-PALM_RADIUS_PX = 80.0  # palm inscribed radius in the canonical frame
+PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
 
 FINGER_NAMES = ("index", "middle", "ring", "little")
 BONE_FOR_FINGER = {"index": "MC2", "middle": "MC3", "ring": "MC4", "little": "MC5"}
@@ -71,8 +71,8 @@ def locate_metacarpals(pixels: np.ndarray) -> HandLocation:
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise LocateError("the image holds NaN or infinite pixel values")
-    work, scale, grey_range = _downscale(image)
-    mask = _hand_mask(work)
+    work, field, scale, grey_range = _downscale(image)
+    mask = _hand_mask(work, field)
     if mask is None:
         return _failed("no hand found: not a hand radiograph")
     outline = _outline(mask, scale)
@@ -96,7 +96,7 @@ def locate_metacarpals(pixels: np.ndarray) -> HandLocation:
     frame = _canonical(_normalise(image, *grey_range), palm_centre / scale, rotation_deg, zoom)
     smooth = cv2.GaussianBlur(frame.image, (0, 0), 1.0)
     ridge = _ridge_map(frame.image, 0.07 * PALM_RADIUS_PX)
-    inside = cv2.warpAffine(np.ones(image.shape, np.uint8), frame.matrix,
+    inside = cv2.warpAffine(field, frame.matrix @ np.diag([1 / scale, 1 / scale, 1.0]),
                             frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
 
     problems: list[str] = []
@@ -147,15 +147,62 @@ class _Finger:
     rel_angle: float  # angle of the tip around the palm centre, relative to the mean
 
 
-def _downscale(image: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """Copy whose longest side is WORK_SIZE, normalised to 0..1 by robust percentiles.
+def _downscale(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple[float, float]]:
+    """Copy whose longest side is WORK_SIZE, its exposed field, and its grey range.
 
-    Returns (work image, scale from input to work, (low, high) input grey levels).
+    Returns (work image normalised to 0..1 over the field, field mask, scale from input to
+    work, (low, high) input grey levels). Outside the field is set to the background.
     """
     scale = min(1.0, WORK_SIZE / max(image.shape))
     small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    low, high = (float(v) for v in np.percentile(small, [0.5, 99.5]))
-    return _normalise(small, low, high), scale, (low, high)
+    field = _exposed_field(small)
+    low, high = (float(v) for v in np.percentile(small[field > 0], [0.5, 99.5]))
+    work = _normalise(small, low, high)
+    work[field == 0] = np.percentile(work[field > 0], 2)
+    return work, field, scale, (low, high)
+
+
+def _flatten_background(work: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """Subtract a plane fitted to the darkest field pixels (heel effect, plate gradients)."""
+    rows, cols = work.shape
+    ys, xs = np.mgrid[0:rows:4, 0:cols:4]
+    values = work[::4, ::4]
+    inside = field[::4, ::4] > 0
+    design = np.column_stack([np.ones(xs.size), xs.ravel() / cols, ys.ravel() / rows])
+    keep = inside.ravel() & (values.ravel() <= np.percentile(values[inside], 30))
+    for _ in range(3):
+        coef, *_ = np.linalg.lstsq(design[keep], values.ravel()[keep], rcond=None)
+        residual = values.ravel() - design @ coef
+        spread = np.percentile(np.abs(residual[keep]), 80) + 1e-4
+        keep = inside.ravel() & (residual < 2 * spread)
+    ys, xs = np.mgrid[0:rows, 0:cols]
+    plane = coef[0] + coef[1] * xs / cols + coef[2] * ys / rows
+    return np.clip(work - plane.astype(np.float32), 0, 1)
+
+
+def _exposed_field(image: np.ndarray) -> np.ndarray:
+    """Mask of the exposed field: drops bright bands along the border (collimator shadow,
+    unexposed plate edges), walking in from each side while most of the line is bright."""
+    median, top = np.percentile(image, [50, 99.5])
+    bright = image > median + 0.6 * (top - median)
+    field = np.ones(image.shape, np.uint8)
+    rows, cols = image.shape
+    for axis, size in ((1, rows), (0, cols)):
+        fill = bright.mean(axis=axis)
+        for order in (range(size), range(size - 1, -1, -1)):
+            depth = 0
+            for index in order:
+                if fill[index] < 0.5 or depth > 0.2 * size:
+                    break
+                depth += 1
+            if depth:
+                # A few more lines for the blurred edge of the band.
+                band = list(order)[: depth + 3]
+                if axis == 1:
+                    field[band, :] = 0
+                else:
+                    field[:, band] = 0
+    return field
 
 
 def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -164,12 +211,14 @@ def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0, 1).astype(np.float32)
 
 
-def _hand_mask(work: np.ndarray) -> np.ndarray | None:
+def _hand_mask(work: np.ndarray, field: np.ndarray) -> np.ndarray | None:
     """Largest soft-tissue component (triangle threshold), holes filled, or None."""
-    grey = (cv2.GaussianBlur(work, (0, 0), 2) * 255).astype(np.uint8)
+    flat = _flatten_background(work, field)
+    grey = (np.clip(cv2.GaussianBlur(flat, (0, 0), 2) / max(flat.max(), 1e-6), 0, 1)
+            * 255).astype(np.uint8)
     threshold, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_TRIANGLE)
-    mask = (grey > threshold).astype(np.uint8)
-    _erase_border_bands(mask)
+    # Stay clear of the field edge, whose blurred rim would join the hand.
+    mask = (grey > threshold).astype(np.uint8) & cv2.erode(field, _disc(3))
     # Break thin bright lines (plate edges, collimator seams) that would join the hand.
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(3))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
@@ -183,20 +232,6 @@ def _hand_mask(work: np.ndarray) -> np.ndarray | None:
     filled = np.zeros_like(mask)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
     return filled
-
-
-def _erase_border_bands(mask: np.ndarray) -> None:
-    """Clear nearly full rows/columns near the border: unexposed plate edges, not tissue."""
-    rows, cols = mask.shape
-    band = max(3, int(0.05 * min(rows, cols)))
-    for axis, size in ((1, rows), (0, cols)):
-        fill = mask.mean(axis=axis)
-        for index in list(range(band)) + list(range(size - band, size)):
-            if fill[index] > 0.85:
-                if axis == 1:
-                    mask[index, :] = 0
-                else:
-                    mask[:, index] = 0
 
 
 def _disc(radius: float) -> np.ndarray:
@@ -360,67 +395,113 @@ class _CanonicalBone:
 
 def _trace_metacarpal(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
                       tip: np.ndarray) -> _CanonicalBone | None:
-    """The metacarpal continuing a finger proximally from its base (canonical frame)."""
-    radius = PALM_RADIUS_PX
-    proximal_way = (base - tip) / np.linalg.norm(base - tip)
-    heading = math.degrees(math.atan2(proximal_way[1], proximal_way[0]))
-    # Search a segment from about the MCP joint (a third of a palm radius below the web)
-    # over the proximal shaft for the strongest straight ridge.
-    top = base + 0.35 * radius * proximal_way
-    start, angle, score = _best_line(ridge, top, heading, 0.9 * radius, 0.25 * radius, 20)
-    if score < 1e-4:
-        return None
-    direction = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))])
-    start, direction = _refine_axis(ridge, start, direction)
+    """The metacarpal continuing a finger proximally (canonical frame), or None.
 
-    along = np.arange(-0.6 * radius, 2.0 * radius, 1.0)
-    profile = _band_profile(smooth, start, direction, along, 0.05 * radius)
+    The ray is tracked from the middle of the finger into the carpus; joint gaps (and
+    growth plates) are the valleys of the intensity along it, and the metacarpal is the
+    longest stretch between two of them.
+    """
+    radius = PALM_RADIUS_PX
+    start = 0.5 * (base + tip)
+    to_base = float(np.linalg.norm(base - start))
+    path = _track_ray(ridge, start, base - tip, to_base + 4.2 * radius)
+    profile = _path_profile(smooth, path, 0.04 * radius)
     valleys = _valley_strength(profile, int(0.08 * radius))
-    distal_s = _strongest(valleys, along, -0.5 * radius, 0.3 * radius)
-    proximal_s = _strongest(valleys, along, distal_s + 1.05 * radius, distal_s + 1.8 * radius)
-    centre_s = 0.5 * (distal_s + proximal_s)
-    centre = start + centre_s * direction
-    near_head = (along > distal_s - 0.25 * radius) & (along < distal_s + 0.25 * radius)
-    strong = valleys > 0.5 * valleys[near_head].max()
+    arc = np.arange(len(path), dtype=np.float64)
+    usable = arc >= to_base - 0.6 * radius
+    if not usable.any() or valleys[usable].max() <= 0:
+        return None
     local_max = (valleys >= np.roll(valleys, 1)) & (valleys >= np.roll(valleys, -1))
-    peaks = near_head & strong & local_max
+    strongest = valleys[usable].max()
+    # The MCP joint lies within a proximal phalanx of the finger's base (the forearm
+    # lies further); the metacarpal is the only bone that runs on for more than a palm
+    # radius proximal to its joint without a gap.
+    candidates = np.flatnonzero(usable & local_max & (valleys >= 0.25 * strongest)
+                                & (arc <= to_base + 1.8 * radius))
+    best_score, distal_i = -np.inf, -1
+    for index in candidates:
+        inner = valleys[int(index + 0.12 * radius): int(index + 1.1 * radius)]
+        if len(inner) < 0.9 * radius:
+            continue
+        score = (valleys[index] - 2.0 * inner.max()) / strongest
+        if score > best_score:
+            best_score, distal_i = score, int(index)
+    if distal_i < 0:
+        return None
+    tail = valleys[int(distal_i + 1.1 * radius): int(distal_i + 2.0 * radius)]
+    if len(tail) and tail.max() >= 0.25 * strongest:
+        proximal_i = int(distal_i + 1.1 * radius) + int(np.argmax(tail))
+    else:  # CMC joint hidden by the carpus: a typical length
+        proximal_i = min(int(distal_i + 1.55 * radius), len(path) - 1)
+    length = proximal_i - distal_i
+    shaft = path[distal_i + int(0.15 * length): proximal_i - int(0.15 * length)]
+    centroid = shaft.mean(axis=0)
+    direction = path[proximal_i] - path[distal_i]
+    direction /= np.linalg.norm(direction)
+    point, direction = _refine_axis(ridge, centroid, direction, 0.35 * length)
+    # Settle both ends on the joint gaps seen along the straight axis itself.
+    distal_s = float(np.dot(path[distal_i] - point, direction))
+    proximal_s = float(np.dot(path[proximal_i] - point, direction))
+    along = np.arange(distal_s - 0.3 * radius, proximal_s + 0.3 * radius, 0.5)
+    straight = point + along[:, None] * direction
+    straight_valleys = _valley_strength(_path_profile(smooth, straight, 0.04 * radius),
+                                        int(0.16 * radius))
+    distal_s = _strongest_near(straight_valleys, along, distal_s, 0.15 * radius)
+    proximal_s = _strongest_near(straight_valleys, along, proximal_s, 0.2 * radius)
+    distal = point + distal_s * direction
+    proximal = point + proximal_s * direction
+    centre = 0.5 * (distal + proximal)
+    gaps = np.flatnonzero(local_max & (valleys >= 0.25 * strongest))
+    near_head = np.abs(gaps - distal_i) < 0.25 * radius
     return _CanonicalBone(
-        distal=start + distal_s * direction,
-        proximal=start + proximal_s * direction,
+        distal=distal,
+        proximal=proximal,
         centre=centre,
         width=_width_across(smooth, centre, direction),
-        score=score,
-        valleys_near_head=int(peaks.sum()),
+        score=float(_ridge_mean(ridge, shaft)),
+        valleys_near_head=int(near_head.sum()),
     )
 
 
-def _refine_axis(ridge: np.ndarray, start: np.ndarray,
-                 direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Straighten a rough axis by a line fit to the ridge's centroid across each step."""
+def _strongest_near(values: np.ndarray, along: np.ndarray, guess: float, reach: float) -> float:
+    window = np.abs(along - guess) <= reach
+    if not window.any():
+        return guess
+    return float(along[window][int(np.argmax(values[window]))])
+
+
+def _ridge_mean(ridge: np.ndarray, points: np.ndarray) -> float:
+    return float(_sample(ridge, points[:, 0], points[:, 1]).mean())
+
+
+def _refine_axis(ridge: np.ndarray, centre: np.ndarray, direction: np.ndarray,
+                 half_length: float) -> tuple[np.ndarray, np.ndarray]:
+    """Straighten an axis by a line fit to the ridge's centroid across each step."""
     radius = PALM_RADIUS_PX
     normal = np.array([-direction[1], direction[0]])
-    along = np.arange(0.1 * radius, 0.9 * radius, 2.0)
-    across = np.arange(-0.12 * radius, 0.12 * radius + 1.0)
-    points = start + along[:, None, None] * direction + across[None, :, None] * normal
+    along = np.arange(-half_length, half_length + 1.0, 2.0)
+    across = np.arange(-0.1 * radius, 0.1 * radius + 1.0)
+    points = centre + along[:, None, None] * direction + across[None, :, None] * normal
     values = _sample(ridge, points[..., 0], points[..., 1])
     weights = np.maximum(values - 0.5 * values.max(axis=1, keepdims=True), 0)
     total = weights.sum(axis=1)
     keep = total > 0
     if keep.sum() < 5:
-        return start, direction
+        return centre, direction
     offsets = (weights[keep] * across).sum(axis=1) / total[keep]
     slope, intercept = np.polyfit(along[keep], offsets, 1)
     new_direction = direction + slope * normal
     new_direction /= np.linalg.norm(new_direction)
-    return start + intercept * normal, new_direction
+    return centre + intercept * normal, new_direction
 
 
-def _band_profile(image: np.ndarray, start: np.ndarray, direction: np.ndarray,
-                  along: np.ndarray, half_width: float) -> np.ndarray:
-    """Mean of the image across a narrow band, at each position along a line."""
-    normal = np.array([-direction[1], direction[0]])
+def _path_profile(image: np.ndarray, path: np.ndarray, half_width: float) -> np.ndarray:
+    """Mean of the image across a narrow band at each point of a path."""
+    tangent = np.gradient(path, axis=0)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    normal = np.column_stack([-tangent[:, 1], tangent[:, 0]])
     across = np.linspace(-half_width, half_width, 5)
-    points = start + along[:, None, None] * direction + across[None, :, None] * normal
+    points = path[:, None, :] + across[None, :, None] * normal[:, None, :]
     return _sample(image, points[..., 0], points[..., 1]).mean(axis=1)
 
 
@@ -431,13 +512,6 @@ def _valley_strength(profile: np.ndarray, reach: int) -> np.ndarray:
     before = np.max([padded[reach - k: reach - k + count] for k in range(1, reach + 1)], axis=0)
     after = np.max([padded[reach + k: reach + k + count] for k in range(1, reach + 1)], axis=0)
     return np.maximum(np.minimum(before, after) - profile, 0)
-
-
-def _strongest(values: np.ndarray, along: np.ndarray, low: float, high: float) -> float:
-    window = (along >= low) & (along <= high)
-    if not window.any():
-        return 0.5 * (low + high)
-    return float(along[window][int(np.argmax(values[window]))])
 
 
 def _width_across(smooth: np.ndarray, centre: np.ndarray, direction: np.ndarray) -> float:
@@ -494,3 +568,32 @@ def _maturity(smooth: np.ndarray, bones: dict[str, _CanonicalBone]):
         "gaps_near_head": float(np.mean(gaps)),
     }
     return False, False, features
+
+
+def _track_ray(ridge: np.ndarray, start: np.ndarray, heading: np.ndarray,
+               length: float) -> np.ndarray:
+    """Follow a chain of bones along the ridge map; points (x, y) one pixel apart.
+
+    Short straight segments found by line search, each starting where the previous one
+    had got half-way, bridge the joint gaps where the ridge fades.
+    """
+    segment = 0.4 * PALM_RADIUS_PX
+    point = np.asarray(start, dtype=np.float64)
+    angle = math.degrees(math.atan2(heading[1], heading[0]))
+    points = [point]
+    travelled = 0.0
+    while travelled < length:
+        begin, angle, _ = _best_line(ridge, point, angle, segment, 0.06 * PALM_RADIUS_PX, 12)
+        direction = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))])
+        steps = np.arange(1.0, 0.5 * segment + 0.5)
+        points.extend(begin + steps[:, None] * direction)
+        point = points[-1]
+        travelled += 0.5 * segment
+    return _resample(np.array(points))
+
+
+def _resample(path: np.ndarray) -> np.ndarray:
+    """The polyline resampled at one-pixel arc length."""
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+    even = np.arange(0.0, arc[-1], 1.0)
+    return np.column_stack([np.interp(even, arc, path[:, 0]), np.interp(even, arc, path[:, 1])])
