@@ -61,12 +61,20 @@ class Node:
         self._threads: list[threading.Thread] = []
         self._workers = None
         self.address: tuple[str, int] | None = None
+        self.console = None  # dxr_node.web.app.ConsoleServer when web.enabled
 
     def start(self) -> None:
         from dxr_node.node.dispatch import run_dispatcher
         from dxr_node.node.worker import start_workers
 
         config = self.config
+        if config.web.enabled:  # refuse an open console before anything starts
+            from dxr_node.web.auth import ConsoleConfigError, check_console_access
+
+            try:
+                check_console_access(config.web)
+            except ConsoleConfigError as exc:
+                raise ServiceError(str(exc)) from None
         for directory in (config.data_dir, config.spool_path, config.objects_path):
             try:
                 Path(directory).mkdir(parents=True, exist_ok=True)
@@ -95,11 +103,31 @@ class Node:
             self.stop()
             raise ServiceError(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+        if config.web.enabled:
+            self._start_console()
         log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
                   port=self.address[1], workers=config.worker_count,
                   destinations=",".join(f"{d.ae_title}@{d.host}:{d.port}"
                                         for d in config.destinations) or None,
                   data_dir=config.data_dir, pid=os.getpid())
+
+    def _listening(self) -> bool:
+        """The SCP has bound its port and the node is not stopping (for /healthz)."""
+        return self.address is not None and not self.stop_event.is_set()
+
+    def _start_console(self) -> None:
+        from dxr_node.web.app import ConsoleServer
+        from dxr_node.web.auth import ConsoleConfigError
+
+        # Access was checked before anything started; what is left here (the port is
+        # taken) must not stop images being received: log it loudly and go on.
+        try:
+            console = ConsoleServer(self.config, self._listening)
+            console.start()
+        except ConsoleConfigError as exc:
+            log_event(log, "console_unavailable", logging.ERROR, reason=str(exc))
+            return
+        self.console = console
 
     def _spawn(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -117,6 +145,8 @@ class Node:
         log_event(log, "stopping")
         if self.scp is not None:
             self.scp.stop()
+        if self.console is not None:
+            self.console.stop()
         self.stop_event.set()
         if self._workers is not None:
             self._workers.join()

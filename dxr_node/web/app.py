@@ -35,33 +35,21 @@ log = logging.getLogger("dxr_node.web")
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-# Returns the SCP's bound (host, port), or None while it is not listening.
-ScpAddress = Callable[[], "tuple[str, int] | None"]
+# Tells /healthz whether the node's SCP is listening. The node answers from its own
+# state: a TCP probe would leave a half-open association behind in pynetdicom.
+ScpListening = Callable[[], bool]
 
 
-def scp_accepts_connections(address: tuple[str, int] | None, timeout_s: float = 1.0) -> bool:
-    """A TCP connection to the SCP succeeds (a wildcard bind is probed on loopback)."""
-    if address is None:
-        return False
-    host, port = address
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1" if host != "::" else "::1"
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def create_app(config: NodeConfig, store: Store, scp_address: ScpAddress | None = None) -> FastAPI:
-    """The console over ``store``; ``scp_address`` feeds /healthz (None: not ready)."""
+def create_app(config: NodeConfig, store: Store,
+               scp_listening: ScpListening | None = None) -> FastAPI:
+    """The console over ``store``; ``scp_listening`` feeds /healthz (None: not ready)."""
     check_console_access(config.web)
     store.ensure_console_indexes()
     app = FastAPI(title="dxr-node console", version=__version__,
                   description="Operator console and JSON API of a dxr-node DICOM node.")
     app.state.config = config
     app.state.store = store
-    app.state.scp_address = scp_address or (lambda: None)
+    app.state.scp_listening = scp_listening or (lambda: False)
 
     guarded = [Depends(require_access)]
     app.include_router(api.router, dependencies=guarded)
@@ -77,7 +65,7 @@ def create_app(config: NodeConfig, store: Store, scp_address: ScpAddress | None 
              summary="200 when the SCP accepts connections and the database is writable")
     def healthz(request: Request) -> JSONResponse:
         checks = {
-            "scp_listening": scp_accepts_connections(request.app.state.scp_address()),
+            "scp_listening": bool(request.app.state.scp_listening()),
             "database_writable": store.is_writable(),
         }
         ready = all(checks.values())
@@ -113,7 +101,7 @@ def _wants_json(request: Request) -> bool:
 class ConsoleServer:
     """uvicorn serving the console from a background thread of the node."""
 
-    def __init__(self, config: NodeConfig, scp_address: ScpAddress) -> None:
+    def __init__(self, config: NodeConfig, scp_listening: ScpListening) -> None:
         import uvicorn
 
         check_console_access(config.web)
@@ -121,7 +109,7 @@ class ConsoleServer:
         self._store = Store(config.database_path)
         self._socket = self._bind(config.web.host, config.web.port)
         self.address: tuple[str, int] = self._socket.getsockname()[:2]
-        app = create_app(config, self._store, scp_address)
+        app = create_app(config, self._store, scp_listening)
         # No access log: request lines can carry patient IDs (exam filters).
         self._server = uvicorn.Server(uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off"))
@@ -150,6 +138,7 @@ class ConsoleServer:
                 break
             threading.Event().wait(0.05)
         if not self._server.started:
+            self.stop()
             raise ConsoleConfigError("the console did not start (see the log above)")
         host, port = self.address
         log_event(log, "console_ready", url=f"http://{host}:{port}/",
