@@ -45,6 +45,9 @@ class LongBone:
     end_shell_mm: float = 0.5  # cortex thickness at the ends (trabecular interior)
     physis: str | None = None  # "proximal"/"distal": open growth plate (children)
     physis_gap_mm: float = 0.0
+    # Cross-section depth / width: 1 = circular (metacarpals, so the truth is exact);
+    # flatter for phalanges and the distal radius.
+    depth_ratio: float = 1.0
 
     @property
     def length_mm(self) -> float:
@@ -109,6 +112,7 @@ class Blob:
     semi_axes_mm: tuple[float, float, float]  # in-plane a (along angle), b, depth c
     angle_deg: float
     shell_mm: float = 0.5
+    squareness: float = 2.0  # in-plane superellipse exponent: 2 = ellipse, larger = boxier
 
 
 @dataclass(frozen=True)
@@ -160,16 +164,17 @@ _PHALANGES = {
     4: ((7.0, 41.0), (6.4, 26.0), (5.2, 18.0)),
     5: ((6.2, 32.0), (5.4, 18.0), (4.8, 16.0)),
 }
-# Carpals in the canonical frame (centre x, y mm; a, b, c semi-axes; angle).
+# Carpals in the canonical frame: centre (x, y mm), semi-axes (a along the angle, b across,
+# c depth) and angle, packed with ~1.5 mm joint spaces between them.
 _CARPALS = (
-    ("trapezium", (-19.0, -7.0), (7.0, 5.5, 6.0), 40.0),
-    ("trapezoid", (-10.5, -5.5), (5.0, 4.0, 5.0), 80.0),
-    ("capitate", (-0.5, -10.0), (5.5, 10.0, 8.0), 95.0),
-    ("hamate", (12.5, -9.0), (6.5, 9.0, 7.5), 100.0),
-    ("scaphoid", (-13.5, -20.0), (11.0, 5.5, 6.0), 55.0),
-    ("lunate", (1.0, -24.0), (6.5, 6.0, 7.0), 0.0),
-    ("triquetrum", (13.0, -21.0), (6.0, 5.0, 6.0), 20.0),
-    ("pisiform", (14.5, -18.0), (4.5, 4.0, 4.5), 60.0),
+    ("trapezium", (-20.5, -10.0), (7.0, 5.5, 6.5), 45.0),
+    ("trapezoid", (-10.5, -6.8), (5.2, 4.8, 6.0), 80.0),
+    ("capitate", (-0.8, -12.5), (10.5, 6.3, 8.5), 90.0),
+    ("hamate", (11.2, -11.5), (8.8, 6.6, 8.0), 100.0),
+    ("scaphoid", (-12.5, -24.0), (11.5, 5.5, 6.5), 122.0),
+    ("lunate", (0.5, -29.0), (7.2, 6.3, 8.0), 5.0),
+    ("triquetrum", (12.3, -25.0), (6.3, 5.2, 6.5), 25.0),
+    ("pisiform", (14.5, -21.5), (4.5, 4.3, 4.5), 60.0),
 )
 
 
@@ -261,19 +266,20 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
     fingers.insert(0, tuple(thumb))
 
     # Distal radius and ulna: long shafts coming from below the image, flared distal ends.
-    radius_end = np.array([-8.0, -32.0]) * scale
-    ulna_end = np.array([17.5, -36.0]) * scale
-    for name, end, width, flare, physis_gap in (
-        ("radius", radius_end, 17.0, 1.65, 2.2), ("ulna", ulna_end, 11.0, 1.25, 2.0)
+    radius_end = np.array([-8.5, -38.5]) * scale
+    ulna_end = np.array([15.5, -42.0]) * scale
+    for name, end, width, flare, depth, physis_gap in (
+        ("radius", radius_end, 16.0, 1.75, 0.62, 2.2), ("ulna", ulna_end, 11.0, 1.2, 0.85, 2.0)
     ):
         width *= scale * (1 + jitter(0.04))
         angle = 92.0 + jitter(1.5)
         bones.append(LongBone(
             name, tuple(end - 230.0 * _unit(angle)), tuple(end), width / 2,
-            width / 2 - 2.6 * scale * cortical_factor,
-            base_flare=1.0, head_flare=flare, base_cap_mm=1.0, head_cap_mm=4.0 * scale,
-            shaft_start=0.05, shaft_end=0.80, end_shell_mm=0.6 * scale,
-            physis="distal" if child else None, physis_gap_mm=physis_gap * scale if child else 0))
+            width / 2 - 2.0 * scale * cortical_factor,
+            base_flare=1.0, head_flare=flare, base_cap_mm=1.0, head_cap_mm=3.0 * scale,
+            shaft_start=0.05, shaft_end=0.78, end_shell_mm=0.5 * scale,
+            physis="distal" if child else None, physis_gap_mm=physis_gap * scale if child else 0,
+            depth_ratio=depth))
 
     blobs = _carpals(rng, scale, variant)
     blobs.append(Blob("sesamoid", _thumb_sesamoid(bones),
@@ -283,7 +289,7 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
     soft = SoftTissue(
         finger_radius_mm=8.5 * scale * (1 + jitter(0.05)),
         palm_half_thickness_mm=14.0 * scale * (1 + jitter(0.08)),
-        wrist_half_thickness_mm=19.0 * scale * (1 + jitter(0.06)),
+        wrist_half_thickness_mm=17.0 * scale * (1 + jitter(0.06)),
         wrist_half_width_mm=29.0 * scale * (1 + jitter(0.04)),
     )
     return HandAnatomy(anatomy_id, variant, tuple(bones), tuple(blobs), tuple(fingers), soft)
@@ -299,6 +305,7 @@ def _phalanx(name: str, proximal: np.ndarray, angle_deg: float, width: float, le
         base_cap_mm=2.0 * scale, head_cap_mm=(2.0 if distal else 3.0) * scale,
         shaft_start=0.25, shaft_end=0.60 if distal else 0.75, end_shell_mm=0.4 * scale,
         physis="proximal" if child else None, physis_gap_mm=1.4 * scale if child else 0.0,
+        depth_ratio=0.8,
     )
 
 
@@ -313,7 +320,7 @@ def _carpals(rng: np.random.Generator, scale: float, variant: str) -> list[Blob]
             name,
             ((cx + rng.normal(0, 0.6)) * scale, (cy + rng.normal(0, 0.6)) * scale),
             tuple(a * scale * size * float(rng.uniform(0.93, 1.07)) for a in axes),
-            angle + float(rng.normal(0, 5)), 0.55 * scale))
+            angle + float(rng.normal(0, 5)), 0.6 * scale, float(rng.uniform(2.4, 3.0))))
     return blobs
 
 

@@ -9,6 +9,7 @@ optional unsharp-mask edge enhancement -> burned-in text.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict
 from typing import Any
 
@@ -19,6 +20,7 @@ from dxr_node.phantom.acquisition import Acquisition
 from dxr_node.phantom.anatomy import (
     METACARPALS,
     MU_CORTEX,
+    MU_MARROW,
     MU_SOFT,
     MU_TRABECULAR,
     Blob,
@@ -31,6 +33,8 @@ _TISSUE_STEP_MM = 0.5  # soft tissue is smooth: render it coarsely, then resampl
 _TISSUE_X_MM = (-140.0, 140.0)
 _TISSUE_Y_MM = (-320.0, 260.0)
 _LEAD_ATTENUATION = 4.0
+# Trabecular texture grid: (x0, y top, step mm, (rows, cols)) covering the hand bones.
+_TEXTURE_GRID = (-85.0, 215.0, 0.15, (2000, 1133))
 
 
 class Placement:
@@ -112,11 +116,12 @@ def line_integrals(anatomy: HandAnatomy, acquisition: Acquisition,
         attenuation = _warp_canonical(_chest_attenuation(), shape, a, b)
     else:
         attenuation = _warp_canonical(MU_SOFT * _soft_tissue_thickness(anatomy), shape, a, b)
+        texture = _warp_canonical(_trabecular_texture(anatomy), shape, a, b, _TEXTURE_GRID)
         step_mm = acquisition.pixel_spacing_mm / k
         for bone in anatomy.long_bones:
-            _add_long_bone(attenuation, bone, a, b, step_mm)
+            _add_long_bone(attenuation, texture, bone, a, b, step_mm)
         for blob in anatomy.blobs:
-            _add_blob(attenuation, blob, a, b, step_mm)
+            _add_blob(attenuation, texture, blob, a, b, step_mm)
     if acquisition.marker:
         _add_marker(attenuation, acquisition, placement)
     return attenuation
@@ -151,8 +156,8 @@ def _local_coordinates(origin: np.ndarray, direction: np.ndarray, a: np.ndarray,
     return out[0], out[1]
 
 
-def _add_long_bone(attenuation: np.ndarray, bone: LongBone, a: np.ndarray, b: np.ndarray,
-                   step_mm: float) -> None:
+def _add_long_bone(attenuation: np.ndarray, texture: np.ndarray, bone: LongBone,
+                   a: np.ndarray, b: np.ndarray, step_mm: float) -> None:
     proximal, distal = np.asarray(bone.proximal_xy), np.asarray(bone.distal_xy)
     length = bone.length_mm
     direction = (distal - proximal) / length
@@ -167,18 +172,22 @@ def _add_long_bone(attenuation: np.ndarray, bone: LongBone, a: np.ndarray, b: np
     d2 = d * d
     outer_path = 2 * np.sqrt(np.maximum(radius_outer * radius_outer - d2, 0))
     inner_path = 2 * np.sqrt(np.maximum(radius_inner * radius_inner - d2, 0))
-    path = MU_CORTEX * (outer_path - inner_path) + interior_mu[index] * inner_path
+    i0, i1, j0, j1 = box
+    # Trabecular bone (what the interior holds beyond marrow) carries the texture.
+    trabecular = (interior_mu[index] - MU_MARROW) * inner_path * texture[i0:i1, j0:j1]
+    path = MU_CORTEX * (outer_path - inner_path) + MU_MARROW * inner_path + trabecular
     outside = (t < 0) | (t > length)
     physis = bone.physis_position()
     if physis is not None:
         outside |= np.abs(t - physis) < bone.physis_gap_mm / 2  # cartilage, not bone
     path[outside] = 0
-    i0, i1, j0, j1 = box
+    if bone.depth_ratio != 1.0:
+        path *= bone.depth_ratio
     attenuation[i0:i1, j0:j1] += path.astype(np.float32)
 
 
-def _add_blob(attenuation: np.ndarray, blob: Blob, a: np.ndarray, b: np.ndarray,
-              step_mm: float) -> None:
+def _add_blob(attenuation: np.ndarray, texture: np.ndarray, blob: Blob, a: np.ndarray,
+              b: np.ndarray, step_mm: float) -> None:
     center = np.asarray(blob.center_xy)
     semi_a, semi_b, depth = blob.semi_axes_mm
     box = _bbox([center], max(semi_a, semi_b), a, b, step_mm, attenuation.shape)
@@ -188,14 +197,30 @@ def _add_blob(attenuation: np.ndarray, blob: Blob, a: np.ndarray, b: np.ndarray,
     u, v = _local_coordinates(center, np.array([math.cos(angle), math.sin(angle)]), a, b, box)
     shell = blob.shell_mm
 
+    power = blob.squareness
+
     def chord(sa: float, sb: float, sc: float) -> np.ndarray:
-        return 2 * sc * np.sqrt(np.maximum(1 - (u / sa) ** 2 - (v / sb) ** 2, 0))
+        inside = 1 - np.abs(u / sa) ** power - np.abs(v / sb) ** power
+        return 2 * sc * np.sqrt(np.maximum(inside, 0))
 
     outer = chord(semi_a, semi_b, depth)
     inner = chord(semi_a - shell, semi_b - shell, depth - shell)
     i0, i1, j0, j1 = box
-    attenuation[i0:i1, j0:j1] += (MU_CORTEX * (outer - inner) + MU_TRABECULAR * inner).astype(
-        np.float32)
+    trabecular = (MU_TRABECULAR - MU_MARROW) * inner * texture[i0:i1, j0:j1]
+    attenuation[i0:i1, j0:j1] += (MU_CORTEX * (outer - inner) + MU_MARROW * inner
+                                  + trabecular).astype(np.float32)
+
+
+def _trabecular_texture(anatomy: HandAnatomy) -> np.ndarray:
+    """Relative density of trabecular bone: 1 + band-pass noise (0.3-1.5 mm features),
+    seeded by the anatomy so the same hand shows the same pattern in every image."""
+    rng = np.random.default_rng(zlib.crc32(anatomy.anatomy_id.encode()))
+    x0, y1, step, (rows, cols) = _TEXTURE_GRID
+    noise = rng.standard_normal((rows, cols), dtype=np.float32)
+    fine = cv2.GaussianBlur(noise, (0, 0), 0.25 / step)
+    band = fine - cv2.GaussianBlur(fine, (0, 0), 1.0 / step)
+    band /= max(float(band.std()), 1e-6)
+    return 1.0 + 0.22 * band
 
 
 def _tissue_grid() -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +234,7 @@ def _to_tissue_px(xy: np.ndarray) -> tuple[int, int]:
             round((_TISSUE_Y_MM[1] - xy[1]) / _TISSUE_STEP_MM))
 
 
-def _rounded_thickness(mask: np.ndarray, half_thickness_mm: float) -> np.ndarray:
+def _rounded_thickness(mask: np.ndarray, half_thickness_mm: float | np.ndarray) -> np.ndarray:
     """Thickness of a slab with rounded (circular) edges over a binary outline."""
     distance = cv2.distanceTransform(mask, cv2.DIST_L2, 5) * _TISSUE_STEP_MM
     depth = np.minimum(distance, half_thickness_mm)
@@ -237,32 +262,38 @@ def _soft_tissue_thickness(anatomy: HandAnatomy) -> np.ndarray:
     thickness = _rounded_thickness(fingers, soft.finger_radius_mm)
 
     mc = {name: anatomy.bone(name) for name in METACARPALS}
+    wrist_y = min(b.distal_xy[1] for b in anatomy.long_bones if b.name in ("radius", "ulna"))
     side = soft.finger_radius_mm
     palm_points = [
         np.add(mc["MC2"].distal_xy, (-0.9 * side, 0.2 * side)),
         np.add(mc["MC3"].distal_xy, (0.0, 0.4 * side)),
         np.add(mc["MC5"].distal_xy, (1.0 * side, 0.0)),
-        np.add(mc["MC5"].proximal_xy, (1.2 * side, -12.0 * scale)),
-        np.add(mc["MC2"].proximal_xy, (-1.5 * side, -14.0 * scale)),
+        (mc["MC5"].proximal_xy[0] + 0.9 * side, wrist_y + 4.0 * scale),
+        (mc["MC2"].proximal_xy[0] - 1.2 * side, wrist_y + 4.0 * scale),
         np.asarray(anatomy.bone("MC1").proximal_xy) + (-0.6 * side, 0.0),
     ]
-    palm = np.zeros_like(fingers)
-    cv2.fillConvexPoly(palm, np.array([_to_tissue_px(p) for p in palm_points], np.int32), 255)
-    thickness = np.maximum(thickness, _rounded_thickness(palm, soft.palm_half_thickness_mm))
-
-    # Forearm and wrist, from the carpus out of the field.
-    wrist_y = min(b.distal_xy[1] for b in anatomy.long_bones if b.name in ("radius", "ulna"))
+    body = np.zeros_like(fingers)
+    cv2.fillConvexPoly(body, np.array([_to_tissue_px(p) for p in palm_points], np.int32), 255)
+    # Wrist and forearm, joined to the palm in one outline so the skin has no seam; the
+    # half-thickness grows from the palm's to the wrist's over ~30 mm.
     center_x = 0.5 * (anatomy.bone("radius").distal_xy[0] + anatomy.bone("ulna").distal_xy[0])
     half = soft.wrist_half_width_mm
-    arm = [(center_x - 1.08 * half, wrist_y + 24 * scale), (center_x + 1.02 * half,
-                                                             wrist_y + 24 * scale),
-           (center_x + 1.2 * half, _TISSUE_Y_MM[0]), (center_x - 1.25 * half, _TISSUE_Y_MM[0])]
-    forearm = np.zeros_like(fingers)
-    cv2.fillConvexPoly(forearm, np.array([_to_tissue_px(np.asarray(p)) for p in arm], np.int32),
+    arm = [palm_points[3], palm_points[4], (center_x - 1.02 * half, wrist_y - 8 * scale),
+           (center_x - 1.2 * half, _TISSUE_Y_MM[0]), (center_x + 1.15 * half, _TISSUE_Y_MM[0]),
+           (center_x + half, wrist_y - 8 * scale)]
+    cv2.fillConvexPoly(body, np.array([_to_tissue_px(np.asarray(p)) for p in arm], np.int32),
                        255)
-    thickness = np.maximum(thickness, _rounded_thickness(forearm, soft.wrist_half_thickness_mm))
-    # Smooth the joins (web spaces, wrist) the way skin and fat do.
-    return cv2.GaussianBlur(thickness.astype(np.float32), (0, 0), 2.0 / _TISSUE_STEP_MM)
+    ramp = np.clip((wrist_y + 15 * scale - y) / (30.0 * scale), 0.0, 1.0)[:, None]
+    half_thickness = soft.palm_half_thickness_mm + ramp * (
+        soft.wrist_half_thickness_mm - soft.palm_half_thickness_mm)
+    thickness = np.maximum(thickness, _rounded_thickness(body, half_thickness))
+    # Smooth the joins (web spaces, wrist) the way skin and fat do; fat and muscle make
+    # the thickness vary a few per cent.
+    thickness = cv2.GaussianBlur(thickness.astype(np.float32), (0, 0), 0.8 / _TISSUE_STEP_MM)
+    rng = np.random.default_rng(zlib.crc32(anatomy.anatomy_id.encode()) + 1)
+    lumps = cv2.GaussianBlur(rng.standard_normal(thickness.shape, dtype=np.float32), (0, 0),
+                             4.0 / _TISSUE_STEP_MM)
+    return thickness * (1 + 0.04 * lumps / max(float(lumps.std()), 1e-6))
 
 
 def _chest_attenuation() -> np.ndarray:
@@ -288,11 +319,12 @@ def _chest_attenuation() -> np.ndarray:
 
 
 def _warp_canonical(image: np.ndarray, shape: tuple[int, int], a: np.ndarray,
-                    b: np.ndarray) -> np.ndarray:
+                    b: np.ndarray, grid: tuple | None = None) -> np.ndarray:
     """Resample a canonical-grid image onto the supersampled image grid (i, j)."""
+    x0, y1, step, _ = grid or (_TISSUE_X_MM[0], _TISSUE_Y_MM[1], _TISSUE_STEP_MM, None)
     # Canonical grid pixel (u, v): u = (x - x0) / step, v = (y1 - y) / step.
-    to_uv = np.array([[1.0, 0.0], [0.0, -1.0]]) / _TISSUE_STEP_MM
-    uv_offset = np.array([-_TISSUE_X_MM[0], _TISSUE_Y_MM[1]]) / _TISSUE_STEP_MM
+    to_uv = np.array([[1.0, 0.0], [0.0, -1.0]]) / step
+    uv_offset = np.array([-x0, y1]) / step
     linear = to_uv @ a  # d(u, v) / d(i, j)
     shift = to_uv @ b + uv_offset
     # cv2 works in (x=j, y=i) order: map destination (j, i) -> source (u, v).
@@ -323,11 +355,15 @@ def _add_marker(attenuation: np.ndarray, acquisition: Acquisition, placement: Pl
     letter_px = 12.0 / spacing * k  # 12 mm high lead letter
     scale = letter_px / 22.0  # FONT_HERSHEY_SIMPLEX caps are ~22 px at scale 1
     row, col = _marker_corner(acquisition, placement)
-    mask = np.zeros(attenuation.shape, np.uint8)
-    cv2.putText(mask, acquisition.laterality, (round(col * k), round(row * k + letter_px)),
+    # Draw in a patch around the letter only: the whole grid would cost a full pass.
+    top, left = max(0, round(row * k - letter_px)), max(0, round(col * k - letter_px))
+    patch = attenuation[top:top + round(3 * letter_px), left:left + round(3 * letter_px)]
+    mask = np.zeros(patch.shape, np.uint8)
+    cv2.putText(mask, acquisition.laterality,
+                (round(col * k) - left, round(row * k + letter_px) - top),
                 cv2.FONT_HERSHEY_SIMPLEX, scale, 255, max(1, round(1.8 / spacing * k)),
                 cv2.LINE_AA)
-    attenuation += mask.astype(np.float32) * (_LEAD_ATTENUATION / 255)
+    patch += mask.astype(np.float32) * (_LEAD_ATTENUATION / 255)
 
 
 def _lowpass(image: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -354,7 +390,8 @@ def _detect(attenuation: np.ndarray, acquisition: Acquisition,
     intensity = np.exp(-attenuation)
     if acquisition.blur_sigma_mm > 0:
         intensity = cv2.GaussianBlur(intensity, (0, 0), acquisition.blur_sigma_mm / spacing * k)
-    intensity = intensity.reshape(rows, k, cols, k).mean(axis=(1, 3))
+    if k > 1:  # pixel integration: average the k x k samples of each pixel
+        intensity = cv2.resize(intensity, (cols, rows), interpolation=cv2.INTER_AREA)
 
     r, c = _native_grid(rows, cols)
     heel = math.radians(acquisition.heel_direction_deg)
