@@ -73,6 +73,7 @@ CATEGORY_VALUES = {
     "osteoporosis range": _local("OSTEO", "Osteoporosis range"),
 }
 TRIAGE = _local("TRIAGE", "DXR triage for DXA referral")
+INTERPRETATION_REMARK = _local("REMARK", "DXR interpretation remark")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 # Units (UCUM).

@@ -167,33 +167,29 @@ def _hand_evaluations(analysis: Analysis, interpretation: Interpretation | None,
 
 def _remarks_container(analysis: Analysis,
                        interpretation: Interpretation | None) -> hd.sr.ContainerContentItem:
-    """TID 1500 row "Qualitative Evaluations": status plus free-text reasons and remarks."""
+    """TID 1500 row "Qualitative Evaluations": the analysis status, the QC reasons, the
+    triage and the interpretation's remarks, as CODE and TEXT items."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
     status = codes.STATUS_VALUES.get(analysis.status, codes.STATUS_VALUES["error"])
     items: list[pydicom.Dataset] = [hd.sr.CodeContentItem(
-        name=codes.ANALYSIS_STATUS, value=status,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)]
-    for text in report_remarks(analysis, interpretation):
-        items.append(hd.sr.TextContentItem(
-            name=codes.QC_REASON, value=text,
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-    container.ContentSequence = items
-    return container
-
-
-def report_remarks(analysis: Analysis, interpretation: Interpretation | None) -> list[str]:
-    """Reasons and remarks worth stating in words (shared with the overlay and PDF)."""
-    remarks = list(analysis.reasons)
+        name=codes.ANALYSIS_STATUS, value=status, relationship_type=contains)]
+    texts = [(codes.QC_REASON, reason) for reason in analysis.reasons]
     if interpretation is not None:
         if analysis.ok and interpretation.category and (
                 interpretation.category not in codes.CATEGORY_VALUES):
-            remarks.append(f"Category: {interpretation.category}")
+            texts.append((codes.CATEGORY, interpretation.category))
         if analysis.ok and interpretation.triage:
-            remarks.append(f"Triage: {interpretation.triage}")
-        remarks += [r for r in interpretation.reasons if r not in remarks]
-    return [_sr_text(r) for r in remarks if r]
+            texts.append((codes.TRIAGE, interpretation.triage))
+        texts += [(codes.INTERPRETATION_REMARK, r) for r in interpretation.reasons]
+    for name, text in texts:
+        if text:
+            items.append(hd.sr.TextContentItem(name=name, value=_sr_text(text),
+                                               relationship_type=contains))
+    container.ContentSequence = items
+    return container
 
 
 def _sr_text(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -139,3 +140,15 @@ def test_rejected_states_status_and_reasons_without_numbers(tmp_path, display):
                    for q in _groups(sr)["DXR"].get_qualitative_evaluations()}
     assert evaluations == {"DXR analysis status": "Analysis not possible"}
     assert _qc_texts(sr) == ["hand not found: image is mostly empty"]
+
+
+def test_triage_and_interpretation_remarks_are_text(tmp_path, display):
+    interpretation = replace(make_interpretation(),
+                             reasons=("relative risk not computed: no hazard ratio",))
+    sr = _read_sr(tmp_path, make_source(), make_analysis(), interpretation, display)
+    [container] = [i for i in sr.ContentSequence
+                   if i.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
+    texts = {(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue)
+             for i in container.ContentSequence if i.ValueType == "TEXT"}
+    assert texts == {("TRIAGE", "refer for DXA (T < -1.2)"),
+                     ("REMARK", "relative risk not computed: no hazard ratio")}
