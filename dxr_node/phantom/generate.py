@@ -9,6 +9,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from pydicom.dataset import Dataset
 
 from dxr_node.phantom.acquisition import Acquisition
 from dxr_node.phantom.anatomy import VARIANTS, HandAnatomy
@@ -27,6 +28,20 @@ def image_specs(seed: int, index: int, variant: str = "adult"
     acquisition = Acquisition.random(np.random.default_rng([seed, index, 1]), variant)
     patient = Patient.random(np.random.default_rng([seed, index, 2]), variant)
     return anatomy, acquisition, patient
+
+
+def phantom_dataset(seed: int = 0, index: int = 0, variant: str = "adult",
+                    **acquisition_changes: Any) -> Dataset:
+    """One rendered phantom as an uncompressed DICOM dataset (e.g. for a quick test).
+
+    ``acquisition_changes`` override fields of the seeded ``Acquisition``
+    (``pixel_spacing_mm=0.1``, ``photometric="MONOCHROME1"``, ...).
+    """
+    anatomy, acquisition, patient = image_specs(seed, index, variant)
+    acquisition = replace(acquisition, **acquisition_changes)
+    pixels, _ = render(anatomy, acquisition)
+    return to_dataset(pixels, acquisition, patient, f"{seed}-{index}-{variant}-single",
+                      variant=variant)
 
 
 def _mixed(acquisition: Acquisition, index: int) -> Acquisition:

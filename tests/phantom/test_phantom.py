@@ -172,3 +172,45 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
     assert main(["phantom", str(tmp_path), "--transfer-syntax", "jpeg-3000"]) == 2
     assert "unknown transfer syntax" in capsys.readouterr().err
     assert main(["phantom", str(tmp_path), "--n", "0"]) == 2
+
+
+def test_same_anatomy_set_varies_only_the_acquisition(tmp_path):
+    truth = write_phantom_set(tmp_path, n=3, seed=9, same_anatomy=True)
+    records = list(truth.values())
+    assert len({r["anatomy_id"] for r in records}) == 1
+    assert len({r["acquisition"]["noise_seed"] for r in records}) == 3
+    assert len({round(r["rotation_deg"], 6) for r in records}) == 3
+    widths = {round(r["bones"]["MC2"]["width_mm"], 9) for r in records}
+    assert len(widths) == 1
+    assert len({pydicom.dcmread(tmp_path / name).PatientID for name in truth}) == 1
+
+
+@pytest.mark.parametrize("variant", ["paediatric", "toddler", "non-hand"])
+def test_variants(variant):
+    anatomy = HandAnatomy.random(np.random.default_rng(2), variant)
+    pixels, truth = render(anatomy, Acquisition.random(np.random.default_rng(2), variant))
+    assert truth["variant"] == variant and pixels.dtype == np.uint16
+    assert pixels.max() > pixels.min() + 500
+    if variant == "non-hand":
+        assert truth["bones"] == {}
+        return
+    adult = HandAnatomy.random(np.random.default_rng(2))
+    assert anatomy.bone("MC3").length_mm < 0.85 * adult.bone("MC3").length_mm
+    assert all(anatomy.bone(n).physis == "distal" for n in METACARPALS)  # open growth plates
+
+
+def test_phantom_dataset_one_liner():
+    from dxr_node.phantom import phantom_dataset
+
+    ds = phantom_dataset(seed=7, variant="toddler", pixel_spacing_mm=0.175)
+    assert ds.Modality in ("DX", "CR") and ds.BodyPartExamined == "HAND"
+    assert float(ds.ImagerPixelSpacing[0]) == pytest.approx(
+        0.175 * float(ds.get("EstimatedRadiographicMagnificationFactor", 1.0)))
+
+
+@pytest.mark.skipif(shutil.which("dcmcjpls") is None, reason="dcmtk not installed")
+def test_cli_transfer_syntax_via_dcmtk(tmp_path):
+    assert main(["phantom", str(tmp_path), "--n", "1", "--transfer-syntax", "jpeg-ls"]) == 0
+    ds = pydicom.dcmread(tmp_path / "phantom_0000.dcm")
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
