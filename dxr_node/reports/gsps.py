@@ -10,7 +10,7 @@ import pydicom
 from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis, Point
 from dxr_node.reports import chart
-from dxr_node.reports.identity import DerivedIdentity
+from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
 from dxr_node.reports.sr import image_coordinates
 
 GSPS_SERIES_DESCRIPTION = "DXR graphics (presentation state)"
@@ -86,6 +86,7 @@ def build_gsps(source: pydicom.Dataset, analysis: Analysis,
     )
     if identity.laterality:
         gsps.Laterality = identity.laterality  # Type 2C for paired body parts (hands)
+    copy_patient_study(source, gsps)
     return gsps
 
 

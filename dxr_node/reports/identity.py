@@ -12,6 +12,14 @@ from dxr_node.reports.uids import SERIES_NUMBERS, derived_uid
 MANUFACTURER = "dxr-node project"
 CHARACTER_SET = "ISO_IR 192"  # UTF-8: patient names in any script survive the copy
 
+# Copied from the source so that every derived object files with its patient and study.
+PATIENT_STUDY_ATTRIBUTES = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "PatientAge", "OtherPatientIDsSequence", "StudyInstanceUID", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription",
+    "IssuerOfAccessionNumberSequence",
+)
+
 
 @dataclass(frozen=True)
 class DerivedIdentity:
@@ -62,3 +70,11 @@ def hand_laterality(source: pydicom.Dataset, analysis: Analysis) -> str | None:
         if value in ("L", "R"):
             return str(value)
     return None
+
+
+def copy_patient_study(source: pydicom.Dataset, target: pydicom.Dataset) -> None:
+    """Fill in patient/study attributes the builder did not copy (e.g. Patient's Age and
+    Study Description on highdicom's SC)."""
+    for keyword in PATIENT_STUDY_ATTRIBUTES:
+        if keyword in source and keyword not in target:
+            target[keyword] = source[keyword]

@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import BONE_NAMES, Analysis
 from dxr_node.reports import chart, codes
-from dxr_node.reports.identity import DerivedIdentity
+from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 PDF_SERIES_DESCRIPTION = "DXR report (PDF)"
@@ -20,13 +20,6 @@ DOCUMENT_TITLE = "Digital X-ray radiogrammetry (DXR) report"
 REVIEW_NOTE = ("For clinical review. DXR-BMD is an estimate from a hand radiograph; it supports, "
                "and does not replace, DXA and clinical judgement.")
 
-# Copied verbatim from the source so that the PDF files with its study.
-PATIENT_STUDY_ATTRIBUTES = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "PatientAge", "OtherPatientIDsSequence", "StudyInstanceUID", "StudyDate", "StudyTime",
-    "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription",
-    "IssuerOfAccessionNumberSequence", "InstitutionName",
-)
 TYPE2_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                     "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
@@ -284,9 +277,9 @@ def build_encapsulated_pdf(source: pydicom.Dataset, pdf_bytes: bytes,
     ds.SOPInstanceUID = identity.sop_instance_uid
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
-    for keyword in PATIENT_STUDY_ATTRIBUTES:
-        if keyword in source:
-            setattr(ds, keyword, source[keyword].value)
+    copy_patient_study(source, ds)
+    if "InstitutionName" in source:
+        ds.InstitutionName = source.InstitutionName
     for keyword in TYPE2_ATTRIBUTES:
         if keyword not in ds:
             setattr(ds, keyword, None)

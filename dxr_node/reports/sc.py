@@ -6,7 +6,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from dxr_node.reports.identity import DerivedIdentity
+from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
 
 SC_SERIES_DESCRIPTION = "DXR result overlay (for clinical review)"
 
@@ -42,4 +42,5 @@ def build_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray,
     source_item.ReferencedSOPClassUID = source.SOPClassUID
     source_item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [source_item]
+    copy_patient_study(source, sc)
     return sc

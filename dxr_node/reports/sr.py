@@ -22,7 +22,7 @@ from pydicom.sr.coding import Code
 from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis, BoneMeasurement, Point
 from dxr_node.reports import codes
-from dxr_node.reports.identity import DerivedIdentity
+from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
 
 SR_SERIES_DESCRIPTION = "DXR measurements (SR)"
 
@@ -94,6 +94,7 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
         software_versions=identity.software_version,
     )
     sr.ContentSequence = content
+    copy_patient_study(source, sr)
     return sr
 
 

@@ -55,8 +55,9 @@ def test_patient_and_study_copied_with_utf8(tmp_path, display, name, charset):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert ds.SpecificCharacterSet == "ISO_IR 192"
         assert str(ds.PatientName) == name
-        for keyword in ("PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-                        "AccessionNumber", "StudyDate", "StudyID"):
+        for keyword in ("PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+                        "StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyTime",
+                        "StudyID", "StudyDescription", "ReferringPhysicianName"):
             assert ds.get(keyword) == source.get(keyword), (ds.Modality, keyword)
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
         assert ds.SeriesDescription
@@ -93,3 +94,14 @@ def test_bad_requests_get_clear_errors(display):
     del source.SOPInstanceUID
     with pytest.raises(ValueError, match="SOPInstanceUID"):
         build_reports(source, make_analysis(), None, display)
+
+
+def test_latin1_source_file_is_reencoded_as_utf8(tmp_path, display):
+    source = make_source(name="Müller^Jürgen", charset="ISO_IR 100")
+    source.PixelData = bytes(2 * source.Rows * source.Columns)
+    source.save_as(tmp_path / "source.dcm", enforce_file_format=True)
+    header = pydicom.dcmread(tmp_path / "source.dcm", stop_before_pixels=True)
+    for path in write_objects(build_reports(header, make_analysis(), None, display),
+                              tmp_path / "out"):
+        name = pydicom.dcmread(path, stop_before_pixels=True).PatientName
+        assert name.original_string == "Müller^Jürgen".encode()
