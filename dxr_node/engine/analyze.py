@@ -1,0 +1,239 @@
+"""One radiograph in, one Analysis out: locate MC2-4, measure the shafts, QC, indices.
+
+Pure: no I/O beyond reading the image (in `analyze_path`), no global state, so it runs
+the same in the CLI, in a node worker process and in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from statistics import fmean
+
+import numpy as np
+
+from dxr_node import ALGORITHM_NAME, __version__
+from dxr_node.engine import indices
+from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph
+from dxr_node.engine.locate import HandLocation, LocatedBone, LocateError, locate_metacarpals
+from dxr_node.engine.profile import ShaftMeasurement, measure_shaft
+from dxr_node.engine.result import (
+    BONE_NAMES,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_REJECTED,
+    Analysis,
+    BoneMeasurement,
+)
+
+ALGORITHM = {"name": ALGORITHM_NAME, "version": __version__}
+
+# DXR measures a band of the central shaft: its length as a fraction of the bone length.
+BAND_FRACTION = 0.20
+# Coarsest pixel spacing that still resolves a ~1-2 mm cortex with several pixels.
+MAX_SPACING_MM = 0.2
+# Plausible adult/adolescent mid-shaft geometry (mm); outside it the fit is not trusted.
+WIDTH_RANGE_MM = (4.0, 14.0)
+THICKNESS_RANGE_MM = (0.3, 4.5)
+MCI_RANGE = (0.15, 0.95)
+PAEDIATRIC = "paediatric"
+
+
+def analyze_path(path: str | Path, pixel_spacing_mm: float | None = None,
+                 ) -> tuple[Analysis, Radiograph | None]:
+    """Load and analyse one file; unreadable input gives an "error" Analysis."""
+    started = time.perf_counter()
+    try:
+        radiograph = load_radiograph(path, pixel_spacing_mm)
+    except ImageLoadError as exc:
+        return error_analysis(str(path), str(exc), started), None
+    return analyze(radiograph, started=started), radiograph
+
+
+def error_analysis(source: str, reason: str, started: float | None = None) -> Analysis:
+    elapsed = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+    return Analysis(source=source, status=STATUS_ERROR, reasons=(reason,), laterality=None,
+                    laterality_tag=None, pixel_spacing_mm=None, pixel_spacing_source=None,
+                    image_rows=0, image_cols=0, algorithm=dict(ALGORITHM), elapsed_ms=elapsed)
+
+
+def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
+    started = time.perf_counter() if started is None else started
+    pixels = radiograph.pixels
+    spacing = radiograph.pixel_spacing_mm
+    reasons: list[str] = []
+    fatal = False
+
+    if spacing is None:
+        reasons.append(radiograph.spacing_problem or "no pixel spacing")
+        reasons.append("millimetre values not reported: ratio measures only")
+    elif spacing > MAX_SPACING_MM:
+        reasons.append(f"resolution too coarse: pixel spacing {spacing:.3f} mm "
+                       f"> {MAX_SPACING_MM} mm")
+        fatal = True
+
+    try:
+        location = locate_metacarpals(pixels)
+    except LocateError as exc:
+        location = HandLocation(bones={}, laterality=None, rotation_deg=0.0, paediatric=False,
+                                problems=(f"not a hand radiograph: {exc}",))
+    if location.problems:
+        reasons.extend(location.problems)
+        fatal = True
+    if location.paediatric:
+        reasons.append(PAEDIATRIC)
+    if (location.laterality and radiograph.laterality_tag
+            and location.laterality != radiograph.laterality_tag):
+        reasons.append(f"laterality disagreement: image shows {location.laterality}, "
+                       f"header says {radiograph.laterality_tag}")
+
+    bones: dict[str, BoneMeasurement] = {}
+    radial = _radial_direction(location.bones)
+    if not fatal:
+        for name in BONE_NAMES:
+            located = location.bones.get(name)
+            if located is None:
+                reasons.append(f"{name} not found")
+                continue
+            bone, problem = _measure_bone(pixels, located, spacing, radial)
+            if problem:
+                reasons.append(f"{name}: {problem}")
+            else:
+                bones[name] = bone
+
+    complete = not fatal and len(bones) == len(BONE_NAMES)
+    fields = _hand_indices(bones, spacing) if complete else {}
+    return Analysis(
+        source=radiograph.source,
+        status=STATUS_OK if complete else STATUS_REJECTED,
+        reasons=tuple(reasons),
+        laterality=location.laterality,
+        laterality_tag=radiograph.laterality_tag,
+        pixel_spacing_mm=spacing,
+        pixel_spacing_source=radiograph.pixel_spacing_source,
+        image_rows=int(pixels.shape[0]),
+        image_cols=int(pixels.shape[1]),
+        bones=bones,
+        paediatric=location.paediatric,
+        hand_rotation_deg=location.rotation_deg,
+        algorithm=dict(ALGORITHM),
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+        **fields,
+    )
+
+
+def _measure_bone(pixels: np.ndarray, located: LocatedBone, spacing: float | None,
+                  radial: np.ndarray | None) -> tuple[BoneMeasurement | None, str | None]:
+    try:
+        shaft = measure_shaft(
+            pixels, located.center_rc, located.axis_angle_deg,
+            band_half_length_px=BAND_FRACTION * located.length_px / 2,
+            search_half_width_px=1.1 * located.width_estimate_px + 6,
+        )
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        # A numerically degenerate shaft is a measurement failure, not a crash.
+        return None, f"shaft fit failed ({type(exc).__name__}: {exc})"
+    if shaft.problem:
+        return None, shaft.problem
+    problem = _consistency_problem(shaft, spacing)
+    if problem:
+        return None, problem
+    return _bone_measurement(located, shaft, spacing, radial), None
+
+
+def _consistency_problem(shaft: ShaftMeasurement, spacing: float | None) -> str | None:
+    mci = indices.metacarpal_index(shaft.cortical_thickness_px, shaft.width_px)
+    if not MCI_RANGE[0] <= mci <= MCI_RANGE[1]:
+        return f"implausible metacarpal index {mci:.2f}"
+    if spacing is None:
+        return None
+    width = shaft.width_px * spacing
+    thickness = shaft.cortical_thickness_px * spacing
+    if not WIDTH_RANGE_MM[0] <= width <= WIDTH_RANGE_MM[1]:
+        return f"implausible outer width {width:.2f} mm"
+    if not THICKNESS_RANGE_MM[0] <= thickness <= THICKNESS_RANGE_MM[1]:
+        return f"implausible cortical thickness {thickness:.2f} mm"
+    return None
+
+
+def _bone_measurement(located: LocatedBone, shaft: ShaftMeasurement, spacing: float | None,
+                      radial: np.ndarray | None) -> BoneMeasurement:
+    # Edge lines from the shaft fit's refined axis and centre; offsets are across-axis
+    # distances (direction (cos a, sin a) in (row, col)) from the given centre.
+    theta = math.radians(shaft.axis_angle_deg)
+    along = np.array([-math.sin(theta), math.cos(theta)])  # (d_row, d_col), distal
+    across = np.array([math.cos(theta), math.sin(theta)])
+    center = np.asarray(shaft.center_rc, float)
+    half = BAND_FRACTION * located.length_px / 2
+
+    def segment(offset: float) -> tuple[tuple[float, float], tuple[float, float]]:
+        middle = center + (offset - shaft.center_offset_px) * across
+        a, b = middle - half * along, middle + half * along
+        return (float(a[0]), float(a[1])), (float(b[0]), float(b[1]))
+
+    edges = [segment(o) for o in (shaft.outer_a_px, shaft.inner_a_px,
+                                  shaft.inner_b_px, shaft.outer_b_px)]
+    if radial is not None and float(np.dot(across, radial)) > 0:
+        edges.reverse()  # side "a" is the radial (thumb) side
+    outer_a, inner_a, inner_b, outer_b = edges
+    roi = (outer_a[0], outer_a[1], outer_b[1], outer_b[0])
+
+    def mm(px: float) -> float | None:
+        return px * spacing if spacing is not None else None
+
+    t_px, w_px = shaft.cortical_thickness_px, shaft.width_px
+    return BoneMeasurement(
+        name=located.name,
+        cortical_thickness_px=t_px,
+        width_px=w_px,
+        length_px=located.length_px,
+        cortical_thickness_mm=mm(t_px),
+        width_mm=mm(w_px),
+        medullary_width_mm=mm(shaft.medullary_width_px),
+        length_mm=mm(located.length_px),
+        mci=indices.metacarpal_index(t_px, w_px),
+        vpa_mm=indices.vpa_mm(t_px * spacing, w_px * spacing) if spacing else None,
+        center_rc=(float(center[0]), float(center[1])),
+        axis_angle_deg=shaft.axis_angle_deg,
+        n_profiles=shaft.n_profiles,
+        n_rejected_profiles=shaft.n_rejected,
+        cortical_thickness_sd_mm=mm(shaft.thickness_sd_px),
+        width_sd_mm=mm(shaft.width_sd_px),
+        roi_rc=roi,
+        outer_edge_a_rc=outer_a,
+        inner_edge_a_rc=inner_a,
+        inner_edge_b_rc=inner_b,
+        outer_edge_b_rc=outer_b,
+        proximal_rc=located.proximal_rc,
+        distal_rc=located.distal_rc,
+        blur_sigma_px=shaft.blur_sigma_px,
+    )
+
+
+def _radial_direction(located: dict[str, LocatedBone]) -> np.ndarray | None:
+    """Unit vector (d_row, d_col) from MC4 toward MC2, i.e. toward the thumb."""
+    if "MC2" not in located or "MC4" not in located:
+        return None
+    vector = np.subtract(located["MC2"].center_rc, located["MC4"].center_rc)
+    norm = float(np.hypot(*vector))
+    return vector / norm if norm > 0 else None
+
+
+def _hand_indices(bones: dict[str, BoneMeasurement], spacing: float | None) -> dict:
+    measured = list(bones.values())
+    fields: dict = {"mci": fmean(b.mci for b in measured)}
+    if spacing is None:
+        return fields
+    vpa = fmean(b.vpa_mm for b in measured)
+    fields.update(
+        cortical_thickness_mm=fmean(b.cortical_thickness_mm for b in measured),
+        width_mm=fmean(b.width_mm for b in measured),
+        vpa_mm=vpa,
+        porosity=0.0,
+        porosity_measured=False,
+        dxr_bmd_g_cm2=indices.dxr_bmd_g_cm2(vpa, 0.0),
+        bhi=fmean(indices.bone_health_index(b.cortical_thickness_mm, b.width_mm, b.length_mm)
+                  for b in measured),
+    )
+    return fields

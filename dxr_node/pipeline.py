@@ -1,0 +1,176 @@
+"""Engine -> clinical -> reports for one image; shared by `dxr-node analyze` and the node.
+
+`process_file` is what a node worker runs; `analyze_command` is the CLI front end that
+runs the same chain over many paths in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pydicom
+
+from dxr_node.clinical import interpret
+from dxr_node.clinical.result import Interpretation, PriorResult
+from dxr_node.engine.analyze import analyze, error_analysis
+from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph, to_display_uint8
+from dxr_node.engine.result import STATUS_ERROR, STATUS_OK, Analysis
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KINDS = ("SR", "SC", "GSPS")
+
+
+class HistorySource(Protocol):
+    """Earlier results of a patient (the node's store implements it)."""
+
+    def priors(self, patient_id: str, issuer: str | None,
+               exclude_sop_instance_uid: str) -> list[PriorResult]: ...
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    analysis: Analysis
+    interpretation: Interpretation | None
+    objects: list[pydicom.Dataset]
+    radiograph: Radiograph | None = None
+
+
+def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
+                 history: HistorySource | None = None, objects_for_rejected: bool = True,
+                 pixel_spacing_mm: float | None = None, sex: str | None = None,
+                 age_years: float | None = None) -> PipelineResult:
+    """Analyse one image and build its report objects.
+
+    Raises ImageLoadError only for unreadable input; everything else is in the result.
+    """
+    started = time.perf_counter()
+    radiograph = load_radiograph(path, pixel_spacing_mm)
+    analysis = analyze(radiograph, started=started)
+    header = radiograph.dataset
+    priors = _priors(history, header) if history is not None and analysis.ok else []
+    interpretation = interpret(analysis, header, sex=sex, age_years=age_years, priors=priors)
+    objects: list[pydicom.Dataset] = []
+    if header is not None and kinds and (analysis.ok or objects_for_rejected):
+        from dxr_node.reports import build_reports  # heavy (highdicom): only when needed
+
+        objects = build_reports(header, analysis, interpretation,
+                                to_display_uint8(radiograph.pixels), kinds=kinds)
+    return PipelineResult(analysis, interpretation, objects, radiograph)
+
+
+def _priors(history: HistorySource, header: pydicom.Dataset | None) -> list[PriorResult]:
+    patient_id = str(getattr(header, "PatientID", "") or "") if header is not None else ""
+    if not patient_id:
+        return []
+    issuer = str(getattr(header, "IssuerOfPatientID", "") or "") or None
+    return history.priors(patient_id, issuer, str(getattr(header, "SOPInstanceUID", "")))
+
+
+def result_json(result: PipelineResult, source: str, written: Sequence[Path] = ()) -> dict:
+    """The one JSON form of a result: the Analysis plus its clinical interpretation."""
+    out: dict[str, Any] = result.analysis.to_dict()
+    out["source"] = source
+    if result.interpretation is not None:
+        clinical = result.interpretation.to_dict()
+        # The engine's reasons stay "reasons"; why a score is null is "clinical_reasons".
+        clinical["clinical_reasons"] = clinical.pop("reasons")
+        out.update(clinical)
+    out["objects"] = [str(p) for p in written]
+    return out
+
+
+def analyze_command(args: argparse.Namespace) -> int:
+    history = _open_history(args.history) if args.history else None
+    if args.history and history is None:
+        return 2
+    out_dir = Path(args.out) if args.out else None
+    statuses = []
+    for source in args.paths:
+        result, written = _analyze_one(source, args, history, out_dir)
+        statuses.append(result.analysis.status)
+        record = result_json(result, source, written)
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            print(_human_summary(record), flush=True)
+        if result.analysis.status == STATUS_ERROR:
+            print(f"dxr-node: {source}: {'; '.join(result.analysis.reasons)}", file=sys.stderr)
+    if STATUS_ERROR in statuses:
+        return 2
+    return 0 if all(s == STATUS_OK for s in statuses) else 1
+
+
+def _analyze_one(source: str, args: argparse.Namespace, history: HistorySource | None,
+                 out_dir: Path | None) -> tuple[PipelineResult, list[Path]]:
+    kinds = ("SR", "SC", "GSPS", "PDF") if out_dir else ()
+    started = time.perf_counter()
+    try:
+        result = process_file(source, kinds=kinds, history=history,
+                              pixel_spacing_mm=args.pixel_spacing, sex=args.sex,
+                              age_years=args.age)
+    except ImageLoadError as exc:
+        return PipelineResult(error_analysis(source, str(exc), started), None, []), []
+    except Exception as exc:  # a bug must not stop the other images
+        log.exception("analysis of %s failed", source)
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        return PipelineResult(error_analysis(source, reason, started), None, []), []
+    written: list[Path] = []
+    if out_dir is not None:
+        from dxr_node.reports import render_overlay, write_objects
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = write_objects(result.objects, out_dir)
+        if result.radiograph is not None and result.radiograph.dataset is None:
+            written.append(_write_overlay_png(result, source, out_dir, render_overlay))
+    return result, written
+
+
+def _write_overlay_png(result: PipelineResult, source: str, out_dir: Path, render) -> Path:
+    """Non-DICOM inputs have no study to attach objects to: write the overlay as PNG."""
+    import cv2
+
+    rgb = render(to_display_uint8(result.radiograph.pixels), result.analysis,
+                 result.interpretation)
+    target = out_dir / f"{Path(source).stem}_dxr_overlay.png"
+    cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return target
+
+
+def _open_history(path: str) -> HistorySource | None:
+    if not Path(path).is_file():
+        print(f"dxr-node: --history {path}: no such database", file=sys.stderr)
+        return None
+    from dxr_node.node.store import Store
+
+    return Store(path)
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _human_summary(record: dict) -> str:
+    lines = [f"{record['source']}: {record['status']}"
+             + (f" ({'; '.join(record['reasons'])})" if record["reasons"] else "")]
+    if record["bones"]:
+        lines.append("  bone   T mm   W mm   MCI    L mm")
+        for name, bone in record["bones"].items():
+            lines.append(f"  {name:5} {_fmt(bone['cortical_thickness_mm']):>6} "
+                         f"{_fmt(bone['width_mm']):>6} {_fmt(bone['mci']):>6} "
+                         f"{_fmt(bone['length_mm'], '.1f'):>6}")
+    if record["status"] == STATUS_OK:
+        lines.append(f"  DXR-BMD {_fmt(record['dxr_bmd_g_cm2'], '.3f')} g/cm2  "
+                     f"MCI {_fmt(record['mci'], '.3f')}  BHI {_fmt(record['bhi'])}  "
+                     f"T-score {_fmt(record.get('t_score'), '.1f')}  "
+                     f"Z-score {_fmt(record.get('z_score'), '.1f')}  "
+                     f"{record.get('category') or ''}")
+    return "\n".join(lines)

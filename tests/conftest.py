@@ -1,0 +1,36 @@
+"""Shared fixtures: paths to ../shared material and a small phantom set made once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REALDATA = SHARED / "realdata"
+ARTIFACTS = REPO / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def realdata_dir() -> Path:
+    if not (REALDATA / "MANIFEST.tsv").is_file():
+        pytest.skip(f"real radiographs not available ({REALDATA} absent)")
+    return REALDATA
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def phantom_set(tmp_path_factory) -> tuple[Path, dict]:
+    """Twelve mixed adult phantoms (fixed seed) written once per test session."""
+    from dxr_node.phantom.generate import write_phantom_set
+
+    out = tmp_path_factory.mktemp("phantoms")
+    write_phantom_set(out, n=12, seed=1234)
+    return out, json.loads((out / "truth.json").read_text())
