@@ -791,12 +791,13 @@ class Store:
 
     def retry_dispatch(self, dispatch_id: int) -> bool:
         """Operator action: send a failed (or waiting) dispatch again now, with fresh
-        attempts. False when it does not exist or is already sent or sending."""
+        attempts and its old error cleared. False when it does not exist or is already
+        sent or sending."""
         now = _now()
         with self._transaction() as db:
             return db.execute(
                 "UPDATE dispatches SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " updated_at = ? WHERE id = ? AND state IN ('failed','pending')",
+                " error = NULL, updated_at = ? WHERE id = ? AND state IN ('failed','pending')",
                 (now, now, dispatch_id),
             ).rowcount == 1
 
@@ -810,12 +811,13 @@ class Store:
             ).rowcount == 1
 
     def retry_all_failures(self) -> dict[str, int]:
-        """Operator action: every failed job and failed or waiting dispatch, now."""
+        """Operator action: every failed job and failed or waiting dispatch, now (errors
+        cleared: they are no longer open failures)."""
         now = _now()
         with self._transaction() as db:
             dispatches = db.execute(
                 "UPDATE dispatches SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " updated_at = ? WHERE state = 'failed'"
+                " error = NULL, updated_at = ? WHERE state = 'failed'"
                 " OR (state = 'pending' AND error IS NOT NULL)",
                 (now, now),
             ).rowcount

@@ -23,7 +23,7 @@ class ConsoleConfigError(Exception):
 
 
 def is_loopback(host: str | None) -> bool:
-    if host in ("localhost", "testclient"):  # testclient: Starlette's in-process client
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address((host or "").strip("[]")).is_loopback

@@ -23,8 +23,8 @@ def _label_value(value: str) -> str:
 def _sample(name: str, value: float, **labels: str) -> str:
     if labels:
         inner = ",".join(f'{k}="{_label_value(str(v))}"' for k, v in labels.items())
-        return f"{name}{{{inner}}} {value:g}"
-    return f"{name} {value:g}"
+        return f"{name}{{{inner}}} {value}"
+    return f"{name} {value}"
 
 
 def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:

@@ -1,0 +1,160 @@
+"""A node database filled by real analyses of phantoms, for the console's tests.
+
+Built once per session the way a running node fills it: the SCP's record of each
+instance (``Store.add_instance``), then the worker's own ``run_job`` (engine, clinical,
+reports, objects written, ``finish_job``). Three follow-up exams of one phantom patient
+(study dates a year apart, so the detail page has a history), one unreadable file (a
+failed job) and one triage skip. Dispatch outcomes are recorded as the dispatcher does.
+Each test gets its own copy of the database.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dxr_node.node.config import NodeConfig
+from dxr_node.node.store import InstanceInfo, Store
+
+with warnings.catch_warnings():  # Starlette nudges towards httpx2, which is not installed
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+STUDY_DATES = ("20240321", "20250321", "20260321")
+DESTINATION = "PACS"
+
+
+@dataclass
+class Filled:
+    config: NodeConfig
+    database: Path
+    job_ids: list[int]  # the three analysed exams, oldest first
+    failed_job: int  # unreadable file
+    skipped_job: int
+    failed_dispatch: int  # permanent failure, on the newest exam
+    waiting_dispatch: int  # transient failure waiting for its retry, same exam
+    patient_id: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _instance(path: Path) -> InstanceInfo:
+    """What the SCP records from a received file's header."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return InstanceInfo(
+        sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), path=str(path),
+        size_bytes=path.stat().st_size, study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID), patient_id=str(ds.PatientID),
+        study_date=str(ds.StudyDate), modality=str(ds.Modality), calling_aet="MODALITY",
+        source_ip="127.0.0.1")
+
+
+def _follow_up_exams(spool: Path) -> list[Path]:
+    """One phantom hand imaged three times, the study dates a year apart."""
+    from dxr_node.phantom.generate import write_phantom_set
+
+    raw = spool / "phantoms"
+    write_phantom_set(raw, 3, seed=11, same_anatomy=True)
+    paths = []
+    for index, study_date in enumerate(STUDY_DATES):
+        ds = pydicom.dcmread(raw / f"phantom_{index:04d}.dcm")
+        ds.StudyDate = study_date
+        ds.StudyInstanceUID = pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = spool / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    shutil.rmtree(raw)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
+    from dxr_node.node.worker import run_job
+
+    data_dir = tmp_path_factory.mktemp("node")
+    config = NodeConfig(data_dir=data_dir, destinations=[
+        {"name": DESTINATION, "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}])
+    config.spool_path.mkdir(parents=True)
+    store = Store(config.database_path)
+
+    job_ids = []
+    for path in _follow_up_exams(config.spool_path):
+        info = _instance(path)
+        added = store.add_instance(info)
+        job = store.claim_job("test-worker")
+        assert job is not None and job.id == added.job_id
+        assert run_job(config, store, job) == "done"
+        job_ids.append(job.id)
+
+    broken = config.spool_path / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file at all")
+    added = store.add_instance(
+        InstanceInfo("1.2.826.0.1.3680043.99.1", "1.2.840.10008.5.1.4.1.1.1.1",
+                     "1.2.840.10008.1.2.1", str(broken), 23, patient_id="PH-BROKEN",
+                     study_date="20260101", modality="DX"))
+    run_job(config, store, store.claim_job("test-worker"))
+    failed_job = added.job_id
+    skipped = store.add_instance(
+        InstanceInfo("1.2.826.0.1.3680043.99.2", "1.2.840.10008.5.1.4.1.1.2",
+                     "1.2.840.10008.1.2.1", str(config.spool_path / "ct.dcm"), 100,
+                     patient_id="PH-CT", study_date="20260102", modality="CT"),
+        skip_reason="not a hand radiograph: modality CT")
+
+    # Dispatch outcomes: everything sent except two objects of the newest exam.
+    newest = {d["kind"]: d["id"] for d in store.exam_dispatches(job_ids[-1])}
+    while (item := store.claim_dispatch(now=time.time() + 1)) is not None:
+        if item.id == newest["SC"]:
+            store.dispatch_failed(item.id, "association rejected (permanent): calling AE "
+                                           "not recognised")
+        elif item.id == newest["GSPS"]:
+            store.dispatch_retry_later(item.id, "cannot reach PACS@127.0.0.1:4242 (refused)",
+                                       time.time() + 600)
+        else:
+            store.dispatch_sent(item.id, 0x0000)
+    store.close()
+    return Filled(config, config.database_path, job_ids, failed_job, skipped.job_id,
+                  newest["SC"], newest["GSPS"], info.patient_id)
+
+
+@pytest.fixture
+def node_config(filled: Filled, tmp_path: Path) -> NodeConfig:
+    """The filled node's config over a private copy of its database."""
+    copy = tmp_path / "dxr-node.sqlite"
+    with sqlite3.connect(filled.database) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    return filled.config.model_copy(update={"database": copy})
+
+
+@pytest.fixture
+def store(node_config: NodeConfig):
+    with Store(node_config.database_path) as opened:
+        yield opened
+
+
+def console_client(config: NodeConfig, store: Store, *, listening: bool = True,
+                   client_host: str = "127.0.0.1") -> TestClient:
+    """The console app over ``store``, requested from ``client_host``."""
+    from dxr_node.web.app import create_app
+
+    app = create_app(config, store, lambda: listening)
+    return TestClient(app, client=(client_host, 50000), follow_redirects=False)
+
+
+@pytest.fixture
+def client(node_config: NodeConfig, store: Store) -> TestClient:
+    return console_client(node_config, store)
