@@ -54,21 +54,20 @@ class Placement:
         self.linear = to_rc @ rotate @ mirror
         center_rc = np.array([(self.rows - 1) / 2, (self.cols - 1) / 2])
         shift = np.array([-acquisition.offset_mm[1], acquisition.offset_mm[0]]) / spacing
-        self.offset = center_rc + shift - self.linear @ _hand_center(anatomy)
-        self._keep_inside(anatomy, margin_px=22.0 / spacing)
-
-    def _keep_inside(self, anatomy: HandAnatomy, margin_px: float) -> None:
-        """Shift the hand so finger tips and the thumb stay inside the collimated field."""
-        tips = [b.distal_xy for b in anatomy.long_bones if b.name.startswith("D")]
-        if not tips:
-            return
-        rc = np.array([self.rc(p) for p in tips])
-        for axis, size in enumerate((self.rows, self.cols)):
-            low, high = rc[:, axis].min() - margin_px, rc[:, axis].max() + margin_px
-            if low < 0 and high - low < size:
-                self.offset[axis] -= low
-            elif high > size - 1 and high - low < size:
-                self.offset[axis] -= high - (size - 1)
+        points = _outline_points(anatomy)
+        projected = points @ self.linear.T
+        margin = (anatomy.soft_tissue.finger_radius_mm + 3.0) / spacing
+        low, high = projected.min(axis=0) - margin, projected.max(axis=0) + margin
+        self.offset = center_rc + shift - (low + high) / 2
+        # Keep the whole hand inside the collimated field where it fits.
+        top, bottom, left, right = acquisition.collimation_mm or (0.0, 0.0, 0.0, 0.0)
+        field_low = np.array([top, left]) / spacing
+        field_high = np.array([self.rows - 1 - bottom / spacing, self.cols - 1 - right / spacing])
+        for axis in (0, 1):
+            if high[axis] - low[axis] > field_high[axis] - field_low[axis]:
+                continue
+            self.offset[axis] += max(0.0, field_low[axis] - (low[axis] + self.offset[axis]))
+            self.offset[axis] -= max(0.0, high[axis] + self.offset[axis] - field_high[axis])
 
     def rc(self, xy: tuple[float, float] | np.ndarray) -> np.ndarray:
         return self.linear @ np.asarray(xy, dtype=float) + self.offset
@@ -82,15 +81,18 @@ class Placement:
         return a, b
 
 
-def _hand_center(anatomy: HandAnatomy) -> np.ndarray:
-    """Middle of the hand from the wrist to the finger tips (canonical mm)."""
+def _outline_points(anatomy: HandAnatomy) -> np.ndarray:
+    """Canonical points the image must show: bone ends of the hand and the distal forearm."""
     if not anatomy.long_bones:
-        return np.zeros(2)
-    ends = np.array([b.distal_xy for b in anatomy.long_bones])
-    x_mid = 0.5 * (ends[:, 0].min() + ends[:, 0].max())
+        return np.zeros((1, 2))
+    points = []
+    for bone in anatomy.long_bones:
+        points.append(bone.distal_xy)
+        if bone.name not in ("radius", "ulna"):  # those continue out of the field
+            points.append(bone.proximal_xy)
     wrist = min(b.distal_xy[1] for b in anatomy.long_bones if b.name in ("radius", "ulna"))
-    top = ends[:, 1].max()
-    return np.array([x_mid, 0.5 * (wrist - 25.0 * _scale(anatomy) + top)])
+    points.append((0.0, wrist - 20.0 * _scale(anatomy)))
+    return np.array(points)
 
 
 def _scale(anatomy: HandAnatomy) -> float:
