@@ -84,8 +84,7 @@ def build_gsps(source: pydicom.Dataset, analysis: Analysis,
         series_description=GSPS_SERIES_DESCRIPTION,
         specific_character_set=identity.character_set,
     )
-    if identity.laterality:
-        gsps.Laterality = identity.laterality  # Type 2C for paired body parts (hands)
+    gsps.Laterality = identity.laterality or ""  # Type 2C for paired body parts: empty if unknown
     copy_patient_study(source, gsps)
     return gsps
 

@@ -35,6 +35,7 @@ def build_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray,
         specific_character_set=identity.character_set,
     )
     sc.PatientOrientation = source.get("PatientOrientation", "")
+    sc.Laterality = identity.laterality or ""  # Type 2C for paired body parts: empty if unknown
     sc.BurnedInAnnotation = "YES"  # results text and graphics are in the pixels
     sc.ConversionType = "WSD"  # rendered by a workstation, not digitised
     sc.DerivationDescription = "DXR measurement overlay rendered from the source radiograph"

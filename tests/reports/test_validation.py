@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pydicom
 import pytest
@@ -36,11 +37,27 @@ def _write(tmp_path, source, analysis, interpretation, display):
     return {pydicom.dcmread(p, stop_before_pixels=True).Modality: p for p in paths}
 
 
-@pytest.fixture(params=[*SOURCES, "rejected"], ids=lambda p: "-".join(p) if isinstance(p, tuple)
-                else p)
+def _bare_source():
+    """No laterality, orientation, window or pixel spacing in the header."""
+    source = make_source(spacing=False)
+    for keyword in ("Laterality", "ImageLaterality", "PatientOrientation", "WindowCenter",
+                    "WindowWidth"):
+        delattr(source, keyword)
+    return source
+
+
+@pytest.fixture(params=[*SOURCES, "rejected", "bare", "error"],
+                ids=lambda p: "-".join(p) if isinstance(p, tuple) else p)
 def written(request, tmp_path, display):
     if request.param == "rejected":
         return _write(tmp_path, make_source(), make_rejected(), None, display)
+    if request.param == "bare":
+        analysis = replace(make_analysis(spacing_mm=None), laterality=None, laterality_tag=None)
+        return _write(tmp_path, _bare_source(), analysis, make_interpretation(), display)
+    if request.param == "error":
+        failed = replace(make_rejected("internal error: decoder failed"), status="error",
+                         laterality_tag=None)
+        return _write(tmp_path, _bare_source(), failed, None, display)
     modality, photometric, side = request.param
     source = make_source(modality=modality, photometric=photometric, laterality=side)
     return _write(tmp_path, source, make_analysis(laterality=side), make_interpretation(),
