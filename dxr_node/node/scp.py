@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -180,6 +181,11 @@ class StorageSCP:
             log_event(log, "store_failed", logging.ERROR, **fields, status=f"0x{status:04X}",
                       reason=f"{type(exc).__name__}: {exc}")
             return status
+        except sqlite3.OperationalError as exc:
+            # Locked or unwritable database: transient, so the sender keeps it and retries.
+            log_event(log, "store_failed", logging.ERROR, **fields, status="0xA700",
+                      reason=f"database: {exc}")
+            return STATUS_OUT_OF_RESOURCES
         except Exception as exc:  # a bug must not kill the association thread silently
             log.exception("store failed")
             log_event(log, "store_failed", logging.ERROR, **fields, status="0x0110",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -188,6 +189,26 @@ def test_disk_nearly_full_answers_out_of_resources(node, tmp_path):
     _, store, port = node(min_free_disk_mb=10**9)  # more than any disk has
     assert _send_with_pynetdicom(path, port) == 0xA700
     assert store.instance_count() == 0
+
+
+def test_locked_database_answers_out_of_resources_and_a_resend_succeeds(tmp_path):
+    config = load_config(environ={}, overrides={
+        "data_dir": str(tmp_path / "data"), "port": free_port(), "min_free_disk_mb": 1})
+    path = tmp_path / "img.dcm"
+    write_dx(path)
+    with Store(config.database_path, timeout_s=0.2) as store:
+        scp = StorageSCP(config, store)
+        _, port = scp.start()
+        try:
+            blocker = sqlite3.connect(config.database_path, isolation_level=None)
+            blocker.execute("BEGIN EXCLUSIVE")
+            assert _send_with_pynetdicom(path, port) == 0xA700  # never a false Success
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            assert _send_with_pynetdicom(path, port) == 0x0000
+        finally:
+            scp.stop()
+        assert store.instance_count() == 1 and store.counts()["jobs"]["queued"] == 1
 
 
 def test_partial_files_from_a_crash_are_removed_at_start(node, tmp_path):
