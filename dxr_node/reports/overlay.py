@@ -15,7 +15,7 @@ from dxr_node.engine.result import BONE_NAMES, Analysis, BoneMeasurement, Point
 from dxr_node.reports import chart
 from dxr_node.reports.chart import font
 
-CANVAS_HEIGHT = 1800  # the radiograph's height on the canvas; the long side stays ~1500-2000
+CANVAS_HEIGHT = 1800  # canvas height and the radiograph's long side
 PANEL_WIDTH = 900
 MARGIN = 44
 REVIEW_NOTE = "For clinical review. DXR results support, and do not replace, clinical judgement."
@@ -31,20 +31,23 @@ def render_overlay(display: np.ndarray, analysis: Analysis,
         raise ValueError(f"display must be a 2-D uint8 image, got {display.dtype} "
                          f"{display.shape}")
     rows, cols = display.shape
-    scale = CANVAS_HEIGHT / rows
-    width = max(1, round(cols * scale))
+    # The radiograph's long side becomes CANVAS_HEIGHT; a landscape image is centred
+    # vertically beside the full-height panel.
+    scale = CANVAS_HEIGHT / max(rows, cols)
+    width, height = max(1, round(cols * scale)), max(1, round(rows * scale))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    radiograph = cv2.resize(display, (width, CANVAS_HEIGHT), interpolation=interpolation)
-
-    canvas = Image.new("RGB", (width + PANEL_WIDTH, CANVAS_HEIGHT), chart.PANEL)
-    canvas.paste(Image.fromarray(radiograph).convert("RGB"), (0, 0))
-    draw = ImageDraw.Draw(canvas)
+    radiograph = Image.fromarray(
+        cv2.resize(display, (width, height), interpolation=interpolation)).convert("RGB")
+    image_draw = ImageDraw.Draw(radiograph)
     if analysis.ok:
         for bone in analysis.bones.values():
-            _draw_bone(draw, bone, scale)
+            _draw_bone(image_draw, bone, scale)
     else:
-        _draw_banner(draw, width, analysis)
-    _draw_panel(canvas, draw, width, analysis, interpretation)
+        _draw_banner(image_draw, width, analysis)
+
+    canvas = Image.new("RGB", (width + PANEL_WIDTH, CANVAS_HEIGHT), chart.PANEL)
+    canvas.paste(radiograph, (0, (CANVAS_HEIGHT - height) // 2))
+    _draw_panel(canvas, ImageDraw.Draw(canvas), width, analysis, interpretation)
     return np.asarray(canvas)
 
 

@@ -49,6 +49,15 @@ def test_overlay_draws_edges_labels_and_panel(display, case):
     assert (panel > 200).all(axis=-1).any()  # and white text
 
 
+def test_landscape_image_keeps_its_long_side_readable(display):
+    landscape = np.ascontiguousarray(display[:1000, :1600])  # 1600 wide -> 1800 wide
+    rgb = render_overlay(landscape, make_rejected(), None)
+    assert rgb.shape == (CANVAS_HEIGHT, CANVAS_HEIGHT + PANEL_WIDTH, 3)
+    top = (CANVAS_HEIGHT - round(1000 * CANVAS_HEIGHT / 1600)) // 2
+    assert _near(rgb[top - 5, 100], chart.PANEL, 0)  # background above the image
+    assert _near(rgb[top + 5, 5], (120, 20, 20), 5)  # the banner starts with the image
+
+
 def test_rejected_overlay_says_analysis_not_possible(display):
     rgb = render_overlay(display, make_rejected("hand not found: image is mostly empty"), None)
     _save(rgb, "rejected")
