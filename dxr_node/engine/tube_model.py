@@ -112,25 +112,60 @@ class TubeFit:
     success: bool
     coefficients: tuple[float, ...]  # linear part: the columns of ``tube_design``
     reference: tuple[float, float]  # (centre, width) that normalises the baseline
+    unsharp: tuple[float, float]  # modelled edge enhancement (amount, radius px); 0 = none
+    cost: float  # weighted sum of squared residuals
+
+
+def _tube_columns(x: np.ndarray, edges: TubeEdges, sigma: float, unsharp: tuple[float, float],
+                  derivatives: bool = False) -> list[tuple[np.ndarray, ...]]:
+    """Outer and canal chords blurred by sigma and edge-enhanced by an unsharp mask
+    (amount k, Gaussian radius L): (1 + k) B_sigma - k B_sqrt(sigma^2 + L^2), with the
+    derivatives (d/dcenter, d/dradius, d/dsigma, d/dk, d/dL) when asked."""
+    amount, radius = unsharp
+    discs = ((edges.center, 0.5 * edges.width),
+             (0.5 * (edges.inner_a + edges.inner_b), 0.5 * (edges.inner_b - edges.inner_a)))
+    out = []
+    for center, disc_radius in discs:
+        sharp = blurred_chord(x, center, disc_radius, sigma, derivatives)
+        if amount == 0:
+            if derivatives:
+                zero = np.zeros_like(x)
+                out.append((*sharp, zero, zero))
+            else:
+                out.append((sharp,))
+            continue
+        wide_sigma = float(np.hypot(sigma, radius))
+        wide = blurred_chord(x, center, disc_radius, wide_sigma, derivatives)
+        if not derivatives:
+            out.append(((1 + amount) * sharp - amount * wide,))
+            continue
+        value = (1 + amount) * sharp[0] - amount * wide[0]
+        d_center = (1 + amount) * sharp[1] - amount * wide[1]
+        d_radius = (1 + amount) * sharp[2] - amount * wide[2]
+        d_sigma = (1 + amount) * sharp[3] - amount * wide[3] * (sigma / wide_sigma)
+        d_amount = sharp[0] - wide[0]
+        d_unsharp_radius = -amount * wide[3] * (radius / wide_sigma)
+        out.append((value, d_center, d_radius, d_sigma, d_amount, d_unsharp_radius))
+    return out
 
 
 def tube_design(x: np.ndarray, edges: TubeEdges, sigma: float,
-                reference: tuple[float, float] | None = None) -> np.ndarray:
+                reference: tuple[float, float] | None = None,
+                unsharp: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Columns of the linear model: outer chord, canal chord, baseline 1, u, u^2.
 
     ``u`` is x relative to a reference (centre, width), by default the tube's own; any
     reference spans the same quadratic baseline."""
     center, width = reference or (edges.center, edges.width)
-    outer = blurred_chord(x, edges.center, 0.5 * edges.width, sigma)
-    canal_center = 0.5 * (edges.inner_a + edges.inner_b)
-    canal = blurred_chord(x, canal_center, 0.5 * (edges.inner_b - edges.inner_a), sigma)
+    (outer,), (canal,) = _tube_columns(x, edges, sigma, unsharp)
     u = (x - center) / max(width, 1.0)
     return np.column_stack([outer, canal, np.ones_like(x), u, u * u])
 
 
 def model_curve(x: np.ndarray, fit: TubeFit) -> np.ndarray:
     """The fitted profile (tube and baseline) evaluated at ``x``."""
-    return tube_design(x, fit.edges, fit.sigma, fit.reference) @ np.asarray(fit.coefficients)
+    design = tube_design(x, fit.edges, fit.sigma, fit.reference, fit.unsharp)
+    return design @ np.asarray(fit.coefficients)
 
 
 def _edges_from_params(p: np.ndarray) -> TubeEdges:
@@ -142,42 +177,47 @@ def _edges_from_params(p: np.ndarray) -> TubeEdges:
 class _ProjectedModel:
     """Variable projection for one profile: residuals and their Jacobian (Kaufman's
     approximation) with respect to the nonlinear parameters
-    q = (outer_a, cortex_a, canal, cortex_b[, sigma]); amplitudes and baseline are
-    solved by least squares at every q."""
+    q = (outer_a, cortex_a, canal, cortex_b[, sigma][, k, L]); amplitudes and baseline
+    are solved by least squares at every q."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
-                 reference: tuple[float, float], sigma: float | None) -> None:
+                 reference: tuple[float, float], sigma: float | None, unsharp: bool) -> None:
         self.x = x
         self.sqrt_w = np.sqrt(weights)
         self.y_w = y * self.sqrt_w
         u = (x - reference[0]) / max(reference[1], 1.0)
         self.baseline = np.column_stack([np.ones_like(x), u, u * u]) * self.sqrt_w[:, None]
         self.fixed_sigma = sigma
+        self.unsharp = unsharp
         self._cache_q: np.ndarray | None = None
+
+    def split(self, q: np.ndarray) -> tuple[TubeEdges, float, tuple[float, float]]:
+        sigma = self.fixed_sigma if self.fixed_sigma is not None else q[4]
+        unsharp = (float(q[-2]), float(q[-1])) if self.unsharp else (0.0, 1.0)
+        return _edges_from_params(q), float(sigma), unsharp
 
     def _evaluate(self, q: np.ndarray) -> None:
         if self._cache_q is not None and np.array_equal(q, self._cache_q):
             return
-        sigma = self.fixed_sigma if self.fixed_sigma is not None else q[4]
-        edges = _edges_from_params(q)
-        outer = blurred_chord(self.x, edges.center, 0.5 * edges.width, sigma, True)
-        canal = blurred_chord(self.x, 0.5 * (edges.inner_a + edges.inner_b),
-                              0.5 * (edges.inner_b - edges.inner_a), sigma, True)
+        edges, sigma, unsharp = self.split(q)
+        outer, canal = _tube_columns(self.x, edges, sigma, unsharp, derivatives=True)
         w = self.sqrt_w
         design = np.column_stack([outer[0] * w, canal[0] * w, self.baseline])
         basis, upper = np.linalg.qr(design)
         coef = np.linalg.solve(upper, basis.T @ self.y_w)
         self.residual = design @ coef - self.y_w
-        self.coef, self.basis = coef, basis
+        self.coef = coef
         # Derivatives of the fitted tube term along each parameter.
-        o_c, o_r, o_s = outer[1] * coef[0], outer[2] * coef[0], outer[3] * coef[0]
-        i_c, i_r, i_s = canal[1] * coef[1], canal[2] * coef[1], canal[3] * coef[1]
-        columns = [o_c + i_c,  # outer_a moves everything
-                   0.5 * (o_c + o_r) + i_c,  # cortex_a
-                   0.5 * (o_c + o_r) + 0.5 * (i_c + i_r),  # canal
-                   0.5 * (o_c + o_r)]  # cortex_b
+        o = [d * coef[0] for d in outer[1:]]
+        i = [d * coef[1] for d in canal[1:]]
+        columns = [o[0] + i[0],  # outer_a moves everything
+                   0.5 * (o[0] + o[1]) + i[0],  # cortex_a
+                   0.5 * (o[0] + o[1]) + 0.5 * (i[0] + i[1]),  # canal
+                   0.5 * (o[0] + o[1])]  # cortex_b
         if self.fixed_sigma is None:
-            columns.append(o_s + i_s)
+            columns.append(o[2] + i[2])
+        if self.unsharp:
+            columns += [o[3] + i[3], o[4] + i[4]]
         moved = np.column_stack(columns) * w[:, None]
         self.jacobian = moved - basis @ (basis.T @ moved)
         self._cache_q = q.copy()
@@ -192,18 +232,22 @@ class _ProjectedModel:
 
 
 def fit_tube(x: np.ndarray, y: np.ndarray, weights: np.ndarray, start: TubeEdges,
-             sigma: float, fit_sigma: bool = True) -> TubeFit:
+             sigma: float, fit_sigma: bool = True,
+             unsharp: tuple[float, float] | None = None) -> TubeFit:
     """Least-squares fit of the blurred tube to one profile.
 
     The edges (and the blur when ``fit_sigma``) are the nonlinear parameters; the two
     amplitudes and the quadratic baseline are solved linearly at every step (variable
     projection, analytic Jacobian). ``weights`` are the number of pixels behind each
     sample; ``sigma`` is the total blur (PSF and pixel aperture) to start from or keep.
+    ``unsharp`` = (amount, radius px) to start from fits an unsharp-mask edge
+    enhancement too.
     """
     from scipy.optimize import least_squares
 
     reference = (start.center, start.width)
-    model = _ProjectedModel(x, y, weights, reference, None if fit_sigma else sigma)
+    model = _ProjectedModel(x, y, weights, reference, None if fit_sigma else sigma,
+                            unsharp is not None)
     min_part = 0.3  # px: below this a cortex or canal is not resolvable anyway
     q0 = [start.outer_a, start.inner_a - start.outer_a, start.inner_b - start.inner_a,
           start.outer_b - start.inner_b]
@@ -213,18 +257,40 @@ def fit_tube(x: np.ndarray, y: np.ndarray, weights: np.ndarray, start: TubeEdges
         q0.append(sigma)
         lower.append(np.sqrt(PIXEL_APERTURE_VARIANCE))
         upper.append(max(20.0, 2 * sigma))
+    if unsharp is not None:
+        q0 += list(unsharp)
+        lower += [0.0, 0.5]
+        upper += [5.0, max(2.0 * start.width, 2.0 * unsharp[1])]
     q0 = np.clip(np.asarray(q0, float), np.add(lower, 1e-6), np.subtract(upper, 1e-6))
     result = least_squares(model.fun, q0, jac=model.jac, bounds=(lower, upper),
                            xtol=1e-7, ftol=1e-10, max_nfev=100)
     model._evaluate(result.x)
+    edges, fitted_sigma, fitted_unsharp = model.split(result.x)
     dof = max(len(y) - 5 - len(result.x), 1)
-    rms = float(np.sqrt(np.sum(model.residual**2) / dof))
     coef = model.coef
-    return TubeFit(edges=_edges_from_params(result.x),
-                   sigma=float(result.x[4]) if fit_sigma else float(sigma),
+    return TubeFit(edges=edges, sigma=fitted_sigma,
                    cortex_amplitude=float(coef[0]), canal_amplitude=float(coef[1]),
-                   rms_residual=rms, success=bool(result.status > 0),
-                   coefficients=tuple(coef.tolist()), reference=reference)
+                   rms_residual=float(np.sqrt(np.sum(model.residual**2) / dof)),
+                   success=bool(result.status > 0), coefficients=tuple(coef.tolist()),
+                   reference=reference, unsharp=fitted_unsharp,
+                   cost=float(np.sum(model.residual**2)))
+
+
+def unsharp_candidate(x: np.ndarray, y: np.ndarray, weights: np.ndarray, fit: TubeFit,
+                      radii: np.ndarray) -> float:
+    """How much an unsharp-mask term could lower the cost of ``fit`` at most, cheaply:
+    with edges and blur kept, the enhanced model is linear once the mask's wide chords
+    get amplitudes of their own. The best reduction over the candidate mask radii."""
+    sqrt_w = np.sqrt(weights)
+    plain = tube_design(x, fit.edges, fit.sigma, fit.reference)
+    best = 0.0
+    for radius in radii:
+        (outer,), (canal,) = _tube_columns(x, fit.edges, float(np.hypot(fit.sigma, radius)),
+                                           (0.0, 1.0))
+        design = np.column_stack([plain, outer, canal]) * sqrt_w[:, None]
+        coef, *_ = np.linalg.lstsq(design, y * sqrt_w, rcond=None)
+        best = max(best, fit.cost - float(np.sum((design @ coef - y * sqrt_w) ** 2)))
+    return best
 
 
 def render_tube_image(shape: tuple[int, int], center_rc: tuple[float, float],
