@@ -46,6 +46,15 @@ def _ago(epoch: float | None) -> str:
     return f"{seconds:.0f} s ago"
 
 
+def _until(epoch: float | None) -> str:
+    if not _is_number(epoch):
+        return "—"
+    seconds = epoch - time.time()
+    if seconds <= 1:
+        return "now"
+    return f"in {seconds / 60:.0f} min" if seconds >= 90 else f"in {seconds:.0f} s"
+
+
 def _number(value: float | None, digits: int = 3) -> str:
     return "—" if not _is_number(value) else f"{value:.{digits}f}"
 
@@ -70,7 +79,7 @@ def _bytes(value: int | None) -> str:
     return ""
 
 
-TEMPLATES.filters.update(when=_when, ago=_ago, number=_number, signed=_signed,
+TEMPLATES.filters.update(when=_when, ago=_ago, until=_until, number=_number, signed=_signed,
                          study_date=_study_date, bytes=_bytes)
 
 
