@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -266,7 +267,12 @@ def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event
     senders = max(1, len(config.destinations))
     with ThreadPoolExecutor(max_workers=senders, thread_name_prefix="dispatch") as executor:
         while not stop_event.is_set():
-            if dispatch_once(config, store, executor=executor) == 0:
+            try:
+                handled = dispatch_once(config, store, executor=executor)
+            except sqlite3.Error as exc:  # e.g. locked past its timeout: try again soon
+                log_event(log, "dispatch_store_error", logging.ERROR, reason=str(exc))
+                handled = 0
+            if handled == 0:
                 stop_event.wait(POLL_INTERVAL_S)
 
 
@@ -301,7 +307,14 @@ def dispatch_once(config: NodeConfig, store: Store, *,
                                      timeout_s=config.dispatch.timeout_s)
             pending[future] = items
         for future, items in pending.items():
-            for item, delivery in zip(items, future.result(), strict=True):
+            try:
+                deliveries = future.result()
+            except Exception as exc:  # a bug here must not leave rows stuck in 'sending'
+                log.exception("dispatch error")
+                deliveries = [Delivery(Path(i.path), i.sop_instance_uid, RETRY, None,
+                                       f"internal error: {type(exc).__name__}: {exc}")
+                              for i in items]
+            for item, delivery in zip(items, deliveries, strict=True):
                 _record(store, config.dispatch, item, delivery)
     finally:
         if own_executor:

@@ -187,8 +187,7 @@ class WorkerPool:
         self._context = multiprocessing.get_context("spawn")
         self._process_stop = self._context.Event()
         self._slots = [_Slot(i, self._context) for i in range(count or config.worker_count)]
-        self._supervisor = threading.Thread(target=self._supervise, name="worker-supervisor",
-                                            daemon=True)
+        self._supervisor: threading.Thread | None = None
         self._ready = threading.Event()
 
     @property
@@ -197,13 +196,18 @@ class WorkerPool:
         return [s.process.pid for s in self._slots if s.process and s.process.is_alive()]
 
     def start(self) -> WorkerPool:
+        # Opened here so that a database problem is raised to the caller.
+        store = Store(self.config.database_path)
+        self._supervisor = threading.Thread(target=self._supervise, args=(store,),
+                                            name="worker-supervisor", daemon=True)
         self._supervisor.start()
         self._ready.wait()
         return self
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the pool to stop (after ``stop_event`` is set)."""
-        self._supervisor.join(timeout)
+        if self._supervisor is not None:
+            self._supervisor.join(timeout)
 
     def stop(self, graceful: bool = True) -> None:
         """Stop the pool: graceful lets running analyses finish (up to the grace time),
@@ -216,11 +220,13 @@ class WorkerPool:
     # Everything below runs in the supervisor thread: workers are spawned from it so
     # that their PR_SET_PDEATHSIG parent (the spawning thread) lives as long as they do.
 
-    def _supervise(self) -> None:
-        with Store(self.config.database_path) as store:
+    def _supervise(self, store: Store) -> None:
+        try:
             for slot in self._slots:
                 self._spawn(slot)
-            self._ready.set()
+        finally:
+            self._ready.set()  # never leave start() waiting, even if this failed
+        with store:
             while not self.stop_event.is_set():
                 sentinels = [s.process.sentinel for s in self._slots]
                 multiprocessing.connection.wait(sentinels, timeout=0.5)
