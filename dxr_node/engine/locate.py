@@ -72,15 +72,11 @@ def locate_metacarpals(pixels: np.ndarray) -> HandLocation:
     if not np.isfinite(image).all():
         raise LocateError("the image holds NaN or infinite pixel values")
     work, field, scale, grey_range = _downscale(image)
-    mask = _hand_mask(work, field)
-    if mask is None:
+    found = _hand_and_fingers(work, field)
+    if found is None:
         return _failed("no hand found: not a hand radiograph")
+    mask, palm_centre, palm_radius, fingers = found
     outline = _outline(mask, scale)
-    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    palm_radius = float(dist.max())
-    palm_y, palm_x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    palm_centre = np.array([palm_x, palm_y], dtype=np.float64)
-    fingers = _fingers(mask, palm_centre, palm_radius)
     if len(fingers) < 5:
         return _failed(f"not a hand radiograph: {len(fingers)} finger rays found, need 5",
                        outline)
@@ -211,14 +207,42 @@ def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0, 1).astype(np.float32)
 
 
-def _hand_mask(work: np.ndarray, field: np.ndarray) -> np.ndarray | None:
-    """Largest soft-tissue component (triangle threshold), holes filled, or None."""
+def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
+    """(mask, palm centre, palm radius, fingers) for the first soft-tissue threshold that
+    shows five fingers (else the one showing most), or None when nothing is found.
+
+    Backgrounds differ (dark, grey, graded, edge-enhanced), so several classical
+    thresholds are tried, on the image and on its background-flattened copy.
+    """
     flat = _flatten_background(work, field)
-    grey = (np.clip(cv2.GaussianBlur(flat, (0, 0), 2) / max(flat.max(), 1e-6), 0, 1)
-            * 255).astype(np.uint8)
-    threshold, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_TRIANGLE)
+    best = None
+    for image in (flat, work):
+        grey = (np.clip(cv2.GaussianBlur(image, (0, 0), 2) / max(image.max(), 1e-6), 0, 1)
+                * 255).astype(np.uint8)
+        for method in (cv2.THRESH_TRIANGLE, cv2.THRESH_OTSU):
+            threshold, _ = cv2.threshold(grey, 0, 255, method)
+            mask = _hand_mask(grey > threshold, field)
+            if mask is None:
+                continue
+            dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+            palm_radius = float(dist.max())
+            palm_y, palm_x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+            palm_centre = np.array([palm_x, palm_y], dtype=np.float64)
+            # A larger opening also frees fingers held together (two fingers are about
+            # as wide as the smaller disc).
+            for opening in (0.45, 0.6):
+                fingers = _fingers(mask, image, field, palm_centre, palm_radius, opening)
+                if best is None or len(best[3]) < len(fingers) <= 5 or len(best[3]) > 5:
+                    best = (mask, palm_centre, palm_radius, fingers)
+                if len(fingers) == 5:
+                    return best
+    return best
+
+
+def _hand_mask(foreground: np.ndarray, field: np.ndarray) -> np.ndarray | None:
+    """Largest foreground component inside the field, holes filled, or None."""
     # Stay clear of the field edge, whose blurred rim would join the hand.
-    mask = (grey > threshold).astype(np.uint8) & cv2.erode(field, _disc(3))
+    mask = foreground.astype(np.uint8) & cv2.erode(field, _disc(3))
     # Break thin bright lines (plate edges, collimator seams) that would join the hand.
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(3))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
@@ -239,15 +263,22 @@ def _disc(radius: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 
 
-def _fingers(mask: np.ndarray, palm_centre: np.ndarray, palm_radius: float) -> list[_Finger]:
-    """Finger-like protrusions of the mask (what a half-palm-sized opening removes)."""
-    palm = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(0.45 * palm_radius))
+def _fingers(mask: np.ndarray, work: np.ndarray, field: np.ndarray, palm_centre: np.ndarray,
+             palm_radius: float, opening: float) -> list[_Finger]:
+    """Finger-like protrusions of the mask (what a half-palm-sized opening removes).
+
+    Fingers held together make one protrusion: it is split by the number of bone
+    ridges running along it.
+    """
+    ridge = _ridge_map(work, 0.06 * palm_radius)
+    palm = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(opening * palm_radius))
     protrusions = cv2.erode(mask & (1 - palm), _disc(1))
+    edge = cv2.erode(field, _disc(6)) == 0
     count, labels = cv2.connectedComponents(protrusions, connectivity=4)
     found = []
     for label in range(1, count):
         ys, xs = np.nonzero(labels == label)
-        if len(xs) < 0.2 * palm_radius**2:
+        if len(xs) < 0.2 * palm_radius**2 or edge[ys, xs].any():  # the forearm leaves
             continue
         points = np.column_stack([xs, ys]).astype(np.float64)
         centroid = points.mean(axis=0)
@@ -262,7 +293,9 @@ def _fingers(mask: np.ndarray, palm_centre: np.ndarray, palm_radius: float) -> l
             continue
         tip = centroid + direction * along.max()
         base = centroid + direction * along.min()
-        found.append((tip, base, direction, length))
+        normal = np.array([-direction[1], direction[0]])
+        for offset in _ridge_offsets(ridge, base, tip, normal, width, palm_radius):
+            found.append((tip + offset * normal, base + offset * normal, direction, length))
     if not found:
         return []
     # Angles of the tips around the palm centre, relative to their mean direction.
@@ -274,6 +307,37 @@ def _fingers(mask: np.ndarray, palm_centre: np.ndarray, palm_radius: float) -> l
         rel = (math.atan2(u[1], u[0]) - mean_angle + math.pi) % (2 * math.pi) - math.pi
         fingers.append(_Finger(tip, base, direction, length, rel))
     return sorted(fingers, key=lambda f: f.rel_angle)
+
+
+def _ridge_offsets(ridge: np.ndarray, base: np.ndarray, tip: np.ndarray, normal: np.ndarray,
+                   width: float, palm_radius: float) -> list[float]:
+    """Sideways offsets of the bone ridges along a protrusion: one per finger in it."""
+    across = np.arange(-0.6 * width, 0.6 * width + 0.5, 0.5)
+    sections = []
+    for fraction in (0.3, 0.45, 0.6, 0.75):
+        centre = base + fraction * (tip - base)
+        profile = _sample(ridge, centre[0] + across * normal[0], centre[1] + across * normal[1])
+        peaks = _peaks(profile, 0.4 * profile.max(), int(0.25 * palm_radius / 0.5))
+        sections.append(across[peaks])
+    counts = [len(p) for p in sections]
+    typical = int(np.median(counts))
+    if typical < 2:
+        return [0.0]
+    offsets = np.mean([p for p in sections if len(p) == typical], axis=0)
+    return [float(o) for o in offsets]
+
+
+def _peaks(profile: np.ndarray, floor: float, separation: int) -> np.ndarray:
+    """Indices of local maxima above floor, greedily at least ``separation`` apart."""
+    local = (profile >= np.roll(profile, 1)) & (profile >= np.roll(profile, -1))
+    local[[0, -1]] = False
+    chosen: list[int] = []
+    for index in np.argsort(-profile):
+        if profile[index] < floor:
+            break
+        if local[index] and all(abs(index - c) >= separation for c in chosen):
+            chosen.append(int(index))
+    return np.array(sorted(chosen), dtype=int)
 
 
 def _outline(mask: np.ndarray, scale: float) -> tuple[Point, ...]:
@@ -295,7 +359,7 @@ def _split_thumb(fingers: list[_Finger], palm_centre: np.ndarray, palm_radius: f
     gap_last = math.degrees(last.rel_angle - fingers[-2].rel_angle)
     reach_first = np.linalg.norm(first.tip - palm_centre) / palm_radius
     reach_last = np.linalg.norm(last.tip - palm_centre) / palm_radius
-    score_last = (gap_last - gap_first) + 30.0 * (reach_first - reach_last)
+    score_last = (gap_last - gap_first) + 15.0 * (reach_first - reach_last)
     if score_last >= 0:
         return last, fingers[-2::-1][:4], score_last
     return first, fingers[1:5], -score_last
@@ -408,7 +472,7 @@ def _trace_metacarpal(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
     profile = _path_profile(smooth, path, 0.04 * radius)
     valleys = _valley_strength(profile, int(0.08 * radius))
     arc = np.arange(len(path), dtype=np.float64)
-    usable = arc >= to_base - 0.6 * radius
+    usable = (arc >= to_base - 0.6 * radius) & (arc <= to_base + 1.8 * radius)
     if not usable.any() or valleys[usable].max() <= 0:
         return None
     local_max = (valleys >= np.roll(valleys, 1)) & (valleys >= np.roll(valleys, -1))
@@ -416,23 +480,25 @@ def _trace_metacarpal(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
     # The MCP joint lies within a proximal phalanx of the finger's base (the forearm
     # lies further); the metacarpal is the only bone that runs on for more than a palm
     # radius proximal to its joint without a gap.
-    candidates = np.flatnonzero(usable & local_max & (valleys >= 0.25 * strongest)
-                                & (arc <= to_base + 1.8 * radius))
-    best_score, distal_i = -np.inf, -1
+    candidates = np.flatnonzero(usable & local_max & (valleys >= 0.25 * strongest))
+    scores = []
     for index in candidates:
         inner = valleys[int(index + 0.12 * radius): int(index + 1.1 * radius)]
-        if len(inner) < 0.9 * radius:
-            continue
-        score = (valleys[index] - 2.0 * inner.max()) / strongest
-        if score > best_score:
-            best_score, distal_i = score, int(index)
-    if distal_i < 0:
+        if len(inner) >= 0.9 * radius:
+            scores.append(((valleys[index] - 2.0 * inner.max()) / strongest, int(index)))
+    if not scores:
         return None
-    tail = valleys[int(distal_i + 1.1 * radius): int(distal_i + 2.0 * radius)]
-    if len(tail) and tail.max() >= 0.25 * strongest:
-        proximal_i = int(distal_i + 1.1 * radius) + int(np.argmax(tail))
-    else:  # CMC joint hidden by the carpus: a typical length
-        proximal_i = min(int(distal_i + 1.55 * radius), len(path) - 1)
+    # The most distal good candidate: further along lie the carpal gaps.
+    best = max(scores)[0]
+    distal_i = next(index for score, index in scores if score >= 0.5 * best or score == best)
+    # The shaft's ridge fades where the base widens into the carpus: the CMC joint.
+    ridge_along = _sample(ridge, path[:, 0], path[:, 1])
+    shaft_ridge = np.median(ridge_along[int(distal_i + 0.3 * radius): int(distal_i + 0.8 * radius)])
+    proximal_i = min(int(distal_i + 2.0 * radius), len(path) - 1)
+    for index in range(int(distal_i + 0.8 * radius), proximal_i):
+        if ridge_along[index] < 0.5 * shaft_ridge:
+            proximal_i = index
+            break
     length = proximal_i - distal_i
     shaft = path[distal_i + int(0.15 * length): proximal_i - int(0.15 * length)]
     centroid = shaft.mean(axis=0)
