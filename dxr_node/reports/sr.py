@@ -70,6 +70,7 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=groups,
+        referenced_images=[source] if _library_ready(source) else None,
     )
     root = report[0]
     content = root.ContentSequence
@@ -96,6 +97,12 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     sr.ContentSequence = content
     copy_patient_study(source, sr)
     return sr
+
+
+def _library_ready(source: pydicom.Dataset) -> bool:
+    """highdicom's TID 1600 Image Library entry for a radiograph (modality, size,
+    orientation, spacing) needs Patient Orientation and Imager Pixel Spacing."""
+    return bool(source.get("PatientOrientation")) and bool(source.get("ImagerPixelSpacing"))
 
 
 def _bone_measurements(bone: BoneMeasurement, algorithm: hd.sr.AlgorithmIdentification,
