@@ -169,23 +169,22 @@ def _add_long_bone(attenuation: np.ndarray, texture: np.ndarray, bone: LongBone,
     if box is None:
         return
     t, d = _local_coordinates(proximal, direction, a, b, box)
+    # Both radius profiles are 0 at the two ends, so clipping the index leaves no bone
+    # beyond them.
     index = np.clip(t * ((len(outer) - 1) / length), 0, len(outer) - 1).astype(np.int32)
-    radius_outer, radius_inner = outer[index], inner[index]
     d2 = d * d
-    outer_path = 2 * np.sqrt(np.maximum(radius_outer * radius_outer - d2, 0))
-    inner_path = 2 * np.sqrt(np.maximum(radius_inner * radius_inner - d2, 0))
+    outer_half = np.sqrt(np.maximum((outer * outer).astype(np.float32)[index] - d2, 0))
+    inner_half = np.sqrt(np.maximum((inner * inner).astype(np.float32)[index] - d2, 0))
     i0, i1, j0, j1 = box
-    # Trabecular bone (what the interior holds beyond marrow) carries the texture.
-    trabecular = (interior_mu[index] - MU_MARROW) * inner_path * texture[i0:i1, j0:j1]
-    path = MU_CORTEX * (outer_path - inner_path) + MU_MARROW * inner_path + trabecular
-    outside = (t < 0) | (t > length)
+    # Cortex fills outer minus inner; the interior is marrow plus trabecular bone (the
+    # excess over marrow), which carries the texture.
+    excess = (interior_mu - MU_MARROW).astype(np.float32)[index] * texture[i0:i1, j0:j1]
+    path = MU_CORTEX * outer_half + ((MU_MARROW - MU_CORTEX) + excess) * inner_half
+    path *= 2 * bone.depth_ratio
     physis = bone.physis_position()
     if physis is not None:
-        outside |= np.abs(t - physis) < bone.physis_gap_mm / 2  # cartilage, not bone
-    path[outside] = 0
-    if bone.depth_ratio != 1.0:
-        path *= bone.depth_ratio
-    attenuation[i0:i1, j0:j1] += path.astype(np.float32)
+        path[np.abs(t - physis) < bone.physis_gap_mm / 2] = 0  # cartilage, not bone
+    attenuation[i0:i1, j0:j1] += path
 
 
 def _add_blob(attenuation: np.ndarray, texture: np.ndarray, blob: Blob, a: np.ndarray,
@@ -389,7 +388,7 @@ def _detect(attenuation: np.ndarray, acquisition: Acquisition,
     k = acquisition.supersample
     spacing = acquisition.pixel_spacing_mm
     rows, cols = placement.rows, placement.cols
-    intensity = np.exp(-attenuation)
+    intensity = cv2.exp(np.negative(attenuation, out=attenuation))  # reuses the buffer
     if acquisition.blur_sigma_mm > 0:
         intensity = cv2.GaussianBlur(intensity, (0, 0), acquisition.blur_sigma_mm / spacing * k)
     if k > 1:  # pixel integration: average the k x k samples of each pixel
@@ -397,8 +396,9 @@ def _detect(attenuation: np.ndarray, acquisition: Acquisition,
 
     r, c = _native_grid(rows, cols)
     heel = math.radians(acquisition.heel_direction_deg)
-    along = ((r / rows - 0.5) * -math.sin(heel) + (c / cols - 0.5) * math.cos(heel))
-    intensity *= 1 - acquisition.heel_gradient * along
+    gradient = acquisition.heel_gradient
+    intensity *= ((1 + gradient * math.sin(heel) * (r / rows - 0.5))
+                  - gradient * math.cos(heel) * (c / cols - 0.5))
     if acquisition.collimation_mm is not None:
         intensity *= _collimation_factor(acquisition, rows, cols)
 
@@ -406,17 +406,19 @@ def _detect(attenuation: np.ndarray, acquisition: Acquisition,
     counts = intensity * counts_per_pixel
     if acquisition.noise:
         rng = np.random.default_rng(acquisition.noise_seed)
-        counts += np.sqrt(counts) * rng.standard_normal(counts.shape, dtype=np.float32)
-        counts += 2.0 * rng.standard_normal(counts.shape, dtype=np.float32)  # read-out noise
-    counts = np.maximum(counts, 1.0)
+        # Quantum noise (variance = counts) plus read-out noise (sd 2 counts).
+        counts += np.sqrt(counts + 4.0) * rng.standard_normal(counts.shape, dtype=np.float32)
+    counts = np.maximum(counts, 1.0, out=counts)
 
     if acquisition.for_processing:
         # Raw linear signal, MONOCHROME1 (low intensity = bone = displayed bright).
         raw = counts * (3000.0 / counts_per_pixel)
         return np.clip(np.rint(raw), 0, MAX_VALUE).astype(np.uint16)
 
-    value = acquisition.detector_offset + acquisition.detector_gain * np.log(
-        counts_per_pixel / counts)
+    gain = acquisition.detector_gain
+    value = np.log(counts, out=counts)  # value = offset + gain * ln(I0 / counts)
+    value *= -gain
+    value += acquisition.detector_offset + gain * math.log(counts_per_pixel)
     if acquisition.edge_gain > 0 and acquisition.edge_sigma_mm > 0:
         value = value + acquisition.edge_gain * (
             value - _lowpass(value, acquisition.edge_sigma_mm / spacing))

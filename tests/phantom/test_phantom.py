@@ -140,9 +140,9 @@ def test_dicom_is_valid(tmp_path, kind):
 
 
 def test_phantom_sets_are_reproducible(tmp_path):
-    first = write_phantom_set(tmp_path / "a", n=2, seed=4)
-    second = write_phantom_set(tmp_path / "b", n=2, seed=4)
-    other = write_phantom_set(tmp_path / "c", n=2, seed=5)
+    first = write_phantom_set(tmp_path / "a", n=1, seed=4)
+    second = write_phantom_set(tmp_path / "b", n=1, seed=4)
+    other = write_phantom_set(tmp_path / "c", n=1, seed=5)
     assert first == second
     assert first != other
     for name in first:
@@ -153,9 +153,9 @@ def test_phantom_sets_are_reproducible(tmp_path):
 
 
 def test_cli_writes_files_and_truth(tmp_path, capsys):
-    assert main(["phantom", str(tmp_path), "--n", "3", "--seed", "2"]) == 0
+    assert main(["phantom", str(tmp_path), "--n", "2", "--seed", "2"]) == 0
     truth = json.loads((tmp_path / "truth.json").read_text())
-    assert sorted(truth) == ["phantom_0000.dcm", "phantom_0001.dcm", "phantom_0002.dcm"]
+    assert sorted(truth) == ["phantom_0000.dcm", "phantom_0001.dcm"]
     assert {t["laterality"] for t in truth.values()} == {"L", "R"}
     for name, record in truth.items():
         ds = pydicom.dcmread(tmp_path / name)
@@ -165,7 +165,7 @@ def test_cli_writes_files_and_truth(tmp_path, capsys):
         for bone in record["bones"].values():
             r, c = bone["midshaft_center_rc"]
             assert 0 <= r < ds.Rows and 0 <= c < ds.Columns
-    assert "wrote 3 phantom(s)" in capsys.readouterr().out
+    assert "wrote 2 phantom(s)" in capsys.readouterr().out
 
 
 def test_cli_rejects_bad_options(tmp_path, capsys):
