@@ -366,15 +366,16 @@ class _Measurer:
 
 
 def _flat_pixels(block: np.ndarray) -> np.ndarray:
-    """Pixels equal to all four neighbours: padding, collimator masks, saturation.
-    Real detector noise makes that rare even in integer images."""
-    flat = np.zeros(block.shape, bool)
-    if min(block.shape) < 3:
-        return flat
-    core = block[1:-1, 1:-1]
-    flat[1:-1, 1:-1] = ((core == block[:-2, 1:-1]) & (core == block[2:, 1:-1])
-                        & (core == block[1:-1, :-2]) & (core == block[1:-1, 2:]))
-    return flat
+    """Pixels in a constant 3x3 patch at the block's lowest or highest value: saturation,
+    padding, collimator masks. Noise makes that rare in real exposures, and flat JPEG
+    blocks at intermediate values are not counted."""
+    finite = np.where(np.isfinite(block), block, np.nan)
+    if min(block.shape) < 3 or np.all(np.isnan(finite)):
+        return np.zeros(block.shape, bool)
+    constant = (ndimage.maximum_filter(block, 3, mode="nearest")
+                == ndimage.minimum_filter(block, 3, mode="nearest"))
+    extreme = (finite <= np.nanmin(finite)) | (finite >= np.nanmax(finite))
+    return constant & extreme
 
 
 def _match_shift(x: np.ndarray, y: np.ndarray, weights: np.ndarray, grid: np.ndarray,

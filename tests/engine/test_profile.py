@@ -23,7 +23,8 @@ NOISE = 0.02  # noise sd as a fraction of the cortical peak signal (about 2 * 3.
 
 
 def tube(spacing: float, blur_mm: float, *, angle: float = 90.0, noise: float = NOISE,
-         unsharp: float = 0.0, seed: int = 0, **extra) -> tuple[np.ndarray, tuple, float]:
+         unsharp: float = 0.0, unsharp_mm: float = 3.0, seed: int = 0,
+         **extra) -> tuple[np.ndarray, tuple, float]:
     """Image, true centre and the outer radius in px."""
     outer, inner = OUTER_MM / spacing, INNER_MM / spacing
     size = int(4.8 * outer) + 40
@@ -31,7 +32,7 @@ def tube(spacing: float, blur_mm: float, *, angle: float = 90.0, noise: float = 
     peak = 2 * math.sqrt(outer**2 - inner**2)
     image = render_tube_image(
         (size, size), center, angle, outer, inner, blur_mm / spacing,
-        unsharp_amount=unsharp, unsharp_sigma_px=3.0 / spacing, noise_sd=noise * peak,
+        unsharp_amount=unsharp, unsharp_sigma_px=unsharp_mm / spacing, noise_sd=noise * peak,
         rng=np.random.default_rng(seed), **extra)
     return image, center, outer
 
@@ -78,18 +79,21 @@ def test_blurred_chord_matches_a_numerical_convolution():
 
 def test_accuracy_over_spacing_blur_and_edge_enhancement():
     rows, errors_t, errors_w = [], [], []
-    for case, (spacing, blur, unsharp) in enumerate(
-            (s, b, u) for s in (0.1, 0.15, 0.175) for b in (0.05, 0.1, 0.15) for u in (0, 1)):
+    # Edge enhancement: none, a 3 mm mask, and a 1 mm mask (near the cortical thickness,
+    # the hardest case), all with gain 1.
+    for case, (spacing, blur, mask_mm) in enumerate(
+            (s, b, u) for s in (0.1, 0.15, 0.175) for b in (0.05, 0.1, 0.15) for u in (0, 3, 1)):
         angle = 90.0 + (-12, 0, 7, 25)[case % 4]
-        image, center, outer = tube(spacing, blur, angle=angle, unsharp=unsharp, seed=case)
+        image, center, outer = tube(spacing, blur, angle=angle, unsharp=1.0 if mask_mm else 0.0,
+                                    seed=case, unsharp_mm=mask_mm or 3.0)
         m = measure(image, center, angle, outer)
-        assert m.problem is None, (spacing, blur, unsharp, m.problem)
+        assert m.problem is None, (spacing, blur, mask_mm, m.problem)
         errors_t.append(m.cortical_thickness_px * spacing - TRUE_T_MM)
         errors_w.append(m.width_px * spacing - TRUE_W_MM)
-        rows.append(f"{spacing:5.3f} {blur:4.2f} {unsharp:2d} {angle:6.1f} "
+        rows.append(f"{spacing:5.3f} {blur:4.2f} {mask_mm:2d} {angle:6.1f} "
                     f"{errors_t[-1]:+.4f} {errors_w[-1]:+.4f} {m.blur_sigma_px * spacing:.3f}")
     errors_t, errors_w = np.array(errors_t), np.array(errors_w)
-    print("\nspacing blur usm angle  T err(mm) W err(mm) blur fit(mm)", *rows, sep="\n")
+    print("\nspacing blur mask(mm) angle  T err(mm) W err(mm) blur fit(mm)", *rows, sep="\n")
     print(f"T bias {errors_t.mean():+.4f} MAE {np.abs(errors_t).mean():.4f} mm; "
           f"W bias {errors_w.mean():+.4f} MAE {np.abs(errors_w).mean():.4f} mm")
     assert np.abs(errors_t).mean() <= 0.02
@@ -184,6 +188,15 @@ def test_a_neighbouring_bone_in_the_search_window_is_tolerated():
     m = measure(image + neighbour, center, angle, outer)
     assert m.problem is None
     assert abs(m.width_px * spacing - TRUE_W_MM) < 0.05
+    assert abs(m.cortical_thickness_px * spacing - TRUE_T_MM) < 0.03
+
+
+def test_an_eight_bit_image_is_not_mistaken_for_a_saturated_one():
+    spacing = 0.15
+    image, center, outer = tube(spacing, 0.1, noise=0.004)
+    eight_bit = np.rint((image - image.min()) / (image.max() - image.min()) * 255)
+    m = measure(eight_bit.astype(np.uint8), center, 90.0, outer)
+    assert m.problem is None
     assert abs(m.cortical_thickness_px * spacing - TRUE_T_MM) < 0.03
 
 
