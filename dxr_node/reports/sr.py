@@ -76,9 +76,10 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     content = root.ContentSequence
     content.append(_remarks_container(analysis, interpretation))
 
-    # highdicom deep-copies and searches the whole tree (about 0.4 s for three bones)
-    # to collect the evidence, which is the source image only: hand it an empty root
-    # and attach the tree, already built and checked by the templates, afterwards.
+    # Given the full tree, highdicom deep-copies and searches it to collect the evidence
+    # (about 0.08 s CPU for three bones, 3x the rest of this function), yet the evidence
+    # is only the source image: hand it an empty root and attach the tree, already built
+    # and checked by the templates, afterwards.
     root.ContentSequence = []
     sr = hd.sr.ComprehensiveSR(
         evidence=[source],
