@@ -24,9 +24,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -255,71 +253,81 @@ def _send_one(assoc: Any, path: Path, sop_class: str, sop_uid: str, syntax: str,
 # --- the dispatcher: store rows -> deliveries -> store rows ---------------------------
 
 POLL_INTERVAL_S = 0.25  # workers live in other processes: poll the store for new rows
-BATCH_SIZE = 64  # dispatches claimed per round (sent per destination over one association)
+BATCH_SIZE = 64  # dispatches claimed per round, sent over one association
 
 
 def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event) -> None:
     """Deliver due dispatches until ``stop_event`` is set; run it in a thread.
 
-    A round in progress is finished before stopping (bounded by the dispatch timeout),
-    so a graceful stop leaves no row in ``sending``.
+    Each destination gets its own thread, so a PACS that hangs until the timeout never
+    delays the others. A round in progress is finished before stopping (bounded by the
+    dispatch timeout), so a graceful stop leaves no row in ``sending``.
     """
-    senders = max(1, len(config.destinations))
-    with ThreadPoolExecutor(max_workers=senders, thread_name_prefix="dispatch") as executor:
-        while not stop_event.is_set():
-            try:
-                handled = dispatch_once(config, store, executor=executor)
-            except sqlite3.Error as exc:  # e.g. locked past its timeout: try again soon
-                log_event(log, "dispatch_store_error", logging.ERROR, reason=str(exc))
-                handled = 0
-            if handled == 0:
-                stop_event.wait(POLL_INTERVAL_S)
+    threads = [threading.Thread(target=_serve_destination, name=f"dispatch-{d.name}",
+                                args=(config, store, d, stop_event), daemon=True)
+               for d in config.destinations]
+    for thread in threads:
+        thread.start()
+    while not stop_event.wait(POLL_INTERVAL_S):
+        _guarded(fail_unconfigured, config, store)
+    for thread in threads:
+        thread.join()
 
 
-def dispatch_once(config: NodeConfig, store: Store, *,
-                  executor: ThreadPoolExecutor | None = None) -> int:
-    """Claim the due dispatches (up to BATCH_SIZE), send them, record the outcomes.
+def _serve_destination(config: NodeConfig, store: Store, destination: DestinationLike,
+                       stop_event: threading.Event) -> None:
+    while not stop_event.is_set():
+        if not _guarded(deliver_due, config, store, destination):
+            stop_event.wait(POLL_INTERVAL_S)
 
-    Destinations are served in parallel, each over one association. Returns how many
-    dispatches were handled.
-    """
-    batch: list[Dispatch] = []
-    while len(batch) < BATCH_SIZE and (item := store.claim_dispatch()) is not None:
-        batch.append(item)
+
+def _guarded(step: Any, *args: Any) -> int:
+    """Run one dispatcher step; a store error (e.g. locked past its timeout) is logged
+    and the step simply runs again on the next poll."""
+    try:
+        return step(*args)
+    except sqlite3.Error as exc:
+        log_event(log, "dispatch_store_error", logging.ERROR, reason=str(exc))
+        return 0
+
+
+def dispatch_once(config: NodeConfig, store: Store) -> int:
+    """One round for every destination, one after the other (tests, one-shot runs).
+    Returns how many dispatches were handled."""
+    handled = fail_unconfigured(config, store)
+    for destination in config.destinations:
+        handled += deliver_due(config, store, destination)
+    return handled
+
+
+def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) -> int:
+    """Claim the due dispatches of one destination (up to BATCH_SIZE), send them over
+    one association and record each outcome. Returns how many were handled."""
+    batch = store.claim_dispatches(destination.name, BATCH_SIZE)
     if not batch:
         return 0
-    by_destination: dict[str, list[Dispatch]] = defaultdict(list)
-    for item in batch:
-        by_destination[item.destination].append(item)
-
-    own_executor = executor is None
-    executor = executor or ThreadPoolExecutor(max_workers=len(by_destination))
     try:
-        pending = {}
-        for name, items in by_destination.items():
-            destination = config.destination(name)
-            if destination is None:
-                for item in items:
-                    store.dispatch_failed(item.id, f"destination {name!r} is not configured")
-                continue
-            future = executor.submit(send_files, destination, [i.path for i in items],
-                                     calling_aet=config.ae_title,
-                                     timeout_s=config.dispatch.timeout_s)
-            pending[future] = items
-        for future, items in pending.items():
-            try:
-                deliveries = future.result()
-            except Exception as exc:  # a bug here must not leave rows stuck in 'sending'
-                log.exception("dispatch error")
-                deliveries = [Delivery(Path(i.path), i.sop_instance_uid, RETRY, None,
-                                       f"internal error: {type(exc).__name__}: {exc}")
-                              for i in items]
-            for item, delivery in zip(items, deliveries, strict=True):
-                _record(store, config.dispatch, item, delivery)
-    finally:
-        if own_executor:
-            executor.shutdown()
+        deliveries = send_files(destination, [item.path for item in batch],
+                                calling_aet=config.ae_title, timeout_s=config.dispatch.timeout_s)
+    except Exception as exc:  # a bug here must not leave rows stuck in 'sending'
+        log.exception("dispatch error")
+        deliveries = [Delivery(Path(item.path), item.sop_instance_uid, RETRY, None,
+                               f"internal error: {type(exc).__name__}: {exc}")
+                      for item in batch]
+    for item, delivery in zip(batch, deliveries, strict=True):
+        _record(store, config.dispatch, item, delivery)
     return len(batch)
+
+
+def fail_unconfigured(config: NodeConfig, store: Store) -> int:
+    """Fail pending dispatches whose destination was removed from the configuration."""
+    handled = 0
+    for name in store.pending_destinations():
+        if config.destination(name) is None:
+            for item in store.claim_dispatches(name, BATCH_SIZE):
+                store.dispatch_failed(item.id, f"destination {name!r} is not configured")
+                handled += 1
+    return handled
 
 
 def _record(store: Store, policy: DispatchPolicy, item: Dispatch, delivery: Delivery) -> None:

@@ -649,6 +649,39 @@ class Store:
         )
         return [r[0] for r in rows]
 
+    def claim_dispatches(self, destination: str, limit: int, *,
+                         now: float | None = None) -> list[Dispatch]:
+        """Atomically take up to ``limit`` due pending dispatches for one destination
+        (oldest due first), so each destination is served on its own and a slow one
+        never holds back the others."""
+        now = _now() if now is None else now
+        with self._transaction() as db:
+            claimed = db.execute(
+                "UPDATE dispatches SET state = 'sending', attempts = attempts + 1, updated_at = ?"
+                " WHERE id IN (SELECT id FROM dispatches WHERE state = 'pending'"
+                "   AND destination = ? AND next_attempt_at <= ?"
+                "   ORDER BY next_attempt_at, id LIMIT ?)"
+                " RETURNING id, object_id, destination, attempts",
+                (now, destination, now, limit),
+            ).fetchall()
+            out = []
+            for row in sorted(claimed, key=lambda r: r["id"]):
+                obj = db.execute(
+                    "SELECT kind, sop_class_uid, sop_instance_uid, path FROM objects"
+                    " WHERE id = ?", (row["object_id"],),
+                ).fetchone()
+                out.append(Dispatch(row["id"], row["object_id"], row["destination"],
+                                    row["attempts"], obj["kind"], obj["sop_class_uid"],
+                                    obj["sop_instance_uid"], obj["path"]))
+            return out
+
+    def pending_destinations(self) -> list[str]:
+        """Names of the destinations that have pending dispatches."""
+        rows = self._read(
+            "SELECT DISTINCT destination FROM dispatches WHERE state = 'pending' ORDER BY 1"
+        )
+        return [r[0] for r in rows]
+
     # --- console queries (dxr_node.web) ----------------------------------------------
     # Read models of the operator console plus its two operator actions (retry one
     # dispatch or job). An "exam" is one received instance and its analysis job; the

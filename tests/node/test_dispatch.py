@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from dcmtk_peers import (
     storescp,
     write_small_sc,
 )
+from node_process import wait_for
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
@@ -215,11 +217,12 @@ def test_dispatcher_retries_while_pacs_is_down_then_delivers(tmp_path):
     assert received_uids(tmp_path / "pacs") == sorted(uids)
 
 
-def _dispatch_rows(store: Store) -> list[sqlite3.Row]:
-    """The dispatch rows as another process would see them."""
+def _dispatch_rows(store: Store, destination: str = "%") -> list[sqlite3.Row]:
+    """The dispatch rows (of one destination) as another process would see them."""
     with sqlite3.connect(store.path) as db:
         db.row_factory = sqlite3.Row
-        return db.execute("SELECT state, attempts, error FROM dispatches").fetchall()
+        return db.execute("SELECT state, attempts, error FROM dispatches"
+                          " WHERE destination LIKE ?", (destination,)).fetchall()
 
 
 def test_dispatcher_gives_up_after_max_attempts_with_the_reason(tmp_path):
@@ -251,3 +254,45 @@ def test_dispatch_to_a_destination_no_longer_configured_fails(tmp_path):
         dispatch_once(_config(tmp_path), store)
         (failure,) = store.failures()
     assert failure["reason"] == "destination 'OLDPACS' is not configured"
+
+
+def test_a_hung_destination_does_not_hold_back_the_others(tmp_path):
+    hung = socket.socket()  # accepts TCP connections (backlog) but never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    try:
+        with storescp(tmp_path / "pacs") as port, Store(tmp_path / "node.sqlite") as store:
+            config = _config(tmp_path, _pacs(port), _pacs(hung.getsockname()[1], "HUNG"))
+            config = config.model_copy(update={"dispatch": DispatchPolicy(timeout_s=8)})
+            uids = _queue_objects(store, tmp_path, 2, ["PACS", "HUNG"])
+            stop = threading.Event()
+            loop = threading.Thread(target=run_dispatcher, args=(config, store, stop))
+            loop.start()
+            try:
+                wait_for(lambda: store.counts()["dispatches"]["sent"] == 2, 60, "PACS delivery")
+                # Delivered while the hung destination's association is still waiting.
+                assert {r["state"] for r in _dispatch_rows(store, "HUNG")} == {"sending"}
+            finally:
+                stop.set()
+                loop.join(timeout=60)
+            hung_rows = _dispatch_rows(store, "HUNG")
+    finally:
+        hung.close()
+    assert received_uids(tmp_path / "pacs") == sorted(uids)
+    assert {r["state"] for r in hung_rows} == {"pending"}  # timed out: retried later
+    assert all("cannot reach HUNG@" in r["error"] for r in hung_rows)
+
+
+def test_claim_dispatches_takes_due_rows_of_one_destination_once(tmp_path):
+    with Store(tmp_path / "node.sqlite") as store:
+        _queue_objects(store, tmp_path, 3, ["A", "B"])
+        assert store.pending_destinations() == ["A", "B"]
+        first = store.claim_dispatches("A", 2)
+        rest = store.claim_dispatches("A", 10)
+        assert [d.destination for d in first + rest] == ["A"] * 3
+        assert len({d.id for d in first + rest}) == 3 and all(d.attempts == 1 for d in first)
+        assert store.claim_dispatches("A", 10) == []
+        store.dispatch_retry_later(first[0].id, "busy", time.time() + 3600)
+        assert store.claim_dispatches("A", 10) == []  # not due yet
+        assert store.pending_destinations() == ["A", "B"]
+        assert len(store.claim_dispatches("B", 10)) == 3
