@@ -113,7 +113,7 @@ def locate_metacarpals(pixels: np.ndarray) -> HandLocation:
             problems.append(f"{name} shaft cut by the field edge")
             continue
         canonical_bones[name] = bone
-        bones[name] = _to_input(name, bone, frame)
+        bones[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
 
     paediatric, toddler, features = _maturity(smooth, canonical_bones)
     if toddler:
@@ -618,6 +618,71 @@ def _to_input(name: str, bone: _CanonicalBone, frame: _Canonical) -> LocatedBone
         distal_rc=_rc(distal),
         length_px=float(np.linalg.norm(axis)),
         width_estimate_px=bone.width / zoom,
+    )
+
+
+def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedBone:
+    """Sharpen a bone found at the working scale on the input pixels themselves.
+
+    The axis is fitted to the mid-points between the outer edges of the central shaft,
+    and each end moves to the steepest intensity step (bone end into joint gap) near it.
+    """
+    proximal = np.array(bone.proximal_rc[::-1])
+    distal = np.array(bone.distal_rc[::-1])
+    length = float(np.linalg.norm(distal - proximal))
+    width = bone.width_estimate_px
+    if length < 10 or width < 2:
+        return bone
+    margin = 0.25 * length + 1.5 * width
+    low = np.maximum(np.floor(np.minimum(proximal, distal) - margin), 0).astype(int)
+    high = np.minimum(np.ceil(np.maximum(proximal, distal) + margin),
+                      np.array(image.shape[::-1]) - 1).astype(int)
+    crop = np.ascontiguousarray(image[low[1]: high[1] + 1, low[0]: high[0] + 1],
+                                dtype=np.float32)
+    crop = cv2.GaussianBlur(crop, (0, 0), max(1.0, width / 20))
+    proximal, distal = proximal - low, distal - low
+    direction = (distal - proximal) / length
+    normal = np.array([-direction[1], direction[0]])
+    centre = 0.5 * (proximal + distal)
+
+    # Axis: mid-points between the steepest rise and fall across the central shaft.
+    along = np.linspace(-0.3 * length, 0.3 * length, 25)
+    across = np.arange(-0.9 * width, 0.9 * width + 0.25, 0.5)
+    points = centre + along[:, None, None] * direction + across[None, :, None] * normal
+    slopes = np.gradient(_sample(crop, points[..., 0], points[..., 1]), axis=1)
+    middle = len(across) // 2
+    rise = across[np.argmax(slopes[:, :middle], axis=1)]
+    fall = across[middle + np.argmin(slopes[:, middle:], axis=1)]
+    mids, widths = 0.5 * (rise + fall), fall - rise
+    keep = np.abs(mids - np.median(mids)) <= 2.5 * np.median(np.abs(mids - np.median(mids))) + 1
+    if keep.sum() >= 8:
+        slope, intercept = np.polyfit(along[keep], mids[keep], 1)
+        centre = centre + intercept * normal
+        direction = direction + slope * normal
+        direction /= np.linalg.norm(direction)
+        normal = np.array([-direction[1], direction[0]])
+        width = float(np.median(widths[keep]))
+
+    # Ends: the steepest fall at the head and rise at the base along the axis.
+    along = np.arange(-0.7 * length, 0.7 * length, 0.5)
+    band = np.linspace(-0.25 * width, 0.25 * width, 5)
+    points = centre + along[:, None, None] * direction + band[None, :, None] * normal
+    slope = np.gradient(_sample(crop, points[..., 0], points[..., 1]).mean(axis=1))
+    head = (along > 0.4 * length) & (along < 0.6 * length)
+    base = (along > -0.6 * length) & (along < -0.4 * length)
+    distal_s = along[head][int(np.argmin(slope[head]))]
+    proximal_s = along[base][int(np.argmax(slope[base]))]
+    distal = centre + distal_s * direction + low
+    proximal = centre + proximal_s * direction + low
+    axis = distal - proximal
+    return LocatedBone(
+        name=bone.name,
+        center_rc=_rc(0.5 * (distal + proximal)),
+        axis_angle_deg=math.degrees(math.atan2(-axis[1], axis[0])) % 360.0,
+        proximal_rc=_rc(proximal),
+        distal_rc=_rc(distal),
+        length_px=float(np.linalg.norm(axis)),
+        width_estimate_px=width,
     )
 
 
