@@ -91,6 +91,8 @@ def render_reference_chart(interpretation: Interpretation, dxr_bmd_g_cm2: float 
     """DXR-BMD vs age chart, or None when the Interpretation carries no reference."""
     curve = reference_curve(interpretation)
     ref = interpretation.reference
+    if dxr_bmd_g_cm2 is not None and not math.isfinite(dxr_bmd_g_cm2):
+        dxr_bmd_g_cm2 = None
     if not curve or ref is None:
         return None
     width, height = size

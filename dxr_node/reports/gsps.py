@@ -3,6 +3,8 @@ on the source image (ROI bands, edge lines, bone labels, a one-line summary)."""
 
 from __future__ import annotations
 
+import math
+
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -114,18 +116,22 @@ def summary_line(analysis: Analysis, interpretation: Interpretation | None) -> s
         reason = analysis.reasons[0] if analysis.reasons else "no reason given"
         return f"DXR analysis not possible: {reason}"
     parts = []
-    if analysis.dxr_bmd_g_cm2 is not None:
+    if _finite(analysis.dxr_bmd_g_cm2):
         parts.append(f"DXR-BMD {analysis.dxr_bmd_g_cm2:.3f} g/cm2")
-    if analysis.mci is not None:
+    if _finite(analysis.mci):
         parts.append(f"MCI {analysis.mci:.3f}")
-    if analysis.bhi is not None:
+    if _finite(analysis.bhi):
         parts.append(f"BHI {analysis.bhi:.2f}")
     if interpretation is not None:
-        if interpretation.t_score is not None:
+        if _finite(interpretation.t_score):
             parts.append(f"T {interpretation.t_score:+.1f}")
-        if interpretation.z_score is not None:
+        if _finite(interpretation.z_score):
             parts.append(f"Z {interpretation.z_score:+.1f}")
         if interpretation.category:
             parts.append(interpretation.category)
     parts.append("for clinical review")
     return "DXR: " + ", ".join(parts)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

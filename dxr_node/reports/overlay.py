@@ -202,15 +202,15 @@ def _panel_results(canvas: Image.Image, draw: ImageDraw.ImageDraw, left: int, ri
     y += 16
 
     # Whole-hand indices, the headline numbers.
-    if has_mm and analysis.dxr_bmd_g_cm2 is not None:
+    if has_mm and _finite(analysis.dxr_bmd_g_cm2):
         draw.text((left, y), "DXR-BMD", fill=chart.MUTED, font=font(26))
         draw.text((left, y + 30), f"{analysis.dxr_bmd_g_cm2:.3f}", fill=chart.TEXT,
                   font=font(64, True))
         draw.text((left + 230, y + 62), "g/cm²", fill=chart.MUTED, font=font(28))
     small = [("MCI", _fmt(analysis.mci, 3))]
-    if analysis.bhi is not None:
+    if _finite(analysis.bhi):
         small.append(("BHI", _fmt(analysis.bhi, 2)))
-    start = left + 400 if has_mm and analysis.dxr_bmd_g_cm2 is not None else left
+    start = left + 400 if has_mm and _finite(analysis.dxr_bmd_g_cm2) else left
     for k, (title, text) in enumerate(small):
         x = start + 190 * k
         draw.text((x, y), title, fill=chart.MUTED, font=font(26))
@@ -294,8 +294,12 @@ def _wrap(text: str, text_font, width: int) -> list[str]:
 
 
 def _fmt(value: float | None, digits: int, suffix: str = "") -> str:
-    return "–" if value is None else f"{value:.{digits}f}{suffix}"
+    return f"{value:.{digits}f}{suffix}" if _finite(value) else "–"
 
 
 def _signed(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.1f}"
+    return f"{value:+.1f}" if _finite(value) else "–"
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 
 import pydicom
 from fpdf import FPDF
@@ -262,7 +263,7 @@ def _date(value: str) -> str:
 
 
 def _fmt(value: float | None, digits: int, suffix: str = "", signed: bool = False) -> str:
-    if value is None:
+    if value is None or not math.isfinite(value):
         return "–"
     return f"{value:+.{digits}f}{suffix}" if signed else f"{value:.{digits}f}{suffix}"
 

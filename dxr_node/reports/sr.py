@@ -12,6 +12,7 @@ A rejected or failed analysis has no numbers, only the status and the reasons.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -120,7 +121,7 @@ def _bone_measurements(bone: BoneMeasurement, algorithm: hd.sr.AlgorithmIdentifi
 
     def measure(name: Code, value: float | None, unit: Code,
                 coordinates: list[hd.sr.CoordinatesForMeasurement]) -> hd.sr.Measurement | None:
-        if value is None:
+        if not _finite(value):
             return None
         return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm,
                                  referenced_coordinates=coordinates)
@@ -160,7 +161,12 @@ def _hand_measurements(analysis: Analysis, interpretation: Interpretation | None
             values.append((codes.CHANGE_SINCE_PRIOR, interpretation.prior.change_percent,
                            codes.PERCENT))
     return [hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm)
-            for name, value, unit in values if value is not None]
+            for name, value, unit in values if _finite(value)]
+
+
+def _finite(value: float | None) -> bool:
+    """Numbers that can be stated (a NaN from a failed fit is left out, not written)."""
+    return value is not None and math.isfinite(value)
 
 
 def _hand_evaluations(analysis: Analysis, interpretation: Interpretation | None,

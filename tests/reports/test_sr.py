@@ -154,3 +154,12 @@ def test_triage_and_interpretation_remarks_are_text(tmp_path, display):
              for i in container.ContentSequence if i.ValueType == "TEXT"}
     assert texts == {("TRIAGE", "refer for DXA (T < -1.2)"),
                      ("REMARK", "relative risk not computed: no hazard ratio")}
+
+
+def test_non_finite_values_are_left_out(tmp_path, display):
+    analysis = make_analysis()
+    bones = dict(analysis.bones, MC3=replace(analysis.bones["MC3"], length_mm=float("nan")))
+    analysis = replace(analysis, bones=bones, bhi=float("inf"))
+    groups = _groups(_read_sr(tmp_path, make_source(), analysis, None, display))
+    assert "Length" not in {m.name.meaning for m in groups["MC3"].get_measurements()}
+    assert "Bone Health Index" not in {m.name.meaning for m in groups["DXR"].get_measurements()}
