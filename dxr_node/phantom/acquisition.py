@@ -26,6 +26,7 @@ class Acquisition:
     edge_gain: float = 0.0
     counts_per_mm2: float = 1.0e6  # quanta reaching the detector unattenuated
     heel_gradient: float = 0.1  # relative intensity drop across the field
+    scatter_fraction: float = 0.0  # scattered / primary intensity (broad veiling glare)
     heel_direction_deg: float = 90.0
     detector_gain: float = 900.0  # stored value per unit of attenuation (log images)
     detector_offset: float = 150.0
@@ -93,4 +94,6 @@ class Acquisition:
             burned_in_text=rng.random() < 0.6,
             magnification=float(rng.uniform(1.02, 1.08)) if rng.random() < 0.3 else None,
             noise_seed=int(rng.integers(0, 2**31)),
+            # Drawn last so adding it kept every earlier parameter of a seed unchanged.
+            scatter_fraction=float(rng.uniform(0.03, 0.15)),
         )

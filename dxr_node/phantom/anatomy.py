@@ -131,6 +131,7 @@ class HandAnatomy:
     blobs: tuple[Blob, ...]
     fingers: tuple[tuple[str, ...], ...]  # bone names per ray, proximal -> distal
     soft_tissue: SoftTissue = field(default_factory=SoftTissue)
+    osteoporotic: bool = False  # cortices thinned to 1.0-1.6 mm (metacarpals II-IV)
 
     def bone(self, name: str) -> LongBone:
         for bone in self.long_bones:
@@ -292,7 +293,8 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
         wrist_half_thickness_mm=17.0 * scale * (1 + jitter(0.06)),
         wrist_half_width_mm=29.0 * scale * (1 + jitter(0.04)),
     )
-    return HandAnatomy(anatomy_id, variant, tuple(bones), tuple(blobs), tuple(fingers), soft)
+    return HandAnatomy(anatomy_id, variant, tuple(bones), tuple(blobs), tuple(fingers), soft,
+                       osteoporotic)
 
 
 def _phalanx(name: str, proximal: np.ndarray, angle_deg: float, width: float, length: float,

@@ -393,6 +393,9 @@ def _detect(attenuation: np.ndarray, acquisition: Acquisition,
         intensity = cv2.GaussianBlur(intensity, (0, 0), acquisition.blur_sigma_mm / spacing * k)
     if k > 1:  # pixel integration: average the k x k samples of each pixel
         intensity = cv2.resize(intensity, (cols, rows), interpolation=cv2.INTER_AREA)
+    if acquisition.scatter_fraction > 0:
+        # Scatter: a broad blur of the primary beam added on top (~25 mm kernel).
+        intensity += acquisition.scatter_fraction * _lowpass(intensity, 25.0 / spacing)
 
     r, c = _native_grid(rows, cols)
     heel = math.radians(acquisition.heel_direction_deg)
@@ -493,6 +496,7 @@ def truth_record(anatomy: HandAnatomy, acquisition: Acquisition,
         "rotation_deg": acquisition.rotation_deg,
         "fingers": acquisition.fingers,
         "blur_sigma_mm": acquisition.blur_sigma_mm,
+        "osteoporotic": anatomy.osteoporotic,
         "edge_enhancement": {"sigma_mm": acquisition.edge_sigma_mm,
                              "gain": acquisition.edge_gain},
         "rows": placement.rows,

@@ -281,3 +281,28 @@ def test_display_window_is_robust():
     assert display.max() == 255 and display.min() == 0
     assert not to_display_uint8(np.full((4, 4), 7.0)).any()
     assert to_display_uint8(np.full((3, 3), np.nan)).shape == (3, 3)
+
+
+def test_dicom_without_preamble_or_file_meta_loads(phantom, tmp_path):
+    _, pixels, _, ds = phantom
+    bare = copy.deepcopy(ds)
+    del bare.file_meta
+    path = tmp_path / "bare"
+    bare.save_as(path, implicit_vr=True, little_endian=True)  # no preamble, no "DICM"
+    assert path.read_bytes()[128:132] != b"DICM"
+    radiograph = load_radiograph(path)
+    np.testing.assert_array_equal(radiograph.pixels, pixels)
+    assert radiograph.pixel_spacing_mm == pytest.approx(0.175)
+
+
+def test_colour_secondary_capture_becomes_grey(phantom):
+    _, pixels, _, ds = phantom
+    colour = copy.deepcopy(ds)
+    small = (pixels[::4, ::4] >> 4).astype(np.uint8)
+    colour.Rows, colour.Columns = small.shape
+    colour.SamplesPerPixel, colour.PhotometricInterpretation = 3, "RGB"
+    colour.PlanarConfiguration = 0
+    colour.BitsAllocated, colour.BitsStored, colour.HighBit = 8, 8, 7
+    colour.PixelData = np.dstack([small] * 3).tobytes()
+    radiograph = radiograph_from_dataset(colour, "colour.dcm")
+    np.testing.assert_allclose(radiograph.pixels, small.astype(np.float32))
