@@ -140,8 +140,10 @@ def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
                  job_started: Any) -> None:
     _die_with_parent(parent_pid)
     name = worker_name(index, os.getpid())
-    # Ctrl-C reaches the whole process group: the node decides, through the stop event.
+    # Ctrl-C (and a service manager's SIGTERM to the whole group) must not cut an
+    # analysis short: the node decides, through the stop event, and kills if it must.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(config.log_level)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # one core per worker process

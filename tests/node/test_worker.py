@@ -189,7 +189,11 @@ def test_graceful_stop_lets_the_running_analysis_finish(tmp_path, phantoms):
         later = _queue(store, tmp_path, phantoms[1])
         pool = WorkerPool(config, stop).start()
         wait_for(lambda: _state(store, job_id) == "running", 60, "the claim", interval_s=0.02)
-        stop.set()  # what the service does on SIGTERM
+        # A service manager signals every process of the node; the node sets the event.
+        (worker_pid,) = pool.pids
+        os.kill(worker_pid, signal.SIGTERM)
+        os.kill(worker_pid, signal.SIGINT)
+        stop.set()
         pool.join(timeout=120)
         assert _state(store, job_id) == "done"
         assert _state(store, later) == "queued"  # not started after the stop
