@@ -34,7 +34,7 @@ from dxr_node.engine.tube_model import (
     unsharp_candidate,
 )
 
-BIN_PX = 0.25  # width of the bins across the axis that pixels are averaged in
+BIN_PX = 0.5  # width of the bins across the axis that pixels are averaged in
 MIN_GROUPS_ACCEPTED = 3
 AXIS_REFINEMENTS = 2
 
