@@ -100,6 +100,7 @@ def overview(store: Store, config: NodeConfig, now: float | None = None) -> dict
     return {
         "version": __version__,
         "ae_title": config.ae_title,
+        "listener": f"{config.host}:{config.port}",
         "now": now,
         "last_hour": store.exam_status_counts(now - 3600),
         "last_day": store.exam_status_counts(now - 86400),
