@@ -40,6 +40,7 @@ JOB_TIMEOUT_S = 600.0  # an analysis takes seconds; ten minutes means it hangs
 STOP_GRACE_S = 120.0  # a graceful stop waits this long for running analyses to finish
 IDLE_POLL_S = 0.2  # queue polling when idle (the SCP lives in another process)
 RESPAWN_DELAY_S = 1.0  # between restarts of a worker that keeps dying while idle
+IO_RETRY_PAUSE_S = 10.0  # after a job was handed back for a file system error
 
 _SOP_CLASS_KINDS = {
     "1.2.840.10008.5.1.4.1.1.88.": "SR",  # every SR storage class
@@ -72,7 +73,16 @@ def write_object(directory: Path, dataset: Any) -> ProducedObject:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
+    _fsync_directory(directory)  # the rename itself must survive a power cut
     return ProducedObject(kind, str(dataset.SOPClassUID), uid, str(path))
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def run_job(config: NodeConfig, store: Store, job: Job) -> str:
@@ -156,8 +166,10 @@ def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
                 stop.wait(IDLE_POLL_S)
                 continue
             job_started.value = time.time()
-            run_job(config, store, job)
+            state = run_job(config, store, job)
             job_started.value = 0.0
+            if state == "queued":  # an I/O problem (disk full?): give it time to clear
+                stop.wait(IO_RETRY_PAUSE_S)
 
 
 # --- the pool, supervised from the node process ---------------------------------------

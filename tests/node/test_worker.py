@@ -198,3 +198,14 @@ def test_graceful_stop_lets_the_running_analysis_finish(tmp_path, phantoms):
         assert _state(store, job_id) == "done"
         assert _state(store, later) == "queued"  # not started after the stop
         assert pool.pids == []
+
+
+def test_file_system_error_hands_the_job_back_a_bounded_number_of_times(tmp_path, phantoms):
+    config = _config(tmp_path, worker_max_attempts=2)
+    with Store(config.database_path) as store:
+        job_id = _queue(store, tmp_path, phantoms[0])
+        config.objects_path.write_bytes(b"")  # a file where the objects folder should be
+        assert run_job(config, store, store.claim_job("test")) == "queued"
+        assert store.job_state(job_id)["error"].startswith("cannot read or write files:")
+        assert run_job(config, store, store.claim_job("test")) == "failed"
+        assert store.objects_for_job(job_id) == []
