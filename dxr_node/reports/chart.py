@@ -50,10 +50,12 @@ def pdf_font_path(bold: bool = False) -> Path | None:
     return next((path for path in candidates if path.exists()), None)
 
 
-def cjk_font_path() -> Path | None:
-    """A font with CJK glyphs (Droid Sans Fallback), for names DejaVu cannot show."""
-    path = Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
-    return path if path.exists() else None
+def fallback_font_paths() -> list[Path]:
+    """Fonts for names in scripts the PDF body font lacks: DejaVu Sans (Arabic, Hebrew,
+    Armenian, Georgian ...) and Droid Sans Fallback (CJK)."""
+    candidates = [f / "DejaVuSans.ttf" for f in FONT_DIRS]
+    candidates.append(Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"))
+    return [path for path in candidates if path.exists()]
 
 
 @lru_cache(maxsize=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 
 import pydicom
@@ -16,6 +17,16 @@ from dxr_node.reports import chart, codes
 from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+class _NoMissingGlyphList(logging.Filter):
+    """fpdf2 logs the characters a font lacks, i.e. pieces of patient names: drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "missing the following glyphs" not in str(record.msg)
+
+
+logging.getLogger("fpdf.output").addFilter(_NoMissingGlyphList())
 PDF_SERIES_DESCRIPTION = "DXR report (PDF)"
 DOCUMENT_TITLE = "Digital X-ray radiogrammetry (DXR) report"
 REVIEW_NOTE = ("For clinical review. DXR-BMD is an estimate from a hand radiograph; it supports, "
@@ -40,11 +51,14 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
         family = "Body"
     else:  # core font: Latin-1 only, so non-Latin names degrade to '?'
         family = "Helvetica"
-    cjk = chart.cjk_font_path()
-    if family == "Body" and cjk and _has_cjk(str(source.get("PatientName", ""))):
-        # No CJK glyphs in the body font; the large fallback font is loaded only when needed.
-        pdf.add_font("Fallback", "", str(cjk))
-        pdf.set_fallback_fonts(["Fallback"], exact_match=False)
+    if family == "Body" and _beyond_cyrillic(str(source.get("PatientName", ""))):
+        # The body font covers Latin, Greek and Cyrillic; larger fonts for other scripts
+        # are loaded only when a name needs them.
+        names = []
+        for k, path in enumerate(chart.fallback_font_paths()):
+            names.append(f"Fallback{k}")
+            pdf.add_font(names[-1], "", str(path))
+        pdf.set_fallback_fonts(names, exact_match=False)
     pdf.add_page()
     writer = _Writer(pdf, family)
 
@@ -247,8 +261,8 @@ def _indication(source: pydicom.Dataset) -> str:
     return "; ".join(dict.fromkeys(parts))
 
 
-def _has_cjk(text: str) -> bool:
-    return any(ord(ch) >= 0x2E80 for ch in text)
+def _beyond_cyrillic(text: str) -> bool:
+    return any(ord(ch) > 0x52F for ch in text)
 
 
 def _text(text: str, family: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
@@ -72,3 +73,14 @@ def test_indication_from_request_and_diagnosis_codes(tmp_path, display):
     source.AdmittingDiagnosesCodeSequence.append(item)
     text = _text(tmp_path, _pdf(source, make_analysis(), None, display), "indication")
     assert "ICD-10 Z13.820" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("name", ["山田^太郎", "محمد^علي", "כהן^דוד"])
+def test_names_in_other_scripts_are_printed_and_kept_out_of_logs(tmp_path, caplog, display,
+                                                                  name):
+    caplog.set_level(logging.DEBUG)
+    source = make_source(name=name, charset="ISO_IR 192")
+    text = _text(tmp_path, _pdf(source, make_analysis(), None, display), "script")
+    family = name.split("^")[0]
+    assert family in text or family[::-1] in text  # right-to-left may extract reversed
+    assert family not in caplog.text and "\\u" not in caplog.text
