@@ -287,6 +287,13 @@ class _Measurer:
 
     def final(self, band: _Band, overall: TubeFit, center: np.ndarray,
               angle: float) -> ShaftMeasurement:
+        if overall.cortex_amplitude <= 0 or overall.canal_amplitude >= 0:
+            return _failed("no hollow shaft found around the given centre", tuple(center),
+                           angle)
+        reach = self.half_width - 2 * overall.sigma
+        if overall.edges.outer_a < -reach or overall.edges.outer_b > reach:
+            return _failed("the bone is not inside the search window (centre too far off?)",
+                           tuple(center), angle)
         masks = self.group_masks(band)
         groups: list[TubeFit | None] = []
         for mask in masks:

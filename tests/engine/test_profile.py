@@ -143,6 +143,23 @@ def test_axis_and_centre_are_refined():
     assert distance < 0.3 + 1.25 * outer * math.sin(math.radians(0.3))
 
 
+def test_a_start_half_a_radius_and_ten_degrees_off_still_converges():
+    spacing, angle = 0.15, 75.0
+    image, center, outer = tube(spacing, 0.1, angle=angle)
+    m = measure(image, center, angle, outer, off_px=0.5 * outer, off_deg=10.0)
+    assert m.problem is None
+    assert abs(m.width_px * spacing - TRUE_W_MM) < 0.02
+    assert abs(m.axis_angle_deg - angle) < 0.3
+
+
+def test_a_bone_outside_the_search_window_is_flagged_not_measured():
+    spacing = 0.15
+    image, center, outer = tube(spacing, 0.1)
+    m = measure(image, center, 90.0, outer, off_px=0.8 * outer, off_deg=0.0)
+    assert m.problem is not None
+    assert math.isnan(m.width_px)
+
+
 def test_eccentric_canal_gives_the_two_cortices_separately():
     spacing = 0.1
     image, center, outer = tube(spacing, 0.1, angle=100.0, canal_offset_px=4.0, noise=0.01)
