@@ -26,6 +26,11 @@ import numpy as np
 
 WORK_SIZE = 512  # longest side of the copy used to find the hand
 PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
+# Toddler hands: the carpus is mostly cartilage, the metacarpals short for the palm,
+# and (when the pixel spacing is known) the third metacarpal shorter than this.
+TODDLER_CARPAL_BONE_FRACTION = 0.32
+TODDLER_LENGTH_PER_PALM_RADIUS = 0.95
+TODDLER_MC3_LENGTH_MM = 38.0
 
 FINGER_NAMES = ("index", "middle", "ring", "little")
 BONE_FOR_FINGER = {"index": "MC2", "middle": "MC3", "ring": "MC4", "little": "MC5"}
@@ -63,8 +68,13 @@ class LocateError(ValueError):
     """The input is not an image the locator can work on (wrong shape, empty)."""
 
 
-def locate_metacarpals(pixels: np.ndarray) -> HandLocation:
-    """Locate the hand, its laterality and metacarpals II-IV in a bone-bright image."""
+def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
+                       ) -> HandLocation:
+    """Locate the hand, its laterality and metacarpals II-IV in a bone-bright image.
+
+    Everything is found from the image alone; ``pixel_spacing_mm``, when known, only
+    adds an absolute size check for toddler hands.
+    """
     image = np.asarray(pixels)
     if image.ndim != 2 or min(image.shape) < 64:
         raise LocateError(f"expected a 2-D greyscale image of at least 64x64, got {image.shape}")
@@ -115,7 +125,8 @@ def locate_metacarpals(pixels: np.ndarray) -> HandLocation:
         canonical_bones[name] = bone
         bones[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
 
-    paediatric, toddler, features = _maturity(smooth, canonical_bones)
+    paediatric, toddler, features = _maturity(image, smooth, canonical_bones, bones,
+                                              pixel_spacing_mm)
     if toddler:
         problems.insert(0, "bones too small to measure (toddler)")
     features["thumb_evidence"] = thumb_evidence
@@ -686,19 +697,66 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
     )
 
 
-def _maturity(smooth: np.ndarray, bones: dict[str, _CanonicalBone]):
-    """(paediatric, toddler, features) from the bones' proportions and gaps."""
-    if not bones:
+def _maturity(image: np.ndarray, smooth: np.ndarray, canonical: dict[str, _CanonicalBone],
+              bones: dict[str, LocatedBone], pixel_spacing_mm: float | None
+              ) -> tuple[bool, bool, dict[str, float]]:
+    """(paediatric, toddler, features).
+
+    Paediatric: besides the MCP joint, growth plates show as further dark bands across
+    the bones near the metacarpal heads. Toddler: the carpus is still mostly cartilage,
+    so little of it is as bright as the metacarpal shafts, and the metacarpals are short.
+    """
+    if len(canonical) < 2:
         return False, False, {}
-    lengths = [np.linalg.norm(b.distal - b.proximal) / PALM_RADIUS_PX for b in bones.values()]
-    widths = [b.width / PALM_RADIUS_PX for b in bones.values()]
-    gaps = [b.valleys_near_head for b in bones.values()]
+    lengths = [np.linalg.norm(b.distal - b.proximal) for b in canonical.values()]
     features = {
-        "length_per_palm_radius": float(np.mean(lengths)),
-        "width_per_palm_radius": float(np.mean(widths)),
-        "gaps_near_head": float(np.mean(gaps)),
+        "gaps_near_head": float(np.median([_gaps_near_head(image, b) for b in bones.values()])),
+        "carpal_bone_fraction": _carpal_bone_fraction(smooth, canonical),
+        "length_per_palm_radius": float(np.median(lengths)) / PALM_RADIUS_PX,
     }
-    return False, False, features
+    toddler = (features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
+               or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS)
+    if pixel_spacing_mm and "MC3" in bones:
+        features["mc3_length_mm"] = bones["MC3"].length_px * pixel_spacing_mm
+        toddler = toddler or features["mc3_length_mm"] < TODDLER_MC3_LENGTH_MM
+    paediatric = features["gaps_near_head"] >= 2 or toddler
+    return paediatric, toddler, features
+
+
+def _gaps_near_head(image: np.ndarray, bone: LocatedBone) -> int:
+    """Dark bands across the axis around the MCP joint: 1 in adults, more with physes."""
+    distal = np.array(bone.distal_rc[::-1])
+    proximal = np.array(bone.proximal_rc[::-1])
+    direction = (distal - proximal) / max(bone.length_px, 1e-6)
+    normal = np.array([-direction[1], direction[0]])
+    width = bone.width_estimate_px
+    along = np.arange(-0.3 * bone.length_px, 0.3 * bone.length_px, 0.5)
+    band = np.linspace(-0.2 * width, 0.2 * width, 5)
+    points = distal + along[:, None, None] * direction + band[None, :, None] * normal
+    profile = _sample(image.astype(np.float32, copy=False), points[..., 0], points[..., 1])
+    profile = cv2.GaussianBlur(profile.mean(axis=1).reshape(-1, 1), (0, 0),
+                               max(1.0, width / 16)).ravel()
+    valleys = _valley_strength(profile, max(2, int(0.3 * width / 0.5)))
+    if valleys.max() <= 0:
+        return 0
+    peaks = _peaks(valleys, 0.35 * valleys.max(), max(2, int(0.08 * bone.length_px / 0.5)))
+    return len(peaks)
+
+
+def _carpal_bone_fraction(smooth: np.ndarray, bones: dict[str, _CanonicalBone]) -> float:
+    """Share of the carpus (just proximal to the metacarpal bases) as bright as bone."""
+    radius = PALM_RADIUS_PX
+    centres = np.array([b.centre for b in bones.values()])
+    bases = np.array([b.proximal for b in bones.values()])
+    shafts = np.concatenate([np.linspace(b.proximal, b.distal, 20)[5:15] for b in bones.values()])
+    bone_level = float(np.median(_sample(smooth, shafts[:, 0], shafts[:, 1])))
+    between = 0.5 * (centres[:-1] + centres[1:])
+    soft_level = float(np.median(_sample(smooth, between[:, 0], between[:, 1])))
+    left, right = bases[:, 0].min() - 0.3 * radius, bases[:, 0].max() + 0.3 * radius
+    top = bases[:, 1].mean() + 0.1 * radius
+    ys, xs = np.mgrid[top: top + 0.6 * radius: 2.0, left: right: 2.0]
+    carpus = _sample(smooth, xs, ys)
+    return float(np.mean(carpus > soft_level + 0.5 * (bone_level - soft_level)))
 
 
 def _track_ray(ridge: np.ndarray, start: np.ndarray, heading: np.ndarray,
