@@ -170,10 +170,13 @@ def run(config: NodeConfig) -> int:
         log_event(log, "shutdown_requested", signal=signal.Signals(signum).name)
         node.stop_event.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    node.start()
-    while not node.stop_event.wait(0.5):  # short waits keep signal handling prompt
-        pass
-    node.stop()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        node.start()
+        while not node.stop_event.wait(0.5):  # short waits keep signal handling prompt
+            pass
+        node.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 from dcmtk_peers import free_port, received_uids, storescp
@@ -90,3 +94,18 @@ def test_send_reports_failure_and_bad_arguments(tmp_path, capsys):
     assert main(["send", str(path), "--to", "h:1", "--aet", "X" * 17]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "expected HOST:PORT" in err and "not a valid AE" in err
+
+
+def test_serve_on_a_taken_port_says_so(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "dxr_node.cli", "serve", "--port", str(port), "--workers",
+             "1", "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "DXR_NODE__WEB__ENABLED": "false"})
+    assert result.returncode == 2
+    assert f"dxr-node: error: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
