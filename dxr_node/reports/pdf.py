@@ -29,6 +29,7 @@ class _NoMissingGlyphList(logging.Filter):
 logging.getLogger("fpdf.output").addFilter(_NoMissingGlyphList())
 PDF_SERIES_DESCRIPTION = "DXR report (PDF)"
 DOCUMENT_TITLE = "Digital X-ray radiogrammetry (DXR) report"
+FOOTER_MM = 24  # footer height from the bottom of the page
 REVIEW_NOTE = ("For clinical review. DXR-BMD is an estimate from a hand radiograph; it supports, "
                "and does not replace, DXA and clinical judgement.")
 
@@ -92,10 +93,13 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
     if remarks:
         writer.heading("Remarks")
         for remark in remarks:
+            if pdf.get_y() > pdf.h - FOOTER_MM - 10:  # one page: the rest is in the SR
+                writer.line("• further remarks: see the DXR structured report", size=8.5)
+                break
             writer.line(f"• {_text(remark, family)}", size=8.5)
 
     # Footer.
-    pdf.set_y(-24)
+    pdf.set_y(-FOOTER_MM)
     writer.rule()
     algorithm = " ".join(filter(None, (analysis.algorithm.get("name"),
                                        analysis.algorithm.get("version"))))

@@ -105,3 +105,19 @@ def test_latin1_source_file_is_reencoded_as_utf8(tmp_path, display):
                               tmp_path / "out"):
         name = pydicom.dcmread(path, stop_before_pixels=True).PatientName
         assert name.original_string == "Müller^Jürgen".encode()
+
+
+def test_gsps_graphics_sit_on_the_measured_edges(display):
+    analysis = make_analysis()
+    [gsps] = build_reports(make_source(), analysis, None, display, kinds=("GSPS",))
+    outer = [a for a in gsps.GraphicAnnotationSequence if a.GraphicLayer == "DXR_OUTER_EDGES"]
+    drawn = [list(obj.GraphicData) for obj in outer[0].GraphicObjectSequence]
+    expected = [[c + 0.5 for point in segment for c in (point[1], point[0])]
+                for bone in analysis.bones.values()
+                for segment in (bone.outer_edge_a_rc, bone.outer_edge_b_rc)]
+    assert [[round(v, 3) for v in d] for d in drawn] == [
+        [round(v, 3) for v in e] for e in expected]
+    labels = [t.UnformattedTextValue for a in gsps.GraphicAnnotationSequence
+              for t in a.get("TextObjectSequence", [])]
+    assert {"MC2", "MC3", "MC4"} <= set(labels)
+    assert any(label.startswith("DXR: DXR-BMD 0.469 g/cm2") for label in labels)

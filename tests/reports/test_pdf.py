@@ -6,6 +6,7 @@ import logging
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -84,3 +85,12 @@ def test_names_in_other_scripts_are_printed_and_kept_out_of_logs(tmp_path, caplo
     family = name.split("^")[0]
     assert family in text or family[::-1] in text  # right-to-left may extract reversed
     assert family not in caplog.text and "\\u" not in caplog.text
+
+
+def test_many_remarks_stay_on_one_page_above_the_footer(tmp_path, display):
+    many = tuple(f"remark number {k}: " + "long explanation " * 8 for k in range(40))
+    interpretation = replace(make_interpretation(), reasons=many)
+    text = _text(tmp_path, _pdf(make_source(), make_analysis(), interpretation, display),
+                 "many_remarks")
+    assert "further remarks: see the DXR structured report" in text
+    assert text.rstrip().endswith("DXA and clinical judgement.")
