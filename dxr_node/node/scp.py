@@ -17,10 +17,8 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -58,24 +56,16 @@ def _text(value: object) -> str | None:
 
 
 class StorageSCP:
-    """C-ECHO/C-STORE listener that spools to ``config.spool_path`` and queues jobs.
+    """C-ECHO/C-STORE listener that spools to ``config.spool_path`` and queues jobs."""
 
-    ``on_stored`` is called (from the association's thread) with the job id after each
-    newly queued instance, so workers can be woken without polling.
-    """
-
-    def __init__(self, config: NodeConfig, store: Store,
-                 on_stored: Callable[[int], None] | None = None) -> None:
+    def __init__(self, config: NodeConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.on_stored = on_stored
         self.spool = Path(config.spool_path)
         self._incoming = self.spool / "incoming"
         self._networks = [ipaddress.ip_network(n, strict=False)
                           for n in config.allowed_source_ips]
         self._server: AssociationServer | None = None
-        self._lock = threading.Lock()
-        self.received = 0  # new instances stored since start (for logs and benchmarks)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -127,10 +117,6 @@ class StorageSCP:
         for assoc in associations:
             if assoc.is_alive():
                 assoc.abort()
-
-    @property
-    def active_associations(self) -> int:
-        return len(self._server.active_associations) if self._server else 0
 
     def _remove_partial_files(self) -> None:
         """Files left half-written by a crash were never acknowledged: drop them."""
@@ -236,15 +222,11 @@ class StorageSCP:
             log_event(log, "stored_duplicate", **fields, job_id=added.job_id,
                       reason="SOP Instance UID already received; not analysed again")
             return STATUS_SUCCESS
-        with self._lock:
-            self.received += 1
         if reason is not None:
             log_event(log, "stored_skipped", **fields, job_id=added.job_id, reason=reason)
         else:
             log_event(log, "stored", **fields, job_id=added.job_id, bytes=len(encoded),
                       transfer_syntax=transfer_syntax)
-            if self.on_stored is not None:
-                self.on_stored(added.job_id)
         return STATUS_SUCCESS
 
     def _spool_path(self, sop_uid: str) -> Path:
