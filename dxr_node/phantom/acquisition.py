@@ -9,7 +9,7 @@ import numpy as np
 
 SPACINGS_MM = (0.1, 0.1, 0.125, 0.139, 0.143, 0.148, 0.15, 0.16, 0.168, 0.175)
 # Field of view (rows mm, cols mm) per variant; the hand is positioned near its centre.
-FIELDS_MM = {"adult": (250.0, 200.0), "paediatric": (210.0, 170.0),
+FIELDS_MM = {"adult": (260.0, 210.0), "paediatric": (210.0, 170.0),
              "toddler": (150.0, 120.0), "non-hand": (430.0, 350.0)}
 
 
@@ -88,7 +88,7 @@ class Acquisition:
             detector_offset=float(rng.uniform(50, 300)),
             modality="CR" if rng.random() < 0.35 else "DX",
             photometric="MONOCHROME1" if rng.random() < 0.4 else "MONOCHROME2",
-            collimation_mm=tuple(float(m) for m in rng.uniform(3, 18, 4)) if collimated else None,
+            collimation_mm=tuple(float(m) for m in rng.uniform(3, 12, 4)) if collimated else None,
             collimation_angle_deg=float(rng.normal(0, 1.5)) if collimated else 0.0,
             marker=rng.random() < 0.9,
             burned_in_text=rng.random() < 0.6,

@@ -222,7 +222,9 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
         ))
 
     gap = 1.8 * scale if not child else 2.6 * scale  # joint spaces (wider with cartilage)
-    spread = {2: 1.0, 3: 0.0, 4: -1.5, 5: -4.0}  # fingers fan out a little more
+    # Fingers fan out a little more than their metacarpals, enough that neighbours never
+    # touch (bounded jitter).
+    spread = {2: 3.0, 3: 0.0, 4: -3.0, 5: -7.0}
     fingers: list[tuple[str, ...]] = []
     for ray in (2, 3, 4, 5):
         metacarpal = bones[ray - 2]
@@ -230,9 +232,9 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
         start = np.asarray(metacarpal.distal_xy)
         mc_angle = math.degrees(math.atan2(metacarpal.distal_xy[1] - metacarpal.proximal_xy[1],
                                            metacarpal.distal_xy[0] - metacarpal.proximal_xy[0]))
-        angle = mc_angle + spread[ray] + jitter(3.0)
+        angle = mc_angle + spread[ray] + float(np.clip(jitter(1.5), -2.5, 2.5))
         for level, (width, length) in zip(("P", "M", "D"), _PHALANGES[ray], strict=True):
-            angle += jitter(2.0)
+            angle += float(np.clip(jitter(1.0), -2.0, 2.0))
             width *= scale * (1 + jitter(0.04))
             length *= scale * (1 + jitter(0.04))
             name = f"{level}{ray}"
@@ -243,7 +245,7 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
         fingers.append(tuple(chain))
 
     # Thumb: first metacarpal from the trapezium, abducted; two phalanges.
-    thumb_angle = 128.0 + jitter(5.0)
+    thumb_angle = 124.0 + float(np.clip(jitter(3.0), -6.0, 6.0))
     base = np.array([-22.0 * scale, -2.0 * scale])
     mc1_len, mc1_width = 44.0 * scale * (1 + jitter(0.03)), 8.6 * scale * (1 + jitter(0.04))
     mc1_thickness = min(2.0 * scale * cortical_factor, 0.5 * mc1_width - 0.8 * scale)

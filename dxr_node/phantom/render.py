@@ -56,15 +56,22 @@ class Placement:
         shift = np.array([-acquisition.offset_mm[1], acquisition.offset_mm[0]]) / spacing
         points = _outline_points(anatomy)
         projected = points @ self.linear.T
-        margin = (anatomy.soft_tissue.finger_radius_mm + 3.0) / spacing
+        # Skin reaches ~1.3 finger radii beyond the bones; radiographers leave ~8 mm more.
+        margin = (1.3 * anatomy.soft_tissue.finger_radius_mm + 8.0) / spacing
         low, high = projected.min(axis=0) - margin, projected.max(axis=0) + margin
         self.offset = center_rc + shift - (low + high) / 2
         # Keep the whole hand inside the collimated field where it fits.
         top, bottom, left, right = acquisition.collimation_mm or (0.0, 0.0, 0.0, 0.0)
         field_low = np.array([top, left]) / spacing
         field_high = np.array([self.rows - 1 - bottom / spacing, self.cols - 1 - right / spacing])
+        tips = projected[_tip_indices(anatomy)].mean(axis=0) if anatomy.long_bones else None
         for axis in (0, 1):
             if high[axis] - low[axis] > field_high[axis] - field_low[axis]:
+                # Too long for the field: show the finger tips, cut the forearm side.
+                if tips[axis] < (low[axis] + high[axis]) / 2:
+                    self.offset[axis] = field_low[axis] - low[axis]
+                else:
+                    self.offset[axis] = field_high[axis] - high[axis]
                 continue
             self.offset[axis] += max(0.0, field_low[axis] - (low[axis] + self.offset[axis]))
             self.offset[axis] -= max(0.0, high[axis] + self.offset[axis] - field_high[axis])
@@ -81,6 +88,16 @@ class Placement:
         return a, b
 
 
+def _tip_indices(anatomy: HandAnatomy) -> list[int]:
+    """Rows of ``_outline_points`` that are finger tips (distal ends of distal phalanges)."""
+    indices, row = [], 0
+    for bone in anatomy.long_bones:
+        if bone.name.startswith("D"):
+            indices.append(row)
+        row += 1 if bone.name in ("radius", "ulna") else 2
+    return indices
+
+
 def _outline_points(anatomy: HandAnatomy) -> np.ndarray:
     """Canonical points the image must show: bone ends of the hand and the distal forearm."""
     if not anatomy.long_bones:
@@ -90,8 +107,6 @@ def _outline_points(anatomy: HandAnatomy) -> np.ndarray:
         points.append(bone.distal_xy)
         if bone.name not in ("radius", "ulna"):  # those continue out of the field
             points.append(bone.proximal_xy)
-    wrist = min(b.distal_xy[1] for b in anatomy.long_bones if b.name in ("radius", "ulna"))
-    points.append((0.0, wrist - 20.0 * _scale(anatomy)))
     return np.array(points)
 
 
