@@ -95,7 +95,7 @@ def _dashed_polygon(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]]
 def _draw_banner(draw: ImageDraw.ImageDraw, width: int, analysis: Analysis) -> None:
     """Rejected/failed analysis: say so across the image, in words a technologist acts on."""
     reason = analysis.reasons[0] if analysis.reasons else "no reason given"
-    lines = ["DXR analysis not possible:", *_wrap(reason, font(34), width - 2 * MARGIN)]
+    lines = ["DXR analysis not possible:", *_wrap(reason, font(34), width - 2 * MARGIN)[:3]]
     height = 40 + 46 * len(lines)
     draw.rectangle([0, 0, width, height], fill=(120, 20, 20))
     y = 26
@@ -156,11 +156,13 @@ def _panel_rejected(draw: ImageDraw.ImageDraw, left: int, right: int, y: int,
     draw.text((left + 20, y + 35), "DXR analysis not possible", fill=(255, 255, 255),
               font=font(34, True), anchor="lm")
     y += 100
-    for reason in analysis.reasons or ("no reason given",):
-        for k, text in enumerate(_wrap(reason, font(28), right - left - 30)):
-            draw.text((left + (0 if k == 0 else 30), y), ("• " if k == 0 else "") + text,
-                      fill=chart.TEXT, font=font(28))
-            y += 38
+    lines = [("• " if k == 0 else "   ") + text
+             for reason in analysis.reasons or ("no reason given",)
+             for k, text in enumerate(_wrap(reason, font(28), right - left - 30))]
+    room = (CANVAS_HEIGHT - MARGIN - 400 - y) // 38  # keep the advice and footer clear
+    for text in lines[:room]:
+        draw.text((left, y), text, fill=chart.TEXT, font=font(28))
+        y += 38
     y += 20
     advice = ("Check positioning (PA, hand flat, fingers straight and slightly spread, "
               "metacarpals fully in the field) and exposure, then re-acquire if appropriate.")
