@@ -36,7 +36,11 @@ MAX_SPACING_MM = 0.2
 # Plausible adult/adolescent mid-shaft geometry (mm); outside it the fit is not trusted.
 WIDTH_RANGE_MM = (4.0, 14.0)
 THICKNESS_RANGE_MM = (0.3, 4.5)
-MCI_RANGE = (0.15, 0.95)
+MCI_RANGE = (0.2, 0.85)
+# Metacarpals II-IV of one hand are alike: larger spreads mean a bone was mislocated.
+MAX_WIDTH_RATIO = 1.6
+MAX_LENGTH_RATIO = 1.45
+MAX_MCI_RATIO = 1.8
 PAEDIATRIC = "paediatric"
 
 
@@ -103,6 +107,11 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
                 bones[name] = bone
 
     complete = not fatal and len(bones) == len(BONE_NAMES)
+    if complete:
+        inconsistency = _hand_inconsistency(bones)
+        if inconsistency:
+            reasons.append(f"measurements internally inconsistent: {inconsistency}")
+            bones, complete = {}, False
     fields = _hand_indices(bones, spacing) if complete else {}
     return Analysis(
         source=radiograph.source,
@@ -209,6 +218,21 @@ def _bone_measurement(located: LocatedBone, shaft: ShaftMeasurement, spacing: fl
         distal_rc=located.distal_rc,
         blur_sigma_px=shaft.blur_sigma_px,
     )
+
+
+def _hand_inconsistency(bones: dict[str, BoneMeasurement]) -> str | None:
+    def spread(values: list[float]) -> float:
+        return max(values) / min(values)
+
+    measured = list(bones.values())
+    checks = (("outer width", [b.width_px for b in measured], MAX_WIDTH_RATIO),
+              ("length", [b.length_px for b in measured], MAX_LENGTH_RATIO),
+              ("metacarpal index", [b.mci for b in measured], MAX_MCI_RATIO))
+    for label, values, limit in checks:
+        if spread(values) > limit:
+            listed = ", ".join(f"{b.name} {v:.2f}" for b, v in zip(measured, values, strict=True))
+            return f"{label} differs too much between bones ({listed})"
+    return None
 
 
 def _radial_direction(located: dict[str, LocatedBone]) -> np.ndarray | None:
