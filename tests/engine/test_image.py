@@ -306,3 +306,20 @@ def test_colour_secondary_capture_becomes_grey(phantom):
     colour.PixelData = np.dstack([small] * 3).tobytes()
     radiograph = radiograph_from_dataset(colour, "colour.dcm")
     np.testing.assert_allclose(radiograph.pixels, small.astype(np.float32))
+
+
+def test_unused_high_bits_are_ignored(phantom):
+    _, pixels, _, ds = phantom
+    dirty = copy.deepcopy(ds)  # BitsStored 12 of 16: garbage above bit 11 (old overlays)
+    dirty.PixelData = (pixels | 0xA000).astype(np.uint16).tobytes()
+    np.testing.assert_array_equal(radiograph_from_dataset(dirty, "dirty.dcm").pixels, pixels)
+
+
+def test_signed_pixels_with_rescale(phantom):
+    _, pixels, _, ds = phantom
+    signed = copy.deepcopy(ds)
+    signed.PixelRepresentation = 1
+    signed.BitsStored, signed.HighBit = 16, 15
+    signed.RescaleIntercept = 2048
+    signed.PixelData = (pixels.astype(np.int16) - 2048).tobytes()
+    np.testing.assert_array_equal(radiograph_from_dataset(signed, "signed.dcm").pixels, pixels)
