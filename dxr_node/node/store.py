@@ -822,6 +822,14 @@ class Store:
         )
         return [dict(r) for r in rows]
 
+    def open_failure_count(self) -> int:
+        """How many items ``open_failures`` would list without a limit."""
+        return self._read(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE state = 'failed')"
+            " + (SELECT COUNT(*) FROM dispatches WHERE state = 'failed')"
+            " + (SELECT COUNT(*) FROM dispatches WHERE state = 'pending'"
+            " AND error IS NOT NULL)")[0][0]
+
     def retry_dispatch(self, dispatch_id: int) -> bool:
         """Operator action: send a failed (or waiting) dispatch again now, with fresh
         attempts and its old error cleared. False when it does not exist or is already

@@ -162,8 +162,9 @@ def _secondary_capture_jpeg(path: str, _mtime: float) -> bytes:
 
 @router.get("/failures", response_class=HTMLResponse)
 def failures_page(request: Request) -> HTMLResponse:
-    items = request.app.state.store.open_failures()
-    return render(request, "failures.html", title="Failures", items=items)
+    store = request.app.state.store
+    return render(request, "failures.html", title="Failures", items=store.open_failures(),
+                  total=store.open_failure_count())
 
 
 def _back(back: str | None, default: str) -> str:

@@ -107,7 +107,9 @@ def test_operator_sees_an_exam_and_retries_a_failed_dispatch(node, tmp_path):
             subprocess.run(["storescu", "-aec", "DXRNODE", "127.0.0.1", str(node["scp_port"]),
                             str(tmp_path / "phantom" / "phantom_0000.dcm")],
                            check=True, timeout=60, capture_output=True)
-            _reload_until(page, ".badge.analysed", 1, 180, "the exam to be analysed")
+            # Rejected images get their objects too: either way there is something to send.
+            _reload_until(page, ".badge.analysed, .badge.rejected", 1, 180,
+                          "the exam to be analysed")
             page.click("tr.link a")
             page.wait_for_url("**/exams/1")
             _reload_until(page, ".badge.d-failed", 3, 120, "SR, SC and GSPS to fail (no PACS)")

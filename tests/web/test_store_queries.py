@@ -30,6 +30,11 @@ def test_status_counts_honour_the_time_window(store, filled):
     assert store.exam_status_counts(0)["received"] == 5
 
 
+def test_open_failures_are_counted_beyond_the_listing_limit(store, filled):
+    assert store.open_failure_count() == 3  # failed job, failed and waiting dispatch
+    assert len(store.open_failures(limit=2)) == 2
+
+
 def test_retry_only_what_failed_or_waits(store, filled):
     sent = next(d for d in store.exam_dispatches(filled.job_ids[0]) if d["state"] == "sent")
     assert store.retry_dispatch(sent["id"]) is False
