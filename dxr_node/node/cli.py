@@ -77,6 +77,7 @@ def collect_status(store: Store, *, limit: int = 10) -> dict[str, Any]:
         "database": str(store.path),
         "instances": store.instance_count(),
         **store.counts(),
+        "destinations": store.destination_health(),
         "recent_results": store.recent_results(limit),
         "failures": store.failures(limit),
         "skipped": store.skipped(limit),
@@ -87,6 +88,12 @@ def render_status(status: dict[str, Any]) -> str:
     lines = [f"database  {status['database']}", f"instances {status['instances']}"]
     lines.append("jobs      " + "  ".join(f"{k} {v}" for k, v in status["jobs"].items()))
     lines.append("dispatch  " + "  ".join(f"{k} {v}" for k, v in status["dispatches"].items()))
+    for d in status["destinations"]:
+        line = (f"  -> {d['destination']}: sent {d['sent']}  pending {d['pending']}  "
+                f"failed {d['failed']}  last success {_when(d['last_success_at'])}")
+        if d["last_failure_reason"] and (d["pending"] or d["failed"]):
+            line += f"  last error {_when(d['last_failure_at'])}: {d['last_failure_reason']}"
+        lines.append(line)
     lines.append("")
     lines.append("recent results")
     if not status["recent_results"]:

@@ -45,6 +45,7 @@ def test_status_text_shows_counts_results_and_reasons(data_dir, capsys):
     assert "done 1" in out and "skipped 1" in out and "failed 1" in out
     assert "BMD 0.551 g/cm2" in out and "T -1.4" in out and "low bone mass" in out
     assert "calling AE not recognised" in out
+    assert "-> PACS: sent 0  pending 0  failed 1" in out
     assert "not a CR/DX image" in out
 
 
