@@ -125,6 +125,10 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         canonical_bones[name] = bone
         bones[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
 
+    for name in _inconsistent(canonical_bones):
+        problems.append(f"{name} not found (out of line with the other metacarpals)")
+        del canonical_bones[name], bones[name]
+
     paediatric, toddler, features = _maturity(image, smooth, canonical_bones, bones,
                                               pixel_spacing_mm)
     if toddler:
@@ -191,7 +195,7 @@ def _exposed_field(image: np.ndarray) -> np.ndarray:
     """Mask of the exposed field: drops bright bands along the border (collimator shadow,
     unexposed plate edges), walking in from each side while most of the line is bright."""
     median, top = np.percentile(image, [50, 99.5])
-    bright = image > median + 0.6 * (top - median)
+    bright = image > median + 0.3 * (top - median)
     field = np.ones(image.shape, np.uint8)
     rows, cols = image.shape
     for axis, size in ((1, rows), (0, cols)):
@@ -289,7 +293,8 @@ def _fingers(mask: np.ndarray, work: np.ndarray, field: np.ndarray, palm_centre:
     found = []
     for label in range(1, count):
         ys, xs = np.nonzero(labels == label)
-        if len(xs) < 0.2 * palm_radius**2 or edge[ys, xs].any():  # the forearm leaves
+        # A wide cut by the field edge is the forearm, not a finger.
+        if len(xs) < 0.2 * palm_radius**2 or edge[ys, xs].sum() > 3 * palm_radius:
             continue
         points = np.column_stack([xs, ys]).astype(np.float64)
         centroid = points.mean(axis=0)
@@ -505,9 +510,11 @@ def _trace_metacarpal(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
     # The shaft's ridge fades where the base widens into the carpus: the CMC joint.
     ridge_along = _sample(ridge, path[:, 0], path[:, 1])
     shaft_ridge = np.median(ridge_along[int(distal_i + 0.3 * radius): int(distal_i + 0.8 * radius)])
+    # A clear gap before that (as strong as half the MCP gap) ends the bone earlier.
     proximal_i = min(int(distal_i + 2.0 * radius), len(path) - 1)
     for index in range(int(distal_i + 0.8 * radius), proximal_i):
-        if ridge_along[index] < 0.5 * shaft_ridge:
+        if ridge_along[index] < 0.5 * shaft_ridge or (
+                local_max[index] and valleys[index] >= 0.5 * valleys[distal_i]):
             proximal_i = index
             break
     length = proximal_i - distal_i
@@ -630,6 +637,18 @@ def _to_input(name: str, bone: _CanonicalBone, frame: _Canonical) -> LocatedBone
         length_px=float(np.linalg.norm(axis)),
         width_estimate_px=bone.width / zoom,
     )
+
+
+def _inconsistent(bones: dict[str, _CanonicalBone]) -> list[str]:
+    """Bones whose level or length (fingers up) is far from the others': a wrong segment."""
+    if len(bones) < 3:
+        return []
+    levels = {name: bone.centre[1] for name, bone in bones.items()}
+    lengths = {name: np.linalg.norm(bone.distal - bone.proximal) for name, bone in bones.items()}
+    level, length = np.median(list(levels.values())), np.median(list(lengths.values()))
+    return [name for name in bones
+            if abs(levels[name] - level) > 0.35 * PALM_RADIUS_PX
+            or abs(lengths[name] - length) > 0.35 * length]
 
 
 def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedBone:
