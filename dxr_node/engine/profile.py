@@ -14,7 +14,13 @@ kernel blurs or biases it.
 Steps: sample the band; fit the mean profile; centre groups of adjacent profiles and
 fit a line through their centres to refine the axis (repeat once); fit each group with
 the bone's blur fixed; reject outlier groups; fit the mean profile of the accepted
-groups for the reported values and report the spread over groups.
+groups for the reported values (with an unsharp-mask term when that explains it clearly
+better) and report the spread over groups.
+
+Known limit: the model blurs in the domain of the stored values. Detectors blur light
+(intensity) before the log, which makes a strongly attenuating cortex read slightly
+thin, about 0.1-0.2 sigma per edge on the phantoms (T -0.01 mm on average, -0.025 mm at
+0.15 mm blur). It is the same on every acquisition, so precision does not suffer.
 """
 
 from __future__ import annotations
@@ -75,7 +81,6 @@ class _Band:
     u: np.ndarray  # across the axis, px
     value: np.ndarray
     clipped: np.ndarray  # bool: not finite, or flat like saturation, padding or a mask
-    expected_per_bin: float  # pixels per bin if the whole band lies inside the image
 
 
 @dataclass(frozen=True)
@@ -120,9 +125,10 @@ def _directions(angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     return along, across
 
 
-def _failed(problem: str, center_rc: tuple[float, float], angle: float) -> ShaftMeasurement:
+def _failed(problem: str, center: np.ndarray, angle: float) -> ShaftMeasurement:
     nan = float("nan")
-    return ShaftMeasurement(nan, nan, nan, nan, nan, nan, nan, nan, center_rc, angle, nan,
+    return ShaftMeasurement(nan, nan, nan, nan, nan, nan, nan, nan,
+                            (float(center[0]), float(center[1])), float(angle), nan,
                             0, 0, nan, nan, problem)
 
 
@@ -159,8 +165,7 @@ class _Measurer:
         bad = ~np.isfinite(value)
         value[bad] = 0.0
         clipped = bad | _flat_pixels(block)[inside]
-        return _Band(t[inside], u[inside], value, clipped,
-                     expected_per_bin=(2 * self.half_length + 1) * BIN_PX)
+        return _Band(t[inside], u[inside], value, clipped)
 
     def profile(self, band: _Band, select: np.ndarray | None = None) -> _Profile:
         u, value = (band.u, band.value) if select is None else (band.u[select],
@@ -231,11 +236,11 @@ class _Measurer:
         center, angle = self.given_center.copy(), self.given_angle
         band = self.sample(center, angle)
         if band.value.size < 20:
-            return _failed("shaft band lies outside the image", tuple(center), angle)
+            return _failed("shaft band lies outside the image", center, angle)
         prof = self.profile(band)
         start = _initial_edges(prof, self.half_width)
         if start is None:
-            return _failed("no bone profile found in the search window", tuple(center), angle)
+            return _failed("no bone profile found in the search window", center, angle)
         sigma = self.fixed_sigma or 1.0
         overall, _ = self.fit(prof, start, sigma, fit_sigma=self.fixed_sigma is None)
 
@@ -243,8 +248,7 @@ class _Measurer:
             shift, slope = self.axis_correction(band, overall)
             if shift is None or (abs(shift) < 0.05 and abs(slope) < 0.002):
                 break
-            along, across = _directions(angle)
-            center = center + shift * across
+            center = center + shift * _directions(angle)[1]
             angle -= math.degrees(math.atan(slope))
             band = self.sample(center, angle)
             prof = self.profile(band)
@@ -288,12 +292,11 @@ class _Measurer:
     def final(self, band: _Band, overall: TubeFit, center: np.ndarray,
               angle: float) -> ShaftMeasurement:
         if overall.cortex_amplitude <= 0 or overall.canal_amplitude >= 0:
-            return _failed("no hollow shaft found around the given centre", tuple(center),
-                           angle)
+            return _failed("no hollow shaft found around the given centre", center, angle)
         reach = self.half_width - 2 * overall.sigma
         if overall.edges.outer_a < -reach or overall.edges.outer_b > reach:
             return _failed("the bone is not inside the search window (centre too far off?)",
-                           tuple(center), angle)
+                           center, angle)
         masks = self.group_masks(band)
         groups: list[TubeFit | None] = []
         for mask in masks:
@@ -307,10 +310,9 @@ class _Measurer:
         profiles_per_group = 2 * self.half_length / self.n_groups
         n_accepted = int(round(profiles_per_group * sum(accepted)))
         n_rejected = int(round(profiles_per_group * (len(groups) - sum(accepted))))
-        along, across = _directions(angle)
         if sum(accepted) < max(MIN_GROUPS_ACCEPTED, (len(groups) + 1) // 2):
             return _failed(f"too few consistent profile groups ({sum(accepted)} of "
-                           f"{len(groups)})", tuple(center), angle)
+                           f"{len(groups)})", center, angle)
         select = np.zeros(band.t.size, bool)
         for mask, ok in zip(masks, accepted, strict=True):
             if ok:
@@ -320,11 +322,11 @@ class _Measurer:
                                fit_sigma=self.fixed_sigma is None)
         result = self.with_edge_enhancement(prof, keep, plain)
         edges = result.edges
-        fitted_center = center + edges.center * across
+        fitted_center = center + edges.center * _directions(angle)[1]
         given_across = _directions(self.given_angle)[1]
         offset = float(np.dot(fitted_center - self.given_center, given_across))
         kept = [g for g, ok in zip(groups, accepted, strict=True) if ok and g is not None]
-        problem = self.problem(result, prof, keep, band, select)
+        problem = self.problem(result, prof, keep, band, select, n_accepted)
         return ShaftMeasurement(
             cortical_thickness_px=edges.thickness,
             width_px=edges.width,
@@ -345,7 +347,7 @@ class _Measurer:
         )
 
     def problem(self, result: TubeFit, prof: _Profile, keep: np.ndarray, band: _Band,
-                select: np.ndarray) -> str | None:
+                select: np.ndarray, n_profiles: int) -> str | None:
         edges = result.edges
         if not result.success:
             return "profile fit did not converge"
@@ -364,8 +366,7 @@ class _Measurer:
         if low > edges.outer_a - 2 * result.sigma or high < edges.outer_b + 2 * result.sigma:
             return "bone edge at the border of the search window"
         in_window = select & (band.u >= low) & (band.u <= high)
-        expected = (high - low) / BIN_PX * band.expected_per_bin * select.mean()
-        if in_window.sum() < 0.9 * expected:
+        if in_window.sum() < 0.9 * (high - low) * n_profiles:  # one pixel per px^2
             return "edge of the image field inside the search window"
         if band.clipped[in_window].mean() > 0.02:
             return "saturated or constant pixels inside the search window"
