@@ -45,11 +45,20 @@ def create_app(config: NodeConfig, store: Store,
     """The console over ``store``; ``scp_listening`` feeds /healthz (None: not ready)."""
     check_console_access(config.web)
     store.ensure_console_indexes()
-    app = FastAPI(title="dxr-node console", version=__version__,
+    # No /docs or /redoc: FastAPI loads Swagger UI from a CDN, and the console must work
+    # without internet. The API is described at /openapi.json.
+    app = FastAPI(title="dxr-node console", version=__version__, docs_url=None,
+                  redoc_url=None,
                   description="Operator console and JSON API of a dxr-node DICOM node.")
     app.state.config = config
     app.state.store = store
     app.state.scp_listening = scp_listening or (lambda: False)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     guarded = [Depends(require_access)]
     app.include_router(api.router, dependencies=guarded)
@@ -88,6 +97,16 @@ def create_app(config: NodeConfig, store: Store,
 
     return app
 
+
+# Only the console's own files, never framed by another site, never cached by proxies.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 
 _TITLES = {403: "Not allowed", 404: "Not found", 409: "Nothing to do", 422: "Bad request"}
 

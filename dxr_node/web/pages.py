@@ -145,8 +145,7 @@ def overlay_image(request: Request, job_id: int) -> Response:
         raise HTTPException(404, f"exam {job_id} has no overlay image")
     path = Path(paths[0])
     jpeg = _secondary_capture_jpeg(str(path), path.stat().st_mtime)
-    return Response(jpeg, media_type="image/jpeg",
-                    headers={"Cache-Control": "private, max-age=3600"})
+    return Response(jpeg, media_type="image/jpeg")
 
 
 @lru_cache(maxsize=16)

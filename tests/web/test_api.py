@@ -211,3 +211,11 @@ def test_openapi_describes_the_json_api(client):
                  "/api/dispatches/{dispatch_id}/retry", "/metrics", "/healthz"):
         assert path in paths
     assert not any(p.startswith("/exams") for p in paths)  # pages are not API
+
+
+def test_nothing_comes_from_another_site(client, filled):
+    response = client.get(f"/exams/{filled.job_ids[0]}")
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-frame-options"] == "DENY"
+    assert not re.search(r'(src|href)="(https?:)?//', response.text)
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
