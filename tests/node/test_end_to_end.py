@@ -6,12 +6,16 @@ Phantom hand radiographs go in uncompressed, as JPEG Lossless SV1 (dcmcjpeg) and
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
+import urllib.request
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from dcmtk_peers import require, storescp
+from dcmtk_peers import free_port, require, storescp, wait_listening
 from node_process import serve, wait_for
 from pydicom import dcmread
 
@@ -120,3 +124,69 @@ def test_modality_to_pacs_with_dcmtk_peers(tmp_path, phantoms):
     for path in (p for files in phantoms.values() for p in files):
         name = str(dcmread(path, stop_before_pixels=True).PatientName)
         assert name.split("^")[0] not in log  # no patient names in logs
+
+
+def _orthanc_api(http_port: int, method: str, path: str, body: bytes | None = None,
+                 content_type: str = "application/json"):
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}{path}", data=body,
+                                     method=method, headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read() or b"null")
+
+
+@contextmanager
+def orthanc(workdir: Path, node_port: int):
+    """Orthanc (Debian package) as the PACS, knowing the node as modality "dxrnode"."""
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc not installed (scripts/setup installs it as root)")
+    dicom_port, http_port = free_port(), free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "PACS", "StorageDirectory": str(workdir / "db"),
+        "IndexDirectory": str(workdir / "db"), "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True,
+        "DicomModalities": {"dxrnode": ["DXRNODE", "127.0.0.1", node_port]},
+        "Plugins": [],
+    }))
+    with open(workdir / "orthanc.log", "wb") as log:
+        process = subprocess.Popen(["Orthanc", str(config)], stdout=log, stderr=log)
+        try:
+            wait_listening(http_port, process, timeout_s=60)
+            wait_listening(dicom_port, process, timeout_s=60)
+            yield dicom_port, http_port
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_orthanc_pushes_to_the_node_and_gets_the_results_back(tmp_path, phantoms):
+    node_port = free_port()
+    with orthanc(tmp_path / "orthanc", node_port) as (dicom_port, http_port), serve(
+        tmp_path / "data", "--workers", "1", "--allow-aet", "ORTHANC",
+        "--destination", f"ORTHANC@127.0.0.1:{dicom_port}", port=node_port,
+    ) as node:
+        assert _orthanc_api(http_port, "POST", "/modalities/dxrnode/echo", b"{}") == {}
+        source = phantoms["explicit"][0]
+        uploaded = _orthanc_api(http_port, "POST", "/instances", source.read_bytes(),
+                                "application/dicom")
+        _orthanc_api(http_port, "POST", "/modalities/dxrnode/store",
+                     json.dumps({"Resources": [uploaded["ID"]], "Synchronous": True}).encode())
+        study = uploaded["ParentStudy"]
+
+        def study_instances() -> list[dict]:
+            return _orthanc_api(http_port, "GET", f"/studies/{study}/instances")
+
+        wait_for(lambda: len(study_instances()) >= 4, 180, "SR, SC and GSPS in Orthanc")
+        wait_for(lambda: node.status()["dispatches"]["pending"] == 0, 30, "dispatch to settle")
+        status = node.status()
+        modalities = Counter(
+            _orthanc_api(http_port, "GET", f"/instances/{i['ID']}/simplified-tags")["Modality"]
+            for i in study_instances()
+        )
+
+    # The source image plus the SR, the overlay (OT) and the GSPS (PR), in the same study.
+    assert modalities == Counter({"DX": 1, "SR": 1, "OT": 1, "PR": 1}) or \
+        modalities == Counter({"CR": 1, "SR": 1, "OT": 1, "PR": 1}), modalities
+    assert status["jobs"]["done"] == 1 and status["dispatches"]["sent"] == 3
