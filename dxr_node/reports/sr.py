@@ -96,7 +96,9 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
         specific_character_set=identity.character_set,
         software_versions=identity.software_version,
     )
+    root.ContentSequence = content
     sr.ContentSequence = content
+    sr._content = report  # highdicom's parsed view (`sr.content`), same tree as written
     copy_patient_study(source, sr)
     return sr
 

@@ -163,3 +163,9 @@ def test_non_finite_values_are_left_out(tmp_path, display):
     groups = _groups(_read_sr(tmp_path, make_source(), analysis, None, display))
     assert "Length" not in {m.name.meaning for m in groups["MC3"].get_measurements()}
     assert "Bone Health Index" not in {m.name.meaning for m in groups["DXR"].get_measurements()}
+
+
+def test_returned_object_exposes_the_tree_through_highdicom(display):
+    [sr] = build_reports(make_source(), make_analysis(), None, display, kinds=("SR",))
+    groups = sr.content.get_image_measurement_groups()
+    assert [g.tracking_identifier.split()[0] for g in groups] == ["MC2", "MC3", "MC4", "DXR"]
