@@ -182,6 +182,20 @@ def test_source_address_outside_allow_list_is_refused(node):
     assoc.release()
 
 
+def test_associations_beyond_the_limit_are_rejected_transiently(node):
+    _, _, port = node(max_associations=1)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    first = ae.associate("127.0.0.1", port, ae_title="DXRNODE")
+    assert first.is_established
+    try:
+        second = ae.associate("127.0.0.1", port, ae_title="DXRNODE")
+        assert second.is_rejected
+        assert second.acceptor.primitive.result == 0x02  # rejected-transient: try later
+    finally:
+        first.release()
+
+
 def test_disk_nearly_full_answers_out_of_resources(node, tmp_path):
     path = tmp_path / "img.dcm"
     write_dx(path)
