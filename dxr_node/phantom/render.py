@@ -35,6 +35,7 @@ _TISSUE_Y_MM = (-320.0, 260.0)
 _LEAD_ATTENUATION = 4.0
 # Trabecular texture grid: (x0, y top, step mm, (rows, cols)) covering the hand bones.
 _TEXTURE_GRID = (-85.0, 215.0, 0.15, (2000, 1133))
+_CHEST_GRID = (-220.0, 270.0, 0.5, (1080, 880))
 
 
 class Placement:
@@ -130,7 +131,7 @@ def line_integrals(anatomy: HandAnatomy, acquisition: Acquisition,
     shape = (placement.rows * k, placement.cols * k)
     a, b = placement.grid_to_xy(k)
     if anatomy.variant == "non-hand":
-        attenuation = _warp_canonical(_chest_attenuation(), shape, a, b)
+        attenuation = _warp_canonical(_chest_attenuation(), shape, a, b, _CHEST_GRID)
     else:
         attenuation = _warp_canonical(MU_SOFT * _soft_tissue_thickness(anatomy), shape, a, b)
         texture = _warp_canonical(_trabecular_texture(anatomy), shape, a, b, _TEXTURE_GRID)
@@ -313,25 +314,39 @@ def _soft_tissue_thickness(anatomy: HandAnatomy) -> np.ndarray:
 
 
 def _chest_attenuation() -> np.ndarray:
-    """A chest-like CR for rejection tests: torso, lungs, spine, ribs, heart, clavicles."""
-    x, y = _tissue_grid()
-    xx, yy = np.meshgrid(x, y - 0.0)
-    attenuation = np.zeros_like(xx, dtype=np.float32)
-    torso = 1 - (xx / 170) ** 2
-    attenuation += np.where(torso > 0, 3.2 * np.sqrt(np.clip(torso, 0, 1)), 0)
-    for side in (-1, 1):
-        lung = ((xx - side * 70) / 58) ** 2 + ((yy - 20) / 120) ** 2
-        attenuation -= np.where(lung < 1, 1.4 * np.sqrt(np.clip(1 - lung, 0, 1)), 0)
-        for level in range(9):
-            rib_y = 120 - level * 24 - 0.004 * (xx - side * 10) ** 2
-            rib = np.abs(yy - rib_y) < 5
-            attenuation += np.where(rib & (side * xx > 8) & (np.abs(xx) < 150), 0.35, 0)
-        clavicle = np.abs(yy - (150 + side * 0.0 - 0.15 * np.abs(xx - side * 60))) < 7
-        attenuation += np.where(clavicle & (side * xx > 10) & (np.abs(xx) < 140), 0.5, 0)
-    attenuation += np.where(np.abs(xx) < 18, 1.2, 0)  # spine
-    heart = ((xx - 25) / 65) ** 2 + ((yy + 30) / 55) ** 2
-    attenuation += np.where(heart < 1, 1.0 * np.sqrt(np.clip(1 - heart, 0, 1)), 0)
-    return cv2.GaussianBlur(attenuation.astype(np.float32), (0, 0), 3.0)
+    """A chest-like PA radiograph for rejection tests (on ``_CHEST_GRID``): torso with
+    shoulders, air-filled lungs with diaphragm domes, heart, spine, ribs and clavicles."""
+    x0, y1, step, (rows, cols) = _CHEST_GRID
+    xx, yy = np.meshgrid(x0 + step * np.arange(cols), y1 - step * np.arange(rows))
+    ax = np.abs(xx)
+    # Body: an elliptical torso section, wider at the shoulders; attenuation ~ thickness.
+    half_width = 150 + 25 * _smooth01((yy - 60) / 80)
+    body = np.sqrt(np.clip(1 - (xx / half_width) ** 2, 0, 1))
+    attenuation = 3.0 * body
+    # Lungs: air lowers attenuation; apex rounded, base cut by a diaphragm dome.
+    lung_x = (ax - 75) / 60
+    lung_y = (yy - 20) / 135
+    dome = -110 + 35 * np.sqrt(np.clip(1 - ((ax - 80) / 70) ** 2, 0, 1))
+    lung = np.clip(1 - lung_x**2 - np.maximum(lung_y, 0) ** 2, 0, 1) * (yy > dome)
+    attenuation -= 1.6 * np.sqrt(lung) * (ax > 15)
+    heart = np.clip(1 - ((xx + 25) / 70) ** 2 - ((yy + 55) / 60) ** 2, 0, 1)
+    attenuation += 1.2 * np.sqrt(heart)
+    # Spine: vertebral bodies (blocks with bright end plates) in a central band.
+    vertebra = np.abs(((yy + 400) % 28) - 14) < 11
+    attenuation += np.where(ax < 20, 0.5 + 0.2 * vertebra, 0.0)
+    # Posterior ribs: arcs from the spine sweeping laterally and down, with cortical edges.
+    for level in range(10):
+        centre = 150 - 26 * level - 0.45 * ax + 0.0012 * ax**2
+        distance = np.abs(yy - centre)
+        rib = (distance < 6) & (ax > 18) & (ax < half_width - 8)
+        attenuation += np.where(rib, 0.25 + 0.2 * (distance > 4), 0.0)
+    clavicle = np.abs(yy - (165 - 0.25 * ax + 0.0015 * ax**2)) < 7
+    attenuation += np.where(clavicle & (ax > 10) & (ax < 150), 0.6, 0.0)
+    return cv2.GaussianBlur(attenuation.astype(np.float32), (0, 0), 1.5 / step)
+
+
+def _smooth01(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, 0.0, 1.0)
 
 
 def _warp_canonical(image: np.ndarray, shape: tuple[int, int], a: np.ndarray,
