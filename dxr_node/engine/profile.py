@@ -110,6 +110,8 @@ def measure_shaft(pixels: np.ndarray, center_rc: tuple[float, float], axis_angle
         raise ValueError("band_half_length_px must be >= 1 and search_half_width_px >= 4")
     if not all(math.isfinite(v) for v in (*center_rc, axis_angle_deg)):
         raise ValueError("center_rc and axis_angle_deg must be finite")
+    if blur_sigma_px is not None and not (math.isfinite(blur_sigma_px) and blur_sigma_px >= 0):
+        raise ValueError(f"blur_sigma_px must be a finite value >= 0, got {blur_sigma_px}")
     fixed_sigma = None
     if blur_sigma_px is not None:
         fixed_sigma = math.sqrt(blur_sigma_px**2 + PIXEL_APERTURE_VARIANCE)

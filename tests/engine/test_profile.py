@@ -247,6 +247,21 @@ def test_impossible_arguments_raise():
         measure_shaft(image, (25, 25), 90.0, 0, 10)
     with pytest.raises(ValueError):
         measure_shaft(image, (float("nan"), 25), 90.0, 10, 10)
+    with pytest.raises(ValueError):
+        measure_shaft(image, (25, 25), 90.0, 10, 10, blur_sigma_px=-1.0)
+
+
+def test_a_linear_change_of_grey_scale_changes_nothing():
+    # Free amplitudes and baseline: window/level, gain and offset do not matter.
+    spacing = 0.15
+    image, center, outer = tube(spacing, 0.1, angle=100.0, unsharp=1.0, unsharp_mm=1.0)
+    plain = measure(image, center, 100.0, outer)
+    scaled = measure(image * 37.0 + 1200.0, center, 100.0, outer)
+    assert scaled.problem is None
+    assert scaled.cortical_thickness_px == pytest.approx(plain.cortical_thickness_px, abs=1e-3)
+    assert scaled.width_px == pytest.approx(plain.width_px, abs=1e-3)
+    assert plain.n_profiles >= 0.9 * 2 * 1.25 * outer and plain.n_rejected == 0
+    assert 0 < plain.thickness_sd_px < 0.5 and 0 < plain.width_sd_px < 0.5
 
 
 @pytest.mark.parametrize("index", [2, 8])  # edge-enhanced 0.125 mm; 0.149 mm blur, 0.143 mm
