@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +251,14 @@ def test_triage_reasons(changes, expected):
         setattr(ds, key, value)
     assert skip_reason(ds, DigitalXRayImageStorageForPresentation) == expected
     assert skip_reason(ds, "1.2.840.10008.5.1.4.1.1.88.22").startswith("not a CR/DX")
+
+
+def test_docker_healthcheck_passes_on_a_live_node_and_fails_on_a_dead_one(node):
+    dockerfile = Path(__file__).resolve().parents[2] / "docker" / "Dockerfile"
+    check = dockerfile.read_text().split('CMD ["python", "-c", "')[1].split('"]')[0]
+    scp, _, port = node(allowed_calling_aets=["ORTHANC", "DXRSEND"])
+    env = {**os.environ, "DXR_NODE__PORT": str(port),
+           "DXR_NODE__ALLOWED_CALLING_AETS": "ORTHANC,DXRSEND"}
+    assert subprocess.run([sys.executable, "-c", check], env=env, timeout=60).returncode == 0
+    scp.stop()
+    assert subprocess.run([sys.executable, "-c", check], env=env, timeout=60).returncode == 1
