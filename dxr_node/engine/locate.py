@@ -18,8 +18,9 @@ Classical image analysis, no trained weights:
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -109,21 +110,20 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     bones: dict[str, LocatedBone] = {}
     canonical_bones: dict[str, _CanonicalBone] = {}
     rays = []
+    candidates: dict[str, list[_CanonicalBone]] = {}
     for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=True):
         name = BONE_FOR_FINGER[finger_name]
         rays.append(tuple(_rc(p) for p in (finger.base / scale, finger.tip / scale)))
-        if name == "MC5":
-            continue
-        base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
-        bone = _trace_metacarpal(smooth, ridge, base, tip)
-        if bone is None:
-            problems.append(f"{name} not found")
-            continue
+        if name != "MC5":
+            base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
+            candidates[name] = _metacarpal_candidates(smooth, ridge, base, tip)
+    for name, bone in sorted(_choose_consistent(candidates).items()):
         if not _inside(inside, bone):
             problems.append(f"{name} shaft cut by the field edge")
             continue
         canonical_bones[name] = bone
         bones[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
+    problems.extend(f"{name} not found" for name in candidates if not candidates[name])
 
     for name in _inconsistent(canonical_bones):
         problems.append(f"{name} not found (out of line with the other metacarpals)")
@@ -469,17 +469,17 @@ class _CanonicalBone:
     proximal: np.ndarray
     centre: np.ndarray
     width: float
-    score: float
-    valleys_near_head: int  # joint and physis gaps within reach of the MCP joint
+    score: float  # how clearly the MCP gap stands out (for choosing between candidates)
 
 
-def _trace_metacarpal(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
-                      tip: np.ndarray) -> _CanonicalBone | None:
-    """The metacarpal continuing a finger proximally (canonical frame), or None.
+def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
+                           tip: np.ndarray) -> list[_CanonicalBone]:
+    """Possible metacarpals continuing a finger proximally (canonical frame), best first.
 
     The ray is tracked from the middle of the finger into the carpus; joint gaps (and
-    growth plates) are the valleys of the intensity along it, and the metacarpal is the
-    longest stretch between two of them.
+    growth plates) are the valleys of the intensity along it. The MCP joint is a clear
+    gap followed by a long run without one (the metacarpal is the ray's longest bone);
+    the choice between candidates is left to the agreement between the rays.
     """
     radius = PALM_RADIUS_PX
     start = 0.5 * (base + tip)
@@ -488,29 +488,35 @@ def _trace_metacarpal(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
     profile = _path_profile(smooth, path, 0.04 * radius)
     valleys = _valley_strength(profile, int(0.08 * radius))
     arc = np.arange(len(path), dtype=np.float64)
+    # The MCP joint lies within a proximal phalanx of the finger's base (the forearm
+    # lies further).
     usable = (arc >= to_base - 0.6 * radius) & (arc <= to_base + 1.8 * radius)
     if not usable.any() or valleys[usable].max() <= 0:
-        return None
+        return []
     local_max = (valleys >= np.roll(valleys, 1)) & (valleys >= np.roll(valleys, -1))
     strongest = valleys[usable].max()
-    # The MCP joint lies within a proximal phalanx of the finger's base (the forearm
-    # lies further); the metacarpal is the only bone that runs on for more than a palm
-    # radius proximal to its joint without a gap.
-    candidates = np.flatnonzero(usable & local_max & (valleys >= 0.25 * strongest))
-    scores = []
-    for index in candidates:
+    ridge_along = _sample(ridge, path[:, 0], path[:, 1])
+    scored = []
+    for index in np.flatnonzero(usable & local_max & (valleys >= 0.25 * strongest)):
         inner = valleys[int(index + 0.12 * radius): int(index + 1.1 * radius)]
         if len(inner) >= 0.9 * radius:
-            scores.append(((valleys[index] - 2.0 * inner.max()) / strongest, int(index)))
-    if not scores:
-        return None
-    # The most distal good candidate: further along lie the carpal gaps.
-    best = max(scores)[0]
-    distal_i = next(index for score, index in scores if score >= 0.5 * best or score == best)
-    # The shaft's ridge fades where the base widens into the carpus: the CMC joint.
-    ridge_along = _sample(ridge, path[:, 0], path[:, 1])
+            scored.append(((valleys[index] - 2.0 * inner.max()) / strongest, int(index)))
+    scored.sort(reverse=True)
+    bones = []
+    for score, distal_i in scored[:4]:
+        bone = _bone_from_gap(smooth, ridge, path, valleys, local_max, ridge_along, distal_i)
+        bones.append(replace(bone, score=score))
+    return bones
+
+
+def _bone_from_gap(smooth: np.ndarray, ridge: np.ndarray, path: np.ndarray,
+                   valleys: np.ndarray, local_max: np.ndarray, ridge_along: np.ndarray,
+                   distal_i: int) -> _CanonicalBone:
+    """The metacarpal starting at the MCP gap ``distal_i`` along a tracked ray."""
+    radius = PALM_RADIUS_PX
+    # The shaft's ridge fades where the base widens into the carpus: the CMC joint. A
+    # clear gap before that (as strong as half the MCP gap) ends the bone earlier.
     shaft_ridge = np.median(ridge_along[int(distal_i + 0.3 * radius): int(distal_i + 0.8 * radius)])
-    # A clear gap before that (as strong as half the MCP gap) ends the bone earlier.
     proximal_i = min(int(distal_i + 2.0 * radius), len(path) - 1)
     for index in range(int(distal_i + 0.8 * radius), proximal_i):
         if ridge_along[index] < 0.5 * shaft_ridge or (
@@ -535,16 +541,25 @@ def _trace_metacarpal(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
     distal = point + distal_s * direction
     proximal = point + proximal_s * direction
     centre = 0.5 * (distal + proximal)
-    gaps = np.flatnonzero(local_max & (valleys >= 0.25 * strongest))
-    near_head = np.abs(gaps - distal_i) < 0.25 * radius
-    return _CanonicalBone(
-        distal=distal,
-        proximal=proximal,
-        centre=centre,
-        width=_width_across(smooth, centre, direction),
-        score=float(_ridge_mean(ridge, shaft)),
-        valleys_near_head=int(near_head.sum()),
-    )
+    return _CanonicalBone(distal=distal, proximal=proximal, centre=centre,
+                          width=_width_across(smooth, centre, direction), score=0.0)
+
+
+def _choose_consistent(candidates: dict[str, list[_CanonicalBone]]) -> dict[str, _CanonicalBone]:
+    """One candidate per ray: good gaps, MCP joints at about one level (fingers up) and
+    lengths alike; a ray whose every choice breaks the pattern is left out."""
+    names = [name for name, found in candidates.items() if found]
+    best_cost, best = math.inf, {}
+    for choice in itertools.product(*(range(len(candidates[n])) for n in names)):
+        bones = {n: candidates[n][k] for n, k in zip(names, choice, strict=True)}
+        levels = [b.distal[1] for b in bones.values()]
+        lengths = [float(np.linalg.norm(b.distal - b.proximal)) for b in bones.values()]
+        cost = -sum(b.score for b in bones.values())
+        cost += 4.0 * max(0.0, (max(levels) - min(levels)) / PALM_RADIUS_PX - 0.3)
+        cost += 4.0 * max(0.0, max(lengths) / max(min(lengths), 1.0) - 1.35)
+        if cost < best_cost:
+            best_cost, best = cost, bones
+    return best
 
 
 def _strongest_near(values: np.ndarray, along: np.ndarray, guess: float, reach: float) -> float:
