@@ -53,6 +53,8 @@ class Acquisition:
             raise ValueError(f"modality must be 'DX' or 'CR', not {self.modality!r}")
         if self.photometric not in ("MONOCHROME1", "MONOCHROME2"):
             raise ValueError(f"unsupported photometric interpretation {self.photometric!r}")
+        if self.for_processing and self.modality != "DX":
+            raise ValueError("for_processing images exist for DX only")
         if self.supersample < 1:
             raise ValueError("supersample must be >= 1")
 

@@ -11,6 +11,7 @@ import datetime as dt
 import shutil
 import subprocess
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +84,10 @@ def to_dataset(pixels: np.ndarray, acquisition: Acquisition, patient: Patient,
     if pixels.dtype != np.uint16 or pixels.ndim != 2:
         raise ValueError("pixels must be a 2-D uint16 array")
     is_cr = acquisition.modality == "CR"
-    for_processing = acquisition.for_processing and not is_cr
+    for_processing = acquisition.for_processing  # DX only (Acquisition checks)
     sop_class = CR_IMAGE if is_cr else DX_PROCESSING if for_processing else DX_PRESENTATION
-    when = dt.datetime.combine(patient.study_date, dt.time(9, 0)) + dt.timedelta(
-        seconds=int(np.frombuffer(uid_seed.encode(), np.uint8).sum()) % 28000)
+    when = dt.datetime.combine(patient.study_date, dt.time(8, 0)) + dt.timedelta(
+        seconds=zlib.crc32(uid_seed.encode()) % 30000)  # some time in the working day
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
 
     ds = Dataset()

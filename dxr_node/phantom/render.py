@@ -1,8 +1,8 @@
 """Projection radiography of a synthetic hand: attenuation paths, detector and processing.
 
 Order of the physics: line integrals of attenuation on a supersampled grid -> intensity
-I0*exp(-A) -> Gaussian system blur -> pixel integration (box average) -> heel effect and
-collimation -> quantum noise (variance ~ counts) -> log transform to 12-bit values ->
+I0*exp(-A) -> Gaussian system blur -> pixel integration (box average) -> scatter, heel
+effect and collimation -> quantum noise (variance ~ counts) -> log transform to 12-bit values ->
 optional unsharp-mask edge enhancement -> burned-in text.
 """
 
@@ -55,27 +55,26 @@ class Placement:
         self.linear = to_rc @ rotate @ mirror
         center_rc = np.array([(self.rows - 1) / 2, (self.cols - 1) / 2])
         shift = np.array([-acquisition.offset_mm[1], acquisition.offset_mm[0]]) / spacing
-        points = _outline_points(anatomy)
+        points, is_tip = _outline_points(anatomy)
         projected = points @ self.linear.T
         # Skin reaches ~1.3 finger radii beyond the bones; radiographers leave ~8 mm more.
         margin = (1.3 * anatomy.soft_tissue.finger_radius_mm + 8.0) / spacing
         low, high = projected.min(axis=0) - margin, projected.max(axis=0) + margin
         self.offset = center_rc + shift - (low + high) / 2
-        # Keep the whole hand inside the collimated field where it fits.
+        # Keep the whole hand inside the collimated field where it fits; where it does not,
+        # show the finger tips and cut the forearm side.
         top, bottom, left, right = acquisition.collimation_mm or (0.0, 0.0, 0.0, 0.0)
         field_low = np.array([top, left]) / spacing
         field_high = np.array([self.rows - 1 - bottom / spacing, self.cols - 1 - right / spacing])
-        tips = projected[_tip_indices(anatomy)].mean(axis=0) if anatomy.long_bones else None
+        tips = projected[is_tip].mean(axis=0) if is_tip.any() else (low + high) / 2
         for axis in (0, 1):
-            if high[axis] - low[axis] > field_high[axis] - field_low[axis]:
-                # Too long for the field: show the finger tips, cut the forearm side.
-                if tips[axis] < (low[axis] + high[axis]) / 2:
-                    self.offset[axis] = field_low[axis] - low[axis]
-                else:
-                    self.offset[axis] = field_high[axis] - high[axis]
-                continue
-            self.offset[axis] += max(0.0, field_low[axis] - (low[axis] + self.offset[axis]))
-            self.offset[axis] -= max(0.0, high[axis] + self.offset[axis] - field_high[axis])
+            if high[axis] - low[axis] <= field_high[axis] - field_low[axis]:
+                self.offset[axis] += max(0.0, field_low[axis] - (low[axis] + self.offset[axis]))
+                self.offset[axis] -= max(0.0, high[axis] + self.offset[axis] - field_high[axis])
+            elif tips[axis] < (low[axis] + high[axis]) / 2:
+                self.offset[axis] = field_low[axis] - low[axis]
+            else:
+                self.offset[axis] = field_high[axis] - high[axis]
 
     def rc(self, xy: tuple[float, float] | np.ndarray) -> np.ndarray:
         return self.linear @ np.asarray(xy, dtype=float) + self.offset
@@ -89,26 +88,19 @@ class Placement:
         return a, b
 
 
-def _tip_indices(anatomy: HandAnatomy) -> list[int]:
-    """Rows of ``_outline_points`` that are finger tips (distal ends of distal phalanges)."""
-    indices, row = [], 0
-    for bone in anatomy.long_bones:
-        if bone.name.startswith("D"):
-            indices.append(row)
-        row += 1 if bone.name in ("radius", "ulna") else 2
-    return indices
-
-
-def _outline_points(anatomy: HandAnatomy) -> np.ndarray:
-    """Canonical points the image must show: bone ends of the hand and the distal forearm."""
-    if not anatomy.long_bones:
-        return np.zeros((1, 2))
-    points = []
+def _outline_points(anatomy: HandAnatomy) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical points the image must show (bone ends of the hand and distal forearm),
+    and which of them are finger tips."""
+    points, is_tip = [(0.0, 0.0)], [False]  # a non-hand image is centred on its origin
     for bone in anatomy.long_bones:
         points.append(bone.distal_xy)
+        is_tip.append(bone.name.startswith("D"))
         if bone.name not in ("radius", "ulna"):  # those continue out of the field
             points.append(bone.proximal_xy)
-    return np.array(points)
+            is_tip.append(False)
+    if anatomy.long_bones:
+        points, is_tip = points[1:], is_tip[1:]
+    return np.array(points), np.array(is_tip)
 
 
 def _scale(anatomy: HandAnatomy) -> float:
@@ -212,9 +204,7 @@ def _add_blob(attenuation: np.ndarray, texture: np.ndarray, blob: Blob, a: np.nd
         return
     angle = math.radians(blob.angle_deg)
     u, v = _local_coordinates(center, np.array([math.cos(angle), math.sin(angle)]), a, b, box)
-    shell = blob.shell_mm
-
-    power = blob.squareness
+    shell, power = blob.shell_mm, blob.squareness
 
     def chord(sa: float, sb: float, sc: float) -> np.ndarray:
         inside = 1 - np.abs(u / sa) ** power - np.abs(v / sb) ** power
@@ -320,7 +310,7 @@ def _chest_attenuation() -> np.ndarray:
     xx, yy = np.meshgrid(x0 + step * np.arange(cols), y1 - step * np.arange(rows))
     ax = np.abs(xx)
     # Body: an elliptical torso section, wider at the shoulders; attenuation ~ thickness.
-    half_width = 150 + 25 * _smooth01((yy - 60) / 80)
+    half_width = 150 + 25 * np.clip((yy - 60) / 80, 0.0, 1.0)
     body = np.sqrt(np.clip(1 - (xx / half_width) ** 2, 0, 1))
     attenuation = 3.0 * body
     # Lungs: air lowers attenuation; apex rounded, base cut by a diaphragm dome.
@@ -343,10 +333,6 @@ def _chest_attenuation() -> np.ndarray:
     clavicle = np.abs(yy - (165 - 0.25 * ax + 0.0015 * ax**2)) < 7
     attenuation += np.where(clavicle & (ax > 10) & (ax < 150), 0.6, 0.0)
     return cv2.GaussianBlur(attenuation.astype(np.float32), (0, 0), 1.5 / step)
-
-
-def _smooth01(x: np.ndarray) -> np.ndarray:
-    return np.clip(x, 0.0, 1.0)
 
 
 def _warp_canonical(image: np.ndarray, shape: tuple[int, int], a: np.ndarray,
