@@ -125,8 +125,8 @@ class ConsoleServer:
 
         check_console_access(config.web)
         self.config = config
-        self._store = Store(config.database_path)
         self._socket = self._bind(config.web.host, config.web.port)
+        self._store = Store(config.database_path)
         self.address: tuple[str, int] = self._socket.getsockname()[:2]
         app = create_app(config, self._store, scp_listening)
         # No access log: request lines can carry patient IDs (exam filters).
