@@ -1,7 +1,7 @@
 """The operator console: FastAPI app factory and the server `dxr-node serve` runs.
 
-Routes: HTML pages (/, /exams, /exams/{id}, /failures), the JSON API under /api (with
-/openapi.json and /docs), /metrics (Prometheus) and /healthz. Everything but /healthz
+Routes: HTML pages (/, /exams, /exams/{id}, /failures), the JSON API under /api (described
+at /openapi.json), /metrics (Prometheus) and /healthz. Everything but /healthz
 and /static needs access (see ``auth``). The console reads the node's database through
 its own ``Store`` connection and never touches the SCP.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,10 +156,11 @@ class ConsoleServer:
 
     def start(self, timeout_s: float = 10.0) -> None:
         self._thread.start()
-        for _ in range(int(timeout_s / 0.05)):
-            if self._server.started or not self._thread.is_alive():
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
                 break
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         if not self._server.started:
             self.stop()
             raise ConsoleConfigError("the console did not start (see the log above)")
