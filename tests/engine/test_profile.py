@@ -295,3 +295,23 @@ def test_phantom_hands_against_their_truth(index):
         assert abs(errors[0]) < 0.04 and abs(errors[1]) < 0.06, (name, errors)
         assert abs(m.axis_angle_deg - bone["axis_angle_deg"]) < 0.5
     print("\n" + "\n".join(lines))
+
+
+def test_a_band_reaching_the_flaring_metaphysis_is_flagged():
+    from dataclasses import replace
+
+    generate = pytest.importorskip("dxr_node.phantom.generate")
+    render = pytest.importorskip("dxr_node.phantom.render")
+    anatomy, acquisition, _ = generate.image_specs(7, 3)
+    pixels, truth = render.render(anatomy, replace(acquisition, photometric="MONOCHROME2"))
+    spacing, bone = truth["pixel_spacing_mm"], truth["bones"]["MC3"]
+    theta = math.radians(bone["axis_angle_deg"])
+    along = np.array([-math.sin(theta), math.cos(theta)])
+    for shift_mm, flagged in ((0.0, False), (20.0, True)):
+        start = np.asarray(bone["midshaft_center_rc"]) + shift_mm / spacing * along
+        m = measure_shaft(pixels.astype(np.float32), (float(start[0]), float(start[1])),
+                          bone["axis_angle_deg"], 0.1 * bone["length_mm"] / spacing,
+                          1.1 * bone["width_mm"] / spacing + 6)
+        assert (m.problem is not None) == flagged, (shift_mm, m.problem)
+        if flagged:
+            assert "width changes" in m.problem
