@@ -6,6 +6,9 @@ storescp (the PACS); the node's own database is read with sqlite3, as `status` w
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -68,6 +71,14 @@ def _referenced(ds) -> set[str]:
     return uids
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
@@ -98,10 +109,15 @@ def test_kill_9_during_receive_and_analysis_loses_nothing(tmp_path, phantoms):
             wait_for(lambda: len(acknowledged) >= 3
                      and _counts(data, "jobs").get("running", 0) > 0, 120,
                      "images acknowledged while analysis runs", interval_s=0.02)
-            node.kill()
+            # kill -9 of the node process alone: its workers must not live on as orphans.
+            workers = [int(pid) for pid in re.findall(r"worker=worker-\d+-(\d+)",
+                                                       node.log_text())]
+            os.kill(node.process.pid, signal.SIGKILL)
             killed.set()
+            wait_for(lambda: not any(map(_alive, workers)), 30, "the workers to die too")
+            node.kill()  # reaps the node
             sender.join()
-        assert 3 <= len(acknowledged) < len(phantoms)
+        assert 3 <= len(acknowledged) < len(phantoms) and workers
 
         with serve(data, *args, log_path=tmp_path / "node2.log") as node:
             # The modality re-sends what was never acknowledged, as a real one would.
