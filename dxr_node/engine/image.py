@@ -75,6 +75,16 @@ def radiograph_from_dataset(ds: Dataset, source: str,
                             pixel_spacing_mm: float | None = None) -> Radiograph:
     """Decode the first frame of ``ds`` and read its spacing and laterality."""
     name = Path(source).name or source
+    try:
+        return _radiograph(ds, source, name, pixel_spacing_mm)
+    except ImageLoadError:
+        raise
+    except Exception as error:  # malformed values surface lazily, in any pydicom call
+        raise ImageLoadError(f"{name}: malformed DICOM data ({_short(error)})") from None
+
+
+def _radiograph(ds: Dataset, source: str, name: str,
+                pixel_spacing_mm: float | None) -> Radiograph:
     pixels = _decode(ds, name)
     spacing, spacing_source, problem = _spacing(ds, pixel_spacing_mm)
     laterality = None

@@ -323,3 +323,35 @@ def test_signed_pixels_with_rescale(phantom):
     signed.RescaleIntercept = 2048
     signed.PixelData = (pixels.astype(np.int16) - 2048).tobytes()
     np.testing.assert_array_equal(radiograph_from_dataset(signed, "signed.dcm").pixels, pixels)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the damaged values
+def test_damaged_files_never_raise_anything_but_image_load_error(phantom, tmp_path):
+    """Seeded corruption of a small DICOM file: truncations and flipped header bytes."""
+    _, pixels, _, ds = phantom
+    small = copy.deepcopy(ds)
+    small.Rows, small.Columns = 32, 48
+    small.PixelData = pixels[:32, :48].copy().tobytes()
+    write_dataset(small, tmp_path / "small.dcm")
+    original = (tmp_path / "small.dcm").read_bytes()
+    pixel_start = original.rfind(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+    rng = np.random.default_rng(0)
+    loaded = failed = 0
+    for trial in range(120):
+        data = bytearray(original)
+        if trial % 3 == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for position in rng.integers(128, pixel_start, size=int(rng.integers(1, 6))):
+                data[position] = int(rng.integers(0, 256))
+        path = tmp_path / f"damaged_{trial}.dcm"
+        path.write_bytes(bytes(data))
+        try:
+            radiograph = load_radiograph(path)
+        except ImageLoadError as error:
+            assert "\n" not in str(error)
+            failed += 1
+        else:
+            assert radiograph.pixels.dtype == np.float32 and radiograph.pixels.ndim == 2
+            loaded += 1
+    assert failed > 10 and loaded > 10  # both outcomes were exercised
