@@ -1,9 +1,10 @@
-"""Shaft measurement on analytic tube radiographs with known geometry.
+"""Shaft measurement on analytic tube radiographs with known geometry, then on phantom
+hands (``dxr_node.phantom``; those tests skip without it).
 
-Run with ``-s`` to see the error tables. Truth: a tube of outer radius 4 mm and inner
-radius 2.5 mm (T = 1.5 mm, W = 8 mm), rendered with pixel aperture, Gaussian blur,
+Run with ``-s`` to see the error tables. Analytic truth: a tube of outer radius 4 mm and
+inner radius 2.5 mm (T = 1.5 mm, W = 8 mm), rendered with pixel aperture, Gaussian blur,
 soft tissue, optional unsharp masking and white noise; the measurement starts from a
-centre 2 px off and an axis 3 degrees off.
+centre 2 px off and an axis 3 degrees off unless a test says otherwise.
 """
 
 from __future__ import annotations
