@@ -4,7 +4,11 @@ A shaft is modelled as a tube (outer radius R, inner radius r, the canal may sit
 centre). Across the axis its projection is a weighted sum of two disc chords,
 ``A_o * chord(x; c_o, R) + A_i * chord(x; c_i, r)`` (A_i < 0: the canal attenuates
 less than the cortex), on a smooth soft-tissue baseline, blurred by the system's
-point spread function. The amplitudes are free, so no LUT or calibration is assumed.
+point spread function. The amplitudes are free, so no LUT or calibration is assumed;
+elliptical rather than circular sections only rescale the chords, which the amplitudes
+absorb too. Optionally the blurred tube is edge-enhanced by an unsharp mask,
+(1 + k) * tube - k * (tube blurred by a wide Gaussian of radius L), which is also how
+veiling glare (scatter) looks after the log.
 
 The blur is evaluated in closed form: a disc chord has an elementary second
 antiderivative, and a piecewise-linear Gaussian kernel (a sum of triangles) applied to
