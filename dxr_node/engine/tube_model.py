@@ -7,8 +7,8 @@ less than the cortex), on a smooth soft-tissue baseline, blurred by the system's
 point spread function. The amplitudes are free, so no LUT or calibration is assumed;
 elliptical rather than circular sections only rescale the chords, which the amplitudes
 absorb too. Optionally the blurred tube is edge-enhanced by an unsharp mask,
-(1 + k) * tube - k * (tube blurred by a wide Gaussian of radius L), which is also how
-veiling glare (scatter) looks after the log.
+(1 + k) * tube - k * (tube blurred by a wide Gaussian of radius L); after the log, veiling
+glare (scatter) looks much the same, and the term absorbs it too.
 
 The blur is evaluated in closed form: a disc chord has an elementary second
 antiderivative, and a piecewise-linear Gaussian kernel (a sum of triangles) applied to
