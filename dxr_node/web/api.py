@@ -3,6 +3,7 @@ the HTML pages render: both call the functions here, so they always agree."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
@@ -16,8 +17,11 @@ from pydantic import BaseModel
 
 from dxr_node import __version__
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.logs import log_event
 from dxr_node.node.store import Store
 from dxr_node.web.auth import require_same_origin
+
+log = logging.getLogger("dxr_node.web")
 
 EXAM_STATUSES = ("analysed", "rejected", "failed", "waiting")
 PAGE_SIZE = 50
@@ -161,8 +165,28 @@ def exam_detail(store: Store, job_id: int) -> dict[str, Any]:
     return exam
 
 
-def retry_all(store: Store) -> dict[str, int]:
-    done = store.retry_all_failures()
+# Operator actions, logged (identifiers only) as an audit trail of who retried what.
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def retry_dispatch(request: Request, dispatch_id: int) -> bool:
+    ok = request.app.state.store.retry_dispatch(dispatch_id)
+    log_event(log, "operator_retry", dispatch=dispatch_id, done=ok, client=_client(request))
+    return ok
+
+
+def retry_job(request: Request, job_id: int) -> bool:
+    ok = request.app.state.store.retry_job(job_id)
+    log_event(log, "operator_retry", job=job_id, done=ok, client=_client(request))
+    return ok
+
+
+def retry_all(request: Request) -> dict[str, int]:
+    done = request.app.state.store.retry_all_failures()
+    log_event(log, "operator_retry_all", dispatches=done["dispatches"], jobs=done["jobs"],
+              client=_client(request))
     return {"retried_dispatches": done["dispatches"], "retried_jobs": done["jobs"]}
 
 
@@ -208,7 +232,7 @@ def get_failures(request: Request) -> list[dict[str, Any]]:
 @router.post("/dispatches/{dispatch_id}/retry", response_model=RetryOutcome,
              dependencies=[Depends(require_same_origin)])
 def post_retry_dispatch(request: Request, dispatch_id: int) -> RetryOutcome:
-    if not _store(request).retry_dispatch(dispatch_id):
+    if not retry_dispatch(request, dispatch_id):
         raise HTTPException(409, f"dispatch {dispatch_id} does not exist or is not "
                                  "failed or waiting")
     return RetryOutcome(retried_dispatches=1)
@@ -217,7 +241,7 @@ def post_retry_dispatch(request: Request, dispatch_id: int) -> RetryOutcome:
 @router.post("/jobs/{job_id}/retry", response_model=RetryOutcome,
              dependencies=[Depends(require_same_origin)])
 def post_retry_job(request: Request, job_id: int) -> RetryOutcome:
-    if not _store(request).retry_job(job_id):
+    if not retry_job(request, job_id):
         raise HTTPException(409, f"job {job_id} does not exist or has not failed")
     return RetryOutcome(retried_jobs=1)
 
@@ -225,4 +249,4 @@ def post_retry_job(request: Request, job_id: int) -> RetryOutcome:
 @router.post("/failures/retry-all", response_model=RetryOutcome,
              dependencies=[Depends(require_same_origin)])
 def post_retry_all(request: Request) -> RetryOutcome:
-    return RetryOutcome(**retry_all(_store(request)))
+    return RetryOutcome(**retry_all(request))

@@ -180,7 +180,7 @@ def _redirect(url: str, done: str) -> RedirectResponse:
 
 @router.post("/dispatches/{dispatch_id}/retry", dependencies=[Depends(require_same_origin)])
 def retry_dispatch(request: Request, dispatch_id: int, back: str | None = None) -> Response:
-    ok = request.app.state.store.retry_dispatch(dispatch_id)
+    ok = api.retry_dispatch(request, dispatch_id)
     message = (f"Dispatch {dispatch_id} queued to be sent again." if ok
                else f"Dispatch {dispatch_id} was not failed or waiting: nothing to retry.")
     return _redirect(_back(back, "/failures"), message)
@@ -188,7 +188,7 @@ def retry_dispatch(request: Request, dispatch_id: int, back: str | None = None) 
 
 @router.post("/jobs/{job_id}/retry", dependencies=[Depends(require_same_origin)])
 def retry_job(request: Request, job_id: int, back: str | None = None) -> Response:
-    ok = request.app.state.store.retry_job(job_id)
+    ok = api.retry_job(request, job_id)
     message = (f"Exam {job_id} queued for analysis again." if ok
                else f"Exam {job_id} has not failed: nothing to retry.")
     return _redirect(_back(back, "/failures"), message)
@@ -196,6 +196,6 @@ def retry_job(request: Request, job_id: int, back: str | None = None) -> Respons
 
 @router.post("/failures/retry-all", dependencies=[Depends(require_same_origin)])
 def retry_all(request: Request) -> Response:
-    done = api.retry_all(request.app.state.store)
+    done = api.retry_all(request)
     return _redirect("/failures", f"Queued again: {done['retried_dispatches']} dispatch(es), "
                                   f"{done['retried_jobs']} analysis job(s).")

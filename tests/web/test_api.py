@@ -126,10 +126,13 @@ def test_pages_show_the_data_an_administrator_needs(client, filled):
     assert client.get("/exams/12345").status_code == 404
 
 
-def test_retry_one_dispatch_then_nothing_left_to_retry(client, store, filled):
+def test_retry_one_dispatch_then_nothing_left_to_retry(client, store, filled, caplog):
+    caplog.set_level("INFO", logger="dxr_node.web")
     response = client.post(f"/dispatches/{filled.failed_dispatch}/retry",
                            params={"back": f"/exams/{filled.job_ids[-1]}"})
     assert response.status_code == 303
+    assert (f"event=operator_retry dispatch={filled.failed_dispatch} done=True "
+            "client=127.0.0.1") in caplog.text  # the audit trail, identifiers only
     assert response.headers["location"].startswith(f"/exams/{filled.job_ids[-1]}?done=")
     (row,) = [d for d in store.exam_dispatches(filled.job_ids[-1])
               if d["id"] == filled.failed_dispatch]
