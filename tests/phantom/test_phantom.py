@@ -214,3 +214,20 @@ def test_cli_transfer_syntax_via_dcmtk(tmp_path):
     ds = pydicom.dcmread(tmp_path / "phantom_0000.dcm")
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
     assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
+
+
+def test_default_set_mixes_acquisitions():
+    from dxr_node.phantom.generate import _mixed, image_specs
+
+    specs = [image_specs(0, i) for i in range(10)]
+    acquisitions = [_mixed(acq, i) for i, (_, acq, _) in enumerate(specs)]
+    assert {a.laterality for a in acquisitions} == {"L", "R"}
+    assert {a.fingers for a in acquisitions} == {"up", "down"}
+    assert {a.modality for a in acquisitions} == {"DX", "CR"}
+    assert {a.photometric for a in acquisitions} == {"MONOCHROME1", "MONOCHROME2"}
+    assert {a.edge_gain > 0 for a in acquisitions} == {True, False}
+    assert len({a.pixel_spacing_mm for a in acquisitions}) >= 3
+    assert min(a.rotation_deg for a in acquisitions) < -5 < 5 < max(
+        a.rotation_deg for a in acquisitions)
+    assert all(0.05 <= a.blur_sigma_mm <= 0.15 for a in acquisitions)
+    assert {anatomy.variant for anatomy, _, _ in specs} == {"adult"}
