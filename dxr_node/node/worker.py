@@ -243,7 +243,7 @@ class WorkerPool:
         with store:
             while not self.stop_event.is_set():
                 sentinels = [s.process.sentinel for s in self._slots]
-                multiprocessing.connection.wait(sentinels, timeout=0.5)
+                multiprocessing.connection.wait(sentinels, timeout=min(0.5, self.job_timeout_s))
                 for slot in self._slots:
                     if not slot.process.is_alive():
                         self._handle_death(store, slot)

@@ -171,7 +171,8 @@ def test_job_that_hangs_is_killed_after_the_timeout(tmp_path, phantoms):
     stop = threading.Event()
     with Store(config.database_path) as store:
         job_id = _queue(store, tmp_path, phantoms[0])
-        # No analysis finishes in 0.05 s, so this stands in for one that never ends.
+        # Loading and analysing a radiograph takes far longer than 0.05 s (the supervisor
+        # then checks every 0.05 s), so this stands in for an analysis that never ends.
         pool = WorkerPool(config, stop, job_timeout_s=0.05).start()
         try:
             wait_for(lambda: _state(store, job_id) == "failed", 60, "the timeout")
