@@ -708,15 +708,21 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
         normal = np.array([-direction[1], direction[0]])
         width = float(np.median(widths[keep]))
 
-    # Ends: the steepest fall at the head and rise at the base along the axis.
+    # Ends: the darkest gap near each end (joint space), then the bone's own edge on the
+    # near side of it (a rounded head falls off gently, the far bone's plate sharply).
     along = np.arange(-0.7 * length, 0.7 * length, 0.5)
     band = np.linspace(-0.25 * width, 0.25 * width, 5)
     points = centre + along[:, None, None] * direction + band[None, :, None] * normal
-    slope = np.gradient(_sample(crop, points[..., 0], points[..., 1]).mean(axis=1))
-    head = (along > 0.4 * length) & (along < 0.6 * length)
-    base = (along > -0.6 * length) & (along < -0.4 * length)
-    distal_s = along[head][int(np.argmin(slope[head]))]
-    proximal_s = along[base][int(np.argmax(slope[base]))]
+    profile = _sample(crop, points[..., 0], points[..., 1]).mean(axis=1)
+    slope = np.gradient(profile)
+    gaps = _valley_strength(profile, max(2, int(0.06 * length / 0.5)))
+    edge = 0.06 * length
+    head_gap = _strongest_near(gaps, along, 0.5 * length, 0.1 * length)
+    near = (along >= head_gap - edge) & (along <= head_gap)
+    distal_s = along[near][int(np.argmin(slope[near]))] if near.any() else head_gap
+    base_gap = _strongest_near(gaps, along, -0.5 * length, 0.1 * length)
+    near = (along >= base_gap) & (along <= base_gap + edge)
+    proximal_s = along[near][int(np.argmax(slope[near]))] if near.any() else base_gap
     distal = centre + distal_s * direction + low
     proximal = centre + proximal_s * direction + low
     axis = distal - proximal
