@@ -172,26 +172,41 @@ def _max_value(ds: Dataset, values: np.ndarray) -> float:
 
 
 def _spacing(ds: Dataset, override: float | None) -> tuple[float | None, str | None, str | None]:
-    """(spacing mm, source, problem) following PixelSpacing > Imager/ERMF > Imager."""
+    """(spacing mm, source, problem) following PixelSpacing > Imager/ERMF > Imager.
+
+    An empty or implausible attribute (e.g. PixelSpacing 0\\0) falls through to the next;
+    when none is usable the first problem is reported.
+    """
     if override is not None:
         return _plausible([override], "command line")
-    if "PixelSpacing" in ds:
-        return _plausible(ds.PixelSpacing, "PixelSpacing")
-    if "ImagerPixelSpacing" in ds:
-        values = ds.ImagerPixelSpacing
-        magnification = ds.get("EstimatedRadiographicMagnificationFactor")
-        try:
-            factor = float(magnification) if magnification not in (None, "") else None
-        except (TypeError, ValueError):
-            factor = None
-        if factor and 0.5 < factor < 3.0:
+    candidates = []
+    if ds.get("PixelSpacing"):
+        candidates.append((ds.PixelSpacing, "PixelSpacing"))
+    if ds.get("ImagerPixelSpacing"):
+        factor = _number(ds.get("EstimatedRadiographicMagnificationFactor"))
+        if factor is not None and 0.5 < factor < 3.0:
             try:
-                values = [float(v) / factor for v in _as_list(values)]
+                corrected = [float(v) / factor for v in _as_list(ds.ImagerPixelSpacing)]
             except (TypeError, ValueError):
-                return None, None, "ImagerPixelSpacing is not a number"
-            return _plausible(values, "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor")
-        return _plausible(values, "ImagerPixelSpacing")
-    return None, None, "no pixel spacing in the header"
+                corrected = None
+            if corrected is not None:
+                candidates.append(
+                    (corrected, "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"))
+        candidates.append((ds.ImagerPixelSpacing, "ImagerPixelSpacing"))
+    problems = []
+    for values, source in candidates:
+        spacing, used, problem = _plausible(values, source)
+        if spacing is not None:
+            return spacing, used, None
+        problems.append(problem)
+    return None, None, problems[0] if problems else "no pixel spacing in the header"
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _as_list(value: object) -> list:

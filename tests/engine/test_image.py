@@ -167,6 +167,10 @@ def test_multiframe_returns_first_frame(phantom, tmp_path):
     ({"ImagerPixelSpacing": [5.0, 5.0]}, None, None, "implausible"),
     ({"ImagerPixelSpacing": [0.01, 0.01]}, None, None, "implausible"),
     ({"ImagerPixelSpacing": None}, None, None, "no pixel spacing"),
+    ({"PixelSpacing": [0, 0]}, 0.175, "ImagerPixelSpacing", None),  # unusable: next one
+    ({"PixelSpacing": [0, 0], "ImagerPixelSpacing": None}, None, None, "implausible"),
+    ({"PixelSpacing": [0.1, 0.1], "EstimatedRadiographicMagnificationFactor": 1.25}, 0.1,
+     "PixelSpacing", None),
 ])
 def test_spacing_precedence_and_problems(phantom, changes, spacing, source, problem):
     _, _, _, ds = phantom
