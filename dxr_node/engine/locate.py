@@ -117,7 +117,7 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         if name != "MC5":
             base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
             candidates[name] = _metacarpal_candidates(smooth, ridge, base, tip)
-    for name, bone in sorted(_choose_consistent(candidates).items()):
+    for name, bone in sorted(_even_out_lengths(_choose_consistent(candidates)).items()):
         if not _inside(inside, bone):
             problems.append(f"{name} shaft cut by the field edge")
             continue
@@ -652,6 +652,29 @@ def _to_input(name: str, bone: _CanonicalBone, frame: _Canonical) -> LocatedBone
         length_px=float(np.linalg.norm(axis)),
         width_estimate_px=bone.width / zoom,
     )
+
+
+# Typical metacarpal lengths relative to MC2 (adults; MC3 about 4 % and MC4 15 % shorter).
+LENGTH_RATIO = {"MC2": 1.0, "MC3": 0.955, "MC4": 0.855}
+
+
+def _even_out_lengths(bones: dict[str, _CanonicalBone]) -> dict[str, _CanonicalBone]:
+    """Lengthen a bone cut short (its base hidden where the bases overlap) to the length
+    its neighbours imply; the full-resolution pass then looks for its gap there."""
+    if len(bones) < 2:
+        return bones
+    implied = [np.linalg.norm(b.distal - b.proximal) / LENGTH_RATIO[n] for n, b in bones.items()]
+    reference = max(implied) if max(implied) <= 1.3 * np.median(implied) else np.median(implied)
+    evened = {}
+    for name, bone in bones.items():
+        axis = bone.proximal - bone.distal
+        length = float(np.linalg.norm(axis))
+        expected = reference * LENGTH_RATIO[name]
+        if length < 0.9 * expected:
+            proximal = bone.distal + axis * (expected / length)
+            bone = replace(bone, proximal=proximal, centre=0.5 * (bone.distal + proximal))
+        evened[name] = bone
+    return evened
 
 
 def _inconsistent(bones: dict[str, _CanonicalBone]) -> list[str]:
