@@ -1,0 +1,186 @@
+"""Locating the hand, its laterality and metacarpals II-IV on phantoms and real images.
+
+Phantom tests compare with the generator's truth; real-image tests compare with
+eye-annotated mid-shaft centres (tests/data/realdata_landmarks.json) and skip when
+../shared/realdata (not shipped with the project) is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dxr_node.engine.locate import LocateError, locate_metacarpals
+
+REPO = Path(__file__).resolve().parents[2]
+REALDATA = REPO / ".." / "shared" / "realdata"
+LANDMARKS = json.loads((REPO / "tests" / "data" / "realdata_landmarks.json").read_text())
+ANNOTATED = sorted(name for name in LANDMARKS if not name.startswith("_"))
+BONES = ("MC2", "MC3", "MC4")
+
+# Real images whose listed bones are still located on the wrong spot (children with open
+# growth plates, where a physis is taken for the joint); kept visible as expected failures.
+KNOWN_MISSES: dict[str, tuple[str, ...]] = {}
+
+
+def _phantom_modules():
+    return (pytest.importorskip("dxr_node.phantom.generate"),
+            pytest.importorskip("dxr_node.phantom.render"))
+
+
+def _render(seed: int, index: int, variant: str = "adult", **changes):
+    """Bone-bright phantom pixels and their truth record."""
+    generate, render = _phantom_modules()
+    anatomy, acquisition, _ = generate.image_specs(seed, index, variant)
+    acquisition = replace(acquisition, photometric="MONOCHROME2", for_processing=False,
+                          **changes)
+    pixels, truth = render.render(anatomy, acquisition)
+    return pixels.astype(np.float32), truth
+
+
+def _angle_difference(a: float, b: float) -> float:
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def _assert_matches_truth(found, truth, tolerance_px: float = 3.0) -> None:
+    assert found.laterality == truth["laterality"]
+    assert not found.problems, found.problems
+    for name in BONES:
+        bone, true = found.bones[name], truth["bones"][name]
+        error = math.dist(bone.center_rc, true["midshaft_center_rc"])
+        assert error <= tolerance_px, f"{name} centre {error:.1f} px from the truth"
+        assert _angle_difference(bone.axis_angle_deg, true["axis_angle_deg"]) <= 3.0, name
+        assert bone.length_px == pytest.approx(math.dist(true["proximal_rc"], true["distal_rc"]),
+                                               rel=0.05)
+
+
+@pytest.mark.parametrize(("rotation_deg", "fingers", "laterality"), [
+    (0.0, "up", "R"),
+    (0.0, "up", "L"),
+    (20.0, "up", "R"),
+    (-20.0, "up", "L"),
+    (0.0, "down", "R"),
+    (-15.0, "down", "L"),
+])
+def test_phantom_bones_found_at_their_true_place(rotation_deg, fingers, laterality):
+    pixels, truth = _render(11, 0, rotation_deg=rotation_deg, fingers=fingers,
+                            laterality=laterality)
+    found = locate_metacarpals(pixels)
+    _assert_matches_truth(found, truth)
+    assert not found.paediatric
+
+
+def test_phantom_set_from_dicom_files(tmp_path):
+    """A mixed set as the generator writes it (MONOCHROME1/2, DX/CR, edge enhancement)."""
+    generate, _ = _phantom_modules()
+    image = pytest.importorskip("dxr_node.engine.image")
+    truth = generate.write_phantom_set(tmp_path, n=8, seed=5)
+    centre_errors = []
+    for name, record in truth.items():
+        found = locate_metacarpals(image.load_radiograph(tmp_path / name).pixels)
+        assert found.laterality == record["laterality"], name
+        for bone in BONES:
+            if bone in found.bones:
+                true = record["bones"][bone]["midshaft_center_rc"]
+                centre_errors.append(math.dist(found.bones[bone].center_rc, true))
+            else:
+                centre_errors.append(math.inf)
+    centre_errors = np.array(centre_errors)
+    assert np.mean(centre_errors <= 3.0) >= 0.75, np.round(centre_errors, 1)
+
+
+def test_phantom_child_is_flagged_paediatric():
+    pixels, _ = _render(11, 1, "paediatric")
+    found = locate_metacarpals(pixels)
+    assert found.paediatric
+    assert not any("toddler" in problem for problem in found.problems)
+
+
+def test_phantom_toddler_is_rejected():
+    pixels, truth = _render(11, 2, "toddler")
+    found = locate_metacarpals(pixels, pixel_spacing_mm=truth["pixel_spacing_mm"])
+    assert "bones too small to measure (toddler)" in found.problems
+    assert found.paediatric
+
+
+def test_phantom_non_hand_is_rejected():
+    pixels, _ = _render(11, 3, "non-hand")
+    found = locate_metacarpals(pixels)
+    assert not found.bones
+    assert found.laterality is None
+    assert "not a hand radiograph" in found.problems[0]
+
+
+def test_blank_image_is_rejected():
+    found = locate_metacarpals(np.full((400, 300), 100.0, np.float32))
+    assert not found.bones
+    assert found.problems
+
+
+@pytest.mark.parametrize("bad", [np.zeros(100), np.zeros((20, 20)), np.zeros((3, 200, 200))])
+def test_unusable_arrays_raise_a_clear_error(bad):
+    with pytest.raises(LocateError, match="2-D greyscale image"):
+        locate_metacarpals(bad)
+
+
+def test_non_finite_pixels_raise_a_clear_error():
+    pixels = np.zeros((200, 200), np.float32)
+    pixels[5, 5] = np.nan
+    with pytest.raises(LocateError, match="NaN"):
+        locate_metacarpals(pixels)
+
+
+def _real(name: str) -> np.ndarray:
+    if not REALDATA.is_dir():
+        pytest.skip(f"real images not available at {REALDATA}")
+    pixels = cv2.imread(str(REALDATA / name), cv2.IMREAD_GRAYSCALE)
+    assert pixels is not None, name
+    return pixels.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ANNOTATED)
+def test_real_image_laterality_and_bones(name):
+    found = locate_metacarpals(_real(name))
+    annotation = LANDMARKS[name]
+    assert found.laterality == annotation["laterality"]
+    assert not any("toddler" in problem for problem in found.problems)
+    spacing = np.mean([math.dist(annotation["MC2"], annotation["MC3"]),
+                       math.dist(annotation["MC3"], annotation["MC4"])])
+    misses = []
+    for bone in BONES:
+        located = found.bones.get(bone)
+        if located is None:
+            misses.append(f"{bone} not located ({'; '.join(found.problems)})")
+        elif math.dist(located.center_rc, annotation[bone]) > 0.35 * spacing:
+            error = math.dist(located.center_rc, annotation[bone]) / spacing
+            misses.append(f"{bone} off by {error:.2f} of the inter-metacarpal spacing")
+    expected = KNOWN_MISSES.get(name, ())
+    unexpected = [m for m in misses if m.split()[0] not in expected]
+    assert not unexpected, unexpected
+    if expected and misses:
+        pytest.xfail(f"known misses: {misses}")
+
+
+@pytest.mark.parametrize("name", ["radinf_rsna_6.png", "radinf_rsna_8.png"])
+def test_real_toddlers_are_rejected(name):
+    found = locate_metacarpals(_real(name))
+    assert "bones too small to measure (toddler)" in found.problems
+    assert found.paediatric
+
+
+@pytest.mark.parametrize("name", ["shsnet_rsna_train_img64.png", "shsnet_rsna_train_img80.png",
+                                  "shsnet_rsna_train_img95.png", "k1101_dha_3147.jpg"])
+def test_real_children_are_paediatric(name):
+    assert locate_metacarpals(_real(name)).paediatric
+
+
+@pytest.mark.parametrize("name", ["shsnet_rsna_train_img1.png", "shsnet_rsna_train_img21.png",
+                                  "shsnet_rsna_train_img23.png", "shsnet_rsna_train_img3.png"])
+def test_real_fused_physes_are_not_paediatric(name):
+    assert not locate_metacarpals(_real(name)).paediatric
