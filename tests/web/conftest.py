@@ -11,25 +11,17 @@ Each test gets its own copy of the database.
 from __future__ import annotations
 
 import shutil
-import socket
 import sqlite3
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
+from console_testing import DESTINATION, STUDY_DATES, TestClient, console_client
 
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.store import InstanceInfo, Store
-
-with warnings.catch_warnings():  # Starlette nudges towards httpx2, which is not installed
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
-STUDY_DATES = ("20240321", "20250321", "20260321")
-DESTINATION = "PACS"
 
 
 @dataclass
@@ -42,12 +34,6 @@ class Filled:
     failed_dispatch: int  # permanent failure, on the newest exam
     waiting_dispatch: int  # transient failure waiting for its retry, same exam
     patient_id: str
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _instance(path: Path) -> InstanceInfo:
@@ -162,15 +148,6 @@ def node_config(filled: Filled, tmp_path: Path) -> NodeConfig:
 def store(node_config: NodeConfig):
     with Store(node_config.database_path) as opened:
         yield opened
-
-
-def console_client(config: NodeConfig, store: Store, *, listening: bool = True,
-                   client_host: str = "127.0.0.1") -> TestClient:
-    """The console app over ``store``, requested from ``client_host``."""
-    from dxr_node.web.app import create_app
-
-    app = create_app(config, store, lambda: listening)
-    return TestClient(app, client=(client_host, 50000), follow_redirects=False)
 
 
 @pytest.fixture

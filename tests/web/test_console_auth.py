@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import console_client, free_port
+from console_testing import console_client, free_port
 
 from dxr_node.node.config import NodeConfig
 from dxr_node.web.auth import ConsoleConfigError, check_console_access

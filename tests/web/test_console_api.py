@@ -8,7 +8,7 @@ import sqlite3
 
 import numpy as np
 import pydicom
-from conftest import DESTINATION, STUDY_DATES, console_client
+from console_testing import DESTINATION, STUDY_DATES, console_client
 from PIL import Image
 
 from dxr_node.node.store import Store
