@@ -184,70 +184,95 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
     scale = {"adult": 1.0, "paediatric": 0.72, "toddler": 0.45}[variant]
     scale *= float(np.clip(rng.normal(1.0, 0.05), 0.88, 1.12))
     child = variant != "adult"
+    cortical_factor = float(rng.uniform(0.50, 0.70)) if osteoporotic else 1.0
+    bones = _metacarpals(rng, scale, cortical_factor, osteoporotic and variant == "adult", child)
+    gap = 1.8 * scale if not child else 2.6 * scale  # joint spaces (wider with cartilage)
+    fingers = _finger_rays(rng, bones, scale, gap, child)
+    fingers.insert(0, _thumb(rng, bones, scale, gap, cortical_factor, child))
+    bones += _forearm(rng, scale, cortical_factor, child)
 
-    def jitter(sd: float) -> float:
-        return float(rng.normal(0.0, sd))
+    blobs = _carpals(rng, scale, variant)
+    blobs.append(Blob("sesamoid", _thumb_sesamoid(bones),
+                      (2.2 * scale, 1.8 * scale, 2.0 * scale), 0.0, 0.35 * scale))
+    if variant == "toddler":
+        blobs = blobs[:2]  # only capitate and hamate have ossified at about two years
+    soft = SoftTissue(
+        finger_radius_mm=8.5 * scale * (1 + rng.normal(0.0, 0.05)),
+        palm_half_thickness_mm=14.0 * scale * (1 + rng.normal(0.0, 0.08)),
+        wrist_half_thickness_mm=17.0 * scale * (1 + rng.normal(0.0, 0.06)),
+        wrist_half_width_mm=29.0 * scale * (1 + rng.normal(0.0, 0.04)),
+    )
+    return HandAnatomy(anatomy_id, variant, tuple(bones), tuple(blobs), tuple(fingers), soft,
+                       osteoporotic)
 
-    bones: list[LongBone] = []
-    # Metacarpal shafts: mid-shaft centres 15-18 mm apart (soft tissue in between), axes
-    # converging towards the carpus.
+
+def _metacarpals(rng: np.random.Generator, scale: float, cortical_factor: float,
+                 clip_osteoporotic: bool, child: bool) -> list[LongBone]:
+    """MC2-MC5: mid-shaft centres 15-18 mm apart (soft tissue in between), axes converging
+    towards the carpus."""
     angles = {"MC2": 97.0, "MC3": 90.0, "MC4": 83.5, "MC5": 77.0}
     base_y = {"MC2": 1.5, "MC3": 0.0, "MC4": -1.5, "MC5": -4.0}
-    cortical_factor = float(rng.uniform(0.50, 0.70)) if osteoporotic else 1.0
     mid_x = {"MC3": 0.0}
     for name, direction in (("MC2", -1), ("MC4", 1), ("MC5", 1)):
         previous = "MC3" if name != "MC5" else "MC4"
         mid_x[name] = mid_x[previous] + direction * float(rng.uniform(14.8, 16.6)) * scale
+    bones = []
     for name in METACARPALS:
         width, thickness, length = _METACARPAL_TYPICAL[name]
-        width *= scale * (1 + jitter(0.04))
-        length *= scale * (1 + jitter(0.03))
-        thickness *= scale * (1 + jitter(0.07)) * cortical_factor
-        if osteoporotic and variant == "adult":
+        width *= scale * (1 + rng.normal(0.0, 0.04))
+        length *= scale * (1 + rng.normal(0.0, 0.03))
+        thickness *= scale * (1 + rng.normal(0.0, 0.07)) * cortical_factor
+        if clip_osteoporotic:
             thickness = float(np.clip(thickness, 1.0, 1.6))
         thickness = min(thickness, 0.5 * width - 0.8 * scale)
-        angle = math.radians(angles[name] + jitter(1.5))
-        ex, ey = math.cos(angle), math.sin(angle)
-        mid_y = base_y[name] * scale + 0.5 * length * ey
-        mid = (mid_x[name], mid_y)
+        angle = math.radians(angles[name] + rng.normal(0.0, 1.5))
+        half = 0.5 * length * np.array([math.cos(angle), math.sin(angle)])
+        mid = np.array([mid_x[name], base_y[name] * scale + half[1]])
         bones.append(LongBone(
-            name=name,
-            proximal_xy=(mid[0] - 0.5 * length * ex, mid[1] - 0.5 * length * ey),
-            distal_xy=(mid[0] + 0.5 * length * ex, mid[1] + 0.5 * length * ey),
+            name=name, proximal_xy=tuple(mid - half), distal_xy=tuple(mid + half),
             outer_radius_mm=width / 2, inner_radius_mm=width / 2 - thickness,
             base_flare=float(rng.uniform(1.35, 1.55)), head_flare=float(rng.uniform(1.22, 1.38)),
             base_cap_mm=2.5 * scale, head_cap_mm=0.55 * width * 1.3,
             end_shell_mm=0.45 * scale,
             physis="distal" if child else None, physis_gap_mm=1.6 * scale if child else 0.0,
         ))
+    return bones
 
-    gap = 1.8 * scale if not child else 2.6 * scale  # joint spaces (wider with cartilage)
+
+def _finger_rays(rng: np.random.Generator, bones: list[LongBone], scale: float, gap: float,
+                 child: bool) -> list[tuple[str, ...]]:
+    """Three phalanges on each of MC2-MC5 (appended to ``bones``); returns the rays."""
     # Fingers fan out a little more than their metacarpals, enough that neighbours never
     # touch (bounded jitter).
     spread = {2: 3.0, 3: 0.0, 4: -3.0, 5: -7.0}
-    fingers: list[tuple[str, ...]] = []
+    fingers = []
     for ray in (2, 3, 4, 5):
         metacarpal = bones[ray - 2]
         chain = [metacarpal.name]
         start = np.asarray(metacarpal.distal_xy)
-        mc_angle = math.degrees(math.atan2(metacarpal.distal_xy[1] - metacarpal.proximal_xy[1],
-                                           metacarpal.distal_xy[0] - metacarpal.proximal_xy[0]))
-        angle = mc_angle + spread[ray] + float(np.clip(jitter(1.5), -2.5, 2.5))
+        axis = start - np.asarray(metacarpal.proximal_xy)
+        angle = (math.degrees(math.atan2(axis[1], axis[0])) + spread[ray]
+                 + float(np.clip(rng.normal(0.0, 1.5), -2.5, 2.5)))
         for level, (width, length) in zip(("P", "M", "D"), _PHALANGES[ray], strict=True):
-            angle += float(np.clip(jitter(1.0), -2.0, 2.0))
-            width *= scale * (1 + jitter(0.04))
-            length *= scale * (1 + jitter(0.04))
+            angle += float(np.clip(rng.normal(0.0, 1.0), -2.0, 2.0))
+            width *= scale * (1 + rng.normal(0.0, 0.04))
+            length *= scale * (1 + rng.normal(0.0, 0.04))
             name = f"{level}{ray}"
             bones.append(_phalanx(name, start + gap * _unit(angle), angle, width, length,
                                   distal=level == "D", scale=scale, child=child))
             start = np.asarray(bones[-1].distal_xy)
             chain.append(name)
         fingers.append(tuple(chain))
+    return fingers
 
-    # Thumb: first metacarpal from the trapezium, abducted; two phalanges.
-    thumb_angle = 124.0 + float(np.clip(jitter(3.0), -6.0, 6.0))
+
+def _thumb(rng: np.random.Generator, bones: list[LongBone], scale: float, gap: float,
+           cortical_factor: float, child: bool) -> tuple[str, ...]:
+    """First metacarpal from the trapezium, abducted, and two phalanges (appended)."""
+    thumb_angle = 124.0 + float(np.clip(rng.normal(0.0, 3.0), -6.0, 6.0))
     base = np.array([-22.0 * scale, -2.0 * scale])
-    mc1_len, mc1_width = 44.0 * scale * (1 + jitter(0.03)), 8.6 * scale * (1 + jitter(0.04))
+    mc1_len = 44.0 * scale * (1 + rng.normal(0.0, 0.03))
+    mc1_width = 8.6 * scale * (1 + rng.normal(0.0, 0.04))
     mc1_thickness = min(2.0 * scale * cortical_factor, 0.5 * mc1_width - 0.8 * scale)
     bones.append(LongBone(
         "MC1", tuple(base), tuple(base + mc1_len * _unit(thumb_angle)),
@@ -256,26 +281,28 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
         end_shell_mm=0.45 * scale, physis="proximal" if child else None,
         physis_gap_mm=1.6 * scale if child else 0.0))
     start = np.asarray(bones[-1].distal_xy)
-    thumb = ["MC1"]
-    angle = thumb_angle - 8.0 + jitter(4.0)
+    angle = thumb_angle - 8.0 + rng.normal(0.0, 4.0)
     for name, width, length in (("P1", 8.0, 31.0), ("D1", 6.4, 23.0)):
-        width *= scale * (1 + jitter(0.04))
-        length *= scale * (1 + jitter(0.04))
+        width *= scale * (1 + rng.normal(0.0, 0.04))
+        length *= scale * (1 + rng.normal(0.0, 0.04))
         bones.append(_phalanx(name, start + gap * _unit(angle), angle, width, length,
                               distal=name == "D1", scale=scale, child=child))
         start = np.asarray(bones[-1].distal_xy)
-        thumb.append(name)
-        angle += jitter(3.0)
-    fingers.insert(0, tuple(thumb))
+        angle += rng.normal(0.0, 3.0)
+    return ("MC1", "P1", "D1")
 
-    # Distal radius and ulna: long shafts coming from below the image, flared distal ends.
-    radius_end = np.array([-8.5, -38.5]) * scale
-    ulna_end = np.array([15.5, -42.0]) * scale
+
+def _forearm(rng: np.random.Generator, scale: float, cortical_factor: float,
+             child: bool) -> list[LongBone]:
+    """Distal radius and ulna: long shafts from below the image with flared distal ends."""
+    bones = []
     for name, end, width, flare, depth, physis_gap in (
-        ("radius", radius_end, 16.0, 1.75, 0.62, 2.2), ("ulna", ulna_end, 11.0, 1.2, 0.85, 2.0)
+        ("radius", (-8.5, -38.5), 16.0, 1.75, 0.62, 2.2),
+        ("ulna", (15.5, -42.0), 11.0, 1.2, 0.85, 2.0),
     ):
-        width *= scale * (1 + jitter(0.04))
-        angle = 92.0 + jitter(1.5)
+        end = np.array(end) * scale
+        width *= scale * (1 + rng.normal(0.0, 0.04))
+        angle = 92.0 + rng.normal(0.0, 1.5)
         bones.append(LongBone(
             name, tuple(end - 230.0 * _unit(angle)), tuple(end), width / 2,
             width / 2 - 2.0 * scale * cortical_factor,
@@ -283,20 +310,7 @@ def _build_hand(rng: np.random.Generator, anatomy_id: str, variant: str,
             shaft_start=0.05, shaft_end=0.78, end_shell_mm=0.5 * scale,
             physis="distal" if child else None, physis_gap_mm=physis_gap * scale if child else 0,
             depth_ratio=depth))
-
-    blobs = _carpals(rng, scale, variant)
-    blobs.append(Blob("sesamoid", _thumb_sesamoid(bones),
-                      (2.2 * scale, 1.8 * scale, 2.0 * scale), 0.0, 0.35 * scale))
-    if variant == "toddler":
-        blobs = blobs[:2]  # only capitate and hamate have ossified at about two years
-    soft = SoftTissue(
-        finger_radius_mm=8.5 * scale * (1 + jitter(0.05)),
-        palm_half_thickness_mm=14.0 * scale * (1 + jitter(0.08)),
-        wrist_half_thickness_mm=17.0 * scale * (1 + jitter(0.06)),
-        wrist_half_width_mm=29.0 * scale * (1 + jitter(0.04)),
-    )
-    return HandAnatomy(anatomy_id, variant, tuple(bones), tuple(blobs), tuple(fingers), soft,
-                       osteoporotic)
+    return bones
 
 
 def _phalanx(name: str, proximal: np.ndarray, angle_deg: float, width: float, length: float,
