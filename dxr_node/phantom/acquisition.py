@@ -38,6 +38,7 @@ class Acquisition:
     marker: bool = True  # lead "L"/"R" letter in the field
     burned_in_text: bool = False
     magnification: float | None = None  # EstimatedRadiographicMagnificationFactor
+    calibrated: bool = False  # also write PixelSpacing (object plane, GEOMETRY calibration)
     supersample: int = 2
     noise: bool = True
     noise_seed: int = 0
@@ -96,6 +97,7 @@ class Acquisition:
             burned_in_text=rng.random() < 0.6,
             magnification=float(rng.uniform(1.02, 1.08)) if rng.random() < 0.3 else None,
             noise_seed=int(rng.integers(0, 2**31)),
-            # Drawn last so adding it kept every earlier parameter of a seed unchanged.
+            # Drawn last so adding them kept every earlier parameter of a seed unchanged.
             scatter_fraction=float(rng.uniform(0.03, 0.15)),
+            calibrated=rng.random() < 0.15,
         )

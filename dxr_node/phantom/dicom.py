@@ -122,6 +122,10 @@ def to_dataset(pixels: np.ndarray, acquisition: Acquisition, patient: Patient,
     ds.ExposureTime = 20
     ds.XRayTubeCurrent = 100
     ds.Exposure = 2
+    if acquisition.calibrated:
+        ds.PixelSpacing = [f"{acquisition.pixel_spacing_mm:.10g}"] * 2
+        ds.PixelSpacingCalibrationType = "GEOMETRY"
+        ds.PixelSpacingCalibrationDescription = "synthetic: object-plane spacing"
     if acquisition.magnification:
         ds.EstimatedRadiographicMagnificationFactor = f"{acquisition.magnification:.10g}"
         ds.DistanceSourceToPatient = f"{1000 / acquisition.magnification:.1f}"

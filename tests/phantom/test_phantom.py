@@ -111,7 +111,7 @@ def _dciodvfy_errors(path) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 @pytest.mark.parametrize("kind", ["dx", "dx-mono1-magnified", "dx-processing", "cr",
-                                  "non-hand"])
+                                  "cr-calibrated-magnified", "non-hand"])
 def test_dicom_is_valid(tmp_path, kind):
     rng = np.random.default_rng(3)
     variant = "non-hand" if kind == "non-hand" else "adult"
@@ -119,10 +119,11 @@ def test_dicom_is_valid(tmp_path, kind):
     acquisition = Acquisition(
         pixel_spacing_mm=0.175 if variant == "adult" else 0.35,
         field_mm=(250.0, 200.0) if variant == "adult" else (430.0, 350.0),
-        modality="CR" if kind == "cr" else "DX",
+        modality="CR" if kind.startswith("cr") else "DX",
         photometric="MONOCHROME1" if "mono1" in kind else "MONOCHROME2",
         for_processing=kind == "dx-processing",
         magnification=1.05 if "magnified" in kind else None,
+        calibrated="calibrated" in kind,
         burned_in_text=True, collimation_mm=(10.0, 10.0, 10.0, 10.0))
     pixels, _ = render(anatomy, acquisition)
     patient = Patient.random(np.random.default_rng(7), variant)
@@ -135,8 +136,10 @@ def test_dicom_is_valid(tmp_path, kind):
     assert back.PatientName == "Müller^Anna"
     assert back.SpecificCharacterSet == "ISO_IR 192"
     np.testing.assert_array_equal(back.pixel_array, pixels)
-    if kind == "dx-mono1-magnified":
-        assert float(back.ImagerPixelSpacing[0]) == pytest.approx(0.175 * 1.05, rel=1e-5)
+    if "magnified" in kind:
+        assert float(back.ImagerPixelSpacing[0]) == pytest.approx(0.175 * 1.05, rel=1e-9)
+    if "calibrated" in kind:
+        assert float(back.PixelSpacing[0]) == pytest.approx(0.175, rel=1e-9)
 
 
 def test_phantom_sets_are_reproducible(tmp_path):
