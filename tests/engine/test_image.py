@@ -359,3 +359,15 @@ def test_damaged_files_never_raise_anything_but_image_load_error(phantom, tmp_pa
             assert radiograph.pixels.dtype == np.float32 and radiograph.pixels.ndim == 2
             loaded += 1
     assert failed > 10 and loaded > 10  # both outcomes were exercised
+
+
+def test_phantom_set_loads_with_true_spacing_laterality_and_bright_bone(tmp_path):
+    from dxr_node.phantom.generate import write_phantom_set
+
+    truth = write_phantom_set(tmp_path, n=4, seed=21)
+    for name, record in truth.items():
+        radiograph = load_radiograph(tmp_path / name)
+        assert radiograph.pixel_spacing_mm == pytest.approx(record["pixel_spacing_mm"], rel=1e-6)
+        assert radiograph.laterality_tag == record["laterality"]
+        bone, soft = _bone_and_background(radiograph, record)
+        assert bone > soft + 150, (name, record["photometric"])
