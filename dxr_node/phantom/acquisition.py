@@ -100,4 +100,5 @@ class Acquisition:
             # Drawn last so adding them kept every earlier parameter of a seed unchanged.
             scatter_fraction=float(rng.uniform(0.03, 0.15)),
             calibrated=rng.random() < 0.15,
+            supersample=1 if variant == "non-hand" else 2,  # no fine edges to integrate
         )
