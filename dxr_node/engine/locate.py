@@ -29,8 +29,8 @@ WORK_SIZE = 512  # longest side of the copy used to find the hand
 PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
 # Toddler hands: the carpus is mostly cartilage, the metacarpals short for the palm,
 # and (when the pixel spacing is known) the third metacarpal shorter than this.
-TODDLER_CARPAL_BONE_FRACTION = 0.32
-TODDLER_LENGTH_PER_PALM_RADIUS = 0.95
+TODDLER_CARPAL_BONE_FRACTION = 0.25
+TODDLER_LENGTH_PER_PALM_RADIUS = 1.05
 TODDLER_MC3_LENGTH_MM = 38.0
 
 FINGER_NAMES = ("index", "middle", "ring", "little")
@@ -286,7 +286,7 @@ def _fingers(mask: np.ndarray, work: np.ndarray, field: np.ndarray, palm_centre:
     ridges running along it.
     """
     ridge = _ridge_map(work, 0.06 * palm_radius)
-    palm = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(opening * palm_radius))
+    palm = _open_with_disc(mask, opening * palm_radius)
     protrusions = cv2.erode(mask & (1 - palm), _disc(1))
     edge = cv2.erode(field, _disc(6)) == 0
     count, labels = cv2.connectedComponents(protrusions, connectivity=4)
@@ -323,6 +323,13 @@ def _fingers(mask: np.ndarray, work: np.ndarray, field: np.ndarray, palm_centre:
         rel = (math.atan2(u[1], u[0]) - mean_angle + math.pi) % (2 * math.pi) - math.pi
         fingers.append(_Finger(tip, base, direction, length, rel))
     return sorted(fingers, key=lambda f: f.rel_angle)
+
+
+def _open_with_disc(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological opening by a Euclidean disc through two distance transforms (a large
+    disc as a structuring element is slow)."""
+    core = (cv2.distanceTransform(mask, cv2.DIST_L2, 5) > radius).astype(np.uint8)
+    return (cv2.distanceTransform(1 - core, cv2.DIST_L2, 5) <= radius).astype(np.uint8)
 
 
 def _ridge_offsets(ridge: np.ndarray, base: np.ndarray, tip: np.ndarray, normal: np.ndarray,
@@ -567,10 +574,6 @@ def _strongest_near(values: np.ndarray, along: np.ndarray, guess: float, reach: 
     if not window.any():
         return guess
     return float(along[window][int(np.argmax(values[window]))])
-
-
-def _ridge_mean(ridge: np.ndarray, points: np.ndarray) -> float:
-    return float(_sample(ridge, points[:, 0], points[:, 1]).mean())
 
 
 def _refine_axis(ridge: np.ndarray, centre: np.ndarray, direction: np.ndarray,
