@@ -425,8 +425,15 @@ def _detect(attenuation: np.ndarray, acquisition: Acquisition,
     counts = intensity * counts_per_pixel
     if acquisition.noise:
         rng = np.random.default_rng(acquisition.noise_seed)
-        # Quantum noise (variance = counts) plus read-out noise (sd 2 counts).
-        counts += np.sqrt(counts + 4.0) * rng.standard_normal(counts.shape, dtype=np.float32)
+        # Quantum noise (variance = counts) plus read-out noise (sd 2 counts). The
+        # scintillator spreads each quantum like the signal, so the noise grain is blurred
+        # too; counts act as noise-equivalent quanta, so its per-pixel variance is kept.
+        noise = rng.standard_normal(counts.shape, dtype=np.float32)
+        blur_px = acquisition.blur_sigma_mm / spacing
+        if blur_px > 0.3:
+            noise = cv2.GaussianBlur(noise, (0, 0), blur_px)
+            noise /= max(float(noise[::7, ::7].std()), 1e-6)
+        counts += np.sqrt(counts + 4.0) * noise
     counts = np.maximum(counts, 1.0, out=counts)
 
     if acquisition.for_processing:
