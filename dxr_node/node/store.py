@@ -882,11 +882,21 @@ class Store:
             out["received"] += row[1]
         return out
 
-    def analysis_durations(self, since: float = 0.0) -> list[float]:
+    def analysis_durations(self, since: float) -> list[float]:
         """Seconds from claim to result of the jobs done since ``since``."""
         return [r[0] for r in self._read(
             "SELECT finished_at - started_at FROM jobs WHERE finished_at >= ?"
             " AND state = 'done' AND started_at IS NOT NULL", (since,))]
+
+    def analysis_duration_histogram(self, bounds: Sequence[float]) -> tuple[list[int], int, float]:
+        """For all done jobs' run times (claim to result): how many are <= each bound
+        (cumulative), how many there are and their sum in seconds."""
+        counts = ", ".join("COALESCE(SUM(seconds <= ?), 0)" for _ in bounds)
+        row = self._read(
+            f"SELECT {counts}, COUNT(*), COALESCE(SUM(seconds), 0.0) FROM"
+            " (SELECT finished_at - started_at AS seconds FROM jobs"
+            "  WHERE state = 'done' AND started_at IS NOT NULL)", tuple(bounds))[0]
+        return list(row[:len(bounds)]), row[len(bounds)], row[len(bounds) + 1]
 
     def spool_usage(self) -> dict[str, int]:
         """Received images still in the spool: how many and their bytes."""

@@ -31,14 +31,14 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> lis
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
 
 
-def histogram_samples(name: str, values: list[float],
-                      buckets: tuple[float, ...] = DURATION_BUCKETS_S) -> list[str]:
+def histogram_samples(name: str, buckets: tuple[float, ...], cumulative: list[int],
+                      count: int, total: float) -> list[str]:
     """Cumulative ``_bucket`` lines, then ``_sum`` and ``_count``."""
-    lines = [_sample(f"{name}_bucket", sum(v <= bound for v in values), le=f"{bound:g}")
-             for bound in buckets]
-    lines.append(_sample(f"{name}_bucket", len(values), le="+Inf"))
-    lines.append(_sample(f"{name}_sum", round(sum(values), 6)))
-    lines.append(_sample(f"{name}_count", len(values)))
+    lines = [_sample(f"{name}_bucket", n, le=f"{bound:g}")
+             for bound, n in zip(buckets, cumulative, strict=True)]
+    lines.append(_sample(f"{name}_bucket", count, le="+Inf"))
+    lines.append(_sample(f"{name}_sum", round(total, 6)))
+    lines.append(_sample(f"{name}_count", count))
     return lines
 
 
@@ -62,8 +62,8 @@ def render_metrics(store: Store) -> str:
                               queue="dispatch")])
     lines += _family("dxr_analysis_duration_seconds", "histogram",
                      "Time from a worker claiming an image to its recorded result.",
-                     histogram_samples("dxr_analysis_duration_seconds",
-                                       store.analysis_durations()))
+                     histogram_samples("dxr_analysis_duration_seconds", DURATION_BUCKETS_S,
+                                       *store.analysis_duration_histogram(DURATION_BUCKETS_S)))
     lines += _family("dxr_dispatches", "gauge", "Dispatches by destination and state.",
                      [_sample("dxr_dispatches", d[state] or 0, destination=d["destination"],
                               state=state)
