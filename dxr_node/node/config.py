@@ -59,7 +59,7 @@ class DispatchPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=60, ge=1)  # ~4.5 h of retries at the 300 s cap
     initial_backoff_s: float = Field(default=2.0, gt=0)
     max_backoff_s: float = Field(default=300.0, gt=0)
     timeout_s: float = Field(default=30.0, gt=0)  # ACSE, DIMSE and network timeouts
