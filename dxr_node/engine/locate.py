@@ -32,6 +32,7 @@ PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
 TODDLER_CARPAL_BONE_FRACTION = 0.25
 TODDLER_LENGTH_PER_PALM_RADIUS = 1.05
 TODDLER_MC3_LENGTH_MM = 38.0
+CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
 
 FINGER_NAMES = ("index", "middle", "ring", "little")
 BONE_FOR_FINGER = {"index": "MC2", "middle": "MC3", "ring": "MC4", "little": "MC5"}
@@ -125,12 +126,12 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         bones[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
     problems.extend(f"{name} not found" for name in candidates if not candidates[name])
 
+    # Maturity from all bones chosen: medians stand one misplaced bone.
+    paediatric, toddler, features = _maturity(image, smooth, canonical_bones, bones,
+                                              pixel_spacing_mm)
     for name in _inconsistent(canonical_bones):
         problems.append(f"{name} not found (out of line with the other metacarpals)")
         del canonical_bones[name], bones[name]
-
-    paediatric, toddler, features = _maturity(image, smooth, canonical_bones, bones,
-                                              pixel_spacing_mm)
     if toddler:
         problems.insert(0, "bones too small to measure (toddler)")
     features["thumb_evidence"] = thumb_evidence
@@ -772,7 +773,7 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, canonical: dict[str, _Canon
     the bones near the metacarpal heads. Toddler: the carpus is still mostly cartilage,
     so little of it is as bright as the metacarpal shafts, and the metacarpals are short.
     """
-    if len(canonical) < 2:
+    if not canonical:
         return False, False, {}
     lengths = [np.linalg.norm(b.distal - b.proximal) for b in canonical.values()]
     features = {
@@ -785,7 +786,8 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, canonical: dict[str, _Canon
     if pixel_spacing_mm and "MC3" in bones:
         features["mc3_length_mm"] = bones["MC3"].length_px * pixel_spacing_mm
         toddler = toddler or features["mc3_length_mm"] < TODDLER_MC3_LENGTH_MM
-    paediatric = features["gaps_near_head"] >= 2 or toddler
+    paediatric = (features["gaps_near_head"] >= 2 or toddler
+                  or features["carpal_bone_fraction"] < CHILD_CARPAL_BONE_FRACTION)
     return paediatric, toddler, features
 
 
@@ -816,8 +818,9 @@ def _carpal_bone_fraction(smooth: np.ndarray, bones: dict[str, _CanonicalBone]) 
     bases = np.array([b.proximal for b in bones.values()])
     shafts = np.concatenate([np.linspace(b.proximal, b.distal, 20)[5:15] for b in bones.values()])
     bone_level = float(np.median(_sample(smooth, shafts[:, 0], shafts[:, 1])))
-    between = 0.5 * (centres[:-1] + centres[1:])
-    soft_level = float(np.median(_sample(smooth, between[:, 0], between[:, 1])))
+    # Soft tissue: half-way to the neighbouring metacarpals on both sides.
+    beside = np.concatenate([centres + [0.22 * radius, 0.0], centres - [0.22 * radius, 0.0]])
+    soft_level = float(np.median(_sample(smooth, beside[:, 0], beside[:, 1])))
     left, right = bases[:, 0].min() - 0.3 * radius, bases[:, 0].max() + 0.3 * radius
     top = bases[:, 1].mean() + 0.1 * radius
     ys, xs = np.mgrid[top: top + 0.6 * radius: 2.0, left: right: 2.0]
