@@ -3,7 +3,7 @@ from the anatomy so the same hand can be imaged repeatedly for precision studies
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -102,3 +102,18 @@ class Acquisition:
             calibrated=rng.random() < 0.15,
             supersample=1 if variant == "non-hand" else 2,  # no fine edges to integrate
         )
+
+
+def repositioned(base: Acquisition, rng: np.random.Generator) -> Acquisition:
+    """The same device and protocol as ``base`` with the hand placed and exposed again:
+    new rotation, position, collimation, exposure and noise (a short-term precision
+    study repeats acquisitions like this)."""
+    return replace(
+        base,
+        rotation_deg=float(np.clip(base.rotation_deg + rng.normal(0, 5), -20, 20)),
+        offset_mm=(float(rng.normal(0, 5)), float(rng.normal(0, 5))),
+        counts_per_mm2=base.counts_per_mm2 * float(np.exp(rng.normal(0, 0.2))),
+        collimation_mm=(tuple(float(m) for m in rng.uniform(3, 12, 4))
+                        if base.collimation_mm else None),
+        noise_seed=int(rng.integers(0, 2**31)),
+    )

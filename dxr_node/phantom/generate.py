@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dxr_node.phantom.acquisition import Acquisition
+from dxr_node.phantom.acquisition import Acquisition, repositioned
 from dxr_node.phantom.anatomy import VARIANTS, HandAnatomy
 from dxr_node.phantom.dicom import TRANSFER_SYNTAXES, Patient, to_dataset, write_dataset
 from dxr_node.phantom.render import MAX_VALUE, render
@@ -65,8 +65,8 @@ def write_phantom_set(outdir: str | Path, n: int = 10, seed: int = 0, *,
                       same_anatomy: bool = False) -> dict[str, dict[str, Any]]:
     """Render ``n`` phantoms into ``outdir`` with ``truth.json``; returns the truth mapping.
 
-    ``same_anatomy`` images one hand (that of index 0) ``n`` times with different
-    positioning, noise and exposure, as in a short-term precision study.
+    ``same_anatomy`` images one hand (that of index 0) ``n`` times on the same device,
+    repositioned and re-exposed each time, as in a short-term precision study.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -78,13 +78,15 @@ def write_phantom_set(outdir: str | Path, n: int = 10, seed: int = 0, *,
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     truth: dict[str, dict[str, Any]] = {}
-    first_anatomy, _, first_patient = image_specs(seed, 0, variant)
+    first_anatomy, first_acquisition, first_patient = image_specs(seed, 0, variant)
+    first_acquisition = _mixed(first_acquisition, 0)
     for index in range(n):
         anatomy, acquisition, patient = image_specs(seed, index, variant)
         acquisition = _mixed(acquisition, index)
-        if same_anatomy:
+        if same_anatomy and index > 0:
             anatomy, patient = first_anatomy, first_patient
-            acquisition = replace(acquisition, laterality=_mixed(acquisition, 0).laterality)
+            acquisition = repositioned(first_acquisition,
+                                       np.random.default_rng([seed, index, 3]))
         if for_processing:
             acquisition = replace(acquisition, modality="DX", for_processing=True,
                                   edge_gain=0.0, burned_in_text=False)

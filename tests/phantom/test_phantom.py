@@ -185,6 +185,9 @@ def test_same_anatomy_set_varies_only_the_acquisition(tmp_path):
     assert len({round(r["rotation_deg"], 6) for r in records}) == 3
     widths = {round(r["bones"]["MC2"]["width_mm"], 9) for r in records}
     assert len(widths) == 1
+    # Same device and protocol, repositioned: spacing and processing stay.
+    assert len({(r["pixel_spacing_mm"], r["photometric"], r["modality"]) for r in records}) == 1
+    assert len({r["laterality"] for r in records}) == 1
     assert len({pydicom.dcmread(tmp_path / name).PatientID for name in truth}) == 1
 
 
