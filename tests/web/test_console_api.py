@@ -64,6 +64,8 @@ def test_exams_filter_and_paginate(client, filled):
                      for n in (1, 2))
     assert first["pages"] == 3 and len(first["exams"]) == 2
     assert first["exams"][-1]["job_id"] > second["exams"][0]["job_id"]
+    beyond = client.get("/exams", params={"page": 9})
+    assert beyond.status_code == 200 and "No exams on this page: there are 1." in beyond.text
 
 
 def test_bad_filters_get_a_clear_422(client):
