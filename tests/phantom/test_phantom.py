@@ -237,3 +237,22 @@ def test_default_set_mixes_acquisitions():
         a.rotation_deg for a in acquisitions)
     assert all(0.05 <= a.blur_sigma_mm <= 0.15 for a in acquisitions)
     assert {anatomy.variant for anatomy, _, _ in specs} == {"adult"}
+
+
+def test_follow_up_of_the_same_hand_with_thinner_cortex():
+    from dxr_node.phantom.anatomy import with_cortical_thickness
+
+    anatomy = HandAnatomy.random(np.random.default_rng(4), osteoporotic=False)
+    later = with_cortical_thickness(anatomy, 0.9)
+    for name in METACARPALS:
+        assert later.bone(name).outer_radius_mm == anatomy.bone(name).outer_radius_mm
+        assert later.bone(name).cortical_thickness_mm == pytest.approx(
+            0.9 * anatomy.bone(name).cortical_thickness_mm)
+    acquisition = replace(IDEAL, pixel_spacing_mm=0.175)
+    pixels, _ = render(later, acquisition)
+    patient = Patient.random(np.random.default_rng(4))
+    first = to_dataset(pixels, acquisition, patient, "visit-1")
+    second = to_dataset(pixels, acquisition, patient, "visit-2",
+                        study_uid=first.StudyInstanceUID)
+    assert second.StudyInstanceUID == first.StudyInstanceUID
+    assert second.SOPInstanceUID != first.SOPInstanceUID
