@@ -123,7 +123,7 @@ def exams_page(
 
 
 @router.get("/exams/{job_id}", response_class=HTMLResponse)
-def exam_page(request: Request, job_id: int) -> HTMLResponse:
+def exam_detail_page(request: Request, job_id: int) -> HTMLResponse:
     exam = api.exam_detail(request.app.state.store, job_id)
     by_destination: dict[str, list[dict[str, Any]]] = {}
     for dispatch in exam["dispatches"]:
