@@ -1,26 +1,35 @@
 """Find the hand, its laterality and metacarpals II-IV on a PA hand radiograph.
 
-Classical image analysis, no trained weights:
+Classical image analysis, no trained weights, no known pixel spacing needed:
 
-1. Work on a copy downscaled to ``WORK_SIZE``; the hand mask is the largest bright
-   component above a triangle threshold (soft tissue vs background), after erasing
-   plate edges and thin lines along the border.
+1. A copy downscaled to ``WORK_SIZE``; bright bands along the border (collimator
+   shadow, plate edges) are cut from the exposed field. The hand mask is the largest
+   component above a triangle or Otsu threshold, on the image or on a copy with the
+   background gradient removed: the first that shows five fingers wins.
 2. The palm is the largest inscribed disc of the mask: its radius sets the working
-   scale, so images of very different resolutions are handled alike. Fingers are what an
-   opening with a disc of about half that radius removes from the mask.
-3. The thumb is the outer finger set apart by the widest angular gap; the other four
-   fingers give the fingers-up direction and the laterality.
-4. In a canonical fingers-up frame at a fixed palm radius, each metacarpal is traced
-   proximally from its finger's base along the bright bone ridge of a top-hat image; its
-   distal end is the dark MCP joint gap, its proximal end the CMC joint, and its axis a
-   line fitted to the traced ridge. Coordinates are mapped back to the input image.
+   scale, so hands imaged at very different resolutions are handled alike. Fingers are
+   what an opening with a disc of about half that radius removes; fingers held together
+   are split by the bone ridges running along them.
+3. The thumb is the outer finger set apart by the wider angular gap; the other four give
+   the fingers-up direction, and the thumb's side the laterality.
+4. In a canonical fingers-up frame at a fixed palm radius, each ray is tracked from the
+   middle of its finger into the carpus along the bones' ridge (Hessian) map. Joint gaps
+   are the valleys of the intensity along the ray; the MCP joint is a clear gap followed
+   by a long gap-free run, chosen jointly for the three rays (MCP joints at one level,
+   lengths alike). The base ends where the shaft's ridge fades into the carpus.
+5. On the input pixels, each axis is refitted to the mid-points of the shaft's edges and
+   each end placed at the near edge of the darkest joint gap; the mid-shaft centre is
+   half-way between the ends.
+6. Growth plates (extra gaps at the heads), an unossified carpus or short metacarpals
+   mark children and toddlers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -63,7 +72,7 @@ class HandLocation:
     # For previews and diagnostics: hand outline and finger rays in input pixels.
     outline_rc: tuple[Point, ...] = ()
     rays_rc: tuple[tuple[Point, Point], ...] = ()
-    details: dict[str, float] = field(default_factory=dict)
+    details: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class LocateError(ValueError):
@@ -83,8 +92,8 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise LocateError("the image holds NaN or infinite pixel values")
-    work, field, scale, grey_range = _downscale(image)
-    found = _hand_and_fingers(work, field)
+    work, exposed, scale, grey_range = _downscale(image)
+    found = _hand_and_fingers(work, exposed)
     if found is None:
         return _failed("no hand found: not a hand radiograph")
     mask, palm_centre, palm_radius, fingers = found
@@ -104,7 +113,7 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     frame = _canonical(_normalise(image, *grey_range), palm_centre / scale, rotation_deg, zoom)
     smooth = cv2.GaussianBlur(frame.image, (0, 0), 1.0)
     ridge = _ridge_map(frame.image, 0.07 * PALM_RADIUS_PX)
-    inside = cv2.warpAffine(field, frame.matrix @ np.diag([1 / scale, 1 / scale, 1.0]),
+    inside = cv2.warpAffine(exposed, frame.matrix @ np.diag([1 / scale, 1 / scale, 1.0]),
                             frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
 
     problems: list[str] = []
@@ -134,7 +143,7 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         del canonical_bones[name], bones[name]
     if toddler:
         problems.insert(0, "bones too small to measure (toddler)")
-    features["thumb_evidence"] = thumb_evidence
+    features["thumb_evidence"] = float(thumb_evidence)
     features["palm_radius_px"] = palm_radius / scale
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
