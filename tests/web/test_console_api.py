@@ -108,6 +108,7 @@ def test_pages_show_the_data_an_administrator_needs(client, filled):
     overview = client.get("/").text
     assert "Overview" in overview and "PACS@127.0.0.1:4242" in overview
     assert "failing" in overview and "cannot reach" in overview
+    assert '<meta http-equiv="refresh" content="30">' in overview  # stays current, no JS
 
     exams = client.get("/exams", params={"status": "analysed"}).text
     assert exams.count('<tr class="link">') == 3 and filled.patient_id in exams
