@@ -1,4 +1,20 @@
-"""Phantom sets on disk: DICOM files plus ``truth.json`` (and optional PNG previews)."""
+"""Phantom sets on disk: DICOM files plus ``truth.json`` (and optional PNG previews).
+
+``truth.json`` maps each file name to a record with:
+
+- ``pixel_spacing_mm`` (object plane: ImagerPixelSpacing / magnification), ``rows``,
+  ``cols``, ``laterality`` ("L"/"R"), ``fingers`` ("up"/"down"), ``rotation_deg`` (extra
+  counter-clockwise turn of the hand), ``blur_sigma_mm``, ``edge_enhancement``
+  {sigma_mm, gain}, ``variant``, ``anatomy_id``, ``osteoporotic``, ``modality``,
+  ``photometric``, ``transfer_syntax``, ``patient_sex``, ``patient_age_years`` and the full
+  ``acquisition`` parameters;
+- ``bones``: for MC2-MC5, ``outer_radius_mm``, ``inner_radius_mm``,
+  ``cortical_thickness_mm``, ``width_mm``, ``medullary_width_mm``, ``length_mm``,
+  ``midshaft_center_rc``, ``proximal_rc``, ``distal_rc`` (image [row, col], integer =
+  pixel centre), ``axis_angle_deg`` (proximal -> distal, counter-clockwise from +column
+  with rows pointing down; fingers up = 90) and ``shaft_fraction`` (the part of the length
+  where the radii are constant).
+"""
 
 from __future__ import annotations
 
