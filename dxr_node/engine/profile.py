@@ -43,9 +43,28 @@ from dxr_node.engine.tube_model import (
 BIN_PX = 0.5  # width of the bins across the axis that pixels are averaged in
 MIN_GROUPS_ACCEPTED = 3
 AXIS_REFINEMENTS = 2
-# The mid-shaft is nearly cylindrical; a wider spread of the groups' widths means the band
-# reaches the flaring metaphysis (phantoms: 4 % goes with W read about 0.1 mm wide).
-MAX_WIDTH_CHANGE = 0.04
+# A real mid-shaft tapers: over a band of 20 % of the bone's length its outer width changes
+# by up to about 18 % (range over the groups, 10 adolescent radiographs). The mean profile,
+# de-tapered, still gives the width at the band's centre. A wider range means the band
+# reaches the flaring metaphysis.
+MAX_WIDTH_CHANGE = 0.25
+# Per-group cortices of real shafts are noisy (trabecular endosteum): their linear trend
+# over the band reaches 77 % of T on those radiographs; a band moved 22 mm towards a
+# phantom's head shows 130 %.
+MAX_THICKNESS_TREND = 1.0
+# A cortex thinner than this many blur sigmas (or than MIN_CORTEX_PX) is not resolved. On
+# real, display-processed images a free fit can trade thickness for blur: a thin shell with
+# huge opposite amplitudes, blurred a lot, mimics rounded cortical peaks (T 0.3 px, blur
+# 4-5 px where the cortex is plainly 10 px thick).
+MIN_CORTEX_SIGMAS = 1.5
+MIN_CORTEX_PX = 1.0
+# Callers size the search half-width at about 1.1 times the expected width (real
+# radiographs: fitted W / half-width 0.74-0.98); a fit far narrower found something else,
+# e.g. a cortex seen from a centre beside the shaft.
+MIN_WIDTH_OF_SEARCH = 0.4
+# Total blurs (px, pixel aperture included) tried with the blur fixed when a free fit
+# degenerates; the best non-degenerate one is kept.
+FALLBACK_SIGMAS = (0.6, 1.0, 1.6, 2.5)
 
 
 @dataclass(frozen=True)
@@ -212,9 +231,18 @@ class _Measurer:
 
     def fit(self, prof: _Profile, start: TubeEdges, sigma: float,
             fit_sigma: bool) -> tuple[TubeFit, np.ndarray]:
+        """Fit one profile; a free-blur fit that degenerates (see ``_degenerate``) is
+        replaced by the best of fits with the blur fixed at plausible values."""
         keep = self.window(prof, start, sigma)
-        result = fit_tube(prof.x[keep], prof.y[keep], prof.count[keep], start, sigma,
-                          fit_sigma=fit_sigma)
+        x, y, w = prof.x[keep], prof.y[keep], prof.count[keep]
+        result = fit_tube(x, y, w, start, sigma, fit_sigma=fit_sigma)
+        if not fit_sigma or not _degenerate(result):
+            return result, keep
+        for fixed in FALLBACK_SIGMAS:
+            trial = fit_tube(x, y, w, start, fixed, fit_sigma=False)
+            if trial.success and not _degenerate(trial) and (
+                    _degenerate(result) or trial.cost < result.cost):
+                result = trial
         return result, keep
 
     def with_edge_enhancement(self, prof: _Profile, keep: np.ndarray, plain: TubeFit) -> TubeFit:
@@ -302,6 +330,9 @@ class _Measurer:
         if overall.edges.outer_a < -reach or overall.edges.outer_b > reach:
             return _failed("the bone is not inside the search window (centre too far off?)",
                            center, angle)
+        if overall.edges.width < MIN_WIDTH_OF_SEARCH * self.half_width:
+            return _failed(f"outer width {overall.edges.width:.1f} px is far narrower than the "
+                           "search window expects (centre off the bone?)", center, angle)
         masks = self.group_masks(band)
         groups: list[TubeFit | None] = []
         for mask in masks:
@@ -311,7 +342,8 @@ class _Measurer:
             fitted, _ = self.fit(self.profile(band, mask), overall.edges, overall.sigma,
                                  fit_sigma=False)
             groups.append(fitted)
-        accepted = _accept_groups(groups)
+        group_t = [float(band.t[mask].mean()) if mask.any() else 0.0 for mask in masks]
+        accepted = _accept_groups(groups, group_t)
         profiles_per_group = 2 * self.half_length / self.n_groups
         n_accepted = int(round(profiles_per_group * sum(accepted)))
         n_rejected = int(round(profiles_per_group * (len(groups) - sum(accepted))))
@@ -322,7 +354,11 @@ class _Measurer:
         for mask, ok in zip(masks, accepted, strict=True):
             if ok:
                 select |= mask
-        prof = self.profile(band, select)
+        kept = [g for g, ok in zip(groups, accepted, strict=True) if ok and g is not None]
+        kept_t = np.array([t for t, ok in zip(group_t, accepted, strict=True) if ok])
+        widths = np.array([g.edges.width for g in kept])
+        taper = float(np.polyfit(kept_t, widths, 1)[0])  # d(width)/dt
+        prof = self.profile(_detapered(band, overall.edges.center, taper), select)
         plain, keep = self.fit(prof, overall.edges, overall.sigma,
                                fit_sigma=self.fixed_sigma is None)
         result = self.with_edge_enhancement(prof, keep, plain)
@@ -330,13 +366,10 @@ class _Measurer:
         fitted_center = center + edges.center * _directions(angle)[1]
         given_across = _directions(self.given_angle)[1]
         offset = float(np.dot(fitted_center - self.given_center, given_across))
-        kept = [g for g, ok in zip(groups, accepted, strict=True) if ok and g is not None]
         problem = self.problem(result, prof, keep, band, select, n_accepted)
-        widths = [g.edges.width for g in kept]
-        change = (max(widths) - min(widths)) / float(np.median(widths))
-        if problem is None and change > MAX_WIDTH_CHANGE:
-            problem = (f"outer width changes by {100 * change:.0f} % along the band "
-                       "(it reaches beyond the mid-shaft?)")
+        if problem is None:
+            problem = self.shaft_change(groups, kept, kept_t)
+        self.final_fit, self.final_profile = result, (prof, keep)  # for diagnostic plots
         return ShaftMeasurement(
             cortical_thickness_px=edges.thickness,
             width_px=edges.width,
@@ -356,6 +389,25 @@ class _Measurer:
             problem=problem,
         )
 
+    def shaft_change(self, groups: list[TubeFit | None], kept: list[TubeFit],
+                     kept_t: np.ndarray) -> str | None:
+        """Flag a band that reaches the metaphysis: the width spreads more than a tapering
+        mid-shaft's (range over every resolved group, outliers too: a flare is what they
+        may show), or the cortex thins steadily along the band as the shaft widens into
+        the head."""
+        resolved = [g.edges.width for g in groups if g is not None and g.success
+                    and g.cortex_amplitude > 0 and not _degenerate(g)]
+        change = (max(resolved) - min(resolved)) / float(np.median(resolved))
+        if change > MAX_WIDTH_CHANGE:
+            return (f"outer width changes by {100 * change:.0f} % along the band "
+                    "(it reaches beyond the mid-shaft?)")
+        thickness = np.array([g.edges.thickness for g in kept])
+        trend = np.polyfit(kept_t, thickness, 1)[0] * 2 * self.half_length
+        if abs(trend) > MAX_THICKNESS_TREND * float(np.median(thickness)):
+            return (f"cortical thickness changes by {100 * abs(trend) / np.median(thickness):.0f}"
+                    " % along the band (it reaches beyond the mid-shaft?)")
+        return None
+
     def problem(self, result: TubeFit, prof: _Profile, keep: np.ndarray, band: _Band,
                 select: np.ndarray, n_profiles: int) -> str | None:
         edges = result.edges
@@ -363,6 +415,9 @@ class _Measurer:
             return "profile fit did not converge"
         if result.cortex_amplitude <= 0:
             return "no bright shaft: profile does not look like bone"
+        if _degenerate(result):
+            return (f"cortex not resolved (fit gives {edges.thickness:.1f} px at a blur of "
+                    f"{result.sigma:.1f} px)")
         if not self.min_width <= edges.width <= 2 * self.half_width - 4 * result.sigma:
             return (f"outer width {edges.width:.1f} px outside "
                     f"{self.min_width:.1f}..{2 * self.half_width:.1f} px")
@@ -450,25 +505,57 @@ def _initial_edges(prof: _Profile, half_width: float) -> TubeEdges | None:
     return TubeEdges(*(float(grid[i]) for i in (outer_a, inner_a, inner_b, outer_b)))
 
 
-def _accept_groups(groups: list[TubeFit | None]) -> list[bool]:
-    """Reject failed or implausible group fits, then robust outliers in W, T, centre and
-    residual (a neighbouring bone, a nutrient canal, an artefact)."""
+def _degenerate(fit: TubeFit) -> bool:
+    """A fit whose thinner cortex or canal is below what its blur lets it resolve."""
+    edges = fit.edges
+    thinner = min(edges.inner_a - edges.outer_a, edges.outer_b - edges.inner_b)
+    return (thinner < max(MIN_CORTEX_PX, MIN_CORTEX_SIGMAS * fit.sigma)
+            or edges.inner_b - edges.inner_a < MIN_CORTEX_PX)
+
+
+def _detapered(band: _Band, center: float, taper: float) -> _Band:
+    """The band with each side moved rigidly across the axis so that the outer width
+    (changing by ``taper`` px per px along t) is that at t = 0 everywhere: averaging a
+    tapering shaft then does not smear its edges, and cortices keep their thickness."""
+    if taper == 0:
+        return band
+    side = np.sign(band.u - center)
+    u = band.u - side * 0.5 * taper * band.t
+    return _Band(band.t, u, band.value, band.clipped)
+
+
+def _accept_groups(groups: list[TubeFit | None], group_t: list[float]) -> list[bool]:
+    """Reject failed, degenerate or implausible group fits, then robust outliers in W
+    (about its linear trend along the shaft), T, centre and residual (a neighbouring bone,
+    a nutrient canal, an artefact)."""
     ok = [g is not None and g.success and g.cortex_amplitude > 0 and g.canal_amplitude < 0
-          for g in groups]
+          and not _degenerate(g) for g in groups]
     good = [g for g, keep in zip(groups, ok, strict=True) if keep]
     if len(good) < MIN_GROUPS_ACCEPTED:
         return ok
+    good_t = np.array([t for t, keep in zip(group_t, ok, strict=True) if keep])
 
     def robust_ok(values: list[float], floor: float) -> np.ndarray:
         arr = np.asarray(values)
         spread = max(4 * 1.4826 * np.median(np.abs(arr - np.median(arr))), floor)
         return np.abs(arr - np.median(arr)) <= spread
 
-    width = np.median([g.edges.width for g in good])
-    checks = (robust_ok([g.edges.width for g in good], 0.02 * width + 0.3)
+    widths = np.array([g.edges.width for g in good])
+    width = float(np.median(widths))
+    trend = np.polyval(_robust_line(good_t, widths), good_t)
+    checks = (robust_ok(widths - trend, 0.02 * width + 0.3)
               & robust_ok([g.edges.thickness for g in good], 0.05 * width + 0.2)
               & robust_ok([g.edges.center for g in good], 0.02 * width + 0.3)
               & (np.array([g.rms_residual for g in good])
                  <= 2.5 * np.median([g.rms_residual for g in good])))
     verdicts = iter(checks.tolist())
     return [next(verdicts) if keep else False for keep in ok]
+
+
+def _robust_line(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Line through (x, y) that one outlier cannot tilt: the median of pairwise slopes
+    (Theil-Sen) and the median intercept; polyfit-style coefficients."""
+    pairs = [(y[j] - y[i]) / (x[j] - x[i]) for i in range(x.size) for j in range(i + 1, x.size)
+             if x[j] != x[i]]
+    slope = float(np.median(pairs)) if pairs else 0.0
+    return np.array([slope, float(np.median(y - slope * x))])
