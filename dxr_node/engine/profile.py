@@ -137,8 +137,13 @@ def measure_shaft(pixels: np.ndarray, center_rc: tuple[float, float], axis_angle
     fixed_sigma = None
     if blur_sigma_px is not None:
         fixed_sigma = math.sqrt(blur_sigma_px**2 + PIXEL_APERTURE_VARIANCE)
-    return _Measurer(image, center_rc, axis_angle_deg, band_half_length_px,
-                     search_half_width_px, min_width_px, fixed_sigma).run()
+    measurer = _Measurer(image, center_rc, axis_angle_deg, band_half_length_px,
+                         search_half_width_px, min_width_px, fixed_sigma)
+    try:
+        return measurer.run()
+    except np.linalg.LinAlgError:  # e.g. a fit window with too few distinct positions
+        return _failed("profile fit is singular (no distinct bone profile)",
+                       np.asarray(center_rc, float), float(axis_angle_deg))
 
 
 def _directions(angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
