@@ -233,14 +233,15 @@ def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
-    """(mask, palm centre, palm radius, fingers) for the first soft-tissue threshold that
-    shows five fingers (else the one showing most), or None when nothing is found.
+    """(mask, palm centre, palm radius, fingers) for the soft-tissue threshold that shows
+    five fingers with the smoothest outline, else the one showing most fingers; None
+    when nothing is found.
 
     Backgrounds differ (dark, grey, graded, edge-enhanced), so several classical
     thresholds are tried, on the image and on its background-flattened copy.
     """
     flat = _flatten_background(work, field)
-    best = None
+    best, best_key = None, None
     for image in (flat, work):
         grey = (np.clip(cv2.GaussianBlur(image, (0, 0), 2) / max(image.max(), 1e-6), 0, 1)
                 * 255).astype(np.uint8)
@@ -253,14 +254,16 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
             palm_radius = float(dist.max())
             palm_y, palm_x = np.unravel_index(int(np.argmax(dist)), dist.shape)
             palm_centre = np.array([palm_x, palm_y], dtype=np.float64)
+            # A leak into the margins lengthens the outline more than it adds area.
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            ragged = sum(cv2.arcLength(c, True) for c in contours) / math.sqrt(mask.sum())
             # A larger opening also frees fingers held together (two fingers are about
             # as wide as the smaller disc).
             for opening in (0.45, 0.6):
                 fingers = _fingers(mask, image, field, palm_centre, palm_radius, opening)
-                if best is None or len(best[3]) < len(fingers) <= 5 or len(best[3]) > 5:
-                    best = (mask, palm_centre, palm_radius, fingers)
-                if len(fingers) == 5:
-                    return best
+                key = (len(fingers) == 5, -abs(len(fingers) - 5), -ragged)
+                if best_key is None or key > best_key:
+                    best, best_key = (mask, palm_centre, palm_radius, fingers), key
     return best
 
 
@@ -324,8 +327,13 @@ def _fingers(mask: np.ndarray, work: np.ndarray, field: np.ndarray, palm_centre:
             found.append((tip + offset * normal, base + offset * normal, direction, length))
     if not found:
         return []
-    # Angles of the tips around the palm centre, relative to their mean direction.
+    # Angles of the tips around the palm centre, relative to their mean direction; a
+    # protrusion pointing away from most of the others is the forearm.
     unit = [(tip - palm_centre) / np.linalg.norm(tip - palm_centre) for tip, *_ in found]
+    mean = np.sum(unit, axis=0)
+    keep = [float(np.dot(u, mean)) > -0.2 * np.linalg.norm(mean) for u in unit]
+    found = [f for f, k in zip(found, keep, strict=True) if k]
+    unit = [u for u, k in zip(unit, keep, strict=True) if k]
     mean = np.sum(unit, axis=0)
     mean_angle = math.atan2(mean[1], mean[0])
     fingers = []
