@@ -167,6 +167,28 @@ def test_real_image_laterality_and_bones(name):
         pytest.xfail(f"known misses: {misses}")
 
 
+@pytest.mark.parametrize("name", ["shsnet_rsna_train_img21.png", "shsnet_rsna_train_img64.png"])
+@pytest.mark.parametrize("change", ["mirror", "quarter turn"])
+def test_real_image_mirrored_or_turned(name, change):
+    """A mirrored image shows the other hand; a quarter turn changes nothing but the axes."""
+    pixels = _real(name)
+    rows, cols = pixels.shape
+    annotation = LANDMARKS[name]
+    if change == "mirror":
+        pixels = np.ascontiguousarray(pixels[:, ::-1])
+        expected = {"L": "R", "R": "L"}[annotation["laterality"]]
+        where = {bone: (annotation[bone][0], cols - 1 - annotation[bone][1]) for bone in BONES}
+    else:  # counter-clockwise: (row, col) -> (cols - 1 - col, row)
+        pixels = np.ascontiguousarray(np.rot90(pixels))
+        expected = annotation["laterality"]
+        where = {bone: (cols - 1 - annotation[bone][1], annotation[bone][0]) for bone in BONES}
+    found = locate_metacarpals(pixels)
+    assert found.laterality == expected
+    spacing = math.dist(where["MC2"], where["MC4"]) / 2
+    for bone in BONES:
+        assert math.dist(found.bones[bone].center_rc, where[bone]) <= 0.35 * spacing, bone
+
+
 @pytest.mark.parametrize("name", ["radinf_rsna_6.png", "radinf_rsna_8.png"])
 def test_real_toddlers_are_rejected(name):
     found = locate_metacarpals(_real(name))
