@@ -754,7 +754,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
 
     # Ends: the darkest gap near each end (joint space), then the bone's own edge on the
     # near side of it (a rounded head falls off gently, the far bone's plate sharply).
-    along = np.arange(-0.7 * length, 0.7 * length, 0.5)
+    along = np.arange(-0.9 * length, 0.9 * length, 0.5)
     band = np.linspace(-0.25 * width, 0.25 * width, 5)
     points = centre + along[:, None, None] * direction + band[None, :, None] * normal
     profile = _sample(crop, points[..., 0], points[..., 1]).mean(axis=1)
@@ -762,6 +762,13 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
     gaps = _valley_strength(profile, max(2, int(0.06 * length / 0.5)))
     edge = 0.06 * length
     head_gap = _strongest_near(gaps, along, 0.5 * length, 0.1 * length)
+    # In children the gap found may be the growth plate under the head's epiphysis (a
+    # long bright cap, unlike the thin epiphysis of the phalanx beyond the joint): then
+    # the joint is the next clear gap a cap's length further on.
+    strength = gaps[int(np.argmin(np.abs(along - head_gap)))]
+    beyond = (along > head_gap + 0.1 * length) & (along < head_gap + 0.3 * length)
+    if beyond.any() and gaps[beyond].max() >= 0.5 * strength:
+        head_gap = along[beyond][int(np.argmax(gaps[beyond]))]
     near = (along >= head_gap - edge) & (along <= head_gap)
     distal_s = along[near][int(np.argmin(slope[near]))] if near.any() else head_gap
     base_gap = _strongest_near(gaps, along, -0.5 * length, 0.1 * length)
