@@ -136,7 +136,7 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     problems.extend(f"{name} not found" for name in candidates if not candidates[name])
 
     # Maturity from all bones chosen: medians stand one misplaced bone.
-    paediatric, toddler, features = _maturity(image, smooth, canonical_bones, bones,
+    paediatric, toddler, features = _maturity(image, smooth, inside, canonical_bones, bones,
                                               pixel_spacing_mm)
     for name in _inconsistent(canonical_bones):
         problems.append(f"{name} not found (out of line with the other metacarpals)")
@@ -650,10 +650,11 @@ def _width_across(smooth: np.ndarray, centre: np.ndarray, direction: np.ndarray)
 
 
 def _inside(field: np.ndarray, bone: _CanonicalBone) -> bool:
-    """Whether the whole bone, with its width, lies on the input image."""
+    """Whether the whole bone, with its width and the joint gaps beyond its ends, lies in
+    the exposed field (a bone cut by the edge seems to end there)."""
     axis = bone.distal - bone.proximal
     normal = np.array([-axis[1], axis[0]]) / max(np.linalg.norm(axis), 1e-6)
-    steps = np.linspace(0, 1, 20)[:, None]
+    steps = np.linspace(-0.08, 1.08, 24)[:, None]
     points = [bone.proximal + steps * axis + side * 0.5 * bone.width * normal
               for side in (-1, 0, 1)]
     points = np.concatenate(points)
@@ -788,9 +789,9 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
     )
 
 
-def _maturity(image: np.ndarray, smooth: np.ndarray, canonical: dict[str, _CanonicalBone],
-              bones: dict[str, LocatedBone], pixel_spacing_mm: float | None
-              ) -> tuple[bool, bool, dict[str, float]]:
+def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
+              canonical: dict[str, _CanonicalBone], bones: dict[str, LocatedBone],
+              pixel_spacing_mm: float | None) -> tuple[bool, bool, dict[str, float]]:
     """(paediatric, toddler, features).
 
     Paediatric: besides the MCP joint, growth plates show as further dark bands across
@@ -802,7 +803,7 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, canonical: dict[str, _Canon
     lengths = [np.linalg.norm(b.distal - b.proximal) for b in canonical.values()]
     features = {
         "gaps_near_head": float(np.median([_gaps_near_head(image, b) for b in bones.values()])),
-        "carpal_bone_fraction": _carpal_bone_fraction(smooth, canonical),
+        "carpal_bone_fraction": _carpal_bone_fraction(smooth, field, canonical),
         "length_per_palm_radius": float(np.median(lengths)) / PALM_RADIUS_PX,
     }
     toddler = (features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
@@ -835,8 +836,10 @@ def _gaps_near_head(image: np.ndarray, bone: LocatedBone) -> int:
     return len(peaks)
 
 
-def _carpal_bone_fraction(smooth: np.ndarray, bones: dict[str, _CanonicalBone]) -> float:
-    """Share of the carpus (just proximal to the metacarpal bases) as bright as bone."""
+def _carpal_bone_fraction(smooth: np.ndarray, field: np.ndarray,
+                          bones: dict[str, _CanonicalBone]) -> float:
+    """Share of the carpus (just proximal to the metacarpal bases) as bright as bone;
+    NaN when the carpus is mostly outside the exposed field."""
     radius = PALM_RADIUS_PX
     centres = np.array([b.centre for b in bones.values()])
     bases = np.array([b.proximal for b in bones.values()])
@@ -848,7 +851,10 @@ def _carpal_bone_fraction(smooth: np.ndarray, bones: dict[str, _CanonicalBone]) 
     left, right = bases[:, 0].min() - 0.3 * radius, bases[:, 0].max() + 0.3 * radius
     top = bases[:, 1].mean() + 0.1 * radius
     ys, xs = np.mgrid[top: top + 0.6 * radius: 2.0, left: right: 2.0]
-    carpus = _sample(smooth, xs, ys)
+    seen = _sample(field.astype(np.float32), xs, ys) > 0.5
+    if seen.mean() < 0.5:
+        return math.nan
+    carpus = _sample(smooth, xs, ys)[seen]
     return float(np.mean(carpus > soft_level + 0.5 * (bone_level - soft_level)))
 
 

@@ -95,6 +95,15 @@ def test_phantom_set_from_dicom_files(tmp_path):
     assert np.mean(centre_errors <= 3.0) >= 0.75, np.round(centre_errors, 1)
 
 
+def test_phantom_bones_cut_by_the_image_edge_are_reported():
+    pixels, truth = _render(11, 0, fingers="up", rotation_deg=0.0)
+    bottom = int(truth["bones"]["MC3"]["midshaft_center_rc"][0]) + 150  # through the bases
+    found = locate_metacarpals(pixels[:bottom])
+    assert found.laterality == truth["laterality"]
+    assert set(found.problems) == {f"{bone} shaft cut by the field edge" for bone in BONES}
+    assert not found.bones
+
+
 def test_phantom_child_is_flagged_paediatric():
     pixels, _ = _render(11, 1, "paediatric")
     found = locate_metacarpals(pixels)
