@@ -654,7 +654,7 @@ def _inside(field: np.ndarray, bone: _CanonicalBone) -> bool:
     the exposed field (a bone cut by the edge seems to end there)."""
     axis = bone.distal - bone.proximal
     normal = np.array([-axis[1], axis[0]]) / max(np.linalg.norm(axis), 1e-6)
-    steps = np.linspace(-0.08, 1.08, 24)[:, None]
+    steps = np.linspace(-0.15, 1.15, 27)[:, None]
     points = [bone.proximal + steps * axis + side * 0.5 * bone.width * normal
               for side in (-1, 0, 1)]
     points = np.concatenate(points)
