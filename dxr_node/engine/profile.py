@@ -26,6 +26,7 @@ thin, about 0.1-0.2 sigma per edge on the phantoms (T -0.01 mm on average, -0.02
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,10 @@ class ShaftMeasurement:
     thickness_sd_px: float  # spread over accepted groups of profiles
     width_sd_px: float
     problem: str | None  # None when trustworthy; else a specific reason
+    # Where the blur comes from: "fitted" to this shaft, "given" by the caller, or
+    # "fallback": the free fit degenerated and the best of a few fixed blurs was kept
+    # (re-measuring with ``shared_blur_px`` of the image's other bones is better).
+    blur_source: str = "fitted"
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,14 @@ def measure_shaft(pixels: np.ndarray, center_rc: tuple[float, float], axis_angle
                        np.asarray(center_rc, float), float(axis_angle_deg))
 
 
+def shared_blur_px(shafts: Iterable[ShaftMeasurement]) -> float | None:
+    """One blur for a whole image: the median PSF sigma of the shafts measured without a
+    problem whose blur was fitted to them, or None when there is none. Pass it as
+    ``blur_sigma_px`` to re-measure a shaft whose own fit had to fall back."""
+    fitted = [s.blur_sigma_px for s in shafts if s.problem is None and s.blur_source == "fitted"]
+    return float(np.median(fitted)) if fitted else None
+
+
 def _directions(angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors (d_row, d_col) along the axis and across it (+u)."""
     theta = math.radians(angle_deg)
@@ -172,6 +185,7 @@ class _Measurer:
         self.half_width = float(half_width)
         self.min_width = float(min_width)
         self.fixed_sigma = fixed_sigma
+        self.fell_back = False  # the last free-blur fit degenerated (see ``fit``)
         self.n_groups = int(np.clip(2 * self.half_length // 6, MIN_GROUPS_ACCEPTED, 8))
 
     # -- sampling ---------------------------------------------------------------------
@@ -241,8 +255,10 @@ class _Measurer:
         keep = self.window(prof, start, sigma)
         x, y, w = prof.x[keep], prof.y[keep], prof.count[keep]
         result = fit_tube(x, y, w, start, sigma, fit_sigma=fit_sigma)
+        self.fell_back = False
         if not fit_sigma or not _degenerate(result):
             return result, keep
+        self.fell_back = True
         for fixed in FALLBACK_SIGMAS:
             trial = fit_tube(x, y, w, start, fixed, fit_sigma=False)
             if trial.success and not _degenerate(trial) and (
@@ -264,7 +280,7 @@ class _Measurer:
             trial = fit_tube(x, y, w, plain.edges, plain.sigma,
                              fit_sigma=self.fixed_sigma is None,
                              unsharp=(0.5, fraction * plain.edges.width))
-            if trial.success and trial.cost < best.cost:
+            if trial.success and not _degenerate(trial) and trial.cost < best.cost:
                 best = trial
         return best if plain.cost - best.cost > significant else plain
 
@@ -366,6 +382,8 @@ class _Measurer:
         prof = self.profile(_detapered(band, overall.edges.center, taper), select)
         plain, keep = self.fit(prof, overall.edges, overall.sigma,
                                fit_sigma=self.fixed_sigma is None)
+        blur_source = ("given" if self.fixed_sigma is not None
+                       else "fallback" if self.fell_back else "fitted")
         result = self.with_edge_enhancement(prof, keep, plain)
         edges = result.edges
         fitted_center = center + edges.center * _directions(angle)[1]
@@ -392,6 +410,7 @@ class _Measurer:
             thickness_sd_px=float(np.std([g.edges.thickness for g in kept], ddof=1)),
             width_sd_px=float(np.std([g.edges.width for g in kept], ddof=1)),
             problem=problem,
+            blur_source=blur_source,
         )
 
     def shaft_change(self, groups: list[TubeFit | None], kept: list[TubeFit],

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dxr_node.engine.profile import ShaftMeasurement, measure_shaft
+from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
 from dxr_node.engine.tube_model import blurred_chord, render_tube_image
 
 OUTER_MM, INNER_MM = 4.0, 2.5
@@ -181,6 +181,19 @@ def test_shared_blur_estimate_gives_the_same_answer():
     assert shared.blur_sigma_px == pytest.approx(0.1 / spacing, rel=1e-6)
     assert shared.cortical_thickness_px == pytest.approx(free.cortical_thickness_px, abs=0.1)
     assert abs(shared.width_px * spacing - TRUE_W_MM) < 0.05
+
+
+def test_blur_source_and_the_shared_blur_of_an_image():
+    spacing = 0.15
+    image, center, outer = tube(spacing, 0.1, angle=95.0)
+    free = measure(image, center, 95.0, outer)
+    assert free.blur_source == "fitted"
+    given = measure(image, center, 95.0, outer, blur_sigma_px=free.blur_sigma_px)
+    assert given.blur_source == "given"
+    failed = measure(image, (-5 * outer, center[1]), 95.0, outer)
+    # Only fitted, unflagged shafts count: the median of their blurs.
+    assert shared_blur_px([free, given, failed]) == pytest.approx(free.blur_sigma_px)
+    assert shared_blur_px([given, failed]) is None
 
 
 def test_a_local_defect_is_rejected_and_does_not_move_the_result():
