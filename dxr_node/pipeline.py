@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pydicom
 
-from dxr_node.clinical import interpret
+from dxr_node.clinical import ReferenceTable, interpret
 from dxr_node.clinical.result import Interpretation, PriorResult
 from dxr_node.engine.analyze import analyze, error_analysis
 from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph, to_display_uint8
@@ -47,7 +47,8 @@ class PipelineResult:
 def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
                  history: HistorySource | None = None, objects_for_rejected: bool = True,
                  pixel_spacing_mm: float | None = None, sex: str | None = None,
-                 age_years: float | None = None) -> PipelineResult:
+                 age_years: float | None = None,
+                 reference: ReferenceTable | None = None) -> PipelineResult:
     """Analyse one image and build its report objects.
 
     Raises ImageLoadError only for unreadable input; everything else is in the result.
@@ -57,7 +58,8 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
     analysis = analyze(radiograph, started=started)
     header = radiograph.dataset
     priors = _priors(history, header) if history is not None and analysis.ok else []
-    interpretation = interpret(analysis, header, sex=sex, age_years=age_years, priors=priors)
+    interpretation = interpret(analysis, header, sex=sex, age_years=age_years, priors=priors,
+                               reference=reference)
     objects: list[pydicom.Dataset] = []
     if header is not None and kinds and (analysis.ok or objects_for_rejected):
         from dxr_node.reports import build_reports  # heavy (highdicom): only when needed

@@ -101,11 +101,26 @@ class NodeConfig(BaseModel):
         default_factory=lambda: ["SR", "SC", "GSPS"]
     )
     send_objects_for_rejected: bool = True  # rejected images still get an SR saying why
+    # A site's own DXR-BMD reference table (JSON, the format of the packaged one);
+    # None uses the packaged table (dxr_node/clinical/data/reference_v1.json).
+    reference_table: Path | None = None
     retention_days: float = Field(default=30.0, ge=0)  # 0 keeps spooled images forever
     min_free_disk_mb: int = Field(default=500, ge=0)  # below this C-STORE answers 0xA700
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
     web: WebConfig = Field(default_factory=WebConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("reference_table")
+    @classmethod
+    def _reference_table_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from dxr_node.clinical import ReferenceTableError, load_reference
+
+            try:
+                load_reference(value)
+            except ReferenceTableError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("ae_title")
     @classmethod

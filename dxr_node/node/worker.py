@@ -20,6 +20,7 @@ they are deterministic, a retry would fail the same way.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dxr_node.clinical import ReferenceTable, load_reference
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import configure_logging, log_event
 from dxr_node.node.store import Job, ProducedObject, Store
@@ -95,7 +97,8 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
     started = time.perf_counter()
     try:
         result = process_file(job.path, kinds=config.send_objects, history=store,
-                              objects_for_rejected=config.send_objects_for_rejected)
+                              objects_for_rejected=config.send_objects_for_rejected,
+                              reference=_site_reference(config.reference_table))
         objects = [write_object(config.objects_path, ds) for ds in result.objects]
     except ImageLoadError as exc:
         return _fail(store, job, f"unreadable image: {exc}")
@@ -118,6 +121,12 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
               status=result.analysis.status, objects=len(objects),
               seconds=round(time.perf_counter() - started, 2))
     return "done"
+
+
+@functools.lru_cache(maxsize=2)
+def _site_reference(path: Path | None) -> ReferenceTable | None:
+    """The site's reference table, read once per worker process (None: packaged)."""
+    return load_reference(path) if path is not None else None
 
 
 def _fail(store: Store, job: Job, reason: str) -> str:

@@ -75,6 +75,7 @@ def test_environment_destinations_as_items_or_json():
      "destination names must be unique: a"),
     ('[dispatch]\nmax_attempts = 0', "dispatch.max_attempts: Input should be greater"),
     ('port = ', "not valid TOML"),
+    ('reference_table = "/nonexistent/site.json"', "reference_table: Value error"),
 ])
 def test_bad_values_name_the_key(tmp_path, toml, message):
     path = tmp_path / "bad.toml"
@@ -83,6 +84,21 @@ def test_bad_values_name_the_key(tmp_path, toml, message):
         load_config(path, environ={})
     assert message in str(caught.value)
     assert str(path) in str(caught.value)
+
+
+def test_site_reference_table_is_validated_and_used(tmp_path):
+    import json
+
+    from dxr_node.clinical import load_reference
+    from dxr_node.clinical.reference import DEFAULT_REFERENCE_PATH
+
+    table = json.loads(DEFAULT_REFERENCE_PATH.read_text())
+    table["version"] = "site-1"
+    site = tmp_path / "site.json"
+    site.write_text(json.dumps(table))
+    config = load_config(environ={"DXR_NODE__REFERENCE_TABLE": str(site)})
+    assert config.reference_table == site
+    assert load_reference(config.reference_table).version == "site-1"
 
 
 def test_missing_file_and_bad_environment_are_clear(tmp_path):
