@@ -42,6 +42,8 @@ TODDLER_CARPAL_BONE_FRACTION = 0.25
 TODDLER_LENGTH_PER_PALM_RADIUS = 1.05
 TODDLER_MC3_LENGTH_MM = 38.0
 CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
+MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
+MIN_PALM_FRACTION = 0.09  # palm radius per short side of the image (hands seen: >= 0.12)
 
 FINGER_NAMES = ("index", "middle", "ring", "little")
 BONE_FOR_FINGER = {"index": "MC2", "middle": "MC3", "ring": "MC4", "little": "MC5"}
@@ -98,10 +100,12 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         return _failed("no hand found: not a hand radiograph")
     mask, palm_centre, palm_radius, fingers = found
     outline = _outline(mask, scale)
-    if len(fingers) < 5:
+    if len(fingers) != 5:
         return _failed(f"not a hand radiograph: {len(fingers)} finger rays found, need 5",
                        outline)
-    fingers = sorted(sorted(fingers, key=lambda f: -f.length)[:5], key=lambda f: f.rel_angle)
+    if not _hand_like(fingers):
+        return _failed("not a hand radiograph: the rays are not arranged like fingers",
+                       outline)
     thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
     # Thumb last in clockwise order = thumb on the image right with fingers up = left hand.
     laterality = "L" if thumb is fingers[-1] else "R"
@@ -201,6 +205,16 @@ def _flatten_background(work: np.ndarray, field: np.ndarray) -> np.ndarray:
     return np.clip(work - plane.astype(np.float32), 0, 1)
 
 
+def _remove_local_background(work: np.ndarray) -> np.ndarray:
+    """The image minus its opening by a disc wider than a hand is thick (strong, uneven
+    background gradients); computed at a quarter of the size, which is plenty for it."""
+    small = cv2.resize(work, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    background = cv2.morphologyEx(small, cv2.MORPH_OPEN, _disc(0.12 * min(small.shape)))
+    background = cv2.resize(cv2.GaussianBlur(background, (0, 0), 2), work.shape[::-1],
+                            interpolation=cv2.INTER_LINEAR)
+    return np.clip(work - background, 0, 1)
+
+
 def _exposed_field(image: np.ndarray) -> np.ndarray:
     """Mask of the exposed field: drops bright bands along the border (collimator shadow,
     unexposed plate edges), walking in from each side while most of the line is bright."""
@@ -240,9 +254,8 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
     Backgrounds differ (dark, grey, graded, edge-enhanced), so several classical
     thresholds are tried, on the image and on its background-flattened copy.
     """
-    flat = _flatten_background(work, field)
     best, best_key = None, None
-    for image in (flat, work):
+    for image in (_flatten_background(work, field), work, _remove_local_background(work)):
         grey = (np.clip(cv2.GaussianBlur(image, (0, 0), 2) / max(image.max(), 1e-6), 0, 1)
                 * 255).astype(np.uint8)
         for method in (cv2.THRESH_TRIANGLE, cv2.THRESH_OTSU):
@@ -252,6 +265,8 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
                 continue
             dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
             palm_radius = float(dist.max())
+            if palm_radius < MIN_PALM_FRACTION * min(work.shape):
+                continue  # no palm: a narrow structure such as a spine
             palm_y, palm_x = np.unravel_index(int(np.argmax(dist)), dist.shape)
             palm_centre = np.array([palm_x, palm_y], dtype=np.float64)
             # A leak into the margins lengthens the outline more than it adds area.
@@ -261,10 +276,19 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
             # as wide as the smaller disc).
             for opening in (0.45, 0.6):
                 fingers = _fingers(mask, image, field, palm_centre, palm_radius, opening)
-                key = (len(fingers) == 5, -abs(len(fingers) - 5), -ragged)
+                key = (_hand_like(fingers), len(fingers) == 5, -abs(len(fingers) - 5), -ragged)
                 if best_key is None or key > best_key:
                     best, best_key = (mask, palm_centre, palm_radius, fingers), key
     return best
+
+
+def _hand_like(fingers: list[_Finger]) -> bool:
+    """Five rays, four of them side by side (no wide gap between neighbours), as in a
+    hand; ribs or other protrusions of a non-hand image rarely line up so."""
+    if len(fingers) != 5:
+        return False
+    angles = np.degrees([f.rel_angle for f in fingers])  # ordered; the thumb at one end
+    return min(np.diff(angles[1:]).max(), np.diff(angles[:4]).max()) <= MAX_FINGER_GAP_DEG
 
 
 def _hand_mask(foreground: np.ndarray, field: np.ndarray) -> np.ndarray | None:
@@ -361,7 +385,7 @@ def _ridge_offsets(ridge: np.ndarray, base: np.ndarray, tip: np.ndarray, normal:
         peaks = _peaks(profile, 0.4 * profile.max(), int(0.25 * palm_radius / 0.5))
         sections.append(across[peaks])
     counts = [len(p) for p in sections]
-    typical = int(np.median(counts))
+    typical = max(sorted(set(counts)), key=counts.count)  # the most frequent count
     if typical < 2:
         return [0.0]
     offsets = np.mean([p for p in sections if len(p) == typical], axis=0)
