@@ -126,8 +126,7 @@ def test_real_like_exports_of_phantoms_give_the_metacarpal_index():
 def test_a_strong_lut_and_heavy_unsharp_mask_do_not_collapse_the_cortex():
     """The case that made the free fit degenerate on real files: rounded, LUT-compressed
     cortical peaks with halos. The result is either plausible or flagged, never a
-    near-zero cortex without a problem. (A LUT that saturates the bone, flattening the
-    canal dip, is out of reach: T then reads up to 40 % thin without a flag.)"""
+    near-zero cortex without a problem."""
     rng = np.random.default_rng(11)
     export = Export(unsharp_gain=2.5, unsharp_radius_mm=3.0, lut_slope=6.0, lut_center=0.5,
                     downsample=2.5, jpeg_quality=75)
@@ -136,6 +135,19 @@ def test_a_strong_lut_and_heavy_unsharp_mask_do_not_collapse_the_cortex():
         print(r["bone"], f"{r['mci_err']:+.4f}", r["problem"])
         if r["problem"] is None:
             assert abs(r["mci_err"]) < 0.06, r
+
+
+def test_a_display_window_that_saturates_the_bone_is_flagged():
+    # The sigmoid's centre low in the soft tissue - bone window: cortex and canal both
+    # sit at the top of the grey range, the canal dip flattens and T would read ~40 % thin.
+    rng = np.random.default_rng(11)
+    export = Export(unsharp_gain=2.5, unsharp_radius_mm=3.0, lut_slope=7.0, lut_center=0.35,
+                    downsample=2.5, jpeg_quality=75)
+    rows = measure_phantom_bones(21, 2, export, rng)
+    for r in rows:
+        print(r["bone"], f"{r['mci_err']:+.4f}", r["problem"])
+        assert r["problem"] is not None, r
+    assert any("saturated" in r["problem"] for r in rows)
 
 
 def _real_files() -> list[str]:
