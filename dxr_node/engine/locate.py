@@ -4,8 +4,10 @@ Classical image analysis, no trained weights, no known pixel spacing needed:
 
 1. A copy downscaled to ``WORK_SIZE``; bright bands along the border (collimator
    shadow, plate edges) are cut from the exposed field. The hand mask is the largest
-   component above a triangle or Otsu threshold, on the image or on a copy with the
-   background gradient removed: the first that shows five fingers wins.
+   component above a triangle or Otsu threshold, on the image or on copies with the
+   background (gradient, or local level) removed: among those showing five fingers
+   arranged like a hand, the one with the smoothest outline wins. Nothing hand-like
+   (no palm, not five rays side by side) is "not a hand radiograph".
 2. The palm is the largest inscribed disc of the mask: its radius sets the working
    scale, so hands imaged at very different resolutions are handled alike. Fingers are
    what an opening with a disc of about half that radius removes; fingers held together
