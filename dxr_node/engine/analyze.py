@@ -77,8 +77,11 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
                        f"> {MAX_SPACING_MM} mm")
         fatal = True
 
+    # Only a header spacing is trusted for the locator's absolute size check: one typed on
+    # the command line for an export may be a rough assumption.
+    header_spacing = spacing if radiograph.pixel_spacing_source != "command line" else None
     try:
-        location = locate_metacarpals(pixels)
+        location = locate_metacarpals(pixels, header_spacing)
     except LocateError as exc:
         location = HandLocation(bones={}, laterality=None, rotation_deg=0.0, paediatric=False,
                                 problems=(f"not a hand radiograph: {exc}",))
