@@ -253,10 +253,10 @@ class _Measurer:
             keep &= beyond <= limit
         return keep
 
-    def fit(self, prof: _Profile, start: TubeEdges, sigma: float,
-            fit_sigma: bool) -> tuple[TubeFit, np.ndarray]:
+    def fit(self, prof: _Profile, start: TubeEdges, sigma: float, fit_sigma: bool,
+            fallback_sigmas: tuple[float, ...] = FALLBACK_SIGMAS) -> tuple[TubeFit, np.ndarray]:
         """Fit one profile; a free-blur fit that degenerates (see ``_degenerate``) is
-        replaced by the best of fits with the blur fixed at plausible values."""
+        replaced by the best of fits with the blur fixed at ``fallback_sigmas``."""
         keep = self.window(prof, start, sigma)
         x, y, w = prof.x[keep], prof.y[keep], prof.count[keep]
         result = fit_tube(x, y, w, start, sigma, fit_sigma=fit_sigma)
@@ -264,7 +264,7 @@ class _Measurer:
         if not fit_sigma or not _degenerate(result):
             return result, keep
         self.fell_back = True
-        for fixed in FALLBACK_SIGMAS:
+        for fixed in fallback_sigmas:
             trial = fit_tube(x, y, w, start, fixed, fit_sigma=False)
             if trial.success and not _degenerate(trial) and (
                     _degenerate(result) or trial.cost < result.cost):
@@ -314,7 +314,7 @@ class _Measurer:
             moved = _shift_edges(overall.edges, -shift)
             overall, _ = self.fit(prof, moved, overall.sigma,
                                   fit_sigma=self.fixed_sigma is None)
-        return self.final(band, overall, center, angle)
+        return self.final(band, overall, center, angle, self.fell_back)
 
     def axis_correction(self, band: _Band,
                         overall: TubeFit) -> tuple[float, float] | tuple[None, None]:
@@ -348,8 +348,8 @@ class _Measurer:
             slope, offset = np.polyfit(t_arr[inliers], c_arr[inliers], 1)
         return float(offset), float(slope)
 
-    def final(self, band: _Band, overall: TubeFit, center: np.ndarray,
-              angle: float) -> ShaftMeasurement:
+    def final(self, band: _Band, overall: TubeFit, center: np.ndarray, angle: float,
+              overall_fell_back: bool) -> ShaftMeasurement:
         if overall.cortex_amplitude <= 0 or overall.canal_amplitude >= 0:
             return _failed("no hollow shaft found around the given centre", center, angle)
         reach = self.half_width - 2 * overall.sigma
@@ -365,8 +365,12 @@ class _Measurer:
             if mask.sum() < 20:
                 groups.append(None)
                 continue
+            # A blur that the mean profile could only get by falling back (its edges
+            # smeared by a taper, say) is no good to impose on the groups: they fit their
+            # own, and only where that degenerates too take the mean profile's.
             fitted, _ = self.fit(self.profile(band, mask), overall.edges, overall.sigma,
-                                 fit_sigma=False)
+                                 fit_sigma=overall_fell_back,
+                                 fallback_sigmas=(overall.sigma,))
             groups.append(fitted)
         group_t = [float(band.t[mask].mean()) if mask.any() else 0.0 for mask in masks]
         accepted = _accept_groups(groups, group_t)
