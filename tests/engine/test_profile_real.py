@@ -201,6 +201,9 @@ def test_real_adolescent_radiographs_give_plausible_metacarpal_indices():
             measured += 1
             # A measured bone is never a collapsed cortex, and is in the adolescent range.
             assert 0.3 <= mci <= 0.7, (file, name, mci)
+            # Profile groups agree (the width spread includes the shaft's taper).
+            assert m.thickness_sd_px < 0.25 * m.cortical_thickness_px, (file, name)
+            assert m.width_sd_px < 0.1 * m.width_px, (file, name)
             ratios.append(mci)
         if len(ratios) >= 2:
             # The same hand: MC2-4 indices agree within about a fifth of their mean.
