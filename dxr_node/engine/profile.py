@@ -14,8 +14,14 @@ kernel blurs or biases it.
 Steps: sample the band; fit the mean profile; centre groups of adjacent profiles and
 fit a line through their centres to refine the axis (repeat once); fit each group with
 the bone's blur fixed; reject outlier groups; fit the mean profile of the accepted
-groups for the reported values (with an unsharp-mask term when that explains it clearly
-better) and report the spread over groups.
+groups, de-tapered (real shafts narrow along the band), for the reported values (with an
+unsharp-mask term when that explains it clearly better) and report the spread over groups.
+
+On real, display-processed radiographs (non-linear LUTs, rounded cortical peaks) a free
+blur can run away into a degenerate thin-shell fit; such a fit is replaced by the best of
+fits at fixed plausible blurs (``blur_source`` "fallback"), and a result whose cortex the
+blur does not resolve always carries a ``problem``. ``shared_blur_px`` gives the blur of
+an image's other bones to re-measure a fallen-back shaft with.
 
 Known limit: the model blurs in the domain of the stored values. Detectors blur light
 (intensity) before the log, which makes a strongly attenuating cortex read slightly
