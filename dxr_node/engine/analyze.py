@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from statistics import fmean
 
@@ -109,6 +110,20 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
             else:
                 bones[name] = bone
 
+    spacing_source = radiograph.pixel_spacing_source
+    if spacing is not None and bones:
+        if _spacing_implausible(bones):
+            widths = [b.width_mm for b in bones.values()]
+            reasons.append(f"pixel spacing {spacing:.3f} mm ({spacing_source}) is implausible "
+                           f"for this hand: outer widths {min(widths):.1f}-{max(widths):.1f} mm;"
+                           f" millimetre values not reported")
+            bones = {name: _without_mm(bone) for name, bone in bones.items()}
+            spacing = spacing_source = None
+        else:
+            for name, problem in _size_problems(bones).items():
+                reasons.append(f"{name}: {problem}")
+                del bones[name]
+
     complete = not fatal and len(bones) == len(BONE_NAMES)
     if complete:
         inconsistency = _hand_inconsistency(bones)
@@ -123,7 +138,7 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
         laterality=location.laterality,
         laterality_tag=radiograph.laterality_tag,
         pixel_spacing_mm=spacing,
-        pixel_spacing_source=radiograph.pixel_spacing_source,
+        pixel_spacing_source=spacing_source,
         image_rows=int(pixels.shape[0]),
         image_cols=int(pixels.shape[1]),
         bones=bones,
@@ -148,25 +163,40 @@ def _measure_bone(pixels: np.ndarray, located: LocatedBone, spacing: float | Non
         return None, f"shaft fit failed ({type(exc).__name__}: {exc})"
     if shaft.problem:
         return None, shaft.problem
-    problem = _consistency_problem(shaft, spacing)
+    problem = _consistency_problem(shaft)
     if problem:
         return None, problem
     return _bone_measurement(located, shaft, spacing, radial), None
 
 
-def _consistency_problem(shaft: ShaftMeasurement, spacing: float | None) -> str | None:
+def _consistency_problem(shaft: ShaftMeasurement) -> str | None:
     mci = indices.metacarpal_index(shaft.cortical_thickness_px, shaft.width_px)
     if not MCI_RANGE[0] <= mci <= MCI_RANGE[1]:
         return f"implausible metacarpal index {mci:.2f}"
-    if spacing is None:
-        return None
-    width = shaft.width_px * spacing
-    thickness = shaft.cortical_thickness_px * spacing
-    if not WIDTH_RANGE_MM[0] <= width <= WIDTH_RANGE_MM[1]:
-        return f"implausible outer width {width:.2f} mm"
-    if not THICKNESS_RANGE_MM[0] <= thickness <= THICKNESS_RANGE_MM[1]:
-        return f"implausible cortical thickness {thickness:.2f} mm"
     return None
+
+
+def _spacing_implausible(bones: dict[str, BoneMeasurement]) -> bool:
+    """Every bone too narrow (or too wide) alike: the spacing, not the bones, is wrong."""
+    widths = [b.width_mm for b in bones.values()]
+    low, high = WIDTH_RANGE_MM
+    return all(w < low for w in widths) or all(w > high for w in widths)
+
+
+def _size_problems(bones: dict[str, BoneMeasurement]) -> dict[str, str]:
+    problems = {}
+    for name, bone in bones.items():
+        if not WIDTH_RANGE_MM[0] <= bone.width_mm <= WIDTH_RANGE_MM[1]:
+            problems[name] = f"implausible outer width {bone.width_mm:.2f} mm"
+        elif not THICKNESS_RANGE_MM[0] <= bone.cortical_thickness_mm <= THICKNESS_RANGE_MM[1]:
+            problems[name] = f"implausible cortical thickness {bone.cortical_thickness_mm:.2f} mm"
+    return problems
+
+
+def _without_mm(bone: BoneMeasurement) -> BoneMeasurement:
+    return replace(bone, cortical_thickness_mm=None, width_mm=None, medullary_width_mm=None,
+                   length_mm=None, vpa_mm=None, cortical_thickness_sd_mm=None,
+                   width_sd_mm=None)
 
 
 def _bone_measurement(located: LocatedBone, shaft: ShaftMeasurement, spacing: float | None,

@@ -107,3 +107,19 @@ def test_non_hand_and_toddler_are_rejected(tmp_path, variant):
     result, _ = analyze_path(tmp_path / next(iter(truth)))
     assert result.status == "rejected" and result.reasons
     assert not result.bones or result.dxr_bmd_g_cm2 is None
+
+
+def test_spacing_implausible_for_the_hand_gives_ratios_only(tmp_path, phantom_set):
+    """An export analysed with a wrong --pixel-spacing: ratios only, and the reason why."""
+    import cv2
+
+    from dxr_node.engine.image import load_radiograph, to_display_uint8
+
+    folder, truth = phantom_set
+    png = tmp_path / "export.png"
+    cv2.imwrite(str(png), to_display_uint8(load_radiograph(folder / next(iter(truth))).pixels))
+    result, _ = analyze_path(png, pixel_spacing_mm=0.03)  # an 8 mm bone would read ~2 mm
+    assert any("implausible for this hand" in r for r in result.reasons), result.reasons
+    assert result.pixel_spacing_mm is None and result.dxr_bmd_g_cm2 is None
+    assert result.bones and all(b.width_mm is None and 0.2 < b.mci < 0.85
+                                for b in result.bones.values())
