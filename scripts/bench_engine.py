@@ -174,8 +174,10 @@ def speed(workdir: Path, n: int) -> dict:
 
 def peak_memory(folder: Path) -> dict:
     """Peak RSS (MB) of a new process: after imports, after analysis, after reports."""
-    code = ("import json, resource, sys; from pathlib import Path\n"
-            "rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+    code = ("import json, sys; from pathlib import Path\n"
+            "def rss():  # VmHWM: this process's own peak (ru_maxrss survives exec)\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'): return int(line.split()[1]) / 1024\n"
             "from dxr_node.pipeline import process_file\n"
             "out = {'imports': rss()}\n"
             "files = sorted(Path(sys.argv[1]).glob('*.dcm'))\n"

@@ -18,7 +18,7 @@ from dxr_node import ALGORITHM_NAME, __version__
 from dxr_node.engine import indices
 from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph
 from dxr_node.engine.locate import HandLocation, LocatedBone, LocateError, locate_metacarpals
-from dxr_node.engine.profile import ShaftMeasurement, measure_shaft
+from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
 from dxr_node.engine.result import (
     BONE_NAMES,
     STATUS_ERROR,
@@ -99,16 +99,23 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     bones: dict[str, BoneMeasurement] = {}
     radial = _radial_direction(location.bones)
     if not fatal:
+        shafts = {}
         for name in BONE_NAMES:
-            located = location.bones.get(name)
-            if located is None:
+            if name not in location.bones:
                 reasons.append(f"{name} not found")
                 continue
-            bone, problem = _measure_bone(pixels, located, spacing, radial)
+            shafts[name] = _measure_shaft(pixels, location.bones[name])
+        # A shaft whose own blur fit fell back is re-measured with the image's blur,
+        # taken from the bones that resolved it.
+        blur = shared_blur_px(shaft for shaft, _ in shafts.values() if shaft is not None)
+        for name, (shaft, _) in shafts.items():
+            if blur is not None and shaft is not None and shaft.blur_source == "fallback":
+                shafts[name] = _measure_shaft(pixels, location.bones[name], blur)
+        for name, (shaft, problem) in shafts.items():
             if problem:
                 reasons.append(f"{name}: {problem}")
             else:
-                bones[name] = bone
+                bones[name] = _bone_measurement(location.bones[name], shaft, spacing, radial)
 
     spacing_source = radiograph.pixel_spacing_source
     if spacing is not None and bones:
@@ -150,23 +157,20 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     )
 
 
-def _measure_bone(pixels: np.ndarray, located: LocatedBone, spacing: float | None,
-                  radial: np.ndarray | None) -> tuple[BoneMeasurement | None, str | None]:
+def _measure_shaft(pixels: np.ndarray, located: LocatedBone, blur_sigma_px: float | None = None
+                   ) -> tuple[ShaftMeasurement | None, str | None]:
+    """The shaft measurement and, when it cannot be used, the reason."""
     try:
         shaft = measure_shaft(
             pixels, located.center_rc, located.axis_angle_deg,
             band_half_length_px=BAND_FRACTION * located.length_px / 2,
             search_half_width_px=1.1 * located.width_estimate_px + 6,
+            blur_sigma_px=blur_sigma_px,
         )
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
         # A numerically degenerate shaft is a measurement failure, not a crash.
         return None, f"shaft fit failed ({type(exc).__name__}: {exc})"
-    if shaft.problem:
-        return None, shaft.problem
-    problem = _consistency_problem(shaft)
-    if problem:
-        return None, problem
-    return _bone_measurement(located, shaft, spacing, radial), None
+    return shaft, shaft.problem or _consistency_problem(shaft)
 
 
 def _consistency_problem(shaft: ShaftMeasurement) -> str | None:
