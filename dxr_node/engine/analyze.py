@@ -36,6 +36,7 @@ BAND_FRACTION = 0.20
 MAX_SPACING_MM = 0.2
 # Plausible adult/adolescent mid-shaft geometry (mm); outside it the fit is not trusted.
 WIDTH_RANGE_MM = (4.0, 14.0)
+CHILD_MIN_WIDTH_MM = 3.0  # metacarpals of school-age children (toddlers are rejected)
 THICKNESS_RANGE_MM = (0.3, 4.5)
 MCI_RANGE = (0.2, 0.85)
 # Metacarpals II-IV of one hand are alike: larger spreads mean a bone was mislocated.
@@ -127,7 +128,7 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
             bones = {name: _without_mm(bone) for name, bone in bones.items()}
             spacing = spacing_source = None
         else:
-            for name, problem in _size_problems(bones).items():
+            for name, problem in _size_problems(bones, location.paediatric).items():
                 reasons.append(f"{name}: {problem}")
                 del bones[name]
 
@@ -187,10 +188,11 @@ def _spacing_implausible(bones: dict[str, BoneMeasurement]) -> bool:
     return all(w < low for w in widths) or all(w > high for w in widths)
 
 
-def _size_problems(bones: dict[str, BoneMeasurement]) -> dict[str, str]:
+def _size_problems(bones: dict[str, BoneMeasurement], paediatric: bool) -> dict[str, str]:
+    low = CHILD_MIN_WIDTH_MM if paediatric else WIDTH_RANGE_MM[0]
     problems = {}
     for name, bone in bones.items():
-        if not WIDTH_RANGE_MM[0] <= bone.width_mm <= WIDTH_RANGE_MM[1]:
+        if not low <= bone.width_mm <= WIDTH_RANGE_MM[1]:
             problems[name] = f"implausible outer width {bone.width_mm:.2f} mm"
         elif not THICKNESS_RANGE_MM[0] <= bone.cortical_thickness_mm <= THICKNESS_RANGE_MM[1]:
             problems[name] = f"implausible cortical thickness {bone.cortical_thickness_mm:.2f} mm"
