@@ -65,9 +65,12 @@ def analyse_file(path: Path, spacing: float | None = None):
     return result, radiograph, (time.perf_counter() - started)
 
 
-def save_preview(result, radiograph, target: Path, interpretation=None) -> None:
+def save_preview(result, radiograph, target: Path) -> None:
+    """The overlay a radiologist would see (secondary capture), with the clinical panel."""
+    from dxr_node.clinical import interpret
     from dxr_node.reports import render_overlay
 
+    interpretation = interpret(result, radiograph.dataset)
     rgb = render_overlay(to_display_uint8(radiograph.pixels), result, interpretation)
     target.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
