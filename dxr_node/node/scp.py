@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import os
 import re
 import shutil
 import sqlite3
@@ -29,6 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationServer
 
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.durable import write_durably
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import InstanceInfo, Store
 from dxr_node.node.triage import skip_reason
@@ -40,14 +40,6 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0x0110
 
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _text(value: object) -> str | None:
@@ -198,13 +190,7 @@ class StorageSCP:
         if not final.exists():  # else a copy (duplicate, or left by a crash) is already there
             # Durable write: temp file, fsync, atomic rename, fsync the directory.
             partial = self._incoming / f"{uuid.uuid4().hex}.part"
-            with open(partial, "wb") as handle:
-                handle.write(encoded)
-                handle.flush()
-                os.fsync(handle.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(partial, final)
-            _fsync_dir(final.parent)
+            write_durably(final, partial, lambda handle: handle.write(encoded))
 
         info = InstanceInfo(
             sop_instance_uid=sop_uid, sop_class_uid=sop_class,

@@ -33,6 +33,7 @@ from typing import Any
 
 from dxr_node.clinical import ReferenceTable, load_reference
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.durable import write_durably
 from dxr_node.node.logs import configure_logging, log_event
 from dxr_node.node.store import Job, ProducedObject, Store
 
@@ -70,21 +71,8 @@ def write_object(directory: Path, dataset: Any) -> ProducedObject:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{uid}.dcm"
     partial = directory / f".{uid}.{os.getpid()}.part"
-    with open(partial, "wb") as handle:
-        dataset.save_as(handle, enforce_file_format=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    _fsync_directory(directory)  # the rename itself must survive a power cut
+    write_durably(path, partial, lambda handle: dataset.save_as(handle, enforce_file_format=True))
     return ProducedObject(kind, str(dataset.SOPClassUID), uid, str(path))
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_job(config: NodeConfig, store: Store, job: Job) -> str:
