@@ -45,6 +45,8 @@ TODDLER_LENGTH_PER_PALM_RADIUS = 1.05
 TODDLER_MC3_LENGTH_MM = 38.0
 CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
 MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
+OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
+WIDER_PALM = 1.25  # palm radius of a hand mask around a mask of the bones
 MIN_PALM_FRACTION = 0.09  # palm radius per short side of the image (hands seen: >= 0.12)
 
 FINGER_NAMES = ("index", "middle", "ring", "little")
@@ -256,7 +258,7 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
     Backgrounds differ (dark, grey, graded, edge-enhanced), so several classical
     thresholds are tried, on the image and on its background-flattened copy.
     """
-    best, best_key = None, None
+    found = []  # (key, outline contrast, (mask, palm centre, palm radius, fingers))
     for image in (_flatten_background(work, field), work, _remove_local_background(work)):
         grey = (np.clip(cv2.GaussianBlur(image, (0, 0), 2) / max(image.max(), 1e-6), 0, 1)
                 * 255).astype(np.uint8)
@@ -274,14 +276,40 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
             # A leak into the margins lengthens the outline more than it adds area.
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             ragged = sum(cv2.arcLength(c, True) for c in contours) / math.sqrt(mask.sum())
+            contrast = _outline_contrast(image, field, mask)
             # A larger opening also frees fingers held together (two fingers are about
             # as wide as the smaller disc).
             for opening in (0.45, 0.6):
                 fingers = _fingers(mask, image, field, palm_centre, palm_radius, opening)
                 key = (_hand_like(fingers), len(fingers) == 5, -abs(len(fingers) - 5), -ragged)
-                if best_key is None or key > best_key:
-                    best, best_key = (mask, palm_centre, palm_radius, fingers), key
+                found.append((key, contrast, (mask, palm_centre, palm_radius, fingers)))
+    if not found:
+        return None
+    key, contrast, best = max(found, key=lambda entry: entry[0])
+    # A threshold between soft tissue and bone outlines the bones of a spread hand, which
+    # also shows five rays like a hand, smoothly: its outline lies on soft tissue and its
+    # "palm" is only the carpus. A hand mask around it, outlined on the background, with a
+    # clearly wider palm, is the hand. (A mask leaking into the margins keeps the palm.)
+    if contrast > OUTLINE_ON_BACKGROUND:
+        wider = [entry for entry in found
+                 if entry[0][:3] == key[:3] and entry[1] <= OUTLINE_ON_BACKGROUND
+                 and entry[2][2] >= WIDER_PALM * best[2]
+                 and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
+        if wider:
+            best = max(wider, key=lambda entry: entry[0])[2]
     return best
+
+
+def _outline_contrast(image: np.ndarray, field: np.ndarray, mask: np.ndarray) -> float:
+    """Level just outside the mask, from the background (0) to the mask's inside (1)."""
+    smooth = cv2.GaussianBlur(image, (0, 0), 1)
+    ring = (cv2.dilate(mask, _disc(4)) - cv2.dilate(mask, _disc(1))) & field
+    inner = cv2.erode(mask, _disc(4))
+    if not ring.any() or not inner.any():
+        return 1.0
+    background = np.percentile(smooth[field > 0], 5)
+    inside = np.median(smooth[inner > 0])
+    return float((np.median(smooth[ring > 0]) - background) / max(inside - background, 1e-6))
 
 
 def _hand_like(fingers: list[_Finger]) -> bool:

@@ -215,3 +215,16 @@ def test_real_children_are_paediatric(name):
                                   "shsnet_rsna_train_img23.png", "shsnet_rsna_train_img3.png"])
 def test_real_fused_physes_are_not_paediatric(name):
     assert not locate_metacarpals(_real(name)).paediatric
+
+
+def test_phantom_precision_set_spread_hand_is_outlined_on_the_skin(tmp_path):
+    """One spread hand imaged repeatedly (bench_engine's precision set): a threshold between
+    soft tissue and bone also shows five smooth rays; the hand's outline must win, or
+    the bones are taken for fingers and MC3/MC4 are lost."""
+    generate, _ = _phantom_modules()
+    image = pytest.importorskip("dxr_node.engine.image")
+    truth = generate.write_phantom_set(tmp_path, n=4, seed=100, same_anatomy=True)
+    for name, record in truth.items():
+        found = locate_metacarpals(image.load_radiograph(tmp_path / name).pixels)
+        _assert_matches_truth(found, record)
+        assert not found.paediatric, name
