@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REALDATA = SHARED / "realdata"
 ARTIFACTS = REPO / "artifacts"
+
+# pynetdicom installs its own storescu/storescp/echoscu into the virtualenv's bin folder;
+# the tests drive dcmtk's tools of those names, so the virtualenv goes last on PATH.
+_VENV_BIN = str(Path(sys.prefix) / "bin")
+_PATH = os.environ.get("PATH", "").split(os.pathsep)
+os.environ["PATH"] = os.pathsep.join([p for p in _PATH if p != _VENV_BIN] + [_VENV_BIN])
 
 
 @pytest.fixture(scope="session")
