@@ -583,24 +583,43 @@ def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarr
     scored.sort(reverse=True)
     bones = []
     for score, distal_i in scored[:4]:
-        bone = _bone_from_gap(smooth, ridge, path, valleys, local_max, ridge_along, distal_i)
+        bone = _bone_from_gap(smooth, ridge, path, profile, valleys, local_max, ridge_along,
+                              distal_i)
         bones.append(replace(bone, score=score))
     return bones
 
 
 def _bone_from_gap(smooth: np.ndarray, ridge: np.ndarray, path: np.ndarray,
-                   valleys: np.ndarray, local_max: np.ndarray, ridge_along: np.ndarray,
-                   distal_i: int) -> _CanonicalBone:
+                   profile: np.ndarray, valleys: np.ndarray, local_max: np.ndarray,
+                   ridge_along: np.ndarray, distal_i: int) -> _CanonicalBone:
     """The metacarpal starting at the MCP gap ``distal_i`` along a tracked ray."""
     radius = PALM_RADIUS_PX
     # The shaft's ridge fades where the base widens into the carpus: the CMC joint. A
     # clear gap before that (as strong as half the MCP gap) ends the bone earlier.
-    shaft_ridge = np.median(ridge_along[int(distal_i + 0.3 * radius): int(distal_i + 0.8 * radius)])
+    shaft = slice(int(distal_i + 0.3 * radius), int(distal_i + 0.8 * radius))
+    shaft_ridge, shaft_level = np.median(ridge_along[shaft]), np.median(profile[shaft])
     proximal_i = min(int(distal_i + 2.0 * radius), len(path) - 1)
+    clear_gap = local_max & (valleys >= 0.5 * valleys[distal_i])
     for index in range(int(distal_i + 0.8 * radius), proximal_i):
-        if ridge_along[index] < 0.5 * shaft_ridge or (
-                local_max[index] and valleys[index] >= 0.5 * valleys[distal_i]):
+        if clear_gap[index]:
             proximal_i = index
+            break
+        reach = int(0.1 * radius)
+        fading = ridge_along[index] < 0.5 * shaft_ridge or (
+            # A dip that rises again: the base passing into a carpal bone it overlaps.
+            ridge_along[index] < 0.6 * shaft_ridge
+            and ridge_along[index] <= ridge_along[index - reach: index + reach + 1].min())
+        if fading:
+            # The ridge fades as the base flares, a little before the CMC gap itself.
+            # The gap ends the bone if it is a clear joint space and the base stays as
+            # bright as the shaft up to it (in toddlers the shaft ends in cartilage).
+            ahead = np.flatnonzero((clear_gap & (valleys >= 0.15 * shaft_level))
+                                   [index: min(int(index + 0.35 * radius), proximal_i)])
+            proximal_i = index
+            if len(ahead):
+                base = profile[index: max(index + 1, index + int(ahead[0] - 0.08 * radius))]
+                if base.min() >= 0.85 * shaft_level:
+                    proximal_i = index + int(ahead[0])
             break
     length = proximal_i - distal_i
     shaft = path[distal_i + int(0.15 * length): proximal_i - int(0.15 * length)]

@@ -44,6 +44,19 @@ def _render(seed: int, index: int, variant: str = "adult", **changes):
     return pixels.astype(np.float32), truth
 
 
+def _render_as_in_mixed_set(seed: int, index: int):
+    """Image ``index`` of ``write_phantom_set(n, seed)``: the set's mix of hands, finger
+    directions, modalities and edge enhancement, rendered bone-bright."""
+    generate, _ = _phantom_modules()
+    _, acquisition, _ = generate.image_specs(seed, index)
+    enhance = index % 3 != 1
+    return _render(seed, index, laterality="LR"[index % 2],
+                   fingers="down" if index % 4 == 3 else "up",
+                   modality="CR" if index % 3 == 2 else "DX",
+                   edge_sigma_mm=(acquisition.edge_sigma_mm or 2.5) if enhance else 0.0,
+                   edge_gain=(acquisition.edge_gain or 0.5) if enhance else 0.0)
+
+
 def _angle_difference(a: float, b: float) -> float:
     return abs((a - b + 180.0) % 360.0 - 180.0)
 
@@ -228,3 +241,20 @@ def test_phantom_precision_set_spread_hand_is_outlined_on_the_skin(tmp_path):
         found = locate_metacarpals(image.load_radiograph(tmp_path / name).pixels)
         _assert_matches_truth(found, record)
         assert not found.paediatric, name
+
+
+@pytest.mark.parametrize(("seed", "index", "tolerance_px"), [
+    (2026, 1, 3.0),  # MC2 base flaring long before its CMC gap: was cut 12 % short
+    (2026, 12, 3.0),
+    (11, 1, 3.0),
+    (11, 13, 3.0),  # the same for MC3
+    # MC4 base overlapping the hamate, its ridge running on into it: was 30 % too long
+    # (dragging MC2/MC3 with it), or "out of line"; its end now within ~10 px.
+    (1, 7, 5.0),
+    (2026, 19, 5.0),
+])
+def test_phantom_metacarpal_base_ends_at_the_cmc_joint(seed, index, tolerance_px):
+    pixels, truth = _render_as_in_mixed_set(seed, index)
+    found = locate_metacarpals(pixels)
+    _assert_matches_truth(found, truth, tolerance_px)
+    assert not found.paediatric
