@@ -841,8 +841,11 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
     # the joint is the next clear gap a cap's length further on.
     strength = gaps[int(np.argmin(np.abs(along - head_gap)))]
     beyond = (along > head_gap + 0.1 * length) & (along < head_gap + 0.3 * length)
-    if beyond.any() and gaps[beyond].max() >= 0.5 * strength:
-        head_gap = along[beyond][int(np.argmax(gaps[beyond]))]
+    clear = np.flatnonzero(beyond & (gaps >= 0.5 * strength))
+    if len(clear):
+        # The first such gap (the phalanx's own growth plate lies just beyond the joint).
+        valley = (along >= along[clear[0]]) & (along <= along[clear[0]] + 0.05 * length)
+        head_gap = along[valley][int(np.argmax(gaps[valley]))]
     near = (along >= head_gap - edge) & (along <= head_gap)
     distal_s = along[near][int(np.argmin(slope[near]))] if near.any() else head_gap
     base_gap = _strongest_near(gaps, along, -0.5 * length, 0.1 * length)

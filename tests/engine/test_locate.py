@@ -44,13 +44,13 @@ def _render(seed: int, index: int, variant: str = "adult", **changes):
     return pixels.astype(np.float32), truth
 
 
-def _render_as_in_mixed_set(seed: int, index: int):
-    """Image ``index`` of ``write_phantom_set(n, seed)``: the set's mix of hands, finger
-    directions, modalities and edge enhancement, rendered bone-bright."""
+def _render_as_in_mixed_set(seed: int, index: int, variant: str = "adult"):
+    """Image ``index`` of ``write_phantom_set(n, seed, variant=...)``: the set's mix of
+    hands, finger directions, modalities and edge enhancement, rendered bone-bright."""
     generate, _ = _phantom_modules()
-    _, acquisition, _ = generate.image_specs(seed, index)
+    _, acquisition, _ = generate.image_specs(seed, index, variant)
     enhance = index % 3 != 1
-    return _render(seed, index, laterality="LR"[index % 2],
+    return _render(seed, index, variant, laterality="LR"[index % 2],
                    fingers="down" if index % 4 == 3 else "up",
                    modality="CR" if index % 3 == 2 else "DX",
                    edge_sigma_mm=(acquisition.edge_sigma_mm or 2.5) if enhance else 0.0,
@@ -258,3 +258,15 @@ def test_phantom_metacarpal_base_ends_at_the_cmc_joint(seed, index, tolerance_px
     found = locate_metacarpals(pixels)
     _assert_matches_truth(found, truth, tolerance_px)
     assert not found.paediatric
+
+
+@pytest.mark.parametrize(("seed", "index"), [(3, 9), (4, 2), (4, 3), (4, 5)])
+def test_phantom_child_mcp_joint_is_the_first_gap_beyond_the_growth_plate(seed, index):
+    """Beyond a metacarpal's growth plate comes the MCP joint, then the phalanx's own
+    growth plate: the head ends at the first (MC4 was 8 % too long)."""
+    pixels, truth = _render_as_in_mixed_set(seed, index, "paediatric")
+    found = locate_metacarpals(pixels)
+    assert found.paediatric
+    bone, true = found.bones["MC4"], truth["bones"]["MC4"]
+    assert math.dist(bone.center_rc, true["midshaft_center_rc"]) <= 3.0
+    assert math.dist(bone.distal_rc, true["distal_rc"]) <= 6.0
