@@ -184,7 +184,7 @@ def _downscale(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple[
     """
     scale = min(1.0, WORK_SIZE / max(image.shape))
     small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    field = _exposed_field(small)
+    field = _exposed_field(small) & (1 - _padding(small))
     low, high = (float(v) for v in np.percentile(small[field > 0], [0.5, 99.5]))
     work = _normalise(small, low, high)
     work[field == 0] = np.percentile(work[field > 0], 2)
@@ -242,6 +242,30 @@ def _exposed_field(image: np.ndarray) -> np.ndarray:
                 else:
                     field[:, band] = 0
     return field
+
+
+def _padding(image: np.ndarray) -> np.ndarray:
+    """Mask of flat polygons of the lowest value along the border: the corners padded by
+    rotating or re-framing an image. Unexposed like a collimator shadow, and dark: left in,
+    they would be taken for the background and the whole picture for the hand. (A
+    background clipped to that value surrounds the hand: its outline is no polygon.)"""
+    low, high = float(image.min()), float(image.max())
+    flat = (image <= low + 1e-6 * max(high - low, 1.0)).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(flat, connectivity=8)
+    padding = np.zeros_like(flat)
+    rows, cols = image.shape
+    for label in range(1, count):
+        x, y, width, height, area = stats[label]
+        on_border = x == 0 or y == 0 or x + width == cols or y + height == rows
+        if not on_border or not 0.002 * flat.size <= area <= 0.5 * flat.size:
+            continue
+        region = (labels == label).astype(np.uint8)
+        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        polygon = cv2.approxPolyDP(max(contours, key=cv2.contourArea), 2.0, True)
+        if len(polygon) <= 6:
+            padding |= region
+    # The interpolated rim of the padding is no darker than its inside: drop it too.
+    return cv2.dilate(padding, _disc(2))
 
 
 def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -270,3 +270,39 @@ def test_phantom_child_mcp_joint_is_the_first_gap_beyond_the_growth_plate(seed, 
     bone, true = found.bones["MC4"], truth["bones"]["MC4"]
     assert math.dist(bone.center_rc, true["midshaft_center_rc"]) <= 3.0
     assert math.dist(bone.distal_rc, true["distal_rc"]) <= 6.0
+
+
+def _rotated_with_padding(pixels: np.ndarray, angle_deg: float, points: dict):
+    """The image turned by angle_deg (counter-clockwise) on a canvas holding all of it, the
+    corners padded with 0 as cv2.warpAffine leaves them; the points moved alike."""
+    rows, cols = pixels.shape
+    matrix = cv2.getRotationMatrix2D((cols / 2, rows / 2), angle_deg, 1.0)
+    corners = np.array([[0, 0], [cols, 0], [0, rows], [cols, rows]], float)
+    mapped = corners @ matrix[:, :2].T + matrix[:, 2]
+    matrix[:, 2] -= mapped.min(axis=0)
+    width, height = np.ceil(mapped.max(axis=0) - mapped.min(axis=0)).astype(int)
+    turned = cv2.warpAffine(pixels, matrix, (int(width), int(height)), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    moved = {name: tuple((np.array(rc[::-1]) @ matrix[:, :2].T + matrix[:, 2])[::-1])
+             for name, rc in points.items()}
+    return turned, moved
+
+
+@pytest.mark.parametrize(("name", "angle_deg"), [
+    ("shsnet_rsna_train_img80.png", -30.0),
+    ("shsnet_rsna_train_img80.png", 45.0),
+    ("shsnet_rsna_train_img95.png", -30.0),
+    ("shsnet_rsna_train_img43.png", -120.0),
+    ("shsnet_rsna_train_img43.png", -30.0),
+])
+def test_real_image_rotated_with_black_corners(name, angle_deg):
+    """The black corners a rotation leaves are no background: taken for it, the whole
+    picture became the "hand" and it was rejected as not a hand."""
+    annotation = LANDMARKS[name]
+    pixels, where = _rotated_with_padding(_real(name), angle_deg,
+                                          {bone: annotation[bone] for bone in BONES})
+    found = locate_metacarpals(pixels)
+    assert found.laterality == annotation["laterality"], found.problems
+    spacing = math.dist(where["MC2"], where["MC4"]) / 2
+    for bone in BONES:
+        assert math.dist(found.bones[bone].center_rc, where[bone]) <= 0.35 * spacing, bone
