@@ -875,6 +875,10 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
     base_gap = _strongest_near(gaps, along, -0.5 * length, 0.1 * length)
     near = (along >= base_gap) & (along <= base_gap + edge)
     proximal_s = along[near][int(np.argmax(slope[near]))] if near.any() else base_gap
+    if gaps[int(np.argmin(np.abs(along - base_gap)))] < 0.3 * strength:
+        # No joint space on the axis (a base overlapping the carpus): a faint dip in the
+        # cancellous base is no end; keep the end found along the ray.
+        proximal_s = -0.5 * length
     distal = centre + distal_s * direction + low
     proximal = centre + proximal_s * direction + low
     axis = distal - proximal
