@@ -27,8 +27,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationServer
 
+from dxr_node.fileio import write_durably
 from dxr_node.node.config import NodeConfig
-from dxr_node.node.durable import write_durably
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import InstanceInfo, Store
 from dxr_node.node.triage import skip_reason

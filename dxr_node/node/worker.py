@@ -33,7 +33,6 @@ from typing import Any
 
 from dxr_node.clinical import ReferenceTable, load_reference
 from dxr_node.node.config import NodeConfig
-from dxr_node.node.durable import write_durably
 from dxr_node.node.logs import configure_logging, log_event
 from dxr_node.node.store import Job, ProducedObject, Store
 
@@ -66,13 +65,11 @@ def write_object(directory: Path, dataset: Any) -> ProducedObject:
 
     Deterministic UIDs mean a re-run rewrites the same file, never a second one.
     """
-    uid = str(dataset.SOPInstanceUID)
+    from dxr_node.reports import write_objects  # heavy (highdicom): worker processes only
+
     kind = object_kind(str(dataset.SOPClassUID))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{uid}.dcm"
-    partial = directory / f".{uid}.{os.getpid()}.part"
-    write_durably(path, partial, lambda handle: dataset.save_as(handle, enforce_file_format=True))
-    return ProducedObject(kind, str(dataset.SOPClassUID), uid, str(path))
+    (path,) = write_objects([dataset], directory)
+    return ProducedObject(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), str(path))
 
 
 def run_job(config: NodeConfig, store: Store, job: Job) -> str:

@@ -15,6 +15,7 @@ import pydicom
 
 from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis
+from dxr_node.fileio import write_durably
 from dxr_node.reports.overlay import render_overlay
 
 KINDS = ("SR", "SC", "GSPS", "PDF")
@@ -66,16 +67,16 @@ def build_reports(source: pydicom.Dataset, analysis: Analysis,
 def write_objects(datasets: Iterable[pydicom.Dataset], outdir: Path) -> list[Path]:
     """Write each dataset as a DICOM file ``<SOPInstanceUID>.dcm``; returns the paths.
 
-    Files appear atomically (temporary name, then rename), so a watcher never reads a
-    half-written object, and rewriting the same result replaces the file.
+    Files appear atomically and durably (temporary name, fsync, rename), so a watcher never
+    reads a half-written object, a crash never leaves one, and rewriting the same result
+    replaces the file.
     """
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for dataset in datasets:
         path = outdir / f"{dataset.SOPInstanceUID}.dcm"
-        partial = path.with_suffix(".dcm.partial")
-        dataset.save_as(partial, enforce_file_format=True)
-        os.replace(partial, path)
+        partial = outdir / f".{dataset.SOPInstanceUID}.{os.getpid()}.part"
+        write_durably(path, partial,
+                      lambda handle, ds=dataset: ds.save_as(handle, enforce_file_format=True))
         paths.append(path)
     return paths

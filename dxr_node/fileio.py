@@ -1,4 +1,4 @@
-"""Crash-safe file writes shared by the SCP (received images) and the workers (results)."""
+"""Crash-safe file writes: received images (SCP), produced objects (workers, `analyze --out`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import BinaryIO
 def write_durably(final: Path, partial: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through ``partial``, fsync, rename to ``final`` and fsync its folder, so that
     after a crash or power cut ``final`` is either complete or absent."""
+    final.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "wb") as handle:
         write(handle)
         handle.flush()
         os.fsync(handle.fileno())
-    final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, final)
     fd = os.open(final.parent, os.O_RDONLY)  # the rename itself must reach the disk
     try:
