@@ -47,6 +47,10 @@ from dxr_node.node.store import Dispatch, Store
 
 log = logging.getLogger(__name__)
 
+# Stream files from disk instead of loading them (SCs are ~12 MB). A process-wide pydicom
+# setting: set once here, not per send from the dispatcher threads.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
 SENT = "sent"
 RETRY = "retry"
 FAILED = "failed"
@@ -194,8 +198,10 @@ def _send_over_association(
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                              evt_handlers=[(evt.EVT_PDU_RECV, keep_rejection)])
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # a malformed address: retrying cannot help
         return all_fail(FAILED, f"cannot associate with {where}: {exc}")
+    except OSError as exc:  # e.g. the host name does not resolve (yet): a container restarting
+        return all_fail(RETRY, f"cannot associate with {where}: {exc}")
     if not assoc.is_established:
         outcome, reason = _association_failure(assoc, rejections, where)
         return all_fail(outcome, reason)
@@ -238,11 +244,12 @@ def _send_one(assoc: Any, path: Path, sop_class: str, sop_uid: str, syntax: str,
     try:
         if any(cx.transfer_syntax[0] == syntax for cx in accepted):
             # Stream the file as stored: no decode, no re-encode.
-            _config.STORE_SEND_CHUNKED_DATASET = True
             status_ds = assoc.send_c_store(path)
         else:
             # Only a converted syntax was accepted: pynetdicom re-encodes the dataset.
             status_ds = assoc.send_c_store(dcmread(path))
+    except RuntimeError as exc:  # the association dropped after the is_established check
+        return Delivery(path, sop_uid, RETRY, None, f"association with {where} lost: {exc}")
     except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
         return Delivery(path, sop_uid, FAILED, None, f"cannot send {path.name}: {exc}")
     status = int(status_ds.Status) if "Status" in status_ds else None
@@ -289,15 +296,6 @@ def _guarded(step: Any, *args: Any) -> int:
     except sqlite3.Error as exc:
         log_event(log, "dispatch_store_error", logging.ERROR, reason=str(exc))
         return 0
-
-
-def dispatch_once(config: NodeConfig, store: Store) -> int:
-    """One round for every destination, one after the other (tests, one-shot runs).
-    Returns how many dispatches were handled."""
-    handled = fail_unconfigured(config, store)
-    for destination in config.destinations:
-        handled += deliver_due(config, store, destination)
-    return handled
 
 
 def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) -> int:

@@ -21,16 +21,19 @@ from dcmtk_peers import (
 )
 from node_process import wait_for
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pynetdicom import AE
 
 from dxr_node.node.config import Destination, DispatchPolicy, NodeConfig
 from dxr_node.node.dispatch import (
     FAILED,
     RETRY,
     SENT,
+    _send_one,
     backoff_delay,
     classify_status,
-    dispatch_once,
+    deliver_due,
+    fail_unconfigured,
     run_dispatcher,
     send_files,
 )
@@ -39,6 +42,14 @@ from dxr_node.node.store import InstanceInfo, ProducedObject, Store
 
 def _pacs(port: int, aet: str = "PACS") -> Destination:
     return Destination(name=aet, ae_title=aet, host="127.0.0.1", port=port)
+
+
+def dispatch_round(config: NodeConfig, store: Store) -> int:
+    """One dispatcher round, destinations one after the other; how many were handled."""
+    handled = fail_unconfigured(config, store)
+    for destination in config.destinations:
+        handled += deliver_due(config, store, destination)
+    return handled
 
 
 @pytest.mark.parametrize(("status", "outcome"), [
@@ -96,6 +107,29 @@ def test_peer_down_is_transient(tmp_path):
                              timeout_s=5)
     assert delivery.outcome == RETRY and delivery.status is None
     assert "cannot reach" in delivery.reason
+
+
+def test_unresolvable_host_name_is_transient(tmp_path):
+    # In compose a restarting PACS container's name does not resolve for a while.
+    write_small_sc(tmp_path / "a.dcm")
+    pacs = Destination(name="PACS", ae_title="PACS", host="pacs-restarting.invalid", port=104)
+    (delivery,) = send_files(pacs, [tmp_path / "a.dcm"], calling_aet="DXRNODE", timeout_s=5)
+    assert delivery.outcome == RETRY and delivery.status is None
+    assert "cannot associate with PACS@pacs-restarting.invalid:104" in delivery.reason
+
+
+def test_association_lost_just_before_a_send_retries_that_object_only(tmp_path):
+    uid = write_small_sc(tmp_path / "a.dcm")
+    with storescp(tmp_path / "pacs") as port:
+        ae = AE(ae_title="DXRNODE")
+        ae.add_requested_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+        assert assoc.is_established
+        assoc.release()  # what a peer dropping the association leaves behind
+        delivery = _send_one(assoc, tmp_path / "a.dcm", SecondaryCaptureImageStorage, uid,
+                             ExplicitVRLittleEndian, "PACS@127.0.0.1")
+    assert delivery.outcome == RETRY and delivery.sop_instance_uid == uid
+    assert "association with PACS@127.0.0.1 lost" in delivery.reason
 
 
 def test_peer_rejecting_our_calling_aet_fails_at_once(tmp_path):
@@ -182,9 +216,9 @@ def test_dispatcher_sends_to_every_destination_and_records_sent(tmp_path):
             Store(tmp_path / "node.sqlite") as store:
         config = _config(tmp_path, _pacs(port_a, "PACSA"), _pacs(port_b, "PACSB"))
         uids = _queue_objects(store, tmp_path, 3, ["PACSA", "PACSB"])
-        assert dispatch_once(config, store) == 6
+        assert dispatch_round(config, store) == 6
         assert store.counts()["dispatches"]["sent"] == 6
-        assert dispatch_once(config, store) == 0  # nothing is sent twice
+        assert dispatch_round(config, store) == 0  # nothing is sent twice
     assert received_uids(tmp_path / "a") == received_uids(tmp_path / "b") == sorted(uids)
 
 
@@ -232,9 +266,9 @@ def test_dispatcher_gives_up_after_max_attempts_with_the_reason(tmp_path):
         _queue_objects(store, tmp_path, 1, ["PACS"])
         deadline = time.monotonic() + 20
         while store.counts()["dispatches"]["failed"] == 0 and time.monotonic() < deadline:
-            dispatch_once(config, store)
+            dispatch_round(config, store)
             time.sleep(0.03)
-        (failure,) = store.failures()
+        (failure,) = store.open_failures()
     assert failure["attempts"] == 2
     assert failure["reason"].startswith("gave up after 2 attempts: cannot reach PACS@")
 
@@ -243,16 +277,16 @@ def test_dispatcher_fails_permanent_refusal_on_first_attempt(tmp_path):
     with storescp(tmp_path / "pacs", options=["--refuse"]) as port, \
             Store(tmp_path / "node.sqlite") as store:
         _queue_objects(store, tmp_path, 1, ["PACS"])
-        dispatch_once(_config(tmp_path, _pacs(port)), store)
-        (failure,) = store.failures()
+        dispatch_round(_config(tmp_path, _pacs(port)), store)
+        (failure,) = store.open_failures()
     assert failure["attempts"] == 1 and "Rejected (Permanent)" in failure["reason"]
 
 
 def test_dispatch_to_a_destination_no_longer_configured_fails(tmp_path):
     with Store(tmp_path / "node.sqlite") as store:
         _queue_objects(store, tmp_path, 1, ["OLDPACS"])
-        dispatch_once(_config(tmp_path), store)
-        (failure,) = store.failures()
+        dispatch_round(_config(tmp_path), store)
+        (failure,) = store.open_failures()
     assert failure["reason"] == "destination 'OLDPACS' is not configured"
 
 
