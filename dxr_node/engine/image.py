@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import UID, ImplicitVRLittleEndian
+from pydicom.uid import UID, ImplicitVRLittleEndian, JPEGExtended12Bit
 
 MIN_SPACING_MM = 0.02
 MAX_SPACING_MM = 1.0
@@ -121,8 +121,11 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
             raise ImageLoadError(f"{name}: unknown transfer syntax {syntax}") from None
         if "less than expected" in str(error):
             raise ImageLoadError(f"{name}: pixel data is truncated ({syntax.name})") from None
+        hint = ""
+        if syntax == JPEGExtended12Bit and int(ds.get("BitsStored", 8)) > 8:
+            hint = "; 12-bit JPEG Extended needs the optional codec: pip install dxr-node[jpeg12]"
         raise ImageLoadError(
-            f"{name}: pixel data could not be decoded ({syntax.name}: {_short(error)})"
+            f"{name}: pixel data could not be decoded ({syntax.name}: {_short(error)}){hint}"
         ) from None
     if stored.ndim == 3 and stored.shape[-1] in (3, 4) and ds.get("SamplesPerPixel", 1) > 1:
         stored = stored[..., :3].mean(axis=-1)  # colour secondary capture: use luminance
