@@ -13,21 +13,27 @@ from dxr_node.clinical.followup import PRECISION_CV_PERCENT, compare_with_priors
 from dxr_node.clinical.patient import find_age, find_exam_date, find_sex
 from dxr_node.clinical.reference import ReferenceTable, load_reference
 from dxr_node.clinical.result import Interpretation, PriorResult, ReferenceInfo
-from dxr_node.engine.result import BONE_NAMES, Analysis
+from dxr_node.engine.result import BONE_NAMES, STATUS_ERROR, Analysis
 
 if TYPE_CHECKING:
     import pydicom
 
 BILLING_DISCONTINUED = "53"  # no result at all
-BILLING_REDUCED = "52"  # fewer than three metacarpals measured
+BILLING_REDUCED = "52"  # fewer than three metacarpals measured, or ratio measures only
 
 
 def billing_modifier(analysis: Analysis) -> str | None:
-    """CPT-style modifier: '53' no result, '52' fewer than 3 metacarpals, None full service."""
+    """CPT-style modifier of the service actually given.
+
+    '53' (discontinued) when the analysis failed or no metacarpal was measured; '52'
+    (reduced) when only one or two metacarpals passed QC (the engine then rejects the hand
+    but still lists them) or when the result has ratio measures only (no usable pixel
+    spacing, so no DXR-BMD); None for the full service.
+    """
     measured = sum(1 for name in BONE_NAMES if name in analysis.bones)
-    if not analysis.ok or _usable_bmd(analysis) is None or measured == 0:
+    if analysis.status == STATUS_ERROR or measured == 0:
         return BILLING_DISCONTINUED
-    if measured < len(BONE_NAMES):
+    if not analysis.ok or measured < len(BONE_NAMES) or _usable_bmd(analysis) is None:
         return BILLING_REDUCED
     return None
 
@@ -72,6 +78,8 @@ def interpret(
         young_adult_sd_g_cm2=sex_ref.young_adult_sd_g_cm2 if sex_ref else None,
         age_matched_mean_g_cm2=round(age_matched[0], 4) if age_matched else None,
         age_matched_sd_g_cm2=round(age_matched[1], 4) if age_matched else None,
+        age_matched_curve=tuple((p.age_years, p.mean_g_cm2, p.sd_g_cm2)
+                                for p in sex_ref.age_matched) if sex_ref else (),
     )
 
     bmd = _usable_bmd(analysis)
@@ -110,6 +118,7 @@ def interpret(
         billing_modifier=billing_modifier(analysis),
         reasons=tuple(reasons),
         caveats=tuple(caveats),
+        exam_laterality=side,
     )
 
 
@@ -189,8 +198,10 @@ def _usable_bmd(analysis: Analysis) -> float | None:
 def exam_laterality(analysis: Analysis) -> tuple[str | None, str | None]:
     """The hand measured ('L'/'R') and, when it is unknown, why.
 
-    The header's tag and the hand detected in the image must agree when both are present:
-    a conflict means we cannot be sure which hand an earlier result is comparable with.
+    The one rule for every consumer (follow-up, SR, SC, GSPS, PDF, overlay, the node's
+    store): the header's tag and the hand detected in the image must agree when both are
+    present. A conflict means unknown, because we cannot tell which one is wrong; with only
+    one of them, that one is used.
     """
     tag, detected = (_normalised_side(analysis.laterality_tag),
                      _normalised_side(analysis.laterality))

@@ -14,6 +14,9 @@ class ReferenceInfo:
     young_adult_sd_g_cm2: float | None
     age_matched_mean_g_cm2: float | None
     age_matched_sd_g_cm2: float | None
+    # (age years, mean g/cm2, SD g/cm2) of the table actually used, for the patient's sex:
+    # what the reference chart draws (empty when the sex is unknown or not in the table).
+    age_matched_curve: tuple[tuple[float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Interpretation:
     billing_modifier: str | None = None  # "52" reduced, "53" discontinued, None full
     reasons: tuple[str, ...] = field(default_factory=tuple)
     caveats: tuple[str, ...] = ()  # limits of the interpretation a reader must see
+    exam_laterality: str | None = None  # "L" | "R" by clinical.exam_laterality; None unknown
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -59,3 +59,11 @@ def analysis_factory():
 @pytest.fixture
 def header_factory():
     return make_header
+
+
+@pytest.fixture(scope="session")
+def engine_partial(tmp_path_factory):
+    """(file, header, Analysis) of a real engine run whose MC4 could not be measured."""
+    from partial_hand import partial_hand
+
+    return partial_hand(tmp_path_factory.mktemp("partial-hand"))

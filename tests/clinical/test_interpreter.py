@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-from dxr_node.clinical import interpret, load_reference
+from dxr_node.clinical import billing_modifier, exam_laterality, interpret, load_reference
 from dxr_node.clinical.reference import DEFAULT_REFERENCE_PATH
 
 TABLE = json.loads(DEFAULT_REFERENCE_PATH.read_text())
@@ -185,11 +186,29 @@ def test_no_result_gives_no_scores_and_modifier_53(analysis_factory, header_fact
     assert any(status in r and "no hand found" in r for r in result.reasons)
 
 
-@pytest.mark.parametrize(("bones", "modifier"), [(3, None), (2, "52"), (1, "52")])
-def test_billing_modifier_counts_metacarpals(analysis_factory, header_factory, bones,
-                                             modifier):
-    result = interpret(analysis_factory(0.5, bones=bones), header_factory(age="065Y"))
-    assert result.billing_modifier == modifier
+def test_full_service_has_no_billing_modifier(analysis_factory, header_factory):
+    assert interpret(analysis_factory(0.5), header_factory(age="065Y")).billing_modifier is None
+
+
+def test_ratio_measures_only_is_a_reduced_service(analysis_factory, header_factory):
+    # What the engine returns without a usable pixel spacing: "ok", no mm, no DXR-BMD.
+    ratio_only = replace(analysis_factory(None), pixel_spacing_mm=None,
+                         pixel_spacing_source=None)
+    result = interpret(ratio_only, header_factory(age="065Y"))
+    assert ratio_only.ok and result.billing_modifier == "52"
+    assert result.t_score is None
+
+
+def test_engine_partial_result_is_a_reduced_service(engine_partial):
+    _, header, analysis = engine_partial
+    # The engine's contract: rejected, but the two bones that passed QC are listed.
+    assert analysis.status == "rejected" and set(analysis.bones) == {"MC2", "MC3"}
+    assert analysis.mci is None and analysis.dxr_bmd_g_cm2 is None
+    result = interpret(analysis, header)
+    assert billing_modifier(analysis) == result.billing_modifier == "52"
+    assert result.t_score is None and result.z_score is None and result.category is None
+    assert any("rejected" in r and "MC4" in r for r in result.reasons)
+    assert result.exam_laterality == "L"
 
 
 def test_relative_risk_follows_hazard_ratio_per_sd(analysis_factory, header_factory):
@@ -209,11 +228,11 @@ def test_to_dict_has_the_json_fields_the_cli_prints(analysis_factory, header_fac
     out = interpret(analysis_factory(0.5), header_factory(age="065Y")).to_dict()
     json.dumps(out)  # JSON-safe
     for key in ("t_score", "z_score", "category", "relative_risk", "age_years", "sex",
-                "reference", "prior", "billing_modifier", "reasons"):
+                "reference", "prior", "billing_modifier", "reasons", "exam_laterality"):
         assert key in out
     assert set(out["reference"]) == {
         "name", "version", "young_adult_mean_g_cm2", "young_adult_sd_g_cm2",
-        "age_matched_mean_g_cm2", "age_matched_sd_g_cm2"}
+        "age_matched_mean_g_cm2", "age_matched_sd_g_cm2", "age_matched_curve"}
     assert out["reference"]["version"] == TABLE["version"]
     assert out["prior"] is None
 
@@ -249,3 +268,29 @@ def test_header_read_back_from_a_dicom_file(tmp_path, analysis_factory, header_f
     assert result.sex == "M"
     assert result.age_years == 74.99  # one day short of 75: never printed as 75
     assert result.z_score is not None and result.triage is None
+
+
+@pytest.mark.parametrize(("tag", "detected", "side"), [
+    ("L", "L", "L"), ("R", None, "R"), (None, "L", "L"), ("L", "R", None), (None, None, None)])
+def test_exam_laterality_is_one_rule_carried_in_the_interpretation(
+        analysis_factory, header_factory, tag, detected, side):
+    analysis = analysis_factory(0.5, laterality=detected, laterality_tag=tag)
+    assert exam_laterality(analysis)[0] == side
+    assert interpret(analysis, header_factory(age="065Y")).exam_laterality == side
+
+
+def test_reference_info_carries_the_curve_of_the_table_used(analysis_factory, header_factory,
+                                                            tmp_path):
+    data = json.loads(DEFAULT_REFERENCE_PATH.read_text())
+    data["name"] = "Site table"
+    for point in data["sexes"]["F"]["age_matched"]:
+        point["mean_g_cm2"] = round(point["mean_g_cm2"] - 0.05, 4)
+    path = tmp_path / "site.json"
+    path.write_text(json.dumps(data))
+    site = load_reference(path)
+    ref = interpret(analysis_factory(0.5), header_factory(age="065Y"), reference=site).reference
+    assert ref.name == "Site table"
+    assert ref.age_matched_curve == tuple((p.age_years, p.mean_g_cm2, p.sd_g_cm2)
+                                          for p in site.sexes["F"].age_matched)
+    no_sex = interpret(analysis_factory(0.5), header_factory(sex=None, age="065Y"))
+    assert no_sex.reference.age_matched_curve == ()
