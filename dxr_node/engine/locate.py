@@ -6,7 +6,9 @@ Classical image analysis, no trained weights, no known pixel spacing needed:
    shadow, plate edges) are cut from the exposed field. The hand mask is the largest
    component above a triangle or Otsu threshold, on the image or on copies with the
    background (gradient, or local level) removed: among those showing five fingers
-   arranged like a hand, the one with the smoothest outline wins. Nothing hand-like
+   arranged like a hand, the one with the smoothest outline wins, but a mask outlined on
+   soft tissue (the bones of a spread hand) yields to a hand mask around it with a wider
+   palm; black corners padded by a rotation count as unexposed. Nothing hand-like
    (no palm, not five rays side by side) is "not a hand radiograph".
 2. The palm is the largest inscribed disc of the mask: its radius sets the working
    scale, so hands imaged at very different resolutions are handled alike. Fingers are
@@ -18,10 +20,11 @@ Classical image analysis, no trained weights, no known pixel spacing needed:
    middle of its finger into the carpus along the bones' ridge (Hessian) map. Joint gaps
    are the valleys of the intensity along the ray; the MCP joint is a clear gap followed
    by a long gap-free run, chosen jointly for the three rays (MCP joints at one level,
-   lengths alike). The base ends where the shaft's ridge fades into the carpus.
+   lengths alike). The base ends at the CMC gap just beyond where the shaft's ridge
+   fades (or dips, over a carpal bone it overlaps).
 5. On the input pixels, each axis is refitted to the mid-points of the shaft's edges and
-   each end placed at the near edge of the darkest joint gap; the mid-shaft centre is
-   half-way between the ends.
+   each end placed at the near edge of the darkest joint gap (a base with no clear gap
+   keeps its end from step 4); the mid-shaft centre is half-way between the ends.
 6. Growth plates (extra gaps at the heads), an unossified carpus or short metacarpals
    mark children and toddlers.
 """
