@@ -181,10 +181,13 @@ class StorageSCP:
         try:
             header = dcmread(BytesIO(encoded), stop_before_pixels=True)
             reason = skip_reason(header, sop_class)
-        except (InvalidDicomError, ValueError, TypeError, EOFError, KeyError) as exc:
-            # Queued anyway: the worker records it as a failure with the loader's reason.
+        except (InvalidDicomError, ValueError, TypeError, EOFError, KeyError,
+                NotImplementedError) as exc:  # NotImplementedError: an unknown VR
+            # A CR/DX is queued anyway (the worker records the loader's reason); any other
+            # SOP class is skipped as usual: that check needs no header.
             log_event(log, "header_unreadable", logging.WARNING, **fields, reason=str(exc))
-            header, reason = Dataset(), None
+            header = Dataset()
+            reason = skip_reason(header, sop_class)
 
         final = self._spool_path(sop_uid)
         if not final.exists():  # else a copy (duplicate, or left by a crash) is already there

@@ -266,8 +266,8 @@ class Store:
         """Record a received instance and queue its job (or record it as skipped).
 
         A SOP Instance UID already known is not queued again: the existing row's
-        ``receive_count`` goes up and ``duplicate`` is True (the caller discards its copy).
-        """
+        ``receive_count`` goes up and ``duplicate`` is True. The spool copy at ``info.path``
+        is recorded only if retention already deleted the first one."""
         now = _now()
         with self._transaction() as db:
             row = db.execute(
@@ -276,12 +276,18 @@ class Store:
                 (info.sop_instance_uid,),
             ).fetchone()
             if row is not None:
+                # Once retention purged the first copy, the caller's new copy takes its
+                # place, so the next purge deletes that one too (else it is never purged).
                 db.execute(
-                    "UPDATE instances SET receive_count = receive_count + 1, "
-                    "last_received_at = ? WHERE id = ?",
-                    (now, row["id"]),
+                    "UPDATE instances SET receive_count = receive_count + 1,"
+                    " last_received_at = ?,"
+                    " path = CASE WHEN spool_deleted_at IS NULL THEN path ELSE ? END,"
+                    " spool_deleted_at = NULL WHERE id = ?",
+                    (now, info.path, row["id"]),
                 )
-                return AddedInstance(row["id"], row["job_id"], True, row["path"])
+                path = db.execute("SELECT path FROM instances WHERE id = ?",
+                                  (row["id"],)).fetchone()[0]
+                return AddedInstance(row["id"], row["job_id"], True, path)
             instance_id = db.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
                 " study_instance_uid, series_instance_uid, patient_id, issuer_of_patient_id,"

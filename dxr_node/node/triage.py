@@ -10,6 +10,8 @@ or GSPS if a PACS routes them back.
 
 from __future__ import annotations
 
+import re
+
 from pydicom import Dataset
 
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -21,12 +23,19 @@ ANALYSABLE_SOP_CLASSES = {
     DX_FOR_PROCESSING: "DX for processing",
 }
 
-# BodyPartExamined values (CID 4031 terms and common free text) that may show the
-# metacarpal shafts. An absent or empty value is analysed too.
-HAND_BODY_PARTS = {
-    "HAND", "HANDS", "FINGER", "FINGERS", "WRIST", "WRISTS", "UPPER EXTREMITY", "UPPEXM",
-    "UPPER_EXTREMITY", "EXTREMITY", "ARM", "BONE AGE", "BONEAGE",
+# BodyPartExamined is often free text ("HAND LEFT", "L HAND", "HAND_L", "MANO", "MAIN"):
+# any value naming a hand, finger or wrist is analysed, and so is any value not known to
+# be another part. Only CID 4031 terms (and their common spellings) for other parts skip.
+HAND_WORDS = ("HAND", "FINGER", "WRIST", "MANO", "MAIN")
+NON_HAND_BODY_PARTS = {
+    "ABDOMEN", "ABDOMENPELVIS", "ANKLE", "BREAST", "BRAIN", "CALCANEUS", "CHEST",
+    "CHESTABDOMEN", "CLAVICLE", "COCCYX", "CSPINE", "ELBOW", "FACE", "FEMUR", "FIBULA",
+    "FOOT", "HEAD", "HEEL", "HIP", "HUMERUS", "JAW", "KNEE", "LSPINE", "MANDIBLE", "NECK",
+    "ORBIT", "PATELLA", "PELVIS", "RIB", "RIBS", "SACRUM", "SCAPULA", "SHOULDER", "SINUS",
+    "SKULL", "SPINE", "SSPINE", "STERNUM", "THORAX", "TIBIA", "TMJ", "TOE", "TSPINE",
+    "ZYGOMA",
 }
+
 # ViewPosition values that are not a PA/AP projection.
 NON_PA_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO", "OBL", "OBLIQUE"}
 
@@ -48,9 +57,16 @@ def skip_reason(dataset: Dataset, sop_class_uid: str) -> str | None:
     if samples not in (None, "", 1):
         return f"not a greyscale image (SamplesPerPixel {samples})"
     body_part = str(dataset.get("BodyPartExamined", "") or "").strip().upper()
-    if body_part and body_part not in HAND_BODY_PARTS:
+    if _names_another_body_part(body_part):
         return f"body part {body_part} is not a hand"
     view = str(dataset.get("ViewPosition", "") or "").strip().upper()
     if view in NON_PA_VIEWS:
         return f"view position {view} is not a PA hand projection"
     return None
+
+
+def _names_another_body_part(body_part: str) -> bool:
+    """True for a value such as "CHEST" or "L FOOT"; False for any hand word or unknown text."""
+    if any(word in body_part for word in HAND_WORDS):
+        return False
+    return any(word in NON_HAND_BODY_PARTS for word in re.split(r"[^A-Z]+", body_part))

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 from dcmtk_peers import free_port, require
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
@@ -24,6 +27,7 @@ from pynetdicom import AE
 
 from dxr_node.node.config import load_config
 from dxr_node.node.scp import StorageSCP
+from dxr_node.node.service import purge_spool
 from dxr_node.node.store import Store
 from dxr_node.node.triage import skip_reason
 
@@ -148,6 +152,53 @@ def test_duplicate_instance_is_acknowledged_but_queued_once(node, tmp_path):
     assert sum(store.counts()["jobs"].values()) == 1
 
 
+def test_duplicate_after_the_spool_was_purged_is_purged_again(node, tmp_path):
+    path = tmp_path / "dup.dcm"
+    write_dx(path, body_part="CHEST")  # skipped: finished at once, so purgeable
+    scp, store, port = node(retention_days=1)
+    later = time.time() + 2 * 86400
+    assert _send_with_pynetdicom(path, port) == 0x0000
+    assert purge_spool(scp.config, store, now=later) == 1
+    assert _send_with_pynetdicom(path, port) == 0x0000  # rewrites the spool file
+    (spooled,) = (tmp_path / "data" / "spool").glob("*/*.dcm")
+    assert purge_spool(scp.config, store, now=later) == 1
+    assert not spooled.exists()
+
+
+def _write_with_unknown_vr(path: Path, sop_class: str) -> str:
+    """A file whose file meta is fine but whose data set has an element of unknown VR."""
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with open(path, "wb") as handle:
+        handle.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(handle, meta)
+        handle.write(b"\x08\x00\x16\x00XX\x10\x00" + b"\x01" * 16)
+    return uid
+
+
+def test_unreadable_header_of_another_sop_class_is_skipped(node, tmp_path):
+    import dxr_node.node.dispatch  # noqa: F401  (sets pynetdicom to send files as stored)
+
+    _, store, port = node()
+    statuses = []
+    for sop_class in (CTImageStorage, DigitalXRayImageStorageForPresentation):
+        path = tmp_path / f"{sop_class}.dcm"
+        _write_with_unknown_vr(path, sop_class)
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="DXRNODE")
+        statuses.append(assoc.send_c_store(path).get("Status"))
+        assoc.release()
+    assert statuses == [0x0000, 0x0000]
+    (skipped,) = store.skipped()
+    assert skipped["sop_class_uid"] == CTImageStorage
+    assert skipped["reason"].startswith("not a CR/DX image")
+    assert store.counts()["jobs"]["queued"] == 1  # the DX: its loader gives the reason
+
+
 def test_non_hand_instance_is_accepted_and_recorded_as_skipped(node, tmp_path):
     chest = tmp_path / "chest.dcm"
     write_dx(chest, body_part="CHEST")
@@ -251,6 +302,25 @@ def test_triage_reasons(changes, expected):
         setattr(ds, key, value)
     assert skip_reason(ds, DigitalXRayImageStorageForPresentation) == expected
     assert skip_reason(ds, "1.2.840.10008.5.1.4.1.1.88.22").startswith("not a CR/DX")
+
+
+@pytest.mark.parametrize("body_part", [
+    "HAND", "HAND LEFT", "L HAND", "HAND PA", "HAND_L", "HANDS", "MANO", "MAIN", "FINGER",
+    "WRIST", "UPPER EXTREMITY", "BONE AGE", "UNKNOWN", "",
+])
+def test_triage_analyses_free_text_hand_body_parts(body_part):
+    ds = Dataset()
+    ds.BodyPartExamined = body_part
+    assert skip_reason(ds, ComputedRadiographyImageStorage) is None
+
+
+@pytest.mark.parametrize("body_part", ["CHEST", "SKULL", "ABDOMEN", "L FOOT", "KNEE_R",
+                                       "CHEST PA", "PELVIS", "LSPINE", "ANKLE"])
+def test_triage_skips_other_named_body_parts(body_part):
+    ds = Dataset()
+    ds.BodyPartExamined = body_part
+    expected = f"body part {body_part} is not a hand"
+    assert skip_reason(ds, ComputedRadiographyImageStorage) == expected
 
 
 def test_docker_healthcheck_passes_on_a_live_node_and_fails_on_a_dead_one(node):
