@@ -151,9 +151,13 @@ def _open_history(path: str) -> HistorySource | None:
     if not Path(path).is_file():
         print(f"dxr-node: --history {path}: no such database", file=sys.stderr)
         return None
-    from dxr_node.node.store import Store
+    from dxr_node.node.store import Store, StoreError
 
-    return Store(path)
+    try:
+        return Store(path, read_only=True)  # a priors source: never create or migrate
+    except StoreError as exc:
+        print(f"dxr-node: --history: {exc}", file=sys.stderr)
+        return None
 
 
 def _fmt(value: Any, spec: str = ".2f") -> str:

@@ -197,21 +197,34 @@ def _now() -> float:
 
 
 class Store:
-    """Open (and create or migrate) the node database at ``path``."""
+    """Open (and create or migrate) the node database at ``path``.
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
+    ``read_only=True`` opens an existing database as it is (e.g. `analyze --history`):
+    nothing is created, migrated or switched to WAL, and a database of another schema
+    version is refused.
+    """
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 30.0,
+                 read_only: bool = False) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Autocommit mode: every public method opens its own explicit transaction.
-            self._db = sqlite3.connect(
-                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
+            if read_only:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                           timeout=timeout_s, check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Autocommit mode: every public method opens its own explicit transaction.
+                self._db = sqlite3.connect(
+                    self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+                )
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         try:
+            if read_only:
+                self._check_version()
+                return
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before the SCP answers Success (power-cut safe).
             self._db.execute("PRAGMA synchronous=FULL")
@@ -220,6 +233,15 @@ class Store:
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreError(f"{self.path} is not a usable dxr-node database: {exc}") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _check_version(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} is not a dxr-node database of schema version "
+                             f"{SCHEMA_VERSION} (its version is {version})")
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -110,3 +111,23 @@ def test_serve_on_a_taken_port_says_so(tmp_path):
     assert result.returncode == 2
     assert f"dxr-node: error: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_analyze_history_that_is_not_a_node_database_is_one_line_exit_2(tmp_path):
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 100)
+    image = tmp_path / "hand.dcm"
+    write_dx(image)
+    for history, message in ((other, "not a dxr-node database of schema version 1"),
+                             (junk, "is not a usable dxr-node database")):
+        result = subprocess.run(
+            [sys.executable, "-m", "dxr_node.cli", "analyze", str(image), "--history",
+             str(history)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert message in result.stderr and len(result.stderr.splitlines()) == 1
+    with sqlite3.connect(other) as db:  # left as it was: no node tables, no WAL
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)

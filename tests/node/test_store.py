@@ -216,3 +216,30 @@ def test_service_purges_only_finished_images_past_retention(tmp_path):
         assert purge_spool(config, store) == 0  # nothing is a day old yet
         assert purge_spool(config, store, now=time.time() + 2 * 86400) == 1
         assert not paths["11.1"].exists() and paths["11.2"].exists()
+
+
+def test_read_only_open_neither_creates_nor_migrates(tmp_path):
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(StoreError, match="not a dxr-node database of schema version 1"):
+        Store(other, read_only=True)
+    with sqlite3.connect(other) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable dxr-node database"):
+        Store(junk, read_only=True)
+
+
+def test_read_only_store_gives_priors_and_refuses_writes(tmp_path):
+    with Store(tmp_path / "node.sqlite") as store:
+        store.add_instance(_info("1.1"))
+        job = store.claim_job("w")
+        store.finish_job(job.id, status="ok", analysis={"dxr_bmd_g_cm2": 0.5},
+                         interpretation=None, objects=[], destinations=[])
+    with Store(tmp_path / "node.sqlite", read_only=True) as history:
+        assert [p.dxr_bmd_g_cm2 for p in history.priors("P1", "HOSP", "9.9")] == [0.5]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            history.add_instance(_info("1.2"))
