@@ -59,7 +59,8 @@ class DispatchPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int = Field(default=60, ge=1)  # ~4.5 h of retries at the 300 s cap
+    # 80 attempts at 2 s doubling to a 300 s cap, equal jitter: ~4.5 h of retries (3.0-6.1 h)
+    max_attempts: int = Field(default=80, ge=1)
     initial_backoff_s: float = Field(default=2.0, gt=0)
     max_backoff_s: float = Field(default=300.0, gt=0)
     timeout_s: float = Field(default=30.0, gt=0)  # ACSE, DIMSE and network timeouts
@@ -166,7 +167,9 @@ class NodeConfig(BaseModel):
 
     @property
     def worker_count(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        # The cores this process may run on (a container pinned with --cpuset-cpus gets
+        # fewer than the host's os.cpu_count()).
+        return self.workers or len(os.sched_getaffinity(0))
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)

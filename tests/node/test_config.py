@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import random
 import re
+import shutil
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from dxr_node.node.config import ConfigError, NodeConfig, cli_overrides, load_config
+from dxr_node.node.dispatch import backoff_delay
+from dxr_node.node.worker import STOP_GRACE_S
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "node.toml"
 
@@ -125,3 +132,26 @@ def test_docker_files_configure_a_valid_node():
     assert "ORTHANC" in config.allowed_calling_aets
     compose = (docker / "compose.yaml").read_text()
     assert '"dxrnode": ["DXRNODE", "dxr-node", 11112]' in compose  # Orthanc knows the node
+    # A graceful stop needs longer than the workers' own grace for running analyses.
+    grace = re.search(r"stop_grace_period:\s*(\d+)s", compose).group(1)
+    assert float(grace) > STOP_GRACE_S
+    assert re.search(r"image:\s*orthancteam/orthanc:\d+\.\d+\.\d+\s", compose)  # pinned
+
+
+def test_default_retries_span_about_four_and_a_half_hours():
+    policy = NodeConfig().dispatch
+    rng = random.Random(3)
+    spans = [sum(backoff_delay(policy, attempt, rng) for attempt in range(1, policy.max_attempts))
+             for _ in range(200)]  # the last attempt gives up: no wait after it
+    assert 4.4 < statistics.mean(spans) / 3600 < 4.7
+    assert all(3.0 < span / 3600 < 6.1 for span in spans)
+
+
+def test_default_worker_count_is_the_cores_this_process_may_use():
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset (util-linux) not installed")
+    code = "from dxr_node.node.config import NodeConfig; print(NodeConfig().worker_count)"
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code],
+                            capture_output=True, text=True, timeout=60)
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout.strip() == "1"
