@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean
 
@@ -32,6 +32,9 @@ ALGORITHM = {"name": ALGORITHM_NAME, "version": __version__}
 
 # DXR measures a band of the central shaft: its length as a fraction of the bone length.
 BAND_FRACTION = 0.20
+# A short or narrow-waisted shaft (children) may flare within that band: measure it once
+# more over the narrower central band before giving up on it.
+SHORT_BAND_FRACTION = 0.10
 # Coarsest pixel spacing that still resolves a ~1-2 mm cortex with several pixels.
 MAX_SPACING_MM = 0.2
 # Plausible adult/adolescent mid-shaft geometry (mm); outside it the fit is not trusted.
@@ -100,7 +103,7 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     bones: dict[str, BoneMeasurement] = {}
     radial = _radial_direction(location.bones)
     if not fatal:
-        shafts = {}
+        shafts: dict[str, _Shaft] = {}
         for name in BONE_NAMES:
             if name not in location.bones:
                 reasons.append(f"{name} not found")
@@ -108,15 +111,19 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
             shafts[name] = _measure_shaft(pixels, location.bones[name])
         # A shaft whose own blur fit fell back is re-measured with the image's blur,
         # taken from the bones that resolved it.
-        blur = shared_blur_px(shaft for shaft, _ in shafts.values() if shaft is not None)
-        for name, (shaft, _) in shafts.items():
-            if blur is not None and shaft is not None and shaft.blur_source == "fallback":
+        blur = shared_blur_px(s.measurement for s in shafts.values() if s.measurement)
+        for name, shaft in shafts.items():
+            if (blur is not None and shaft.measurement is not None
+                    and shaft.measurement.blur_source == "fallback"):
                 shafts[name] = _measure_shaft(pixels, location.bones[name], blur)
-        for name, (shaft, problem) in shafts.items():
-            if problem:
-                reasons.append(f"{name}: {problem}")
-            else:
-                bones[name] = _bone_measurement(location.bones[name], shaft, spacing, radial)
+        for name, shaft in shafts.items():
+            if shaft.problem:
+                reasons.append(f"{name}: {shaft.problem}")
+                continue
+            if shaft.band_fraction != BAND_FRACTION:
+                reasons.append(f"{name}: measured over the central {shaft.band_fraction:.0%} "
+                               f"of its length (the {BAND_FRACTION:.0%} band flares)")
+            bones[name] = _bone_measurement(location.bones[name], shaft, spacing, radial)
 
     spacing_source = radiograph.pixel_spacing_source
     if spacing is not None and bones:
@@ -158,20 +165,35 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     )
 
 
-def _measure_shaft(pixels: np.ndarray, located: LocatedBone, blur_sigma_px: float | None = None
-                   ) -> tuple[ShaftMeasurement | None, str | None]:
-    """The shaft measurement and, when it cannot be used, the reason."""
-    try:
-        shaft = measure_shaft(
-            pixels, located.center_rc, located.axis_angle_deg,
-            band_half_length_px=BAND_FRACTION * located.length_px / 2,
-            search_half_width_px=1.1 * located.width_estimate_px + 6,
-            blur_sigma_px=blur_sigma_px,
-        )
-    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
-        # A numerically degenerate shaft is a measurement failure, not a crash.
-        return None, f"shaft fit failed ({type(exc).__name__}: {exc})"
-    return shaft, shaft.problem or _consistency_problem(shaft)
+@dataclass(frozen=True)
+class _Shaft:
+    measurement: ShaftMeasurement | None
+    problem: str | None  # why the measurement cannot be used
+    band_fraction: float  # band length used, as a fraction of the bone length
+
+
+def _measure_shaft(pixels: np.ndarray, located: LocatedBone,
+                   blur_sigma_px: float | None = None) -> _Shaft:
+    """Measure over the standard band; if that fails, over the short central band. The
+    standard band's problem is the one reported when both fail."""
+    first = None
+    for fraction in (BAND_FRACTION, SHORT_BAND_FRACTION):
+        try:
+            measurement = measure_shaft(
+                pixels, located.center_rc, located.axis_angle_deg,
+                band_half_length_px=fraction * located.length_px / 2,
+                search_half_width_px=1.1 * located.width_estimate_px + 6,
+                blur_sigma_px=blur_sigma_px,
+            )
+            shaft = _Shaft(measurement,
+                           measurement.problem or _consistency_problem(measurement), fraction)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+            # A numerically degenerate shaft is a measurement failure, not a crash.
+            shaft = _Shaft(None, f"shaft fit failed ({type(exc).__name__}: {exc})", fraction)
+        if shaft.problem is None:
+            return shaft
+        first = first or shaft
+    return first
 
 
 def _consistency_problem(shaft: ShaftMeasurement) -> str | None:
@@ -205,15 +227,16 @@ def _without_mm(bone: BoneMeasurement) -> BoneMeasurement:
                    width_sd_mm=None)
 
 
-def _bone_measurement(located: LocatedBone, shaft: ShaftMeasurement, spacing: float | None,
+def _bone_measurement(located: LocatedBone, measured: _Shaft, spacing: float | None,
                       radial: np.ndarray | None) -> BoneMeasurement:
+    shaft = measured.measurement
     # Edge lines from the shaft fit's refined axis and centre; offsets are across-axis
     # distances (direction (cos a, sin a) in (row, col)) from the given centre.
     theta = math.radians(shaft.axis_angle_deg)
     along = np.array([-math.sin(theta), math.cos(theta)])  # (d_row, d_col), distal
     across = np.array([math.cos(theta), math.sin(theta)])
     center = np.asarray(shaft.center_rc, float)
-    half = BAND_FRACTION * located.length_px / 2
+    half = measured.band_fraction * located.length_px / 2
 
     def segment(offset: float) -> tuple[tuple[float, float], tuple[float, float]]:
         middle = center + (offset - shaft.center_offset_px) * across
