@@ -50,7 +50,7 @@ def build_reports(source: pydicom.Dataset, analysis: Analysis,
 
     objects: list[pydicom.Dataset] = []
     for kind in (k for k in KINDS if k in kinds):
-        identity = DerivedIdentity.for_kind(kind, source, analysis)
+        identity = DerivedIdentity.for_kind(kind, source, analysis, interpretation)
         if kind == "SR":
             objects.append(build_sr(source, analysis, interpretation, identity))
         elif kind == "SC":

@@ -58,29 +58,15 @@ def fallback_font_paths() -> list[Path]:
     return [path for path in candidates if path.exists()]
 
 
-@lru_cache(maxsize=4)
-def _default_table():  # the packaged table, loaded once
-    from dxr_node.clinical.reference import load_reference
-
-    return load_reference()
-
-
 def reference_curve(interpretation: Interpretation) -> list[tuple[float, float, float]]:
-    """(age, mean, SD) points of the age-matched reference used by the Interpretation.
-
-    The curve comes from the packaged table when the Interpretation names it; with
-    another table only its age-matched value at the patient's age is known (one point).
-    """
+    """(age, mean, SD) points of the age-matched reference the Interpretation was scored
+    against (carried in it, so a site table is drawn as used); without a curve only the
+    age-matched value at the patient's age is known (one point)."""
     ref = interpretation.reference
     if ref is None:
         return []
-    try:
-        table = _default_table()
-    except ValueError:
-        table = None
-    if table is not None and table.name == ref.name and interpretation.sex in table.sexes:
-        return [(p.age_years, p.mean_g_cm2, p.sd_g_cm2)
-                for p in table.sexes[interpretation.sex].age_matched]
+    if ref.age_matched_curve:
+        return list(ref.age_matched_curve)
     if (interpretation.age_years is not None and ref.age_matched_mean_g_cm2 is not None
             and ref.age_matched_sd_g_cm2 is not None):
         return [(interpretation.age_years, ref.age_matched_mean_g_cm2,

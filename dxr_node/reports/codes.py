@@ -43,6 +43,7 @@ BONE_LABELS = {
     "MC4": "MC4 fourth metacarpal (ring finger)",
 }
 WHOLE_HAND_LABEL = "DXR whole hand (MC2-MC4)"
+PARTIAL_LABEL = "partial result (analysis rejected)"
 
 # Measurement names.
 OUTER_WIDTH = codes.SCT.Width  # outer (periosteal) width of the bone at mid-shaft
@@ -56,7 +57,14 @@ DXR_BMD = _local("BMD", "DXR bone mineral density")
 BONE_HEALTH_INDEX = _local("BHI", "Bone Health Index")
 T_SCORE = _local("TSC", "T-score")
 RELATIVE_RISK = _local("RR", "Hip fracture relative risk")
+# Follow-up against the prior exam: the prior value, the change in g/cm2, percent and
+# percent per year, and the least significant change (2.77 x CV) with the CV it came from.
+PRIOR_DXR_BMD = _local("PRIORBMD", "Prior DXR bone mineral density")
+CHANGE_SINCE_PRIOR_G_CM2 = _local("CHGABS", "DXR-BMD absolute change since prior")
 CHANGE_SINCE_PRIOR = _local("CHG", "DXR-BMD change since prior")
+CHANGE_PER_YEAR = _local("CHGYR", "DXR-BMD annualised change since prior")
+LEAST_SIGNIFICANT_CHANGE = _local("LSC", "DXR-BMD least significant change")
+PRECISION_CV = _local("CV", "DXR-BMD precision coefficient of variation")
 
 # Qualitative evaluations.
 ANALYSIS_STATUS = _local("STATUS", "DXR analysis status")
@@ -72,6 +80,11 @@ CATEGORY_VALUES = {
     "low bone mass": _local("LOW", "Low bone mass"),
     "osteoporosis range": _local("OSTEO", "Osteoporosis range"),
 }
+CHANGE_SIGNIFICANCE = _local("CHGSIG", "Significance of DXR-BMD change since prior")
+SIGNIFICANCE_VALUES = {
+    True: _local("SIG", "Change exceeds the least significant change"),
+    False: _local("NOTSIG", "Change within the least significant change"),
+}
 TRIAGE = _local("TRIAGE", "DXR triage for DXA referral")
 INTERPRETATION_REMARK = _local("REMARK", "DXR interpretation remark")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
@@ -81,12 +94,13 @@ MM = codes.UCUM.Millimeter
 RATIO = codes.UCUM.Ratio
 NO_UNITS = codes.UCUM.NoUnits
 PERCENT = codes.UCUM.Percent
+PERCENT_PER_YEAR = Code("%/a", "UCUM", "percent per year")
 G_PER_CM2 = Code("g/cm2", "UCUM", "gram per square centimeter")
 STANDARD_DEVIATION = Code("{SD}", "UCUM", "standard deviation")
 
 # Procedure code on the PDF (and its billing modifiers).
 CPT_DXR = Code("0750T", "CPT", "DXR-BMD analysis, single-view digital X-ray")
 MODIFIER_TEXT = {
-    "52": "Modifier 52 (reduced service): fewer than three metacarpals measured.",
+    "52": "Modifier 52 (reduced service)",
     "53": "Modifier 53 (discontinued service): no DXR result could be produced.",
 }

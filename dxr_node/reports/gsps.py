@@ -37,14 +37,14 @@ def build_gsps(source: pydicom.Dataset, analysis: Analysis,
     text_layer = _layer("DXR_SUMMARY", 4, "DXR result summary", chart.TEXT)
 
     roi_graphics, outer_graphics, inner_graphics, labels = [], [], [], []
-    if analysis.ok:
-        for name, bone in analysis.bones.items():
-            roi_graphics.append(_polyline([*bone.roi_rc, bone.roi_rc[0]]))
-            outer_graphics += [_polyline(bone.outer_edge_a_rc),
-                               _polyline(bone.outer_edge_b_rc)]
-            inner_graphics += [_polyline(bone.inner_edge_a_rc),
-                               _polyline(bone.inner_edge_b_rc)]
-            labels.append(_bone_label(name, bone.roi_rc, source))
+    # A rejected analysis may still list bones that passed their own QC (partial result).
+    for name, bone in analysis.bones.items():
+        roi_graphics.append(_polyline([*bone.roi_rc, bone.roi_rc[0]]))
+        outer_graphics += [_polyline(bone.outer_edge_a_rc),
+                           _polyline(bone.outer_edge_b_rc)]
+        inner_graphics += [_polyline(bone.inner_edge_a_rc),
+                           _polyline(bone.inner_edge_b_rc)]
+        labels.append(_bone_label(name, bone.roi_rc, source))
     summary = hd.pr.TextObject(
         text_value=summary_line(analysis, interpretation)[:1024],
         units=hd.pr.AnnotationUnitsValues.DISPLAY,
@@ -114,6 +114,9 @@ def summary_line(analysis: Analysis, interpretation: Interpretation | None) -> s
     """One line for the presentation state (and any other terse display)."""
     if not analysis.ok:
         reason = analysis.reasons[0] if analysis.reasons else "no reason given"
+        if analysis.bones:
+            return (f"DXR partial result ({', '.join(analysis.bones)} only, no whole-hand "
+                    f"index or scores): {reason}")
         return f"DXR analysis not possible: {reason}"
     parts = []
     if _finite(analysis.dxr_bmd_g_cm2):

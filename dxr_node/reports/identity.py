@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pydicom
 
+from dxr_node.clinical.interpreter import exam_laterality
+from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis
 from dxr_node.reports.uids import SERIES_NUMBERS, derived_uid
 
@@ -33,13 +35,14 @@ class DerivedIdentity:
     character_set: str = CHARACTER_SET
 
     @classmethod
-    def for_kind(cls, kind: str, source: pydicom.Dataset, analysis: Analysis) -> DerivedIdentity:
+    def for_kind(cls, kind: str, source: pydicom.Dataset, analysis: Analysis,
+                 interpretation: Interpretation | None = None) -> DerivedIdentity:
         return cls(
             kind=kind,
             source_sop_instance_uid=str(source.get("SOPInstanceUID", "")),
             algorithm_name=analysis.algorithm.get("name") or "dxr-node",
             algorithm_version=analysis.algorithm.get("version") or "unknown",
-            laterality=hand_laterality(source, analysis),
+            laterality=hand_laterality(analysis, interpretation),
         )
 
     def uid(self, role: str) -> str:
@@ -62,14 +65,13 @@ class DerivedIdentity:
         return f"{self.algorithm_name} {self.algorithm_version}"
 
 
-def hand_laterality(source: pydicom.Dataset, analysis: Analysis) -> str | None:
-    """The header's laterality when present (what the technologist recorded), else the
-    side the engine detected from the thumb."""
-    for value in (source.get("ImageLaterality"), source.get("Laterality"),
-                  analysis.laterality_tag, analysis.laterality):
-        if value in ("L", "R"):
-            return str(value)
-    return None
+def hand_laterality(analysis: Analysis, interpretation: Interpretation | None) -> str | None:
+    """The hand every report object names: the Interpretation's exam laterality, or the
+    same rule (``clinical.exam_laterality``) when there is no Interpretation. A conflict
+    between header and image gives None (Laterality left empty)."""
+    if interpretation is not None:
+        return interpretation.exam_laterality
+    return exam_laterality(analysis)[0]
 
 
 def copy_patient_study(source: pydicom.Dataset, target: pydicom.Dataset) -> None:

@@ -10,10 +10,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dxr_node.clinical.interpreter import BILLING_REDUCED, billing_modifier
 from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import BONE_NAMES, Analysis, BoneMeasurement, Point
 from dxr_node.reports import chart
 from dxr_node.reports.chart import font
+from dxr_node.reports.identity import hand_laterality
 
 CANVAS_HEIGHT = 1800  # canvas height and the radiograph's long side
 PANEL_WIDTH = 900
@@ -39,10 +41,10 @@ def render_overlay(display: np.ndarray, analysis: Analysis,
     radiograph = Image.fromarray(
         cv2.resize(display, (width, height), interpolation=interpolation)).convert("RGB")
     image_draw = ImageDraw.Draw(radiograph)
-    if analysis.ok:
-        for bone in analysis.bones.values():
-            _draw_bone(image_draw, bone, scale)
-    else:
+    # A rejected analysis may still list bones that passed their own QC (partial result).
+    for bone in analysis.bones.values():
+        _draw_bone(image_draw, bone, scale)
+    if not analysis.ok:
         _draw_banner(image_draw, width, analysis)
 
     canvas = Image.new("RGB", (width + PANEL_WIDTH, CANVAS_HEIGHT), chart.PANEL)
@@ -95,7 +97,9 @@ def _dashed_polygon(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]]
 def _draw_banner(draw: ImageDraw.ImageDraw, width: int, analysis: Analysis) -> None:
     """Rejected/failed analysis: say so across the image, in words a technologist acts on."""
     reason = analysis.reasons[0] if analysis.reasons else "no reason given"
-    lines = ["DXR analysis not possible:", *_wrap(reason, font(34), width - 2 * MARGIN)[:3]]
+    title = (f"Partial DXR result ({len(analysis.bones)} of 3 metacarpals):" if analysis.bones
+             else "DXR analysis not possible:")
+    lines = [title, *_wrap(reason, font(34), width - 2 * MARGIN)[:3]]
     height = 40 + 46 * len(lines)
     draw.rectangle([0, 0, width, height], fill=(120, 20, 20))
     y = 26
@@ -112,11 +116,11 @@ def _draw_panel(canvas: Image.Image, draw: ImageDraw.ImageDraw, x0: int, analysi
     draw.text((left, y), "Digital X-ray radiogrammetry", fill=chart.TEXT, font=font(40, True))
     y += 56
     side = {"L": "left hand", "R": "right hand"}.get(
-        analysis.laterality_tag or analysis.laterality or "", "hand")
+        hand_laterality(analysis, interpretation) or "", "hand")
     draw.text((left, y), f"Metacarpals II-IV · {side} · PA", fill=chart.MUTED, font=font(26))
     y += 50
 
-    if not analysis.ok:
+    if not analysis.bones:
         y = _panel_rejected(draw, left, right, y, analysis)
     else:
         y = _panel_results(canvas, draw, left, right, y, analysis, interpretation)
@@ -128,7 +132,7 @@ def _draw_panel(canvas: Image.Image, draw: ImageDraw.ImageDraw, x0: int, analysi
     footer = [*_wrap(f"QC: {qc}", font(22), right - left)[:3], f"Algorithm: {algorithm}",
               *_wrap(REVIEW_NOTE, font(22), right - left)]
     fy = CANVAS_HEIGHT - MARGIN - 30 * len(footer)
-    if analysis.ok:
+    if analysis.bones:
         _draw_legend(draw, left, fy - 70)
     draw.line([(left, fy - 16), (right, fy - 16)], fill=chart.RULE, width=2)
     for text in footer:
@@ -176,11 +180,12 @@ def _panel_results(canvas: Image.Image, draw: ImageDraw.ImageDraw, left: int, ri
                    y: int, analysis: Analysis, interpretation: Interpretation | None) -> int:
     has_mm = analysis.pixel_spacing_mm is not None
     measured = [n for n in BONE_NAMES if n in analysis.bones]
-    if len(measured) < len(BONE_NAMES):
+    if billing_modifier(analysis) == BILLING_REDUCED:
         missing = ", ".join(n for n in BONE_NAMES if n not in analysis.bones)
+        text = (f"Reduced: {len(measured)} of 3 metacarpals (not measured: {missing})"
+                if missing else "Reduced: ratio measures only (no DXR-BMD)")
         draw.rounded_rectangle([left, y, right, y + 50], radius=8, fill=chart.CAUTION)
-        draw.text((left + 16, y + 25), f"Reduced: {len(measured)} of 3 metacarpals "
-                  f"(not measured: {missing})", fill=(0, 0, 0), font=font(24, True), anchor="lm")
+        draw.text((left + 16, y + 25), text, fill=(0, 0, 0), font=font(24, True), anchor="lm")
         y += 70
 
     # Per-bone table.
@@ -202,6 +207,8 @@ def _panel_results(canvas: Image.Image, draw: ImageDraw.ImageDraw, left: int, ri
             draw.text((left + dx, y), text, fill=chart.TEXT, font=font(28))
         y += 40
     y += 16
+    if not analysis.ok:
+        return _panel_partial(draw, left, right, y, analysis)
 
     # Whole-hand indices, the headline numbers.
     if has_mm and _finite(analysis.dxr_bmd_g_cm2):
@@ -227,6 +234,24 @@ def _panel_results(canvas: Image.Image, draw: ImageDraw.ImageDraw, left: int, ri
 
     if interpretation is not None:
         y = _panel_scores(canvas, draw, left, right, y, analysis, interpretation)
+    return y
+
+
+def _panel_partial(draw: ImageDraw.ImageDraw, left: int, right: int, y: int,
+                   analysis: Analysis) -> int:
+    """Rejected hand with some bones measured: their values stand, nothing else does."""
+    notes = ["Partial result: only the metacarpals above passed quality control. No "
+             "whole-hand index (DXR-BMD, MCI, BHI) and no scores."]
+    for text in _wrap(notes[0], font(26, True), right - left):
+        draw.text((left, y), text, fill=chart.CAUTION, font=font(26, True))
+        y += 36
+    y += 10
+    lines = [("• " if k == 0 else "   ") + text for reason in analysis.reasons
+             for k, text in enumerate(_wrap(reason, font(26), right - left - 30))]
+    room = (CANVAS_HEIGHT - MARGIN - 400 - y) // 36
+    for text in lines[:room]:
+        draw.text((left, y), text, fill=chart.TEXT, font=font(26))
+        y += 36
     return y
 
 

@@ -11,10 +11,11 @@ from fpdf import FPDF
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dxr_node.clinical.interpreter import billing_modifier
 from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import BONE_NAMES, Analysis
 from dxr_node.reports import chart, codes
-from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
+from dxr_node.reports.identity import DerivedIdentity, copy_patient_study, hand_laterality
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
@@ -66,18 +67,17 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
     writer.title(DOCUMENT_TITLE)
     writer.line("For clinical review", size=9, colour=(110, 110, 110))
     writer.gap(2)
-    writer.pairs(_identification(source), columns=2)
+    writer.pairs(_identification(source, hand_laterality(analysis, interpretation)), columns=2)
     writer.gap(1)
     writer.pairs([("Procedure", f"CPT {codes.CPT_DXR.value}: {codes.CPT_DXR.meaning}"),
                   ("Indication", _indication(source) or "not given")], columns=1)
-    modifier = interpretation.billing_modifier if interpretation else None
-    if modifier is None and not analysis.ok:
-        modifier = "53"
+    modifier = (interpretation.billing_modifier if interpretation is not None
+                else billing_modifier(analysis))
     if modifier in codes.MODIFIER_TEXT:
-        writer.line(codes.MODIFIER_TEXT[modifier], bold=True, colour=(150, 60, 0))
+        writer.line(_modifier_line(modifier, analysis), bold=True, colour=(150, 60, 0))
     writer.rule()
 
-    if not analysis.ok:
+    if not analysis.bones:
         writer.heading("DXR analysis not possible")
         for reason in analysis.reasons or ("no reason given",):
             writer.line(f"• {_text(reason, family)}")
@@ -87,7 +87,7 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
         _results(writer, analysis, interpretation)
 
     # Triage and category are in the table above; the remarks are the reasons only.
-    remarks = list(analysis.reasons) if analysis.ok else []
+    remarks = list(analysis.reasons) if analysis.bones else []
     if interpretation is not None:
         remarks += [r for r in interpretation.reasons if r not in remarks]
     if remarks:
@@ -110,10 +110,23 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
     return bytes(pdf.output())
 
 
+def _modifier_line(modifier: str, analysis: Analysis) -> str:
+    """The documentation line of a billing modifier, saying why the service was reduced."""
+    text = codes.MODIFIER_TEXT[modifier]
+    if modifier != "52":
+        return text
+    missing = [name for name in BONE_NAMES if name not in analysis.bones]
+    if missing:
+        return (f"{text}: {3 - len(missing)} of 3 metacarpals measured "
+                f"(not measured: {', '.join(missing)}).")
+    return f"{text}: ratio measures only (no usable pixel spacing, so no DXR-BMD)."
+
+
 def _results(writer: _Writer, analysis: Analysis,
              interpretation: Interpretation | None) -> None:
     has_mm = analysis.pixel_spacing_mm is not None
-    writer.heading("Metacarpals II-IV (mid-shaft)")
+    writer.heading("Metacarpals II-IV (mid-shaft)" if analysis.ok
+                   else "Metacarpals II-IV (mid-shaft): partial result")
     header = ["Bone", "T (mm)", "W (mm)", "Medullary (mm)", "MCI", "Length (mm)"]
     rows = []
     for name in BONE_NAMES:
@@ -131,6 +144,12 @@ def _results(writer: _Writer, analysis: Analysis,
         writer.line("No pixel spacing in the image: millimetre values, DXR-BMD, BHI and "
                     "scores are not available (ratios only).", colour=(150, 60, 0))
     writer.gap(2)
+    if not analysis.ok:
+        writer.heading("Partial result")
+        writer.line(f"Analysis {analysis.status}: only the metacarpals above passed quality "
+                    "control. No whole-hand index (DXR-BMD, MCI, BHI) and no scores are "
+                    "given; the reasons are listed below.", colour=(150, 60, 0))
+        return
 
     writer.heading("Indices and scores")
     pairs = [("DXR-BMD", _fmt(analysis.dxr_bmd_g_cm2, 3, " g/cm²")),
@@ -231,7 +250,7 @@ class _Writer:
         self.pdf.set_y(self.pdf.get_y() + mm)
 
 
-def _identification(source: pydicom.Dataset) -> list[tuple[str, str]]:
+def _identification(source: pydicom.Dataset, laterality: str | None) -> list[tuple[str, str]]:
     name = str(source.get("PatientName", "") or "").replace("^", " ").strip()
     return [
         ("Patient", name or "–"), ("Study date", _date(source.get("StudyDate", ""))),
@@ -240,8 +259,7 @@ def _identification(source: pydicom.Dataset) -> list[tuple[str, str]]:
         ("Birth date", _date(source.get("PatientBirthDate", ""))),
         ("Referrer", str(source.get("ReferringPhysicianName", "") or "–").replace("^", " ")),
         ("Sex", str(source.get("PatientSex", "") or "–")),
-        ("Laterality", {"L": "left hand", "R": "right hand"}.get(
-            source.get("ImageLaterality") or source.get("Laterality") or "", "–")),
+        ("Laterality", {"L": "left hand", "R": "right hand"}.get(laterality or "", "–")),
     ]
 
 

@@ -7,7 +7,9 @@ Layout of the content tree:
 - one TID 1501 group for the whole hand: indices, scores, category, analysis status;
 - the TID 1500 "Qualitative Evaluations" container: analysis status, QC reasons and
   clinical remarks as text.
-A rejected or failed analysis has no numbers, only the status and the reasons.
+A rejected analysis keeps the groups of the metacarpals that passed their own QC (a
+partial result: their tracking identifiers say so), but its whole-hand group has no
+numbers, only the status; a failed analysis has only the status and the reasons.
 """
 
 from __future__ import annotations
@@ -39,17 +41,18 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     laterality = codes.LATERALITY.get(identity.laterality or "")
 
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
-    if analysis.ok:
-        for name, bone in analysis.bones.items():
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=identity.uid(f"tracking-{name}"),
-                    identifier=codes.BONE_LABELS.get(name, name)),
-                finding_sites=[hd.sr.FindingSite(codes.METACARPAL, laterality=laterality)],
-                algorithm_id=algorithm,
-                source_images=[group_ref],
-                measurements=_bone_measurements(bone, algorithm, region_ref),
-            ))
+    # The engine lists only bones that passed their own QC, also in a rejected analysis.
+    for name, bone in analysis.bones.items():
+        label = codes.BONE_LABELS.get(name, name)
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=identity.uid(f"tracking-{name}"),
+                identifier=label if analysis.ok else f"{label}, {codes.PARTIAL_LABEL}"),
+            finding_sites=[hd.sr.FindingSite(codes.METACARPAL, laterality=laterality)],
+            algorithm_id=algorithm,
+            source_images=[group_ref],
+            measurements=_bone_measurements(bone, algorithm, region_ref),
+        ))
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=identity.uid("tracking-hand"), identifier=codes.WHOLE_HAND_LABEL),
@@ -159,9 +162,18 @@ def _hand_measurements(analysis: Analysis, interpretation: Interpretation | None
             (codes.Z_SCORE, interpretation.z_score, codes.STANDARD_DEVIATION),
             (codes.RELATIVE_RISK, interpretation.relative_risk, codes.RATIO),
         ]
-        if interpretation.prior is not None:
-            values.append((codes.CHANGE_SINCE_PRIOR, interpretation.prior.change_percent,
-                           codes.PERCENT))
+        prior = interpretation.prior
+        if prior is not None:
+            values += [
+                (codes.PRIOR_DXR_BMD, prior.dxr_bmd_g_cm2, codes.G_PER_CM2),
+                (codes.CHANGE_SINCE_PRIOR_G_CM2, prior.change_g_cm2, codes.G_PER_CM2),
+                (codes.CHANGE_SINCE_PRIOR, prior.change_percent, codes.PERCENT),
+                (codes.CHANGE_PER_YEAR, prior.change_percent_per_year,
+                 codes.PERCENT_PER_YEAR),
+                (codes.LEAST_SIGNIFICANT_CHANGE, prior.least_significant_change_percent,
+                 codes.PERCENT),
+                (codes.PRECISION_CV, prior.precision_cv_percent, codes.PERCENT),
+            ]
     return [hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm)
             for name, value, unit in values if _finite(value)]
 
@@ -179,6 +191,10 @@ def _hand_evaluations(analysis: Analysis, interpretation: Interpretation | None,
     if category in codes.CATEGORY_VALUES:
         evaluations.append(hd.sr.QualitativeEvaluation(
             codes.CATEGORY, codes.CATEGORY_VALUES[category]))
+    prior = interpretation.prior if interpretation and analysis.ok else None
+    if prior is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            codes.CHANGE_SIGNIFICANCE, codes.SIGNIFICANCE_VALUES[prior.significant]))
     return evaluations
 
 

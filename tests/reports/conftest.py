@@ -4,7 +4,6 @@ its display image) and Analysis/Interpretation objects whose geometry matches it
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pydicom
@@ -196,18 +195,24 @@ def make_rejected(reason: str = "hand not found: image is mostly empty") -> Anal
                     image_cols=COLS, algorithm={"name": "dxr-node", "version": "0.1.0"})
 
 
-def make_interpretation(with_prior: bool = True, modifier: str | None = None
-                        ) -> Interpretation:
-    reference = ReferenceInfo(name=load_reference().name, version="1.0.0",
+def make_interpretation(with_prior: bool = True, modifier: str | None = None,
+                        laterality: str | None = "L") -> Interpretation:
+    table = load_reference()
+    reference = ReferenceInfo(name=table.name, version="1.0.0",
                               young_adult_mean_g_cm2=0.598, young_adult_sd_g_cm2=0.034,
-                              age_matched_mean_g_cm2=0.52, age_matched_sd_g_cm2=0.05)
+                              age_matched_mean_g_cm2=0.52, age_matched_sd_g_cm2=0.05,
+                              age_matched_curve=tuple(
+                                  (p.age_years, p.mean_g_cm2, p.sd_g_cm2)
+                                  for p in table.sexes["F"].age_matched))
     prior = PriorComparison(date="20240110", dxr_bmd_g_cm2=0.561, change_g_cm2=-0.013,
                             change_percent=-2.317, change_percent_per_year=-1.15,
-                            least_significant_change_percent=1.8, significant=True)
+                            least_significant_change_percent=1.8, significant=True,
+                            precision_cv_percent=0.65)
     return Interpretation(age_years=67.8, sex="F", t_score=-1.63, z_score=0.41,
                           category="low bone mass", triage="refer for DXA (T < -1.2)",
                           relative_risk=1.9, reference=reference,
-                          prior=prior if with_prior else None, billing_modifier=modifier)
+                          prior=prior if with_prior else None, billing_modifier=modifier,
+                          exam_laterality=laterality)
 
 
 @pytest.fixture(scope="session")
@@ -225,7 +230,15 @@ def interpretation() -> Interpretation:
     return make_interpretation()
 
 
-def partial(analysis: Analysis) -> Analysis:
-    """Same analysis with MC4 dropped (reduced service)."""
-    bones = {k: v for k, v in analysis.bones.items() if k != "MC4"}
-    return replace(analysis, bones=bones, reasons=("MC4: cortex edges not found",))
+@pytest.fixture(scope="session")
+def engine_partial(tmp_path_factory):
+    """What the engine really returns when MC4 cannot be measured: (source header, display,
+    Analysis rejected with MC2 and MC3, Interpretation)."""
+    from partial_hand import partial_hand
+
+    from dxr_node.clinical import interpret
+    from dxr_node.engine.image import to_display_uint8
+
+    radiograph, analysis = partial_hand(tmp_path_factory.mktemp("partial-hand"))
+    return (radiograph.dataset, to_display_uint8(radiograph.pixels), analysis,
+            interpret(analysis, radiograph.dataset))

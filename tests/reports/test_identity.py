@@ -78,6 +78,31 @@ def test_sc_and_gsps_copy_laterality_and_reference_the_source(tmp_path, display)
             == source.SOPInstanceUID)
 
 
+@pytest.mark.parametrize("with_interpretation", [False, True])
+def test_header_image_laterality_conflict_leaves_every_object_unsided(display,
+                                                                      with_interpretation):
+    from dxr_node.clinical import interpret
+
+    source = make_source(laterality="L")
+    analysis = replace(make_analysis(), laterality="R")  # the image shows a right hand
+    interpretation = interpret(analysis, source) if with_interpretation else None
+    assert interpretation is None or interpretation.exam_laterality is None
+    sr, sc, gsps, _ = build_reports(source, analysis, interpretation, display)
+    assert sc.Laterality == gsps.Laterality == ""
+    sites = [g.finding_sites[0] for g in sr.content.get_image_measurement_groups()]
+    assert sites and all(site.laterality is None for site in sites)
+
+
+def test_interpretation_laterality_is_what_every_object_names(display):
+    # Header and image agree on a left hand here; the Interpretation is the one rule.
+    source, analysis = make_source(laterality="L"), make_analysis(laterality="L")
+    sr, sc, gsps, _ = build_reports(source, analysis, make_interpretation(laterality="L"),
+                                    display)
+    assert sc.Laterality == gsps.Laterality == "L"
+    sites = [g.finding_sites[0] for g in sr.content.get_image_measurement_groups()]
+    assert all(site.laterality.value == "7771000" for site in sites)
+
+
 def test_monochrome1_gsps_inverts_the_presentation_lut(display):
     for photometric, shape in (("MONOCHROME1", "INVERSE"), ("MONOCHROME2", "IDENTITY")):
         source = make_source(photometric=photometric)

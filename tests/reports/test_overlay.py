@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_analysis, make_interpretation, make_rejected, partial
+from conftest import make_analysis, make_interpretation, make_rejected
 from PIL import Image
 
 from dxr_node.reports import chart, render_overlay
@@ -24,12 +24,15 @@ def _near(pixel: np.ndarray, colour: tuple[int, int, int], tolerance: int = 40) 
     return bool(np.all(np.abs(pixel.astype(int) - colour) <= tolerance))
 
 
-@pytest.mark.parametrize("case", ["full", "reduced", "no-spacing", "right-no-interpretation"])
-def test_overlay_draws_edges_labels_and_panel(display, case):
-    analysis = {"full": make_analysis(), "reduced": partial(make_analysis()),
-                "no-spacing": make_analysis(spacing_mm=None),
-                "right-no-interpretation": make_analysis(laterality="R")}[case]
-    interpretation = make_interpretation() if case in ("full", "reduced") else None
+@pytest.mark.parametrize("case", ["full", "engine-partial", "no-spacing",
+                                  "right-no-interpretation"])
+def test_overlay_draws_edges_labels_and_panel(display, engine_partial, case):
+    if case == "engine-partial":
+        _, display, analysis, interpretation = engine_partial
+    else:
+        analysis = {"full": make_analysis(), "no-spacing": make_analysis(spacing_mm=None),
+                    "right-no-interpretation": make_analysis(laterality="R")}[case]
+        interpretation = make_interpretation() if case == "full" else None
     rgb = render_overlay(display, analysis, interpretation)
     _save(rgb, case)
 
@@ -47,6 +50,16 @@ def test_overlay_draws_edges_labels_and_panel(display, case):
     panel = rgb[:, -PANEL_WIDTH:]
     assert (panel == chart.PANEL).all(axis=-1).mean() > 0.5  # mostly background
     assert (panel > 200).all(axis=-1).any()  # and white text
+
+
+def test_partial_result_shows_its_bones_a_banner_and_the_reduced_note(engine_partial):
+    _, display, analysis, interpretation = engine_partial
+    rgb = render_overlay(display, analysis, interpretation)
+    banner = rgb[5:60, 5:400]
+    assert _near(banner.reshape(-1, 3).mean(axis=0), (120, 20, 20), tolerance=60)
+    panel = rgb[:400, -PANEL_WIDTH:].reshape(-1, 3)
+    assert any(_near(p, chart.CAUTION, 10) for p in panel[::7])  # the "Reduced" note
+    assert not any(_near(p, chart.WARNING, 10) for p in panel[::7])  # not "not possible"
 
 
 def test_landscape_image_keeps_its_long_side_readable(display):

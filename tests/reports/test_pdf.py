@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import make_analysis, make_interpretation, make_rejected, make_source, partial
+from conftest import make_analysis, make_interpretation, make_rejected, make_source
 
 from dxr_node.reports import build_reports
 
@@ -54,11 +54,17 @@ def test_full_report_content(tmp_path, display):
     assert "Modifier" not in text
 
 
-def test_reduced_and_discontinued_services_are_documented(tmp_path, display):
-    reduced = _text(tmp_path, _pdf(make_source(), partial(make_analysis()),
-                                   make_interpretation(modifier="52"), display), "reduced")
-    assert "Modifier 52 (reduced service)" in reduced
-    assert "not measured" in reduced
+def test_reduced_and_discontinued_services_are_documented(tmp_path, display, engine_partial):
+    source, partial_display, analysis, interpretation = engine_partial
+    reduced = _text(tmp_path, _pdf(source, analysis, interpretation, partial_display),
+                    "engine_partial")
+    assert "Modifier 52 (reduced service): 2 of 3 metacarpals measured" in reduced
+    assert "partial result" in reduced and "MC4" in reduced and "not measured" in reduced
+    assert f"{analysis.bones['MC2'].cortical_thickness_mm:.2f}" in reduced
+    assert "g/cm²" not in reduced and "T-score" not in reduced
+    ratio_only = _text(tmp_path, _pdf(make_source(spacing=False), make_analysis(spacing_mm=None),
+                                      None, display), "ratio_only")
+    assert "Modifier 52 (reduced service): ratio measures only" in ratio_only
     rejected = _text(tmp_path, _pdf(make_source(), make_rejected("image too dark"), None,
                                     display), "rejected")
     assert "Modifier 53 (discontinued service)" in rejected

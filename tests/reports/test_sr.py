@@ -7,7 +7,7 @@ from pathlib import Path
 
 import highdicom as hd
 import pytest
-from conftest import make_analysis, make_interpretation, make_rejected, make_source, partial
+from conftest import make_analysis, make_interpretation, make_rejected, make_source
 
 from dxr_node.reports import build_reports, write_objects
 
@@ -74,13 +74,23 @@ def test_every_number_equals_the_analysis(tmp_path, display):
         "T-score": interpretation.t_score,
         "Z-score": interpretation.z_score,
         "Hip fracture relative risk": interpretation.relative_risk,
+        "Prior DXR bone mineral density": interpretation.prior.dxr_bmd_g_cm2,
+        "DXR-BMD absolute change since prior": interpretation.prior.change_g_cm2,
         "DXR-BMD change since prior": interpretation.prior.change_percent,
+        "DXR-BMD annualised change since prior":
+            interpretation.prior.change_percent_per_year,
+        "DXR-BMD least significant change":
+            interpretation.prior.least_significant_change_percent,
+        "DXR-BMD precision coefficient of variation":
+            interpretation.prior.precision_cv_percent,
     }
     assert hand == pytest.approx(expected, rel=1e-12)
     evaluations = {q.name.meaning: q.value.meaning
                    for q in groups["DXR"].get_qualitative_evaluations()}
     assert evaluations == {"DXR analysis status": "Analysis completed",
-                           "DXR-BMD category": "Low bone mass"}
+                           "DXR-BMD category": "Low bone mass",
+                           "Significance of DXR-BMD change since prior":
+                               "Change exceeds the least significant change"}
 
 
 def test_z_score_uses_dcm_113071_and_procedure_comes_from_cid_100(tmp_path, display):
@@ -110,11 +120,46 @@ def test_without_pixel_spacing_only_ratios(tmp_path, display):
     assert units == {"{ratio}"}
 
 
-def test_reduced_analysis_has_groups_for_measured_bones_only(tmp_path, display):
-    sr = _read_sr(tmp_path, make_source(), partial(make_analysis()),
-                  make_interpretation(modifier="52"), display)
-    assert set(_groups(sr)) == {"MC2", "MC3", "DXR"}
-    assert "MC4: cortex edges not found" in _qc_texts(sr)
+def test_engine_partial_result_documents_the_measured_bones_only(tmp_path, engine_partial):
+    source, display, analysis, interpretation = engine_partial
+    sr = _read_sr(tmp_path, source, analysis, interpretation, display)
+    groups = _groups(sr)
+    assert set(groups) == {"MC2", "MC3", "DXR"}
+    for name in ("MC2", "MC3"):
+        assert "partial result" in groups[name].tracking_identifier
+        measured = {m.name.meaning: m.value for m in groups[name].get_measurements()}
+        assert measured["Cortical thickness"] == pytest.approx(
+            analysis.bones[name].cortical_thickness_mm, rel=1e-12)
+    assert groups["DXR"].get_measurements() == []  # no whole-hand index, no scores
+    evaluations = {q.name.meaning: q.value.meaning
+                   for q in groups["DXR"].get_qualitative_evaluations()}
+    assert evaluations == {"DXR analysis status": "Analysis not possible"}
+    assert set(analysis.reasons) <= set(_qc_texts(sr))
+    assert any("MC4" in text for text in _qc_texts(sr))
+
+
+def test_change_since_prior_is_coded_with_lsc_cv_and_significance(tmp_path, display):
+    interpretation = make_interpretation()
+    prior = interpretation.prior
+    groups = _groups(_read_sr(tmp_path, make_source(), make_analysis(), interpretation,
+                              display))
+    numbers = {m.name.value: (m.value, m.unit.value) for m in groups["DXR"].get_measurements()}
+    assert numbers["PRIORBMD"] == (pytest.approx(prior.dxr_bmd_g_cm2), "g/cm2")
+    assert numbers["CHGABS"] == (pytest.approx(prior.change_g_cm2), "g/cm2")
+    assert numbers["CHG"] == (pytest.approx(prior.change_percent), "%")
+    assert numbers["CHGYR"] == (pytest.approx(prior.change_percent_per_year), "%/a")
+    assert numbers["LSC"] == (pytest.approx(prior.least_significant_change_percent), "%")
+    assert numbers["CV"] == (pytest.approx(prior.precision_cv_percent), "%")
+    evaluations = {q.name.value: q.value.value
+                   for q in groups["DXR"].get_qualitative_evaluations()}
+    assert evaluations["CHGSIG"] == "SIG"
+    within = replace(interpretation, prior=replace(prior, significant=False,
+                                                   change_percent_per_year=None))
+    groups = _groups(_read_sr(tmp_path / "within", make_source(), make_analysis(), within,
+                              display))
+    assert "CHGYR" not in {m.name.value for m in groups["DXR"].get_measurements()}
+    assert {q.name.value: q.value.value
+            for q in groups["DXR"].get_qualitative_evaluations()}["CHGSIG"] == "NOTSIG"
 
 
 def _qc_texts(sr) -> list[str]:

@@ -46,22 +46,35 @@ def _bare_source():
     return source
 
 
-@pytest.fixture(params=[*SOURCES, "rejected", "bare", "error"],
+@pytest.fixture(params=[*SOURCES, "rejected", "bare", "error", "engine-partial",
+                        "laterality-conflict"],
                 ids=lambda p: "-".join(p) if isinstance(p, tuple) else p)
 def written(request, tmp_path, display):
     if request.param == "rejected":
         return _write(tmp_path, make_source(), make_rejected(), None, display)
     if request.param == "bare":
         analysis = replace(make_analysis(spacing_mm=None), laterality=None, laterality_tag=None)
-        return _write(tmp_path, _bare_source(), analysis, make_interpretation(), display)
+        return _write(tmp_path, _bare_source(), analysis, make_interpretation(laterality=None),
+                      display)
+    if request.param == "engine-partial":
+        source, partial_display, analysis, interpretation = request.getfixturevalue(
+            "engine_partial")
+        # dcmpschk checks PN byte by byte and takes the UTF-8 continuation bytes 0x80-0x9F
+        # (e.g. of the phantom's "Ø") for control characters: use a name it can read.
+        source = source.copy()
+        source.PatientName = "Phantom^Partial"
+        return _write(tmp_path, source, analysis, interpretation, partial_display)
+    if request.param == "laterality-conflict":  # header L, image R: laterality unknown
+        analysis = replace(make_analysis(), laterality="R")
+        return _write(tmp_path, make_source(), analysis, None, display)
     if request.param == "error":
         failed = replace(make_rejected("internal error: decoder failed"), status="error",
                          laterality_tag=None)
         return _write(tmp_path, _bare_source(), failed, None, display)
     modality, photometric, side = request.param
     source = make_source(modality=modality, photometric=photometric, laterality=side)
-    return _write(tmp_path, source, make_analysis(laterality=side), make_interpretation(),
-                  display)
+    return _write(tmp_path, source, make_analysis(laterality=side),
+                  make_interpretation(laterality=side), display)
 
 
 def test_dciodvfy_reports_no_errors(written):
