@@ -15,15 +15,16 @@ import numpy as np
 import pydicom
 
 from dxr_node.engine.analyze import analyze_path
+from dxr_node.engine.image import Radiograph
 from dxr_node.engine.result import Analysis
 from dxr_node.phantom.generate import write_phantom_set
 
 BAR_HALF_LENGTH_MM = 12.0  # along the bone: covers the whole measured mid-shaft band
 
 
-def partial_hand(outdir: Path, seed: int = 3) -> tuple[Path, pydicom.Dataset, Analysis]:
+def partial_hand(outdir: Path, seed: int = 3) -> tuple[Radiograph, Analysis]:
     """Write a left-hand phantom with a saturated bar painted across MC4's mid-shaft (as a
-    metal splint would appear) and analyse it; returns (file, dataset, analysis)."""
+    metal splint would appear) and analyse it; returns the loaded image and the result."""
     truth = write_phantom_set(outdir, n=1, seed=seed)["phantom_0000.dcm"]
     path = outdir / "phantom_0000.dcm"
     ds = pydicom.dcmread(path)
@@ -42,5 +43,6 @@ def partial_hand(outdir: Path, seed: int = 3) -> tuple[Path, pydicom.Dataset, An
     barred = outdir / "mc4_barred.dcm"
     ds.save_as(barred)
     (outdir / "truth.json").write_text(json.dumps({barred.name: truth}))
-    analysis, _ = analyze_path(barred)
-    return barred, pydicom.dcmread(barred, stop_before_pixels=True), analysis
+    analysis, radiograph = analyze_path(barred)
+    assert radiograph is not None, analysis.reasons
+    return radiograph, analysis

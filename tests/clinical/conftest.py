@@ -63,7 +63,7 @@ def header_factory():
 
 @pytest.fixture(scope="session")
 def engine_partial(tmp_path_factory):
-    """(file, header, Analysis) of a real engine run whose MC4 could not be measured."""
+    """(Radiograph, Analysis) of a real engine run whose MC4 could not be measured."""
     from partial_hand import partial_hand
 
     return partial_hand(tmp_path_factory.mktemp("partial-hand"))

@@ -200,11 +200,11 @@ def test_ratio_measures_only_is_a_reduced_service(analysis_factory, header_facto
 
 
 def test_engine_partial_result_is_a_reduced_service(engine_partial):
-    _, header, analysis = engine_partial
+    radiograph, analysis = engine_partial
     # The engine's contract: rejected, but the two bones that passed QC are listed.
     assert analysis.status == "rejected" and set(analysis.bones) == {"MC2", "MC3"}
     assert analysis.mci is None and analysis.dxr_bmd_g_cm2 is None
-    result = interpret(analysis, header)
+    result = interpret(analysis, radiograph.dataset)
     assert billing_modifier(analysis) == result.billing_modifier == "52"
     assert result.t_score is None and result.z_score is None and result.category is None
     assert any("rejected" in r and "MC4" in r for r in result.reasons)
