@@ -72,6 +72,17 @@ def test_reduced_and_discontinued_services_are_documented(tmp_path, display, eng
     assert "g/cm²" not in rejected
 
 
+def test_laterality_is_the_exam_laterality(tmp_path, display):
+    agreed = _text(tmp_path, _pdf(make_source(laterality="L"), make_analysis(laterality="L"),
+                                  None, display), "left")
+    assert "left hand" in agreed
+    # Header left, image right: unknown, as on every other object.
+    conflict = _text(tmp_path, _pdf(make_source(laterality="L"),
+                                    replace(make_analysis(), laterality="R"), None, display),
+                     "laterality_conflict")
+    assert "left hand" not in conflict and "right hand" not in conflict
+
+
 def test_indication_from_request_and_diagnosis_codes(tmp_path, display):
     source = make_source()
     item = pydicom.Dataset()
