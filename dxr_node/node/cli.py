@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dxr_node.node.config import ConfigError, NodeConfig, cli_overrides, load_config
+from dxr_node.node.logs import log_event
 from dxr_node.node.store import Store, StoreError
 
 CONFIG_ENV = "DXR_NODE_CONFIG"  # a config file for containers, when --config is not given
@@ -42,6 +45,34 @@ def _open_existing_store(config: NodeConfig) -> Store:
 
 # --- serve -------------------------------------------------------------------------------
 
+class _Console:
+    """The operator console (dxr_node.web) as the node's start/stop callbacks: wired
+    here, at the command line, because the node itself never imports the web wing."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.server: Any = None
+
+    def start(self, scp_listening: Callable[[], bool]) -> None:
+        from dxr_node.web.app import ConsoleServer
+        from dxr_node.web.auth import ConsoleConfigError
+
+        # Access was checked before anything started; what is left here (the port is
+        # taken) must not stop images being received: log it loudly and go on.
+        try:
+            server = ConsoleServer(self.config, scp_listening)
+            server.start()
+        except ConsoleConfigError as exc:
+            log_event(logging.getLogger("dxr_node.node"), "console_unavailable",
+                      logging.ERROR, reason=str(exc))
+            return
+        self.server = server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
 def serve(args: argparse.Namespace) -> int:
     from dxr_node.node.logs import configure_logging
     from dxr_node.node.service import ServiceError, run
@@ -53,8 +84,18 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(config.log_level)
+    console = None
+    if config.web.enabled:  # refuse an open console before anything starts
+        from dxr_node.web.auth import ConsoleConfigError, check_console_access
+
+        try:
+            check_console_access(config.web)
+        except ConsoleConfigError as exc:
+            return _fail(str(exc))
+        console = _Console(config)
     try:
-        return run(config)
+        return run(config, start_console=console.start if console else None,
+                   stop_console=console.stop if console else None)
     except (ServiceError, StoreError) as exc:
         return _fail(str(exc))
 

@@ -64,7 +64,6 @@ class StorageSCP:
     def start(self) -> tuple[str, int]:
         """Bind and serve in background threads; returns the bound (host, port)."""
         self._incoming.mkdir(parents=True, exist_ok=True)
-        self._remove_partial_files()
         ae = AE(ae_title=self.config.ae_title)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -109,11 +108,6 @@ class StorageSCP:
         for assoc in associations:
             if assoc.is_alive():
                 assoc.abort()
-
-    def _remove_partial_files(self) -> None:
-        """Files left half-written by a crash were never acknowledged: drop them."""
-        for leftover in self._incoming.glob("*.part"):
-            leftover.unlink(missing_ok=True)
 
     # --- access control --------------------------------------------------------------
 

@@ -2,9 +2,13 @@
 
 Start order: database (and recovery of work a dead node left running), workers and
 dispatcher, then the listener, so nothing is acknowledged before it can be processed.
-Stop order on SIGTERM/SIGINT: listener first (no new images), then workers and
-dispatcher finish or hand back what they hold. A second signal exits at once; nothing is
-lost either way because every state change is committed before it is acted on.
+Stop order on SIGTERM/SIGINT: listener first (no new images; associations in progress
+get a grace period while workers and dispatcher still run), then workers and dispatcher
+finish or hand back what they hold. A second signal exits at once; nothing is lost
+either way because every state change is committed before it is acted on.
+
+The operator console is not wired here (the node never imports ``dxr_node.web``): the
+command line passes it in as ``start_console``/``stop_console`` callbacks.
 
 Parts provided by the worker/dispatch modules (called with the shared stop event):
 ``worker.start_workers(config, stop_event)`` starts the analysis pool and returns a
@@ -19,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dxr_node.node.config import NodeConfig
@@ -28,7 +33,7 @@ from dxr_node.node.store import Store
 
 log = logging.getLogger("dxr_node.node")
 
-HOUSEKEEPING_INTERVAL_S = 3600.0  # spool retention runs at start and then hourly
+HOUSEKEEPING_INTERVAL_S = 3600.0  # retention runs at start and then hourly
 
 
 class ServiceError(Exception):
@@ -36,45 +41,70 @@ class ServiceError(Exception):
 
 
 def purge_spool(config: NodeConfig, store: Store, now: float | None = None) -> int:
-    """Delete spooled images past ``retention_days`` whose analysis is finished."""
+    """Delete spooled images past ``retention_days`` whose analysis is finished, and
+    produced objects past ``retention_days`` sent to every destination (rows are kept).
+    Returns how many files were deleted."""
     if config.retention_days <= 0:
         return 0
     cutoff = (time.time() if now is None else now) - config.retention_days * 86400
-    deleted = 0
+    images = objects = 0
     for instance_id, path in store.spool_files_to_delete(cutoff):
         Path(path).unlink(missing_ok=True)
         store.mark_spool_deleted(instance_id)
-        deleted += 1
-    if deleted:
-        log_event(log, "spool_purged", files=deleted, retention_days=config.retention_days)
-    return deleted
+        images += 1
+    for object_id, path in store.object_files_to_delete(cutoff):
+        Path(path).unlink(missing_ok=True)
+        store.mark_object_deleted(object_id)
+        objects += 1
+    if images or objects:
+        log_event(log, "spool_purged", files=images, objects=objects,
+                  retention_days=config.retention_days)
+    return images + objects
+
+
+def remove_partial_files(config: NodeConfig) -> int:
+    """Delete the ``*.part`` files a killed SCP or worker left half-written (never
+    acknowledged, never recorded). Only at start, before anything writes."""
+    removed = 0
+    for folder in (config.spool_path / "incoming", config.objects_path):
+        for leftover in folder.glob("*.part"):  # also ".<uid>.<pid>.part"
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log_event(log, "partial_files_removed", files=removed)
+    return removed
+
+
+ScpListening = Callable[[], bool]
 
 
 class Node:
-    """The running node; ``start()`` returns once it listens, ``stop()`` shuts it down."""
+    """The running node; ``start()`` returns once it listens, ``stop()`` shuts it down.
 
-    def __init__(self, config: NodeConfig) -> None:
+    ``start_console`` is called once the listener is up, with a function telling whether
+    it still listens (for the console's /healthz); ``stop_console`` right after the
+    listener stops.
+    """
+
+    def __init__(self, config: NodeConfig, *,
+                 start_console: Callable[[ScpListening], None] | None = None,
+                 stop_console: Callable[[], None] | None = None) -> None:
         self.config = config
-        self.stop_event = threading.Event()
+        self.shutdown_requested = threading.Event()  # set by a signal: stop() follows
+        self.stop_event = threading.Event()  # stops workers and dispatcher, after the SCP
         self.store: Store | None = None
         self.scp: StorageSCP | None = None
         self._threads: list[threading.Thread] = []
         self._workers = None
         self.address: tuple[str, int] | None = None
-        self.console = None  # dxr_node.web.app.ConsoleServer when web.enabled
+        self._start_console = start_console
+        self._stop_console = stop_console
 
     def start(self) -> None:
         from dxr_node.node.dispatch import run_dispatcher
         from dxr_node.node.worker import start_workers
 
         config = self.config
-        if config.web.enabled:  # refuse an open console before anything starts
-            from dxr_node.web.auth import ConsoleConfigError, check_console_access
-
-            try:
-                check_console_access(config.web)
-            except ConsoleConfigError as exc:
-                raise ServiceError(str(exc)) from None
         for directory in (config.data_dir, config.spool_path, config.objects_path):
             try:
                 Path(directory).mkdir(parents=True, exist_ok=True)
@@ -85,6 +115,7 @@ class Node:
         if recovered:
             log_event(log, "recovered", rows=recovered,
                       reason="work left running by a previous node was re-queued")
+        remove_partial_files(config)
         if not config.allowed_calling_aets:
             log_event(log, "open_to_any_aet", logging.WARNING,
                       reason="allowed_calling_aets is empty: any calling AE title is accepted")
@@ -103,8 +134,8 @@ class Node:
             self.stop()
             raise ServiceError(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
-        if config.web.enabled:
-            self._start_console()
+        if self._start_console is not None:
+            self._start_console(self._listening)
         log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
                   port=self.address[1], workers=config.worker_count,
                   destinations=",".join(f"{d.ae_title}@{d.host}:{d.port}"
@@ -113,21 +144,7 @@ class Node:
 
     def _listening(self) -> bool:
         """The SCP has bound its port and the node is not stopping (for /healthz)."""
-        return self.address is not None and not self.stop_event.is_set()
-
-    def _start_console(self) -> None:
-        from dxr_node.web.app import ConsoleServer
-        from dxr_node.web.auth import ConsoleConfigError
-
-        # Access was checked before anything started; what is left here (the port is
-        # taken) must not stop images being received: log it loudly and go on.
-        try:
-            console = ConsoleServer(self.config, self._listening)
-            console.start()
-        except ConsoleConfigError as exc:
-            log_event(log, "console_unavailable", logging.ERROR, reason=str(exc))
-            return
-        self.console = console
+        return self.address is not None and not self.shutdown_requested.is_set()
 
     def _spawn(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -142,11 +159,14 @@ class Node:
                 log_event(log, "purge_failed", logging.ERROR, reason=str(exc))
 
     def stop(self) -> None:
+        """Listener first (with its grace period), then the console, then workers and
+        dispatcher."""
         log_event(log, "stopping")
+        self.shutdown_requested.set()
         if self.scp is not None:
             self.scp.stop()
-        if self.console is not None:
-            self.console.stop()
+        if self._stop_console is not None:
+            self._stop_console()
         self.stop_event.set()
         if self._workers is not None:
             self._workers.join()
@@ -157,9 +177,10 @@ class Node:
         log_event(log, "stopped")
 
 
-def run(config: NodeConfig) -> int:
+def run(config: NodeConfig, *, start_console: Callable[[ScpListening], None] | None = None,
+        stop_console: Callable[[], None] | None = None) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status."""
-    node = Node(config)
+    node = Node(config, start_console=start_console, stop_console=stop_console)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -168,12 +189,13 @@ def run(config: NodeConfig) -> int:
             log_event(log, "forced_exit", logging.WARNING, signal=signal.Signals(signum).name)
             os._exit(1)
         log_event(log, "shutdown_requested", signal=signal.Signals(signum).name)
-        node.stop_event.set()
+        # Not stop_event: workers and dispatcher must run on while the listener drains.
+        node.shutdown_requested.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         node.start()
-        while not node.stop_event.wait(0.5):  # short waits keep signal handling prompt
+        while not node.shutdown_requested.wait(0.5):  # short waits keep signal handling prompt
             pass
         node.stop()
     finally:

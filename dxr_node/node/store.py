@@ -12,7 +12,8 @@ Tables (times are UTC seconds since the epoch, REAL):
 - ``results``: one per finished job: engine status, analysis and interpretation JSON,
   plus the columns ``priors()`` needs (patient, study date, laterality, DXR-BMD).
 - ``objects``: the DICOM objects a job produced (SR, SC, GSPS, PDF), unique by SOP
-  Instance UID so a re-run with deterministic UIDs never makes a second row.
+  Instance UID so a re-run with deterministic UIDs never makes a second row;
+  ``file_deleted_at`` once retention deleted the file after delivery.
 - ``dispatches``: one per (object, destination). States: ``pending`` -> ``sending``
   -> ``sent`` | ``failed``; a transient failure returns it to ``pending`` with a later
   ``next_attempt_at``.
@@ -35,7 +36,7 @@ from typing import Any
 
 from dxr_node.clinical.result import PriorResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: objects.file_deleted_at (retention of produced objects)
 
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
@@ -110,7 +111,8 @@ CREATE TABLE IF NOT EXISTS objects (
     sop_class_uid    TEXT NOT NULL,
     sop_instance_uid TEXT NOT NULL UNIQUE,
     path             TEXT NOT NULL,
-    created_at       REAL NOT NULL
+    created_at       REAL NOT NULL,
+    file_deleted_at  REAL
 );
 CREATE INDEX IF NOT EXISTS objects_job ON objects (job_id);
 
@@ -239,9 +241,12 @@ class Store:
 
     def _check_version(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            raise StoreError(f"{self.path} is not a dxr-node database (no schema version)")
         if version != SCHEMA_VERSION:
-            raise StoreError(f"{self.path} is not a dxr-node database of schema version "
-                             f"{SCHEMA_VERSION} (its version is {version})")
+            raise StoreError(
+                f"{self.path} has schema version {version}; this dxr-node reads version "
+                f"{SCHEMA_VERSION} (a node of this version upgrades it when it opens it)")
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -250,11 +255,17 @@ class Store:
                 f"{self.path} has schema version {version}; this dxr-node knows "
                 f"{SCHEMA_VERSION} (upgrade dxr-node)"
             )
-        if version < SCHEMA_VERSION:
-            # Idempotent (IF NOT EXISTS), so processes opening a new database at once agree.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction() as db:
+            # Read again under the write lock: another process may have just migrated.
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    db.execute(statement)
+            elif version == 1:
+                db.execute("ALTER TABLE objects ADD COLUMN file_deleted_at REAL")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -395,9 +406,11 @@ class Store:
                 ),
             )
             for obj in objects:
+                # A re-run rewrites the file: if retention had deleted it, it is back.
                 db.execute(
-                    "INSERT OR IGNORE INTO objects (job_id, kind, sop_class_uid,"
-                    " sop_instance_uid, path, created_at) VALUES (?,?,?,?,?,?)",
+                    "INSERT INTO objects (job_id, kind, sop_class_uid,"
+                    " sop_instance_uid, path, created_at) VALUES (?,?,?,?,?,?)"
+                    " ON CONFLICT (sop_instance_uid) DO UPDATE SET file_deleted_at = NULL",
                     (job_id, obj.kind, obj.sop_class_uid, obj.sop_instance_uid, obj.path, now),
                 )
                 object_id = db.execute(
@@ -574,6 +587,26 @@ class Store:
             db.execute(
                 "UPDATE instances SET spool_deleted_at = ? WHERE id = ?", (_now(), instance_id)
             )
+
+    def object_files_to_delete(self, older_than: float) -> list[tuple[int, str]]:
+        """(object id, path) of produced objects created before ``older_than``, still on
+        disk and delivered: they have dispatches and every one is sent. Objects not yet
+        delivered, failed or without any destination are kept."""
+        rows = self._read(
+            "SELECT o.id, o.path FROM objects o WHERE o.created_at < ?"
+            " AND o.file_deleted_at IS NULL"
+            " AND EXISTS (SELECT 1 FROM dispatches d WHERE d.object_id = o.id)"
+            " AND NOT EXISTS (SELECT 1 FROM dispatches d WHERE d.object_id = o.id"
+            "   AND d.state != 'sent') ORDER BY o.id",
+            (older_than,),
+        )
+        return [(r["id"], r["path"]) for r in rows]
+
+    def mark_object_deleted(self, object_id: int) -> None:
+        """The object's file is gone; its row (and dispatch history) stays."""
+        with self._transaction() as db:
+            db.execute("UPDATE objects SET file_deleted_at = ? WHERE id = ?",
+                       (_now(), object_id))
 
     # --- reading (status, console) ---------------------------------------------------
 

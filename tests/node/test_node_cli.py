@@ -121,7 +121,7 @@ def test_analyze_history_that_is_not_a_node_database_is_one_line_exit_2(tmp_path
     junk.write_bytes(b"not a database" * 100)
     image = tmp_path / "hand.dcm"
     write_dx(image)
-    for history, message in ((other, "not a dxr-node database of schema version 1"),
+    for history, message in ((other, "is not a dxr-node database (no schema version)"),
                              (junk, "is not a usable dxr-node database")):
         result = subprocess.run(
             [sys.executable, "-m", "dxr_node.cli", "analyze", str(image), "--history",

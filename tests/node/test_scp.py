@@ -277,14 +277,6 @@ def test_locked_database_answers_out_of_resources_and_a_resend_succeeds(tmp_path
         assert store.instance_count() == 1 and store.counts()["jobs"]["queued"] == 1
 
 
-def test_partial_files_from_a_crash_are_removed_at_start(node, tmp_path):
-    incoming = tmp_path / "data" / "spool" / "incoming"
-    incoming.mkdir(parents=True)
-    (incoming / "dead.part").write_bytes(b"half a file")
-    node()
-    assert list(incoming.iterdir()) == []
-
-
 @pytest.mark.parametrize(("changes", "expected"), [
     ({}, None),
     ({"BodyPartExamined": ""}, None),
