@@ -120,7 +120,7 @@ def collect_status(store: Store, *, limit: int = 10) -> dict[str, Any]:
         **store.counts(),
         "destinations": store.destination_health(),
         "recent_results": store.recent_results(limit),
-        "failures": store.failures(limit),
+        "failures": store.open_failures(limit),  # the console's list, the same rule
         "skipped": store.skipped(limit),
     }
 
@@ -154,8 +154,10 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append("  (none)")
     for f in status["failures"]:
         target = f" -> {f['destination']}" if f["destination"] else ""
-        lines.append(f"  {f['what']} {f['id']}{target}  {_when(f['at'])}  attempts "
-                     f"{f['attempts']}  sop {f['sop_instance_uid']}: {f['reason']}")
+        waiting = (f"  (retry at {_when(f['next_attempt_at'])})"
+                   if f["state"] == "pending" else "")
+        lines.append(f"  {f['what']} {f['id']}{target}  {_when(f['updated_at'])}  attempts "
+                     f"{f['attempts']}{waiting}  sop {f['sop_instance_uid']}: {f['reason']}")
     if status["skipped"]:
         lines.append("")
         lines.append("skipped (not analysed)")
@@ -181,15 +183,15 @@ def status(args: argparse.Namespace) -> int:
 # --- retry -------------------------------------------------------------------------------
 
 def retry(args: argparse.Namespace) -> int:
+    with_jobs = getattr(args, "jobs", False)
     try:
         config = _config(args)
         with _open_existing_store(config) as store:
-            dispatches = store.retry_failed_dispatches()
-            jobs = store.requeue_failed_jobs() if getattr(args, "jobs", False) else 0
+            done = store.retry_all_failures(jobs=with_jobs)  # what the console's button does
     except (ConfigError, StoreError) as exc:
         return _fail(str(exc))
-    print(f"re-queued {dispatches} failed dispatch(es)"
-          + (f" and {jobs} failed analysis job(s)" if getattr(args, "jobs", False) else "")
+    print(f"re-queued {done['dispatches']} failed or waiting dispatch(es)"
+          + (f" and {done['jobs']} failed analysis job(s)" if with_jobs else "")
           + " (a running node picks them up; otherwise at its next start)")
     return 0
 

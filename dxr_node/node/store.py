@@ -442,15 +442,23 @@ class Store:
     def release_job(self, job_id: int, reason: str, *, max_attempts: int) -> str:
         """A job's worker died: queue it again, or fail it once it has used
         ``max_attempts`` claims. Returns the new state."""
-        now = _now()
         with self._transaction() as db:
-            row = db.execute(
-                "UPDATE jobs SET state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END,"
-                " error = ?, finished_at = CASE WHEN attempts >= ? THEN ? END, updated_at = ?"
-                " WHERE id = ? AND state = 'running' RETURNING state",
-                (max_attempts, reason, max_attempts, now, now, job_id),
-            ).fetchone()
+            row = self._requeue_or_fail(db, "id = ? AND state = 'running'", (job_id,),
+                                        reason, max_attempts).fetchone()
             return row["state"] if row else ""
+
+    @staticmethod
+    def _requeue_or_fail(db: sqlite3.Connection, where: str, params: Sequence[Any],
+                         reason: str, max_attempts: int) -> sqlite3.Cursor:
+        """Running jobs matching ``where`` go back to the queue, or fail once they have
+        used ``max_attempts`` claims; the cursor returns each one's new state."""
+        now = _now()
+        return db.execute(
+            "UPDATE jobs SET state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END,"
+            " error = ?, finished_at = CASE WHEN attempts >= ? THEN ? END, updated_at = ?"
+            f" WHERE {where} RETURNING state",
+            (max_attempts, reason, max_attempts, now, now, *params),
+        )
 
     def recover_interrupted(self, *, max_attempts: int) -> int:
         """At start-up: jobs left ``running`` and dispatches left ``sending`` by a dead
@@ -459,12 +467,8 @@ class Store:
         now = _now()
         reason = "interrupted: the node stopped while this job was running"
         with self._transaction() as db:
-            jobs = db.execute(
-                "UPDATE jobs SET state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END,"
-                " error = ?, finished_at = CASE WHEN attempts >= ? THEN ? END, updated_at = ?"
-                " WHERE state = 'running'",
-                (max_attempts, reason, max_attempts, now, now),
-            ).rowcount
+            jobs = len(self._requeue_or_fail(db, "state = 'running'", (), reason,
+                                             max_attempts).fetchall())
             sends = db.execute(
                 "UPDATE dispatches SET state = 'pending', next_attempt_at = ?, updated_at = ?"
                 " WHERE state = 'sending'",
@@ -472,43 +476,7 @@ class Store:
             ).rowcount
             return jobs + sends
 
-    def requeue_failed_jobs(self) -> int:
-        """Operator action: failed jobs get a fresh set of attempts."""
-        now = _now()
-        with self._transaction() as db:
-            return db.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL,"
-                " finished_at = NULL, updated_at = ? WHERE state = 'failed'",
-                (now,),
-            ).rowcount
-
     # --- dispatch (SCU) --------------------------------------------------------------
-
-    def claim_dispatch(self, *, now: float | None = None) -> Dispatch | None:
-        """Atomically take the oldest pending dispatch that is due, or None."""
-        now = _now() if now is None else now
-        with self._transaction() as db:
-            row = db.execute(
-                "UPDATE dispatches SET state = 'sending', attempts = attempts + 1, updated_at = ?"
-                " WHERE id = (SELECT id FROM dispatches WHERE state = 'pending'"
-                "   AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1)"
-                " RETURNING id, object_id, destination, attempts",
-                (now, now),
-            ).fetchone()
-            if row is None:
-                return None
-            obj = db.execute(
-                "SELECT kind, sop_class_uid, sop_instance_uid, path FROM objects WHERE id = ?",
-                (row["object_id"],),
-            ).fetchone()
-            return Dispatch(row["id"], row["object_id"], row["destination"], row["attempts"],
-                            obj["kind"], obj["sop_class_uid"], obj["sop_instance_uid"],
-                            obj["path"])
-
-    def next_dispatch_due(self) -> float | None:
-        """When the earliest pending dispatch becomes due (lets a dispatcher sleep)."""
-        row = self._read("SELECT MIN(next_attempt_at) FROM dispatches WHERE state = 'pending'")
-        return row[0][0]
 
     def dispatch_sent(self, dispatch_id: int, status: int) -> None:
         now = _now()
@@ -538,16 +506,6 @@ class Store:
                 " updated_at = ? WHERE id = ?",
                 (reason, status, _now(), dispatch_id),
             )
-
-    def retry_failed_dispatches(self) -> int:
-        """Operator action: every failed dispatch is pending again with fresh attempts."""
-        now = _now()
-        with self._transaction() as db:
-            return db.execute(
-                "UPDATE dispatches SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " updated_at = ? WHERE state = 'failed'",
-                (now, now),
-            ).rowcount
 
     # --- follow-up (HistorySource for the pipeline) ----------------------------------
 
@@ -653,25 +611,6 @@ class Store:
                 "finished_at": r["created_at"],
             })
         return out
-
-    def failures(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Newest failed jobs and dispatches with their reasons."""
-        rows = self._read(
-            "SELECT 'job' AS what, j.id, i.sop_instance_uid, NULL AS destination, j.attempts,"
-            " j.error, j.updated_at FROM jobs j JOIN instances i ON i.id = j.instance_id"
-            " WHERE j.state = 'failed'"
-            " UNION ALL "
-            "SELECT 'dispatch', d.id, o.sop_instance_uid, d.destination, d.attempts, d.error,"
-            " d.updated_at FROM dispatches d JOIN objects o ON o.id = d.object_id"
-            " WHERE d.state = 'failed'"
-            " ORDER BY 7 DESC LIMIT ?",
-            (limit,),
-        )
-        return [
-            {"what": r[0], "id": r[1], "sop_instance_uid": r[2], "destination": r[3],
-             "attempts": r[4], "reason": r[5], "at": r[6]}
-            for r in rows
-        ]
 
     def skipped(self, limit: int = 20) -> list[dict[str, Any]]:
         """Newest instances accepted but not analysed, with the triage reason."""
@@ -912,8 +851,9 @@ class Store:
                 (_now(), job_id),
             ).rowcount == 1
 
-    def retry_all_failures(self) -> dict[str, int]:
-        """Operator action: every failed job and failed or waiting dispatch, now (errors
+    def retry_all_failures(self, *, jobs: bool = True) -> dict[str, int]:
+        """Operator action (console, `dxr-node retry`): every failed or waiting dispatch
+        and, unless ``jobs`` is False, every failed job, now, with fresh attempts (errors
         cleared: they are no longer open failures)."""
         now = _now()
         with self._transaction() as db:
@@ -923,12 +863,12 @@ class Store:
                 " OR (state = 'pending' AND error IS NOT NULL)",
                 (now, now),
             ).rowcount
-            jobs = db.execute(
+            requeued = db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL,"
                 " finished_at = NULL, updated_at = ? WHERE state = 'failed'",
                 (now,),
-            ).rowcount
-        return {"dispatches": dispatches, "jobs": jobs}
+            ).rowcount if jobs else 0
+        return {"dispatches": dispatches, "jobs": requeued}
 
     def exam_status_counts(self, since: float) -> dict[str, int]:
         """Exams received since ``since`` per console status (every status present)."""

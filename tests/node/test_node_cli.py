@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from dcmtk_peers import free_port, received_uids, storescp
@@ -35,7 +36,7 @@ def data_dir(tmp_path):
                          objects=[ProducedObject("SR", "1.2.840.10008.5.1.4.1.1.88.33", "9.1",
                                                  "/objects/9.1.dcm")],
                          destinations=["PACS"])
-        dispatch = store.claim_dispatch()
+        (dispatch,) = store.claim_dispatches("PACS", 10)
         store.dispatch_failed(dispatch.id, "association rejected (calling AE not recognised)")
     return data
 
@@ -57,7 +58,7 @@ def test_status_json_and_retry(data_dir, capsys):
     assert report["recent_results"][0]["category"] == "low bone mass"
 
     assert main(["retry", "--data-dir", str(data_dir)]) == 0
-    assert "re-queued 1 failed dispatch" in capsys.readouterr().out
+    assert "re-queued 1 failed or waiting dispatch" in capsys.readouterr().out
     main(["status", "--data-dir", str(data_dir), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["dispatches"]["failed"] == 0 and report["dispatches"]["pending"] == 1
@@ -131,3 +132,39 @@ def test_analyze_history_that_is_not_a_node_database_is_one_line_exit_2(tmp_path
     with sqlite3.connect(other) as db:  # left as it was: no node tables, no WAL
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_status_and_retry_count_what_the_console_counts(tmp_path, capsys):
+    """A dispatch waiting to retry after an error is an open failure in `status` too, and
+    `retry` (like the console's button) clears its error and gives it fresh attempts."""
+    data = tmp_path / "data"
+    with Store(data / "dxr-node.sqlite") as store:
+        store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1",
+                                        "1.2.840.10008.1.2.1", "/spool/1.2.3.dcm", 100))
+        store.add_instance(InstanceInfo("1.2.5", "1.2.840.10008.5.1.4.1.1.1.1",
+                                        "1.2.840.10008.1.2.1", "/spool/1.2.5.dcm", 100))
+        job = store.claim_job("w")
+        store.finish_job(job.id, status="ok", analysis={}, interpretation=None,
+                         objects=[ProducedObject("SR", "1.2.840.10008.5.1.4.1.1.88.33", "9.1",
+                                                 "/objects/9.1.dcm")], destinations=["PACS"])
+        (waiting,) = store.claim_dispatches("PACS", 10)
+        store.dispatch_retry_later(waiting.id, "cannot reach PACS@pacs:104", time.time() + 600)
+        store.fail_job(store.claim_job("w").id, "unreadable image")
+        console_count = store.open_failure_count()
+    assert console_count == 2
+    assert main(["status", "--data-dir", str(data), "--json"]) == 0
+    failures = json.loads(capsys.readouterr().out)["failures"]
+    assert sorted(f["what"] for f in failures) == ["dispatch", "job"]
+    assert main(["status", "--data-dir", str(data)]) == 0
+    assert "cannot reach PACS@pacs:104" in capsys.readouterr().out
+
+    assert main(["retry", "--data-dir", str(data)]) == 0
+    assert "re-queued 1 failed or waiting dispatch(es) (" in capsys.readouterr().out
+    with Store(data / "dxr-node.sqlite") as store:
+        assert [f["what"] for f in store.open_failures()] == ["job"]  # jobs only with --jobs
+        row = store._read("SELECT attempts, error FROM dispatches")[0]
+        assert (row["attempts"], row["error"]) == (0, None)
+    assert main(["retry", "--data-dir", str(data), "--jobs"]) == 0
+    assert "and 1 failed analysis job(s)" in capsys.readouterr().out
+    with Store(data / "dxr-node.sqlite") as store:
+        assert store.open_failures() == [] and store.counts()["jobs"]["queued"] == 1

@@ -74,7 +74,7 @@ def test_claim_finish_and_dispatch_lifecycle(store):
     assert counts["jobs"]["done"] == 1 and counts["dispatches"]["pending"] == 4
 
     sent = []
-    while (d := store.claim_dispatch()) is not None:
+    for d in store.claim_dispatches("PACS", 10) + store.claim_dispatches("ARCHIVE", 10):
         assert d.path.startswith("/o/")
         if d.destination == "ARCHIVE" and d.kind == "GSPS":
             store.dispatch_failed(d.id, "0xC000 rejected", status=0xC000)
@@ -83,10 +83,10 @@ def test_claim_finish_and_dispatch_lifecycle(store):
             sent.append((d.destination, d.kind))
     assert len(sent) == 3
     assert store.counts()["dispatches"] == {"pending": 0, "sending": 0, "sent": 3, "failed": 1}
-    failure = store.failures()[0]
+    (failure,) = store.open_failures()
     assert failure["what"] == "dispatch" and failure["reason"] == "0xC000 rejected"
-    assert store.retry_failed_dispatches() == 1
-    assert store.claim_dispatch().destination == "ARCHIVE"
+    assert store.retry_all_failures() == {"dispatches": 1, "jobs": 0}
+    assert [d.kind for d in store.claim_dispatches("ARCHIVE", 10)] == ["GSPS"]
     result = store.recent_results()[0]
     assert result["dxr_bmd_g_cm2"] == 0.55 and result["t_score"] == -1.0
     assert result["objects"] == 2
@@ -107,11 +107,10 @@ def test_transient_dispatch_waits_until_due(store):
     job = store.claim_job("w")
     store.finish_job(job.id, status="ok", analysis={}, interpretation=None,
                      objects=_objects("5.1")[:1], destinations=["PACS"])
-    d = store.claim_dispatch(now=1e12)
+    (d,) = store.claim_dispatches("PACS", 10, now=1e12)
     store.dispatch_retry_later(d.id, "association refused", next_attempt_at=2e12)
-    assert store.claim_dispatch(now=1.5e12) is None
-    assert store.next_dispatch_due() == 2e12
-    again = store.claim_dispatch(now=2e12)
+    assert store.claim_dispatches("PACS", 10, now=1.5e12) == []
+    (again,) = store.claim_dispatches("PACS", 10, now=2e12)
     assert again.id == d.id and again.attempts == 2
 
 
@@ -130,7 +129,8 @@ def test_interrupted_work_is_recovered_and_bounded(store):
     other = store.claim_job("w")
     assert other.sop_instance_uid == "6.2"
     assert store.release_job(other.id, "worker died", max_attempts=2) == "queued"
-    assert store.requeue_failed_jobs() == 1
+    assert store.retry_all_failures(jobs=False) == {"dispatches": 0, "jobs": 0}
+    assert store.retry_all_failures() == {"dispatches": 0, "jobs": 1}
 
 
 def test_priors_match_patient_and_issuer_and_exclude_same_instance(store):

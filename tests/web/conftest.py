@@ -121,7 +121,9 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
 
     # Dispatch outcomes: everything sent except two objects of the newest exam.
     newest = {d["kind"]: d["id"] for d in store.exam_dispatches(job_ids[-1])}
-    while (item := store.claim_dispatch(now=time.time() + 1)) is not None:
+    due = [item for name in store.pending_destinations()
+           for item in store.claim_dispatches(name, 1000, now=time.time() + 1)]
+    for item in due:
         if item.id == newest["SC"]:
             store.dispatch_failed(item.id, "association rejected (permanent): calling AE "
                                            "not recognised")
