@@ -68,10 +68,11 @@ def render_metrics(store: Store) -> str:
                      [_sample("dxr_dispatches", d[state] or 0, destination=d["destination"],
                               state=state)
                       for d in destinations for state in DISPATCH_STATES])
-    lines += _family("dxr_dispatch_attempts_total", "counter",
-                     "C-STORE attempts by destination (an operator retry starts a "
-                     "dispatch's count again).",
-                     [_sample("dxr_dispatch_attempts_total", d["attempts"] or 0,
+    # A gauge, not a counter: an operator retry resets a dispatch's attempts to 0.
+    lines += _family("dxr_dispatch_attempts", "gauge",
+                     "C-STORE attempts of the current dispatches by destination (an "
+                     "operator retry starts a dispatch's count again).",
+                     [_sample("dxr_dispatch_attempts", d["attempts"] or 0,
                               destination=d["destination"]) for d in destinations])
     lines += _family("dxr_dispatch_failures", "gauge",
                      "Dispatches whose last attempt failed (failed for good or waiting "

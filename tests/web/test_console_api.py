@@ -185,7 +185,8 @@ def test_metrics_in_prometheus_text_format(client, filled):
                                             r"(\S+)$", text, flags=re.MULTILINE)]
     assert buckets == sorted(buckets) and buckets[-1] == 3
     assert _metric(text, "dxr_dispatch_failures", destination=DESTINATION) == 2
-    assert _metric(text, "dxr_dispatch_attempts_total", destination=DESTINATION) == 9
+    assert _metric(text, "dxr_dispatch_attempts", destination=DESTINATION) == 9
+    assert "# TYPE dxr_dispatch_attempts gauge" in text  # retries reset it: not a counter
     for line in text.splitlines():  # every line is a comment or `name{labels} value`
         assert line.startswith("# ") or re.fullmatch(r"[a-z_]+(\{[^}]*\})? \S+", line), line
 
