@@ -378,9 +378,14 @@ class Store:
         interpretation: dict[str, Any] | None,
         objects: Sequence[ProducedObject],
         destinations: Sequence[str],
+        laterality: str | None = None,
     ) -> None:
         """Record a job's result and objects, and queue one dispatch per object and
-        destination, all in one transaction (a crash leaves the job re-runnable)."""
+        destination, all in one transaction (a crash leaves the job re-runnable).
+
+        ``laterality`` is the exam's hand by ``dxr_node.clinical.exam_laterality`` (None:
+        unknown, e.g. header and image disagree): ``priors()`` compares like with like.
+        """
         now = _now()
         with self._transaction() as db:
             inst = db.execute(
@@ -392,7 +397,6 @@ class Store:
             if inst is None:
                 raise KeyError(f"no job {job_id}")
             bmd = analysis.get("dxr_bmd_g_cm2") if status == "ok" else None
-            laterality = analysis.get("laterality_tag") or analysis.get("laterality")
             db.execute(
                 "INSERT OR REPLACE INTO results (job_id, instance_id, sop_instance_uid,"
                 " patient_id, issuer_of_patient_id, study_date, status, laterality,"

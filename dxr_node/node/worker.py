@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dxr_node.clinical import ReferenceTable, load_reference
+from dxr_node.clinical import ReferenceTable, exam_laterality, load_reference
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import configure_logging, log_event
 from dxr_node.node.store import Job, ProducedObject, Store
@@ -99,9 +99,13 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
         return _fail(store, job, f"analysis error: {type(exc).__name__}: {exc}")
 
     interpretation = result.interpretation.to_dict() if result.interpretation else None
+    # The one laterality rule (a header-vs-image conflict is unknown, so no comparison
+    # with a prior of the other hand): the Interpretation's, else the same function.
+    side = (result.interpretation.exam_laterality if result.interpretation is not None
+            else exam_laterality(result.analysis)[0])
     store.finish_job(job.id, status=result.analysis.status, analysis=result.analysis.to_dict(),
                      interpretation=interpretation, objects=objects,
-                     destinations=[d.name for d in config.destinations])
+                     destinations=[d.name for d in config.destinations], laterality=side)
     log_event(log, "analysis_done", job=job.id, sop=job.sop_instance_uid,
               status=result.analysis.status, objects=len(objects),
               seconds=round(time.perf_counter() - started, 2))

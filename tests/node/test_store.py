@@ -67,7 +67,7 @@ def test_claim_finish_and_dispatch_lifecycle(store):
     job = store.claim_job("w1")
     assert job is not None and job.sop_instance_uid == "3.1" and job.attempts == 1
     assert store.claim_job("w2") is None  # already running
-    store.finish_job(job.id, status="ok", analysis={"dxr_bmd_g_cm2": 0.55, "laterality": "L"},
+    store.finish_job(job.id, status="ok", analysis={"dxr_bmd_g_cm2": 0.55},
                      interpretation={"t_score": -1.0}, objects=_objects("3.1"),
                      destinations=["PACS", "ARCHIVE"])
     counts = store.counts()

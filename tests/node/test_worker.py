@@ -12,6 +12,7 @@ import pytest
 from dcmtk_peers import write_small_sc
 from node_process import wait_for
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from dxr_node.node.config import Destination, NodeConfig
 from dxr_node.node.store import InstanceInfo, Store
@@ -113,6 +114,24 @@ def test_run_job_records_result_objects_and_dispatches(tmp_path, phantoms):
         assert dcmread(obj.path).SOPInstanceUID == obj.sop_instance_uid
     assert counts["dispatches"]["pending"] == 3 * 2  # every object to both destinations
     assert counts["jobs"]["done"] == 1
+
+
+def test_laterality_recorded_for_follow_up_follows_the_clinical_rule(tmp_path, phantoms):
+    """Header and image agree: that hand. They disagree: unknown (no comparison)."""
+    header = dcmread(phantoms[0])
+    flipped = dcmread(phantoms[0])
+    flipped.SOPInstanceUID = flipped.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    other = {"L": "R", "R": "L"}[header.ImageLaterality]
+    flipped.ImageLaterality = flipped.Laterality = other
+    flipped.save_as(tmp_path / "flipped.dcm")
+    config = _config(tmp_path)
+    with Store(config.database_path) as store:
+        for source in (phantoms[0], tmp_path / "flipped.dcm"):
+            _queue(store, tmp_path, source)
+            assert run_job(config, store, store.claim_job("test")) == "done"
+        recorded = dict(store._read("SELECT sop_instance_uid, laterality FROM results"))
+    assert recorded[str(header.SOPInstanceUID)] == header.ImageLaterality
+    assert recorded[str(flipped.SOPInstanceUID)] is None
 
 
 def test_unreadable_image_fails_at_once_with_the_reason(tmp_path, phantoms):
