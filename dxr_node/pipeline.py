@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Collection, Sequence
@@ -91,6 +92,8 @@ def result_json(result: PipelineResult, source: str, written: Sequence[Path] = (
 
 
 def analyze_command(args: argparse.Namespace) -> int:
+    if os.environ.get("DXR_NODE_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG)  # tracebacks of internal errors
     history = _open_history(args.history) if args.history else None
     if args.history and history is None:
         return 2
@@ -122,7 +125,7 @@ def _analyze_one(source: str, args: argparse.Namespace, history: HistorySource |
     except ImageLoadError as exc:
         return PipelineResult(error_analysis(source, str(exc), started), None, []), []
     except Exception as exc:  # a bug must not stop the other images
-        log.exception("analysis of %s failed", source)
+        log.debug("analysis of %s failed", source, exc_info=True)  # DXR_NODE_DEBUG=1
         reason = f"internal error: {type(exc).__name__}: {exc}"
         return PipelineResult(error_analysis(source, reason, started), None, []), []
     written: list[Path] = []

@@ -48,6 +48,7 @@ def build_reports(source: pydicom.Dataset, analysis: Analysis,
     if missing:
         raise ValueError(f"source dataset lacks {', '.join(missing)}: cannot reference it")
 
+    source = _with_type2_attributes(source)
     objects: list[pydicom.Dataset] = []
     for kind in (k for k in KINDS if k in kinds):
         identity = DerivedIdentity.for_kind(kind, source, analysis, interpretation)
@@ -62,6 +63,25 @@ def build_reports(source: pydicom.Dataset, analysis: Analysis,
             pdf_bytes = render_pdf(source, analysis, interpretation)
             objects.append(build_encapsulated_pdf(source, pdf_bytes, identity))
     return objects
+
+
+# Patient and General Study attributes of Type 2: a modality must send them, possibly
+# empty, but some leave them out; highdicom (and the objects we write) need them present.
+_TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                            "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                            "AccessionNumber")
+
+
+def _with_type2_attributes(source: pydicom.Dataset) -> pydicom.Dataset:
+    """A shallow copy of the source header with missing Type 2 attributes present, empty."""
+    missing = [k for k in _TYPE2_SOURCE_ATTRIBUTES if k not in source]
+    if not missing:
+        return source
+    completed = pydicom.Dataset(source)
+    completed.file_meta = getattr(source, "file_meta", pydicom.dataset.FileMetaDataset())
+    for keyword in missing:
+        setattr(completed, keyword, "")
+    return completed
 
 
 def write_objects(datasets: Iterable[pydicom.Dataset], outdir: Path) -> list[Path]:
