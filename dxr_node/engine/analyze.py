@@ -77,7 +77,9 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     if spacing is None:
         reasons.append(radiograph.spacing_problem or "no pixel spacing")
         reasons.append("millimetre values not reported: ratio measures only")
-    elif spacing > MAX_SPACING_MM:
+    elif radiograph.spacing_problem:
+        reasons.append(radiograph.spacing_problem)  # e.g. an ignored --pixel-spacing
+    if spacing is not None and spacing > MAX_SPACING_MM:
         reasons.append(f"resolution too coarse: pixel spacing {spacing:.3f} mm "
                        f"> {MAX_SPACING_MM} mm")
         fatal = True

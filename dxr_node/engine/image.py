@@ -36,7 +36,7 @@ class Radiograph:
     pixels: np.ndarray  # float32 2-D, bone BRIGHT (higher = more attenuation)
     pixel_spacing_mm: float | None
     pixel_spacing_source: str | None  # "PixelSpacing", "ImagerPixelSpacing", "command line"..
-    spacing_problem: str | None  # why there is no usable spacing (missing, anisotropic, ...)
+    spacing_problem: str | None  # why there is no usable spacing, or an ignored --pixel-spacing
     laterality_tag: str | None  # "L"/"R" from ImageLaterality or Laterality
     source: str
     dataset: Dataset | None  # DICOM header without the pixel data (for reports)
@@ -175,13 +175,24 @@ def _max_value(ds: Dataset, values: np.ndarray) -> float:
 
 
 def _spacing(ds: Dataset, override: float | None) -> tuple[float | None, str | None, str | None]:
-    """(spacing mm, source, problem) following PixelSpacing > Imager/ERMF > Imager.
+    """(spacing mm, source, note) following PixelSpacing > Imager/ERMF > Imager, then the
+    command line's spacing for a header without a usable one.
 
     An empty or implausible attribute (e.g. PixelSpacing 0\\0) falls through to the next;
     when none is usable the first problem is reported.
     """
-    if override is not None:
-        return _plausible([override], "command line")
+    header = _header_spacing(ds)
+    if override is None:
+        return header
+    if header[0] is not None:
+        # A calibrated header is better evidence than a number typed for a batch.
+        return (header[0], header[1],
+                f"--pixel-spacing {override:g} ignored: the header gives {header[0]:.4g} mm "
+                f"({header[1]})")
+    return _plausible([override], "command line")
+
+
+def _header_spacing(ds: Dataset) -> tuple[float | None, str | None, str | None]:
     candidates = []
     if ds.get("PixelSpacing"):
         candidates.append((ds.PixelSpacing, "PixelSpacing"))

@@ -189,11 +189,23 @@ def test_spacing_precedence_and_problems(phantom, changes, spacing, source, prob
         assert radiograph.spacing_problem is None
 
 
-def test_command_line_spacing_overrides_header(phantom):
+def test_command_line_spacing_never_overrides_a_header_spacing(phantom, tmp_path):
     folder = phantom[0]
     radiograph = load_radiograph(folder / "plain.dcm", pixel_spacing_mm=0.1)
+    assert radiograph.pixel_spacing_source != "command line"
+    assert radiograph.pixel_spacing_mm != pytest.approx(0.1)
+    assert "--pixel-spacing 0.1 ignored" in radiograph.spacing_problem
+    # Without a header spacing the command line's is used, if plausible.
+    ds = pydicom.dcmread(folder / "plain.dcm")
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing",
+                    "EstimatedRadiographicMagnificationFactor"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(tmp_path / "nospacing.dcm")
+    radiograph = load_radiograph(tmp_path / "nospacing.dcm", pixel_spacing_mm=0.1)
     assert (radiograph.pixel_spacing_mm, radiograph.pixel_spacing_source) == (0.1, "command line")
-    assert load_radiograph(folder / "plain.dcm", pixel_spacing_mm=3.0).pixel_spacing_mm is None
+    implausible = load_radiograph(tmp_path / "nospacing.dcm", pixel_spacing_mm=3.0)
+    assert implausible.pixel_spacing_mm is None
 
 
 def test_cr_laterality_comes_from_series_laterality(phantom, tmp_path):
