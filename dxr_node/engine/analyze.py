@@ -90,11 +90,12 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     try:
         location = locate_metacarpals(pixels, header_spacing)
     except LocateError as exc:
-        location = HandLocation(bones={}, laterality=None, rotation_deg=0.0, paediatric=False,
+        location = HandLocation(bones={}, laterality=None, rotation_deg=None, paediatric=False,
                                 problems=(f"not a hand radiograph: {exc}",))
-    if location.problems:
-        reasons.extend(location.problems)
-        fatal = True
+    for problem in location.problems:
+        reasons.append(problem)
+        # "MC4 shaft cut by the field edge" loses one bone; anything else, the hand.
+        fatal = fatal or not problem.startswith(BONE_NAMES)
     if location.paediatric:
         reasons.append(PAEDIATRIC)
     if (location.laterality and radiograph.laterality_tag
@@ -102,34 +103,10 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
         reasons.append(f"laterality disagreement: image shows {location.laterality}, "
                        f"header says {radiograph.laterality_tag}")
 
-    bones: dict[str, BoneMeasurement] = {}
-    radial = _radial_direction(location.bones)
-    if not fatal:
-        shafts: dict[str, _Shaft] = {}
-        for name in BONE_NAMES:
-            if name not in location.bones:
-                reasons.append(f"{name} not found")
-                continue
-            shafts[name] = _measure_shaft(pixels, location.bones[name])
-        # A shaft whose own blur fit fell back is re-measured with the image's blur,
-        # taken from the bones that resolved it.
-        blur = shared_blur_px(s.measurement for s in shafts.values() if s.measurement)
-        for name, shaft in shafts.items():
-            if (blur is not None and shaft.measurement is not None
-                    and shaft.measurement.blur_source == "fallback"):
-                shafts[name] = _measure_shaft(pixels, location.bones[name], blur)
-        for name, shaft in shafts.items():
-            if shaft.problem:
-                reasons.append(f"{name}: {shaft.problem}")
-                continue
-            if shaft.band_fraction != BAND_FRACTION:
-                reasons.append(f"{name}: measured over the central {shaft.band_fraction:.0%} "
-                               f"of its length (the {BAND_FRACTION:.0%} band flares)")
-            bones[name] = _bone_measurement(location.bones[name], shaft, spacing, radial)
-
+    bones = {} if fatal else _measure_bones(pixels, location, spacing, reasons)
     spacing_source = radiograph.pixel_spacing_source
     if spacing is not None and bones:
-        if _spacing_implausible(bones):
+        if _spacing_implausible(bones, location.paediatric):
             widths = [b.width_mm for b in bones.values()]
             reasons.append(f"pixel spacing {spacing:.3f} mm ({spacing_source}) is implausible "
                            f"for this hand: outer widths {min(widths):.1f}-{max(widths):.1f} mm;"
@@ -140,13 +117,13 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
             for name, problem in _size_problems(bones, location.paediatric).items():
                 reasons.append(f"{name}: {problem}")
                 del bones[name]
-
-    complete = not fatal and len(bones) == len(BONE_NAMES)
-    if complete:
+    if len(bones) >= 2:  # a partial result is checked as strictly as a complete one
         inconsistency = _hand_inconsistency(bones)
         if inconsistency:
             reasons.append(f"measurements internally inconsistent: {inconsistency}")
-            bones, complete = {}, False
+            bones = {}
+
+    complete = not fatal and len(bones) == len(BONE_NAMES)
     fields = _hand_indices(bones, spacing) if complete else {}
     return Analysis(
         source=radiograph.source,
@@ -167,35 +144,70 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     )
 
 
+def _measure_bones(pixels: np.ndarray, location: HandLocation, spacing: float | None,
+                   reasons: list[str]) -> dict[str, BoneMeasurement]:
+    shafts: dict[str, _Shaft] = {}
+    for name in BONE_NAMES:
+        if name in location.bones:
+            shafts[name] = _measure_shaft(pixels, location.bones[name])
+        elif not any(problem.startswith(name) for problem in location.problems):
+            reasons.append(f"{name} not found")
+    # A shaft whose own blur fit fell back is re-measured with the image's blur, taken from
+    # the bones that resolved it; the new measurement is kept only if it is sound.
+    blur = shared_blur_px(s.measurement for s in shafts.values() if s.problem is None)
+    for name, shaft in shafts.items():
+        if (blur is not None and shaft.measurement is not None
+                and shaft.measurement.blur_source == "fallback"):
+            again = _measure_shaft(pixels, location.bones[name], blur)
+            if again.problem is None or shaft.problem is not None:
+                shafts[name] = again
+    radial = _radial_direction(location.bones)
+    bones = {}
+    for name, shaft in shafts.items():
+        if shaft.problem:
+            reasons.append(f"{name}: {shaft.problem}")
+            continue
+        if shaft.note:
+            reasons.append(f"{name}: {shaft.note}")
+        bones[name] = _bone_measurement(location.bones[name], shaft, spacing, radial)
+    return bones
+
+
 @dataclass(frozen=True)
 class _Shaft:
     measurement: ShaftMeasurement | None
     problem: str | None  # why the measurement cannot be used
     band_fraction: float  # band length used, as a fraction of the bone length
+    note: str | None = None  # how it was measured, when not the standard way
 
 
 def _measure_shaft(pixels: np.ndarray, located: LocatedBone,
                    blur_sigma_px: float | None = None) -> _Shaft:
-    """Measure over the standard band; if that fails, over the short central band. The
-    standard band's problem is the one reported when both fail."""
-    first = None
-    for fraction in (BAND_FRACTION, SHORT_BAND_FRACTION):
-        try:
-            measurement = measure_shaft(
-                pixels, located.center_rc, located.axis_angle_deg,
-                band_half_length_px=fraction * located.length_px / 2,
-                search_half_width_px=1.1 * located.width_estimate_px + 6,
-                blur_sigma_px=blur_sigma_px,
-            )
-            shaft = _Shaft(measurement,
-                           measurement.problem or _consistency_problem(measurement), fraction)
-        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
-            # A numerically degenerate shaft is a measurement failure, not a crash.
-            shaft = _Shaft(None, f"shaft fit failed ({type(exc).__name__}: {exc})", fraction)
-        if shaft.problem is None:
-            return shaft
-        first = first or shaft
-    return first
+    """Measure over the standard band; when only the band's flaring ends spoil it (a short
+    child's bone), once more over the central short band."""
+    shaft = _fit_band(pixels, located, BAND_FRACTION, blur_sigma_px)
+    if shaft.measurement is not None and shaft.measurement.band_flares:
+        short = _fit_band(pixels, located, SHORT_BAND_FRACTION, blur_sigma_px)
+        if short.problem is None:
+            return replace(short, note=f"measured over the central {SHORT_BAND_FRACTION:.0%} "
+                                       f"of its length ({shaft.problem})")
+    return shaft
+
+
+def _fit_band(pixels: np.ndarray, located: LocatedBone, fraction: float,
+              blur_sigma_px: float | None) -> _Shaft:
+    try:
+        measurement = measure_shaft(
+            pixels, located.center_rc, located.axis_angle_deg,
+            band_half_length_px=fraction * located.length_px / 2,
+            search_half_width_px=1.1 * located.width_estimate_px + 6,
+            blur_sigma_px=blur_sigma_px,
+        )
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        # A numerically degenerate shaft is a measurement failure, not a crash.
+        return _Shaft(None, f"shaft fit failed ({type(exc).__name__}: {exc})", fraction)
+    problem = measurement.problem or _consistency_problem(measurement)
+    return _Shaft(measurement, problem, fraction)
 
 
 def _consistency_problem(shaft: ShaftMeasurement) -> str | None:
@@ -205,10 +217,12 @@ def _consistency_problem(shaft: ShaftMeasurement) -> str | None:
     return None
 
 
-def _spacing_implausible(bones: dict[str, BoneMeasurement]) -> bool:
-    """Every bone too narrow (or too wide) alike: the spacing, not the bones, is wrong."""
+def _spacing_implausible(bones: dict[str, BoneMeasurement], paediatric: bool) -> bool:
+    """Every bone (two at least) too narrow or too wide alike: the spacing is wrong."""
+    if len(bones) < 2:
+        return False
     widths = [b.width_mm for b in bones.values()]
-    low, high = WIDTH_RANGE_MM
+    low, high = CHILD_MIN_WIDTH_MM if paediatric else WIDTH_RANGE_MM[0], WIDTH_RANGE_MM[1]
     return all(w < low for w in widths) or all(w > high for w in widths)
 
 

@@ -75,7 +75,7 @@ class LocatedBone:
 class HandLocation:
     bones: dict[str, LocatedBone]
     laterality: str | None  # "L" | "R" from the thumb side
-    rotation_deg: float  # fingers-up = 0, clockwise positive
+    rotation_deg: float | None  # fingers-up = 0, clockwise positive; None: no hand
     paediatric: bool  # open growth plates seen
     problems: tuple[str, ...]
     # For previews and diagnostics: hand outline and finger rays in input pixels.
@@ -162,7 +162,7 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
 
 
 def _failed(reason: str, outline: tuple[Point, ...] = ()) -> HandLocation:
-    return HandLocation(bones={}, laterality=None, rotation_deg=0.0, paediatric=False,
+    return HandLocation(bones={}, laterality=None, rotation_deg=None, paediatric=False,
                         problems=(reason,), outline_rc=outline)
 
 
@@ -674,6 +674,8 @@ def _choose_consistent(candidates: dict[str, list[_CanonicalBone]]) -> dict[str,
     """One candidate per ray: good gaps, MCP joints at about one level (fingers up) and
     lengths alike; a ray whose every choice breaks the pattern is left out."""
     names = [name for name, found in candidates.items() if found]
+    if not names:
+        return {}
     best_cost, best = math.inf, {}
     for choice in itertools.product(*(range(len(candidates[n])) for n in names)):
         bones = {n: candidates[n][k] for n, k in zip(names, choice, strict=True)}

@@ -59,6 +59,8 @@ MAX_WIDTH_CHANGE = 0.25
 # over the band reaches 77 % of T on those radiographs; a band moved 22 mm towards a
 # phantom's head shows 130 %.
 MAX_THICKNESS_TREND = 1.0
+# Groups of profiles along a sound band agree on T within a quarter of it (1 SD).
+MAX_THICKNESS_SPREAD = 0.25
 # A cortex thinner than this many blur sigmas (or than MIN_CORTEX_PX) is not resolved. On
 # real, display-processed images a free fit can trade thickness for blur: a thin shell with
 # huge opposite amplitudes, blurred a lot, mimics rounded cortical peaks (T 0.3 px, blur
@@ -109,6 +111,9 @@ class ShaftMeasurement:
     # "fallback": the free fit degenerated and the best of a few fixed blurs was kept
     # (re-measuring with ``shared_blur_px`` of the image's other bones is better).
     blur_source: str = "fitted"
+    # The problem is the band's shape changing along it (it reaches a flaring bone end);
+    # a shorter band around the same centre may still be measurable.
+    band_flares: bool = False
 
 
 @dataclass(frozen=True)
@@ -405,8 +410,10 @@ class _Measurer:
         given_across = _directions(self.given_angle)[1]
         offset = float(np.dot(fitted_center - self.given_center, given_across))
         problem = self.problem(result, prof, keep, band, select, n_accepted)
+        band_flares = False
         if problem is None:
             problem = self.shaft_change(groups, kept, kept_t)
+            band_flares = problem is not None
         self.final_fit, self.final_profile = result, (prof, keep)  # for diagnostic plots
         return ShaftMeasurement(
             cortical_thickness_px=edges.thickness,
@@ -426,6 +433,7 @@ class _Measurer:
             width_sd_px=float(np.std([g.edges.width for g in kept], ddof=1)),
             problem=problem,
             blur_source=blur_source,
+            band_flares=band_flares,
         )
 
     def shaft_change(self, groups: list[TubeFit | None], kept: list[TubeFit],
@@ -441,6 +449,10 @@ class _Measurer:
             return (f"outer width changes by {100 * change:.0f} % along the band "
                     "(it reaches beyond the mid-shaft?)")
         thickness = np.array([g.edges.thickness for g in kept])
+        spread = float(np.std(thickness, ddof=1) / np.median(thickness))
+        if spread > MAX_THICKNESS_SPREAD:
+            return (f"cortical thickness varies by {100 * spread:.0f} % between profile groups"
+                    " along the band")
         trend = np.polyfit(kept_t, thickness, 1)[0] * 2 * self.half_length
         if abs(trend) > MAX_THICKNESS_TREND * float(np.median(thickness)):
             return (f"cortical thickness changes by {100 * abs(trend) / np.median(thickness):.0f}"
