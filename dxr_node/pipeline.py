@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from dxr_node.clinical.result import Interpretation, PriorResult
 from dxr_node.engine.analyze import analyze, error_analysis
 from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph, to_display_uint8
 from dxr_node.engine.result import STATUS_ERROR, STATUS_OK, Analysis
+from dxr_node.fileio import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class PipelineResult:
     interpretation: Interpretation | None
     objects: list[pydicom.Dataset]
     radiograph: Radiograph | None = None
+    report_problem: str | None = None  # why the requested report objects were not built
 
 
 def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
@@ -62,12 +64,16 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
     interpretation = interpret(analysis, header, sex=sex, age_years=age_years, priors=priors,
                                reference=reference)
     objects: list[pydicom.Dataset] = []
+    report_problem = None
     if header is not None and kinds and (analysis.ok or objects_for_rejected):
         from dxr_node.reports import build_reports  # heavy (highdicom): only when needed
 
-        objects = build_reports(header, analysis, interpretation,
-                                to_display_uint8(radiograph.pixels), kinds=kinds)
-    return PipelineResult(analysis, interpretation, objects, radiograph)
+        try:
+            objects = build_reports(header, analysis, interpretation,
+                                    to_display_uint8(radiograph.pixels), kinds=kinds)
+        except ValueError as exc:  # a header the objects cannot reference (no study UID)
+            report_problem = f"report objects not built: {exc}"
+    return PipelineResult(analysis, interpretation, objects, radiograph, report_problem)
 
 
 def _priors(history: HistorySource, header: pydicom.Dataset | None) -> list[PriorResult]:
@@ -88,6 +94,8 @@ def result_json(result: PipelineResult, source: str, written: Sequence[Path] = (
         clinical["clinical_reasons"] = clinical.pop("reasons")
         out.update(clinical)
     out["objects"] = [str(p) for p in written]
+    if result.report_problem:
+        out["reasons"].append(result.report_problem)
     return out
 
 
@@ -98,6 +106,12 @@ def analyze_command(args: argparse.Namespace) -> int:
     if args.history and history is None:
         return 2
     out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"dxr-node: --out {out_dir}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     statuses = []
     for source in args.paths:
         result, written = _analyze_one(source, args, history, out_dir)
@@ -132,10 +146,13 @@ def _analyze_one(source: str, args: argparse.Namespace, history: HistorySource |
     if out_dir is not None:
         from dxr_node.reports import render_overlay, write_objects
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = write_objects(result.objects, out_dir)
-        if result.radiograph is not None and result.radiograph.dataset is None:
-            written.append(_write_overlay_png(result, source, out_dir, render_overlay))
+        try:
+            written = write_objects(result.objects, out_dir)
+            if result.radiograph is not None and result.radiograph.dataset is None:
+                written.append(_write_overlay_png(result, source, out_dir, render_overlay))
+        except OSError as exc:  # disk full, permissions: the numbers still stand
+            problem = f"report objects not written: {exc.strerror or exc}"
+            return replace(result, report_problem=problem), written
     return result, written
 
 
@@ -146,7 +163,11 @@ def _write_overlay_png(result: PipelineResult, source: str, out_dir: Path, rende
     rgb = render(to_display_uint8(result.radiograph.pixels), result.analysis,
                  result.interpretation)
     target = out_dir / f"{Path(source).stem}_dxr_overlay.png"
-    cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode the overlay of {source} as PNG")
+    write_durably(target, out_dir / f".{target.name}.{os.getpid()}.part",
+                  lambda handle: handle.write(png.tobytes()))
     return target
 
 

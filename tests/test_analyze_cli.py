@@ -125,3 +125,24 @@ def test_tiny_or_blank_pngs_are_rejected_not_crashed(tmp_path, shape):
     (record,) = json_lines(proc.stdout)
     assert record["status"] in {"rejected", "error"} and record["reasons"]
     assert "Traceback" not in proc.stderr
+
+
+def test_unusable_out_dir_is_one_clear_line(tmp_path, phantom_set):
+    folder, truth = phantom_set
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    proc = run_cli("analyze", "--out", str(blocker / "sub"), str(folder / next(iter(truth))))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_objects_that_cannot_be_built_keep_the_measurement(tmp_path, phantom_set):
+    folder, truth = phantom_set
+    ds = pydicom.dcmread(folder / next(iter(truth)))
+    del ds.StudyInstanceUID  # the objects could not reference their study
+    source = tmp_path / "nostudy.dcm"
+    ds.save_as(source)
+    (record,) = json_lines(run_cli("analyze", "--json", "--out", str(tmp_path / "out"),
+                                   str(source)).stdout)
+    assert record["status"] in {"ok", "rejected"} and record["objects"] == []
+    assert any(r.startswith("report objects not built") for r in record["reasons"])

@@ -97,6 +97,8 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
     except Exception as exc:  # a pipeline bug: record it, never leave the job stuck
         log.exception("analysis error job=%s sop=%s", job.id, job.sop_instance_uid)
         return _fail(store, job, f"analysis error: {type(exc).__name__}: {exc}")
+    if result.report_problem:  # measured, but nothing can go back to PACS: not a success
+        return _fail(store, job, result.report_problem)
 
     interpretation = result.interpretation.to_dict() if result.interpretation else None
     # The one laterality rule (a header-vs-image conflict is unknown, so no comparison
