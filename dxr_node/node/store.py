@@ -414,7 +414,9 @@ class Store:
                 db.execute(
                     "INSERT INTO objects (job_id, kind, sop_class_uid,"
                     " sop_instance_uid, path, created_at) VALUES (?,?,?,?,?,?)"
-                    " ON CONFLICT (sop_instance_uid) DO UPDATE SET file_deleted_at = NULL",
+                    # A re-run rewrote the file: it is new again for retention.
+                    " ON CONFLICT (sop_instance_uid) DO UPDATE SET file_deleted_at = NULL,"
+                    " created_at = excluded.created_at",
                     (job_id, obj.kind, obj.sop_class_uid, obj.sop_instance_uid, obj.path, now),
                 )
                 object_id = db.execute(

@@ -102,6 +102,19 @@ def test_rerun_with_same_uids_makes_no_second_object(store):
     assert store.counts()["dispatches"]["pending"] == 2
 
 
+def test_rerun_makes_a_rewritten_object_new_again_for_retention(store):
+    store.add_instance(_info("4.2"))
+    job = store.claim_job("w1")
+    store.finish_job(job.id, status="ok", analysis={}, interpretation=None,
+                     objects=_objects("4.2"), destinations=[])
+    first = store._read("SELECT created_at FROM objects ORDER BY id")
+    time.sleep(0.01)
+    store.finish_job(job.id, status="ok", analysis={}, interpretation=None,
+                     objects=_objects("4.2"), destinations=[])
+    again = store._read("SELECT created_at FROM objects ORDER BY id")
+    assert all(b["created_at"] > a["created_at"] for a, b in zip(first, again, strict=True))
+
+
 def test_transient_dispatch_waits_until_due(store):
     store.add_instance(_info("5.1"))
     job = store.claim_job("w")
