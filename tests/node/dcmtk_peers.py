@@ -40,6 +40,19 @@ def wait_listening(port: int, process: subprocess.Popen | None = None,
     raise TimeoutError(f"nothing listening on port {port} after {timeout_s} s")
 
 
+@contextmanager
+def serving(command: Sequence[str], port: int):
+    """Run a peer process until the block ends; yields its port once it listens."""
+    process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def require(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.skip(f"dcmtk tool {tool} not installed")
@@ -56,16 +69,9 @@ def storescp(out_dir: Path, *, port: int | None = None, aet: str = "PACS",
     require("storescp")
     port = port or free_port()
     out_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        ["storescp", "-aet", aet, accept, "-od", str(out_dir), *options, str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_listening(port, process)
+    with serving(["storescp", "-aet", aet, accept, "-od", str(out_dir), *options, str(port)],
+                 port):
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @contextmanager
@@ -84,14 +90,8 @@ def dcmqrscp_allowing(tmp_path: Path, allowed_aet: str, *, aet: str = "PACS"):
         "VendorTable BEGIN\nVendorTable END\n"
         f"AETable BEGIN\n{aet} {storage} RW (10, 100mb) friend\nAETable END\n"
     )
-    process = subprocess.Popen(["dcmqrscp", "-c", str(config), str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port, process)
+    with serving(["dcmqrscp", "-c", str(config), str(port)], port):
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def received_uids(out_dir: Path) -> list[str]:
