@@ -39,6 +39,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from dxr_node.engine.identity import IdentityCheck, check_row
+
 WORK_SIZE = 512  # longest side of the copy used to find the hand
 PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
 # Toddler hands: the carpus is mostly cartilage, the metacarpals short for the palm,
@@ -107,6 +109,22 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         return _failed("no hand found: not a hand radiograph")
     mask, palm_centre, palm_radius, fingers = found
     outline = _outline(mask, scale)
+    work_scale = _WorkScale(scale, exposed, grey_range, mask, palm_centre, palm_radius)
+    if len(fingers) == 4 and _side_by_side(fingers):
+        # Four rays side by side: the thumb is out of the field or lies along the index.
+        # Both ends are tried as the index; the row of metacarpals must say which.
+        tries = [_locate_rays(image, pixel_spacing_mm, work_scale, fingers[::-1], "L", False),
+                 _locate_rays(image, pixel_spacing_mm, work_scale, fingers, "R", False)]
+        passed = [t for t in tries if not t.problems]
+        if len(passed) == 1:
+            return passed[0]
+        if len(passed) == 2:
+            return _failed("bone identity uncertain: four finger rays and either end could be "
+                           "the index", outline)
+        # Neither end gives a row of metacarpals that holds: no bone is reported.
+        why = min(tries, key=lambda t: len(t.problems)).problems[0]
+        return _failed("not a hand radiograph or bone identity uncertain: four finger rays "
+                       f"and no row of metacarpals beside them ({why})", outline)
     if len(fingers) != 5:
         return _failed(f"not a hand radiograph: {len(fingers)} finger rays found, need 5",
                        outline)
@@ -116,23 +134,37 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
     # Thumb last in clockwise order = thumb on the image right with fingers up = left hand.
     laterality = "L" if thumb is fingers[-1] else "R"
+    located = _locate_rays(image, pixel_spacing_mm, work_scale, long_fingers, laterality)
+    located.details["thumb_evidence"] = float(thumb_evidence)
+    return located
+
+
+def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkScale,
+                 long_fingers: list[_Finger], laterality: str, thumb_seen: bool = True
+                 ) -> HandLocation:
+    """MC2-MC4 along the rays of the index, middle, ring (and little) fingers."""
+    scale, mask = work.scale, work.mask
+    palm_centre, palm_radius = work.palm_centre, work.palm_radius
+    outline = _outline(mask, scale)
     up = np.mean([f.direction for f in long_fingers], axis=0)
     rotation_deg = 90.0 - math.degrees(math.atan2(-up[1], up[0]))
     rotation_deg = (rotation_deg + 180.0) % 360.0 - 180.0
 
     zoom = PALM_RADIUS_PX / (palm_radius / scale)
-    frame = _canonical(_normalise(image, *grey_range), palm_centre / scale, rotation_deg, zoom)
+    frame = _canonical(_normalise(image, *work.grey_range), palm_centre / scale, rotation_deg,
+                       zoom)
     smooth = cv2.GaussianBlur(frame.image, (0, 0), 1.0)
     ridge = _ridge_map(frame.image, 0.07 * PALM_RADIUS_PX)
-    inside = cv2.warpAffine(exposed, frame.matrix @ np.diag([1 / scale, 1 / scale, 1.0]),
-                            frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
+    to_frame = frame.matrix @ np.diag([1 / scale, 1 / scale, 1.0])
+    inside = cv2.warpAffine(work.exposed, to_frame, frame.image.shape[::-1],
+                            flags=cv2.INTER_NEAREST)
 
     problems: list[str] = []
     bones: dict[str, LocatedBone] = {}
     canonical_bones: dict[str, _CanonicalBone] = {}
     rays = []
     candidates: dict[str, list[_CanonicalBone]] = {}
-    for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=True):
+    for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=False):
         name = BONE_FOR_FINGER[finger_name]
         rays.append(tuple(_rc(p) for p in (finger.base / scale, finger.tip / scale)))
         if name != "MC5":
@@ -154,11 +186,48 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         del canonical_bones[name], bones[name]
     if toddler:
         problems.insert(0, "bones too small to measure (toddler)")
-    features["thumb_evidence"] = float(thumb_evidence)
+    hand = cv2.warpAffine(mask, to_frame, frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
+    if canonical_bones:
+        identity = _check_identity(ridge, hand, canonical_bones, laterality, thumb_seen)
+        features["identity_shafts"] = identity.shafts
+        features["identity_labelled"] = identity.labelled
+        features["thumb_side_margin"] = identity.thumb_side_margin
+        features["identity_confidence"] = identity.confidence
+        if identity.problem and not toddler:
+            problems.insert(0, identity.problem)
     features["palm_radius_px"] = palm_radius / scale
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
                         rays_rc=tuple(rays), details=features)
+
+
+@dataclass(frozen=True)
+class _WorkScale:
+    """The hand found on the downscaled working copy."""
+
+    scale: float  # input -> work
+    exposed: np.ndarray  # exposed field (work pixels)
+    grey_range: tuple[float, float]
+    mask: np.ndarray
+    palm_centre: np.ndarray  # (x, y) work pixels
+    palm_radius: float  # work pixels
+
+
+def _side_by_side(fingers: list[_Finger]) -> bool:
+    angles = np.degrees([f.rel_angle for f in fingers])
+    return bool(np.diff(angles).max() <= MAX_FINGER_GAP_DEG)
+
+
+def _check_identity(ridge: np.ndarray, hand: np.ndarray, bones: dict[str, _CanonicalBone],
+                    laterality: str, thumb_seen: bool) -> IdentityCheck:
+    axes = [b.distal - b.proximal for b in bones.values()]
+    axis = np.mean([a / max(np.linalg.norm(a), 1e-9) for a in axes], axis=0) if axes else None
+    if axis is None:
+        return IdentityCheck("bone identity uncertain: no metacarpal found", {})
+    # Fingers up, a left hand (PA) has its thumb on the right (+x).
+    return check_row(ridge, hand, {n: b.centre for n, b in bones.items()},
+                     axis / np.linalg.norm(axis), 1.0 if laterality == "L" else -1.0,
+                     PALM_RADIUS_PX, thumb_seen)
 
 
 def _failed(reason: str, outline: tuple[Point, ...] = ()) -> HandLocation:

@@ -1,0 +1,199 @@
+"""Bone identity: are the bones labelled MC2-MC4 really the index, middle and ring
+metacarpals?
+
+The locator finds each metacarpal from its own finger ray; this module checks the labels
+against the whole row of metacarpals, independently of how they were found. Across the
+palm, at the level of the located mid-shafts, the metacarpal shafts are bright parallel
+tubes side by side. Counted from the ulnar border of the hand (the side opposite the
+thumb), the first shaft is MC5, the second MC4, the third MC3 and the fourth MC2: a count
+that holds whatever the thumb does (abducted, along the index, out of the field). So:
+
+- each labelled bone must sit on its own shaft (no two labels on one bone);
+- MC2, MC3 and MC4 must be neighbouring shafts (none left out between them);
+- on the ulnar side of MC4 there must be exactly one more shaft (MC5) before the edge of
+  the hand.
+
+Any failure is a bone-identity problem: the hand is rejected, never measured on a guess.
+The margin by which the count holds gives each bone a confidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Across-palm spacing of neighbouring metacarpal shafts, in palm radii of the canonical
+# frame (adult and adolescent hands: about 0.3-0.5).
+MIN_SHAFT_SEPARATION = 0.17
+MAX_SHAFT_SPACING = 0.75
+# A shaft is a ridge peak at least this share of the labelled bones' median ridge.
+SHAFT_LEVEL = 0.30
+# A labelled bone must lie on a peak within this distance (palm radii).
+MATCH_DISTANCE = 0.12
+# MC5 is thinner than MC2-MC4: its ridge is at least this share of theirs.
+MC5_LEVEL = 0.45
+# Beyond MC2 the hand (thenar, thumb) reaches further than beyond MC5: by at least this
+# many shaft spacings to confirm a thumb side found otherwise, and never by this many
+# less (which would contradict the thumb found).
+MIN_THUMB_SIDE_MARGIN = 0.2
+
+
+@dataclass(frozen=True)
+class IdentityCheck:
+    problem: str | None  # "bone identity uncertain: ..." or None
+    confidence: dict[str, float]  # per labelled bone, 0..1
+    # Diagnostics: cross-section positions (palm radii, + towards the thumb) of the shafts.
+    shafts: tuple[str, ...] = ()
+    labelled: tuple[float, ...] = ()
+    thumb_side_margin: float | None = None
+
+
+def check_row(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray],
+              axis: np.ndarray, radial_sign: float, palm_radius: float,
+              thumb_seen: bool = True) -> IdentityCheck:
+    """Check MC2-MC4 labels against the row of shafts across the palm.
+
+    ``ridge`` and ``hand`` (mask) are canonical-frame images (fingers up); ``centres`` the
+    labelled mid-shaft centres (x, y) there; ``axis`` the mean proximal->distal unit
+    vector; ``radial_sign`` +1 when the thumb lies towards +x, -1 towards -x.
+    ``thumb_seen``: the thumb side came from the thumb itself; the hand's extent beyond
+    the row must then not contradict it. Without it, the extent must confirm the side.
+    """
+    names = [n for n in ("MC2", "MC3", "MC4") if n in centres]
+    if len(names) < 2:
+        return IdentityCheck("bone identity uncertain: fewer than two metacarpals found", {})
+    normal = np.array([axis[1], -axis[0]])  # perpendicular to the axis
+    if normal[0] * radial_sign < 0:
+        normal = -normal  # + towards the thumb
+    origin = np.mean([centres[n] for n in names], axis=0)
+    across = np.arange(-3.0, 3.0 + 1e-9, 0.01)  # palm radii
+    along = np.linspace(-0.25, 0.25, 11)  # palm radii around the mid-shaft level
+    points = (origin + along[:, None, None] * palm_radius * axis
+              + across[None, :, None] * palm_radius * normal)
+    strength = _sample(ridge, points).mean(axis=0)
+    inside = _sample(hand.astype(np.float32), points).mean(axis=0) > 0.5
+    labelled = {n: float(np.dot(centres[n] - origin, normal) / palm_radius) for n in names}
+    # The run of the hand containing the labelled bones (a second hand is another run).
+    middle = int(np.argmin(np.abs(across - np.mean(list(labelled.values())))))
+    low, high = _run_around(inside, middle)
+    if low is None:
+        return IdentityCheck("bone identity uncertain: the bones lie outside the hand", {})
+    bone_level = float(np.median([strength[_index(across, s)] for s in labelled.values()]))
+    if bone_level <= 0:
+        return IdentityCheck("bone identity uncertain: no shaft ridge at the bones", {})
+    peaks = _peaks(strength, low, high, SHAFT_LEVEL * bone_level,
+                   int(MIN_SHAFT_SEPARATION / 0.01))
+    shafts = across[peaks]
+    heights = strength[peaks] / bone_level
+    # Each label on its own shaft.
+    matched: dict[str, int] = {}
+    for name, position in labelled.items():
+        if not len(shafts):
+            break
+        k = int(np.argmin(np.abs(shafts - position)))
+        if abs(shafts[k] - position) <= MATCH_DISTANCE:
+            matched[name] = k
+    result = dict(shafts=tuple(f"{s:.2f}:{h:.2f}" for s, h in zip(shafts, heights, strict=True)),
+                  labelled=tuple(labelled[n] for n in names))
+    missing = [n for n in names if n not in matched]
+    if missing:
+        return IdentityCheck(f"bone identity uncertain: {', '.join(missing)} not on a shaft",
+                             {}, **result)
+    indices = [matched[n] for n in names]
+    if len(set(indices)) < len(indices):
+        return IdentityCheck("bone identity uncertain: two labels on one shaft", {}, **result)
+    # Labels in order from the thumb side (+) to the ulnar side (-), as neighbours.
+    expected = {"MC2": 0, "MC3": 1, "MC4": 2}
+    first = matched[names[0]] + expected[names[0]]  # index of MC2's shaft
+    for name in names:
+        if matched[name] != first - expected[name]:
+            return IdentityCheck("bone identity uncertain: the labelled bones are not "
+                                 "neighbouring shafts in order", {}, **result)
+    mc4_index = first - 2
+    spacing = float(np.mean(np.abs(np.diff([labelled[n] for n in names]))))
+    beyond = [k for k in range(mc4_index)
+              if 0.5 * spacing <= shafts[mc4_index] - shafts[k] <= 1.8 * spacing]
+    fifth = [k for k in beyond if heights[k] >= MC5_LEVEL]
+    if not fifth:
+        return IdentityCheck("bone identity uncertain: no fifth metacarpal on the ulnar side "
+                             "of MC4", {}, **result)
+    if len(fifth) > 1:
+        return IdentityCheck("bone identity uncertain: two shafts where MC5 should be", {},
+                             **result)
+    mc5 = fifth[0]
+    sixth = [k for k in range(mc5) if shafts[mc5] - shafts[k] <= 1.5 * spacing
+             and heights[k] >= max(MC5_LEVEL, 0.6 * heights[mc5])]
+    if sixth:
+        return IdentityCheck("bone identity uncertain: more than one shaft on the ulnar side "
+                             "of MC4 (MC2 may be MC3)", {}, **result)
+    # The thumb side: beyond MC2 the hand goes on (thenar, the thumb), beyond MC5 it ends
+    # within about one shaft spacing. Judged in shaft spacings, from the mask.
+    mc2_index = first
+    radial_extent = (across[high] - shafts[mc2_index]) / spacing
+    ulnar_extent = (shafts[mc5] - across[low]) / spacing
+    result["thumb_side_margin"] = float(radial_extent - ulnar_extent)
+    margin_needed = -MIN_THUMB_SIDE_MARGIN if thumb_seen else MIN_THUMB_SIDE_MARGIN
+    if radial_extent - ulnar_extent < margin_needed:
+        return IdentityCheck("bone identity uncertain: the hand does not extend beyond MC2 "
+                             "more than beyond MC5 (thumb side)", {}, **result)
+    # Confidence: how clearly each shaft stands out from the gaps beside it, and how
+    # weak the shafts beyond MC5 are.
+    valleys = _valley_depths(strength, peaks, bone_level)
+    extra = max([heights[k] for k in range(mc5)], default=0.0)
+    confidence = {}
+    for name in names:
+        clear = float(np.clip(valleys[matched[name]] / 0.5, 0.0, 1.0))
+        confidence[name] = round(float(np.clip(clear * (1.0 - 0.5 * extra), 0.0, 1.0)), 3)
+    return IdentityCheck(None, confidence, **result)
+
+
+def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    map_x = np.ascontiguousarray(points[..., 0], dtype=np.float32)
+    map_y = np.ascontiguousarray(points[..., 1], dtype=np.float32)
+    return cv2.remap(image.astype(np.float32, copy=False), map_x, map_y, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _index(across: np.ndarray, position: float) -> int:
+    return int(np.argmin(np.abs(across - position)))
+
+
+def _run_around(inside: np.ndarray, index: int) -> tuple[int | None, int | None]:
+    if not inside[index]:
+        return None, None
+    low = index
+    while low > 0 and inside[low - 1]:
+        low -= 1
+    high = index
+    while high < len(inside) - 1 and inside[high + 1]:
+        high += 1
+    return low, high
+
+
+def _peaks(values: np.ndarray, low: int, high: int, floor: float, separation: int
+           ) -> np.ndarray:
+    local = np.zeros(len(values), bool)
+    local[1:-1] = (values[1:-1] >= values[:-2]) & (values[1:-1] >= values[2:])
+    local[:low + 1] = False
+    local[high:] = False
+    chosen: list[int] = []
+    for index in np.argsort(-values):
+        if values[index] < floor:
+            break
+        if local[index] and all(abs(index - c) >= separation for c in chosen):
+            chosen.append(int(index))
+    return np.array(sorted(chosen), dtype=int)
+
+
+def _valley_depths(values: np.ndarray, peaks: np.ndarray, level: float) -> np.ndarray:
+    """For each peak, how far the lower of the two valleys beside it falls below it,
+    relative to the labelled bones' level (1: down to nothing)."""
+    depths = np.zeros(len(peaks))
+    for i, k in enumerate(peaks):
+        left = values[peaks[i - 1]: k + 1].min() if i > 0 else values[max(0, k - 40): k + 1].min()
+        right = (values[k: peaks[i + 1] + 1].min() if i + 1 < len(peaks)
+                 else values[k: k + 41].min())
+        depths[i] = (values[k] - max(left, right)) / level
+    return depths
