@@ -246,13 +246,15 @@ def run_image(path: Path, transform: str | None = None, spacing_mm: float | None
 def landmark_check(record: dict, marks: dict) -> dict[str, Any]:
     """Which reported bones lie on their annotated bone (see LANDMARK_SPACING_SHARE).
 
-    ``wrong`` lists bones of an ``ok`` result that do not: a wrong bone reported ok.
+    ``wrong`` lists bones of an ``ok`` result that do not: a wrong bone reported ok;
+    ``wrong_partial`` those of a rejected result that still lists bones (its overlay
+    shows them labelled).
     """
     points = {name: np.asarray(marks[name], float) for name in BONE_NAMES if name in marks}
     ordered = [points[n] for n in BONE_NAMES if n in points]
     gaps = [float(np.linalg.norm(b - a)) for a, b in zip(ordered, ordered[1:], strict=False)]
     spacing = float(np.mean(gaps)) if gaps else float("inf")
-    on_bone, wrong = {}, []
+    on_bone, wrong, wrong_partial = {}, [], []
     for name, bone in record["bones"].items():
         centre = np.asarray(bone["center_rc"], float)
         distances = {n: float(np.linalg.norm(centre - p)) for n, p in points.items()}
@@ -260,10 +262,10 @@ def landmark_check(record: dict, marks: dict) -> dict[str, Any]:
                  and distances[name] <= LANDMARK_SPACING_SHARE * spacing
                  and min(distances, key=distances.get) == name)
         on_bone[name] = right
-        if not right and record["status"] == STATUS_OK:
-            wrong.append(name)
+        if not right:
+            (wrong if record["status"] == STATUS_OK else wrong_partial).append(name)
     expected = marks.get("laterality")
-    return {"on_bone": on_bone, "wrong": wrong,
+    return {"on_bone": on_bone, "wrong": wrong, "wrong_partial": wrong_partial,
             "laterality_expected": expected,
             "laterality_ok": expected is None or record["laterality"] in (None, expected)}
 

@@ -368,7 +368,7 @@ def render_case(name: str, hand: WideHand, setup: WideSetup) -> WideCase:
     if setup.ruler:
         _add_ruler(attenuation, acquisition, k)
     if setup.second_hand:
-        _add_second_hand(attenuation, hand, acquisition, placement)
+        _add_second_hand(attenuation, hand, anatomy, acquisition, placement)
     pixels = _detect(attenuation, acquisition, placement)
     del attenuation
     if setup.grid_lines:
@@ -526,8 +526,8 @@ def _add_ruler(attenuation: np.ndarray, acquisition: Acquisition, k: int) -> Non
         attenuation[row:row + max(1, round(0.25 / step)), left:left + length] += 1.5
 
 
-def _add_second_hand(attenuation: np.ndarray, hand: WideHand, acquisition: Acquisition,
-                     placement: Placement) -> None:
+def _add_second_hand(attenuation: np.ndarray, hand: WideHand, anatomy: HandAnatomy,
+                     acquisition: Acquisition, placement: Placement) -> None:
     """The other hand of the same patient beside this one, about half inside the field."""
     other = build_anatomy(replace(hand, seed=hand.seed + 99991, thumb_mode="abducted",
                                   thumb_angle_deg=130.0, crossing=0))
@@ -536,10 +536,10 @@ def _add_second_hand(attenuation: np.ndarray, hand: WideHand, acquisition: Acqui
     second = Placement(other, acq2)
     # Shift it to the ULNAR side of this hand (where its little finger lies), so its thumb
     # side enters the field.
-    mc2 = placement.rc(build_anatomy(hand).bone("MC2").proximal_xy)
-    mc5 = placement.rc(build_anatomy(hand).bone("MC5").proximal_xy)
+    mc2 = placement.rc(anatomy.bone("MC2").proximal_xy)
+    mc5 = placement.rc(anatomy.bone("MC5").proximal_xy)
     ulnar = (mc5 - mc2) / max(np.linalg.norm(mc5 - mc2), 1e-6)
-    second.offset = placement.offset + ulnar * 95.0 / acquisition.pixel_spacing_mm
+    second.offset = placement.offset + ulnar * 125.0 / acquisition.pixel_spacing_mm
     attenuation += line_integrals(other, acq2, second)
 
 

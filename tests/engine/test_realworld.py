@@ -28,10 +28,29 @@ MEASURED_SHARE_GOAL = 0.9  # issue 9: >= 90 % of the real corpus measured
 
 # Baseline of the engine at commit 525be00 (scripts/bench_realworld, see
 # /work/notes/issue-9-eval.md); xfail(strict=False) until the new locator lands.
-BASELINE_SHORT_SOURCES: dict[str, str] = {}
-BASELINE_WRONG_BONES: dict[str, str] = {}
-BASELINE_NOT_MEASURED_ANNOTATED: dict[str, str] = {}
-BASELINE_ADULTS_PAEDIATRIC = ""
+BASELINE_SHORT_SOURCES = {
+    "dha": "baseline 20/23 measured", "dhapayer": "baseline 3/4 measured (one 'toddler')",
+    "ra2": "baseline 1/2 measured (LH 'bones too small (toddler)')",
+    "scaph": "baseline 11/36 measured (12 x '4 finger rays found, need 5')",
+}
+BASELINE_WRONG_BONES = {
+    "scaph_04574217_L_76F.jpg": "baseline: MC2 band ~75 px distal of the annotated mid-shaft "
+                                "(its axis runs into the proximal phalanx)",
+}
+_NOT_MEASURED = "baseline: rejected ({})"
+BASELINE_NOT_MEASURED_ANNOTATED = {
+    "ra2_UAB001-LH.jpg": _NOT_MEASURED.format("bones too small to measure (toddler)"),
+    "scaph_00952402_R_70F.jpg": _NOT_MEASURED.format("4 finger rays found, need 5"),
+    "scaph_02765799_L_85M.jpg": _NOT_MEASURED.format("MC3 edge at the search window border; "
+                                                     "its partial MC2/MC4 sit on MC3/MC5"),
+    "scaph_06117033_R_61F.jpg": _NOT_MEASURED.format("4 finger rays found, need 5"),
+    "scaph_17494507_L_25M.jpg": _NOT_MEASURED.format("MC4 out of line; partial MC2 on MC3"),
+    "scaph_19487986_R_78F.jpg": _NOT_MEASURED.format("MC4 out of line"),
+    "scaph_20071298_L_19M.jpg": _NOT_MEASURED.format("bones too small to measure (toddler)"),
+    "scaph_20085361_R_16F.jpg": _NOT_MEASURED.format("4 finger rays found, need 5"),
+    "scaph_04574217_L_76F.jpg": "baseline: ok, but the MC2 band is off the mid-shaft",
+}
+BASELINE_ADULTS_PAEDIATRIC = "baseline: 17 of 38 adults called paediatric"
 
 
 def _landmarks() -> dict:
