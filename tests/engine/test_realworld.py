@@ -1,0 +1,180 @@
+"""The engine on every real radiograph in ../shared/realdata and ../shared/realdata-2, judged
+by the measuring instruments of dxr_node.evaluation (issue 9): per-source measured and
+rejected counts, no adult called a child, ZERO wrong bones reported ok on the annotated
+images (tests/data/realdata*_landmarks.json), and (slow) the same result on rotated,
+mirrored, rescaled and cropped copies.
+
+The goals are the issue's; where the current engine does not reach one yet, the test is
+marked xfail(strict=False) with the measured baseline as its reason, to be tightened once
+the new locator lands. Skips cleanly when ../shared is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from dxr_node.evaluation import realworld as rw
+
+REPO = Path(__file__).resolve().parents[2]
+FOLDERS = (REPO.parent / "shared" / "realdata", REPO.parent / "shared" / "realdata-2")
+LANDMARK_FILES = (REPO / "tests" / "data" / "realdata_landmarks.json",
+                  REPO / "tests" / "data" / "realdata2_landmarks.json")
+MEASURED_SHARE_GOAL = 0.9  # issue 9: >= 90 % of the real corpus measured
+
+# Baseline of the engine at commit 525be00 (scripts/bench_realworld, see
+# /work/notes/issue-9-eval.md); xfail(strict=False) until the new locator lands.
+BASELINE_SHORT_SOURCES = {
+    "dha": "baseline 20/23 measured", "dhapayer": "baseline 3/4 measured (one 'toddler')",
+    "ra2": "baseline 1/2 measured (LH 'bones too small (toddler)')",
+    "scaph": "baseline 11/36 measured (12 x '4 finger rays found, need 5')",
+}
+BASELINE_WRONG_BONES = {
+    "scaph_04574217_L_76F.jpg": "baseline: MC2 band ~75 px distal of the annotated mid-shaft "
+                                "(its axis runs into the proximal phalanx)",
+}
+_NOT_MEASURED = "baseline: rejected ({})"
+BASELINE_NOT_MEASURED_ANNOTATED = {
+    "ra2_UAB001-LH.jpg": _NOT_MEASURED.format("bones too small to measure (toddler)"),
+    "scaph_00952402_R_70F.jpg": _NOT_MEASURED.format("4 finger rays found, need 5"),
+    "scaph_02765799_L_85M.jpg": _NOT_MEASURED.format("MC3 edge at the search window border; "
+                                                     "its partial MC2/MC4 sit on MC3/MC5"),
+    "scaph_06117033_R_61F.jpg": _NOT_MEASURED.format("4 finger rays found, need 5"),
+    "scaph_17494507_L_25M.jpg": _NOT_MEASURED.format("MC4 out of line; partial MC2 on MC3"),
+    "scaph_19487986_R_78F.jpg": _NOT_MEASURED.format("MC4 out of line"),
+    "scaph_20071298_L_19M.jpg": _NOT_MEASURED.format("bones too small to measure (toddler)"),
+    "scaph_20085361_R_16F.jpg": _NOT_MEASURED.format("4 finger rays found, need 5"),
+    "scaph_04574217_L_76F.jpg": "baseline: ok, but the MC2 band is off the mid-shaft",
+}
+BASELINE_ADULTS_PAEDIATRIC = "baseline: 17 of 38 adults called paediatric"
+
+
+def _landmarks() -> dict:
+    marks = {}
+    for path in LANDMARK_FILES:
+        marks.update({k: v for k, v in json.loads(path.read_text()).items()
+                      if not k.startswith("_")})
+    return marks
+
+
+LANDMARKS = _landmarks()
+FILES = rw.list_images(FOLDERS)
+
+
+def _job(path: str) -> dict:
+    return rw.run_image(Path(path), landmarks=LANDMARKS.get(Path(path).name))
+
+
+@pytest.fixture(scope="module")
+def records() -> dict[str, dict]:
+    """Every real image analysed once (two processes), keyed by file name."""
+    if not FILES:
+        pytest.skip(f"real radiographs not available ({', '.join(map(str, FOLDERS))} absent)")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_job, [str(p) for p in FILES], chunksize=1)
+    return {r["file"]: r for r in results}
+
+
+def _by_source(records: dict[str, dict]) -> dict[str, list[dict]]:
+    groups = defaultdict(list)
+    for record in records.values():
+        groups[record["source"]].append(record)
+    return groups
+
+
+def _xfail_if(condition: bool, reason: str) -> list:
+    return [pytest.mark.xfail(condition, reason=reason, strict=False)]
+
+
+SOURCES = sorted({rw.source_prefix(p.name) for p in FILES} - {"radinf"})
+
+
+@pytest.mark.parametrize("source", [
+    pytest.param(s, marks=_xfail_if(s in BASELINE_SHORT_SOURCES,
+                                    BASELINE_SHORT_SOURCES.get(s, ""))) for s in SOURCES])
+def test_most_of_each_source_is_measured(records, source):
+    rows = _by_source(records)[source]
+    measured = [r for r in rows if r["status"] == "ok"]
+    rejected = {r["file"]: r["cause"] for r in rows if r["status"] != "ok"}
+    assert len(measured) >= MEASURED_SHARE_GOAL * len(rows), (
+        f"{source}: {len(measured)}/{len(rows)} measured; rejected: {rejected}")
+
+
+def test_toddlers_are_all_rejected_with_a_reason(records):
+    rows = _by_source(records).get("radinf", [])
+    if not rows:
+        pytest.skip("no radinf_ images")
+    assert all(r["status"] == "rejected" and r["reasons"] for r in rows), [
+        (r["file"], r["status"]) for r in rows]
+
+
+@pytest.mark.xfail(bool(BASELINE_ADULTS_PAEDIATRIC), reason=BASELINE_ADULTS_PAEDIATRIC,
+                   strict=False)
+def test_no_adult_is_called_a_child(records):
+    adults = [r for r in records.values() if rw.is_adult(r["file"])]
+    called = [r["file"] for r in adults if r["paediatric"]]
+    assert not called, f"{len(called)}/{len(adults)} adults called paediatric: {called}"
+
+
+ANNOTATED = sorted(name for name in LANDMARKS if any((f / name).is_file() for f in FOLDERS))
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=_xfail_if(n in BASELINE_WRONG_BONES, BASELINE_WRONG_BONES.get(n, "")))
+    for n in ANNOTATED])
+def test_no_wrong_bone_is_reported_ok(records, name):
+    """A bone of an ok result must lie on its annotated bone (centre within half the
+    inter-metacarpal spacing and nearest to it): a wrong bone reported ok reaches the
+    radiologist as a diagnosis."""
+    record = records[name]
+    check = record["landmarks"]
+    assert not check["wrong"], (f"{name}: {check['wrong']} reported ok on the wrong bone; "
+                                f"centres {record['bones']}")
+    if record["status"] == "ok":
+        assert check["laterality_ok"], (name, record["laterality"],
+                                        check["laterality_expected"])
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=_xfail_if(n in BASELINE_NOT_MEASURED_ANNOTATED,
+                                    BASELINE_NOT_MEASURED_ANNOTATED.get(n, "")))
+    for n in ANNOTATED])
+def test_annotated_image_is_measured(records, name):
+    """Every annotated image shows MC2-4 clearly enough to be measured (issue 9 goal:
+    all annotated real hands measured on the annotated bones)."""
+    record = records[name]
+    assert record["status"] == "ok", (name, record["reasons"])
+    assert all(record["landmarks"]["on_bone"].values()), record["landmarks"]
+
+
+def _metamorphic_job(args: tuple[str, str | None]) -> dict:
+    path, transform = args
+    return rw.run_image(Path(path), transform)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.xfail(strict=False, reason="baseline: see /work/notes/issue-9-eval.md "
+                                        "(metamorphic agreement)")
+def test_transformed_copies_give_the_same_result():
+    """Rotated (90/180/270/12 degrees), mirrored, mirrored+rotated, 0.8x rescaled and 6 %
+    cropped copies of every real image: same status, same bones at the same place (within
+    a quarter of the bone's width), hand MCI within 0.01. About 730 analyses."""
+    if not FILES:
+        pytest.skip("real radiographs not available")
+    jobs = [(str(p), t) for p in FILES for t in (None, *rw.TRANSFORMS)]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_metamorphic_job, jobs, chunksize=1)
+    originals = {r["file"]: r for r in results if r["transform"] == "original"}
+    disagreements = []
+    for record in results:
+        if record["transform"] != "original":
+            same, why = rw.agreement(originals[record["file"]], record)
+            if not same:
+                disagreements.append(f"{record['file']} {record['transform']}: {why}")
+    assert not disagreements, (f"{len(disagreements)}/{len(results) - len(originals)} copies "
+                               f"disagree:\n" + "\n".join(disagreements))
