@@ -32,8 +32,9 @@ MAX_SHAFT_SPACING = 0.75
 SHAFT_LEVEL = 0.30
 # A labelled bone must lie on a peak within this distance (palm radii).
 MATCH_DISTANCE = 0.12
-# MC5 is thinner than MC2-MC4: its ridge is at least this share of theirs.
-MC5_LEVEL = 0.45
+# MC5 is thinner than MC4: its ridge is at least this share of MC4's.
+MC5_LEVEL = 0.5
+SIXTH_LEVEL = 0.45  # a shaft beyond MC5 this strong (share of MC2-MC4) is a metacarpal
 # Beyond MC2 the hand (thenar, thumb) reaches further than beyond MC5: by at least this
 # many shaft spacings to confirm a thumb side found otherwise, and never by this many
 # less (which would contradict the thumb found).
@@ -115,16 +116,17 @@ def check_row(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray
     spacing = float(np.mean(np.abs(np.diff([labelled[n] for n in names]))))
     beyond = [k for k in range(mc4_index)
               if 0.5 * spacing <= shafts[mc4_index] - shafts[k] <= 1.8 * spacing]
-    fifth = [k for k in beyond if heights[k] >= MC5_LEVEL]
-    if not fifth:
+    fifth = sorted(beyond, key=lambda k: -heights[k])
+    if not fifth or heights[fifth[0]] < MC5_LEVEL * heights[mc4_index]:
         return IdentityCheck("bone identity uncertain: no fifth metacarpal on the ulnar side "
                              "of MC4", {}, **result)
-    if len(fifth) > 1:
+    if len(fifth) > 1 and heights[fifth[1]] >= 0.75 * heights[fifth[0]]:
         return IdentityCheck("bone identity uncertain: two shafts where MC5 should be", {},
                              **result)
     mc5 = fifth[0]
-    sixth = [k for k in range(mc5) if shafts[mc5] - shafts[k] <= 1.5 * spacing
-             and heights[k] >= max(MC5_LEVEL, 0.6 * heights[mc5])]
+    # A further shaft beyond MC5, as strong as a metacarpal, spaced like one.
+    sixth = [k for k in range(mc5) if 0.6 * spacing <= shafts[mc5] - shafts[k] <= 1.5 * spacing
+             and heights[k] >= max(SIXTH_LEVEL, 0.6 * heights[mc5])]
     if sixth:
         return IdentityCheck("bone identity uncertain: more than one shaft on the ulnar side "
                              "of MC4 (MC2 may be MC3)", {}, **result)
