@@ -199,3 +199,80 @@ def _valley_depths(values: np.ndarray, peaks: np.ndarray, level: float) -> np.nd
                  else values[k: k + 41].min())
         depths[i] = (values[k] - max(left, right)) / level
     return depths
+
+
+@dataclass(frozen=True)
+class Row:
+    """Four neighbouring metacarpal shafts across the palm (canonical frame, fingers up)."""
+
+    level_y: float  # mid-shaft level
+    xs: tuple[float, float, float, float]  # shaft positions, from the thumb side: MC2..MC5
+    thumb_side_margin: float  # how much further the hand reaches beyond MC2 than MC5
+
+
+def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
+             palm_radius: float) -> Row | None:
+    """The row of MC2-MC5 between two levels, with its thumb side, or None.
+
+    At each level the ridge peaks inside the hand are the bones crossing it; four
+    neighbouring peaks, evenly spaced like metacarpals, alike in strength and standing
+    where the hand ends within about one spacing on one side (MC5) and goes on on the
+    other (thenar, thumb), make a row. The level where the row stands out best wins.
+    """
+    best: tuple[float, Row] | None = None
+    rows, cols = ridge.shape
+    for y in np.arange(max(top_y, 0.0), min(bottom_y, rows - 1.0), 0.05 * palm_radius):
+        band = ridge[int(y - 0.1 * palm_radius): int(y + 0.1 * palm_radius) + 1]
+        if band.size == 0:
+            continue
+        strength = band.mean(axis=0)
+        inside = hand[int(y)] > 0
+        runs = _runs(inside)
+        for low, high in runs:
+            if high - low < 1.0 * palm_radius:
+                continue
+            level = float(np.percentile(strength[low:high + 1], 95))
+            if level <= 0:
+                continue
+            peaks = _peaks(strength, low, high, 0.25 * level,
+                           int(MIN_SHAFT_SEPARATION * palm_radius))
+            for i in range(len(peaks) - 3):
+                four = peaks[i:i + 4]
+                gaps = np.diff(four) / palm_radius
+                if gaps.min() < 0.22 or gaps.max() > 0.6 or gaps.max() > 1.6 * gaps.min():
+                    continue
+                heights = strength[four] / level
+                if heights.min() < 0.3:
+                    continue
+                spacing = float(gaps.mean() * palm_radius)
+                left_extent = (four[0] - low) / spacing
+                right_extent = (high - four[3]) / spacing
+                # Thumb side: where the hand goes on beyond the row.
+                margin = abs(right_extent - left_extent)
+                if right_extent >= left_extent:
+                    xs = tuple(float(x) for x in four[::-1])
+                    outer_ulnar = left_extent
+                else:
+                    xs = tuple(float(x) for x in four)
+                    outer_ulnar = right_extent
+                if outer_ulnar > 1.6:
+                    continue  # the hand goes on beyond MC5 too: not the whole row
+                # Neighbours beyond the row as strong as its shafts: a longer row (fingers).
+                outside = [k for k in peaks if k < four[0] - 0.5 * spacing
+                           or k > four[3] + 0.5 * spacing]
+                extra = max([strength[k] / level for k in outside
+                             if abs(k - (four[0] if k < four[0] else four[3])) < 1.6 * spacing],
+                            default=0.0)
+                valleys = [strength[a:b + 1].min() / level for a, b in zip(four[:-1], four[1:],
+                                                                             strict=True)]
+                score = (float(heights.min()) - max(valleys) - 0.5 * extra
+                         - 0.5 * (gaps.max() / gaps.min() - 1.0) + 0.2 * min(margin, 1.0))
+                row = Row(float(y), xs, float(margin))  # type: ignore[arg-type]
+                if best is None or score > best[0]:
+                    best = (score, row)
+    return best[1] if best is not None and best[0] > 0 else None
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from dxr_node.engine.identity import IdentityCheck, check_row
+from dxr_node.engine.identity import IdentityCheck, check_row, find_row
 
 WORK_SIZE = 512  # longest side of the copy used to find the hand
 PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
@@ -52,7 +52,9 @@ CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
 MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
 OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
 WIDER_PALM = 1.25  # palm radius of a hand mask around a mask of the bones
-MIN_PALM_FRACTION = 0.09  # palm radius per short side of the image (hands seen: >= 0.12)
+MIN_PALM_FRACTION = 0.09
+# MC2 / MC4 length: about 1.17 in adults; below this the thumb side is in doubt.
+MIN_MC2_TO_MC4_LENGTH = 0.95  # palm radius per short side of the image (hands seen: >= 0.12)
 
 FINGER_NAMES = ("index", "middle", "ring", "little")
 BONE_FOR_FINGER = {"index": "MC2", "middle": "MC3", "ring": "MC4", "little": "MC5"}
@@ -121,22 +123,78 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         if len(passed) == 2:
             return _failed("bone identity uncertain: four finger rays and either end could be "
                            "the index", outline)
-        # Neither end gives a row of metacarpals that holds: no bone is reported.
         why = min(tries, key=lambda t: len(t.problems)).problems[0]
-        return _failed("not a hand radiograph or bone identity uncertain: four finger rays "
-                       f"and no row of metacarpals beside them ({why})", outline)
-    if len(fingers) != 5:
-        return _failed(f"not a hand radiograph: {len(fingers)} finger rays found, need 5",
-                       outline)
-    if not _hand_like(fingers):
-        return _failed("not a hand radiograph: the rays are not arranged like fingers",
-                       outline)
-    thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
-    # Thumb last in clockwise order = thumb on the image right with fingers up = left hand.
-    laterality = "L" if thumb is fingers[-1] else "R"
-    located = _locate_rays(image, pixel_spacing_mm, work_scale, long_fingers, laterality)
-    located.details["thumb_evidence"] = float(thumb_evidence)
+        failed = _failed("not a hand radiograph or bone identity uncertain: four finger rays "
+                         f"and no row of metacarpals beside them ({why})", outline)
+    elif len(fingers) != 5:
+        failed = _failed(f"not a hand radiograph: {len(fingers)} finger rays found, need 5",
+                         outline)
+    elif not _hand_like(fingers):
+        failed = _failed("not a hand radiograph: the rays are not arranged like fingers",
+                         outline)
+    else:
+        thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
+        # Thumb last in clockwise order = thumb on the image right with fingers up = left.
+        laterality = "L" if thumb is fingers[-1] else "R"
+        failed = _locate_rays(image, pixel_spacing_mm, work_scale, long_fingers, laterality)
+        failed.details["thumb_evidence"] = float(thumb_evidence)
+        if not failed.problems or "bones too small to measure (toddler)" in failed.problems:
+            return failed
+    # The rays did not give metacarpals that hold: look for the row of metacarpal shafts
+    # itself across the palm, in the direction most rays point.
+    from_row = _locate_from_row(image, pixel_spacing_mm, work_scale, fingers)
+    if from_row is not None and not from_row.problems:
+        return from_row
+    return failed
+
+
+def _locate_from_row(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkScale,
+                     fingers: list[_Finger]) -> HandLocation | None:
+    """MC2-MC4 from the row of metacarpal shafts (MC2-MC5) across the palm, fingers up
+    along the rays' common direction; the thumb side from where the hand goes on beyond
+    the row. None without a direction or a row."""
+    up = _common_direction(fingers)
+    if up is None:
+        return None
+    rotation_deg = 90.0 - math.degrees(math.atan2(-up[1], up[0]))
+    zoom = PALM_RADIUS_PX / (work.palm_radius / work.scale)
+    frame = _canonical(_normalise(image, *work.grey_range), work.palm_centre / work.scale,
+                       rotation_deg, zoom)
+    ridge = _ridge_map(frame.image, 0.07 * PALM_RADIUS_PX)
+    to_frame = frame.matrix @ np.diag([1 / work.scale, 1 / work.scale, 1.0])
+    hand = cv2.warpAffine(work.mask, to_frame, frame.image.shape[::-1],
+                          flags=cv2.INTER_NEAREST)
+    bases = frame.from_input(np.array([f.base for f in fingers]) / work.scale)
+    top = float(np.median(bases[:, 1]))  # where the fingers leave the palm
+    row = find_row(ridge, hand, top, top + 2.2 * PALM_RADIUS_PX, PALM_RADIUS_PX)
+    if row is None:
+        return None
+    laterality = "L" if row.xs[0] > row.xs[3] else "R"  # thumb towards +x: left hand
+    virtual = []
+    for x in row.xs:
+        tip_base = np.array([[x, row.level_y - 1.7 * PALM_RADIUS_PX],
+                             [x, row.level_y - 0.8 * PALM_RADIUS_PX]])
+        tip, base = frame.to_input(tip_base) * work.scale
+        length = float(np.linalg.norm(tip - base))
+        virtual.append(_Finger(tip, base, (tip - base) / length, length, 0.0))
+    located = _locate_rays(image, pixel_spacing_mm, work, virtual, laterality, False)
+    located.details["located_by_row"] = 1.0
     return located
+
+
+def _common_direction(fingers: list[_Finger]) -> np.ndarray | None:
+    """Mean direction of the rays within 30 degrees of their median direction (two at
+    least): the thumb and stray protrusions are left out."""
+    if len(fingers) < 2:
+        return None
+    angles = np.array([math.atan2(f.direction[1], f.direction[0]) for f in fingers])
+    median = math.atan2(np.median(np.sin(angles)), np.median(np.cos(angles)))
+    close = [f.direction for f, a in zip(fingers, angles, strict=True)
+             if abs((a - median + math.pi) % (2 * math.pi) - math.pi) <= math.radians(30)]
+    if len(close) < 2:
+        return None
+    up = np.mean(close, axis=0)
+    return up / np.linalg.norm(up)
 
 
 def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkScale,
@@ -195,10 +253,21 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         features["identity_confidence"] = identity.confidence
         if identity.problem and not toddler:
             problems.insert(0, identity.problem)
+        elif not toddler and _mc2_shorter_than_mc4(bones):
+            # MC2 is the longest metacarpal, MC4 about 15 % shorter: labels read from the
+            # wrong side of the hand would make "MC2" (then MC5) the shorter one.
+            problems.insert(0, "bone identity uncertain: MC2 is not longer than MC4 "
+                               "(thumb side in doubt)")
     features["palm_radius_px"] = palm_radius / scale
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
                         rays_rc=tuple(rays), details=features)
+
+
+def _mc2_shorter_than_mc4(bones: dict[str, LocatedBone]) -> bool:
+    if "MC2" not in bones or "MC4" not in bones:
+        return False
+    return bones["MC2"].length_px < MIN_MC2_TO_MC4_LENGTH * bones["MC4"].length_px
 
 
 @dataclass(frozen=True)
