@@ -227,9 +227,9 @@ def with_bones(analysis: Analysis, bones: dict[str, BoneMeasurement],
     hand = _hand_indices(ordered, analysis.pixel_spacing_mm) if complete else {}
     cleared = dict.fromkeys(("cortical_thickness_mm", "width_mm", "mci", "vpa_mm",
                              "dxr_bmd_g_cm2", "bhi"))
-    return replace(analysis, **cleared, porosity=0.0, porosity_measured=False,
+    return replace(analysis, **{**cleared, **hand}, porosity=0.0, porosity_measured=False,
                    bones=ordered, reasons=tuple(reasons),
-                   status=STATUS_OK if complete else STATUS_REJECTED, **hand)
+                   status=STATUS_OK if complete else STATUS_REJECTED)
 
 
 def _about(reason: str, names: set[str]) -> bool:

@@ -19,6 +19,7 @@ console shows that queue depends on ``review.mode`` (config), not on this module
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -26,6 +27,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dxr_node.node.store import ProducedObject, Store
@@ -399,6 +401,20 @@ class ReviewStore:
                 "SELECT action, COUNT(*) FROM review_actions GROUP BY action"):
             counts[action] = count
         return counts
+
+
+def database_has_users(path: Path) -> bool:
+    """Whether an existing node database has enabled accounts (False when it does not
+    exist yet or predates them); opened read-only, so nothing is created."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True, timeout=10)) as db:
+            return bool(db.execute("SELECT 1 FROM users WHERE disabled_at IS NULL LIMIT 1")
+                        .fetchone())
+    except sqlite3.Error:
+        return False
 
 
 _DUMMY: list[str] = []

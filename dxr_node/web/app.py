@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from dxr_node import __version__
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
-from dxr_node.node.review_store import ReviewStore
+from dxr_node.node.review_store import ReviewStore, database_has_users
 from dxr_node.node.store import Store
 from dxr_node.web import api, pages, review_api, review_pages
 from dxr_node.web.auth import (
@@ -139,14 +139,11 @@ class ConsoleServer:
     def __init__(self, config: NodeConfig, scp_listening: ScpListening) -> None:
         import uvicorn
 
+        # Checked before anything is created: a refused console leaves no database.
+        check_console_access(config.web, accounts=database_has_users(config.database_path))
         self.config = config
-        self._store = Store(config.database_path)
-        try:
-            check_console_access(config.web, accounts=ReviewStore(self._store).has_users())
-        except ConsoleConfigError:
-            self._store.close()
-            raise
         self._socket = self._bind(config.web.host, config.web.port)
+        self._store = Store(config.database_path)
         self.address: tuple[str, int] = self._socket.getsockname()[:2]
         app = create_app(config, self._store, scp_listening)
         # No access log: request lines can carry patient IDs (exam filters).
