@@ -244,14 +244,16 @@ def reject(config: NodeConfig, store: Store, job_id: int, user: User, reason: st
 
 
 def _signoff(config: NodeConfig, work: Working, user: User):
+    from dxr_node.reports.identity import DerivedIdentity
     from dxr_node.reports.review import ReplacedObject, SignOff
 
     replaces = []
     for obj in work.exam["objects"]:
-        series = _series_uid(obj["path"])
-        if series:
-            replaces.append(ReplacedObject(obj["kind"], obj["sop_class_uid"],
-                                           obj["sop_instance_uid"], series))
+        # Series UIDs are deterministic: the file (gone after retention) is not needed.
+        series = _series_uid(obj["path"]) or DerivedIdentity.for_kind(
+            obj["kind"], work.radiograph.dataset, work.analysis).series_uid
+        replaces.append(ReplacedObject(obj["kind"], obj["sop_class_uid"],
+                                       obj["sop_instance_uid"], series))
     return SignOff(reader_name=user.display_name, organisation=config.review.organisation,
                    at=datetime.datetime.now(datetime.UTC).replace(microsecond=0),
                    revision=uuid.uuid4().hex, replaces=tuple(replaces))
@@ -262,7 +264,7 @@ def _series_uid(path: str) -> str | None:
         return str(pydicom.dcmread(path, stop_before_pixels=True,
                                    specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
     except (OSError, AttributeError, pydicom.errors.InvalidDicomError):
-        return None  # retention deleted it: it cannot be named as a predecessor
+        return None  # retention deleted it
 
 
 def _issue(config: NodeConfig, store: Store, work: Working, user: User, action: str,

@@ -174,3 +174,37 @@ def test_local_console_without_accounts_still_works(node_config, store, filled):
     assert client.get("/exams").status_code == 200
     denied = client.post(f"/api/exams/{filled.job_ids[-1]}/approve")
     assert denied.status_code == 403 and "reviewer account" in denied.json()["detail"]
+
+
+def test_hold_until_verified_queues_nothing_until_approval(node_config, store, filled):
+    from dxr_node.node.store import InstanceInfo
+    from dxr_node.node.worker import run_job
+
+    config = node_config.model_copy(update={
+        "review": node_config.review.model_copy(update={"mode": "hold-until-verified"}),
+        "send_objects": ["SR", "SC", "GSPS", "PDF"]})
+    # The newest exam's image received again as a new instance.
+    source = pydicom.dcmread(store._read(
+        "SELECT i.path FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.id = ?",
+        (filled.job_ids[-1],))[0][0])
+    source.SOPInstanceUID = pydicom.uid.generate_uid()
+    source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
+    path = config.spool_path / f"{source.SOPInstanceUID}.dcm"
+    source.save_as(path, enforce_file_format=True)
+    added = store.add_instance(InstanceInfo(
+        str(source.SOPInstanceUID), str(source.SOPClassUID),
+        str(source.file_meta.TransferSyntaxUID), str(path), path.stat().st_size,
+        study_instance_uid=str(source.StudyInstanceUID), patient_id=str(source.PatientID),
+        study_date=str(source.StudyDate), modality=str(source.Modality)))
+    assert run_job(config, store, store.claim_job("test-worker")) == "done"
+    exam = store.exam(added.job_id)
+    assert len(exam["objects"]) == 4 and exam["dispatches"] == []  # held
+
+    ReviewStore(store).add_user("ann", "Reader^Ann", "reviewer", PASSWORD)
+    client = console_client(config, store)
+    assert client.post(f"/api/exams/{added.job_id}/approve",
+                       headers=_basic("ann")).status_code == 200
+    dispatches = store.exam(added.job_id)["dispatches"]
+    assert sorted(d["kind"] for d in dispatches) == ["GSPS", "PDF", "SC", "SR"]
+    finals = {o["sop_instance_uid"] for o in store.exam(added.job_id)["objects"][4:]}
+    assert {d["sop_instance_uid"] for d in dispatches} == finals  # only the final ones
