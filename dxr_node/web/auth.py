@@ -162,11 +162,10 @@ async def form_fields(request: Request) -> dict[str, str]:
     return {key: values[0] for key, values in parsed.items()}
 
 
-async def require_same_origin(request: Request) -> None:
-    """Actions (POST) only from the console's own pages or non-browser clients: a browser
-    sends basic-auth credentials to any site's form, so check its Origin; a cookie
-    session's request must carry its CSRF token (form field or X-CSRF-Token header).
-    Viewer accounts are read-only."""
+async def require_csrf(request: Request) -> None:
+    """A POST only from the console's own pages or non-browser clients: a browser sends
+    basic-auth credentials to any site's form, so check its Origin; a cookie session's
+    request must carry its CSRF token (form field or X-CSRF-Token header)."""
     origin = request.headers.get("origin")
     if origin and origin.split("://", 1)[-1] != request.headers.get("host", ""):
         raise HTTPException(403, "cross-site request refused")
@@ -175,6 +174,12 @@ async def require_same_origin(request: Request) -> None:
         given = request.headers.get(CSRF_HEADER) or (await form_fields(request)).get(CSRF_FIELD)
         if not given or not _equal(given, who.csrf_token):
             raise HTTPException(403, "missing or wrong CSRF token: reload the page")
+
+
+async def require_same_origin(request: Request) -> None:
+    """Actions (POST): ``require_csrf``, and never from a viewer account (read only)."""
+    await require_csrf(request)
+    who = principal(request)
     if who is not None and who.read_only:
         raise HTTPException(403, f"{who.name} has a viewer account: read only")
 

@@ -26,6 +26,7 @@ from dxr_node.web.auth import (
     Reviewer,
     form_fields,
     principal,
+    require_csrf,
     require_same_origin,
 )
 
@@ -78,7 +79,7 @@ async def login(request: Request) -> Response:
     return response
 
 
-@router.post("/logout", dependencies=[Depends(require_same_origin)])
+@router.post("/logout", dependencies=[Depends(require_csrf)])  # viewers too
 def logout(request: Request) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     if token:

@@ -78,6 +78,17 @@ def test_viewer_cannot_review_and_forms_need_the_csrf_token(review_client, fille
     exclude = review_client.post(f"/review/{job}/exclude", data={"csrf": csrf, "bone": "MC4"})
     assert exclude.status_code == 303
     assert [a["action"] for a in ReviewStore(store).actions(job)] == ["exclude"]
+    partial = review_client.get(f"/api/exams/{job}/review").json()
+    assert partial["analysis"]["status"] == "rejected"
+    assert partial["interpretation"]["billing_modifier"] == "52"
+    overview = review_client.get("/")
+    assert "Awaiting review" in overview.text
+    out = review_client.post("/logout", data={"csrf": csrf})
+    assert out.status_code == 303 and review_client.get("/exams").status_code == 303
+
+    _sign_in(review_client, "vic")  # a viewer signs in and out again
+    assert review_client.post("/logout", data={"csrf": _sign_in(review_client, "vic")}
+                              ).status_code == 303
 
 
 def test_correct_then_approve_issues_verified_final_objects(review_client, filled, store):
