@@ -31,6 +31,7 @@ from dxr_node.engine.analyze import (
     CHILD_MIN_WIDTH_MM,
     MAX_LENGTH_RATIO,
     MAX_MCI_RATIO,
+    MAX_SPACING_MM,
     MAX_WIDTH_RATIO,
     MCI_RANGE,
     SHORT_BAND_FRACTION,
@@ -77,6 +78,11 @@ def remeasure_bone(pixels: np.ndarray, spacing_mm: float | None, name: str,
     started = time.perf_counter()
     if name not in BONE_NAMES:
         raise RemeasureError(f"unknown bone {name!r}: expected one of {', '.join(BONE_NAMES)}")
+    if spacing_mm is not None and spacing_mm > MAX_SPACING_MM:
+        # As in the automatic path: such an image cannot resolve the cortex, wherever
+        # the bone is placed.
+        raise RemeasureError(f"resolution too coarse: pixel spacing {spacing_mm:.3f} mm "
+                             f"> {MAX_SPACING_MM} mm")
     rows, cols = np.asarray(pixels).shape[:2]
     for label, (r, c) in (("proximal", proximal_rc), ("distal", distal_rc)):
         if not (math.isfinite(r) and math.isfinite(c) and 0 <= r < rows and 0 <= c < cols):

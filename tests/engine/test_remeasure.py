@@ -66,6 +66,9 @@ def test_ends_between_two_bones_are_refused_with_the_qc_reason(hand):
                        between("proximal_rc"), between("distal_rc"))
     with pytest.raises(RemeasureError, match="outside the image"):
         remeasure_bone(radiograph.pixels, 0.1, "MC3", (-5, 10), (400, 10))
+    with pytest.raises(RemeasureError, match="too coarse"):
+        remeasure_bone(radiograph.pixels, 0.3, "MC3", tuple(mc3["proximal_rc"]),
+                       tuple(mc3["distal_rc"]))
     with pytest.raises(RemeasureError, match="apart"):
         remeasure_bone(radiograph.pixels, 0.1, "MC3", (500, 500), (510, 500))
 

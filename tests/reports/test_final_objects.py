@@ -108,3 +108,12 @@ def test_reader_positioned_bone_is_labelled_on_the_gsps(final):
              for t in a.get("TextObjectSequence", [])]
     assert "MC3 (reader)" in texts and "MC2" in texts
     assert any("Verified by Reader^Ann" in t for t in texts)
+
+
+def test_dcmpschk_accepts_the_final_gsps(final):
+    _, written, _ = final
+    if "PR" not in written:
+        pytest.skip("no GSPS")
+    result = _run(_tool("dcmpschk"), str(written["PR"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Test passed" in result.stdout + result.stderr
