@@ -145,7 +145,7 @@ def _excluded(analysis: Analysis) -> list[str]:
     return [n for n in BONE_NAMES if f"{n}: {EXCLUDED_NOTE}" in analysis.reasons]
 
 
-def _before(config: NodeConfig, store: Store, work: Working) -> dict[str, Any]:
+def _before(store: Store, work: Working) -> dict[str, Any]:
     current = (ReviewStore(store).review(work.exam["job_id"]) or {}).get("interpretation") \
         if work.draft else work.exam["interpretation"]
     return summary(work.analysis, current)
@@ -186,7 +186,7 @@ def _save(config: NodeConfig, store: Store, work: Working, user: User, action: s
           analysis: Analysis, bone: str | None, extra: dict[str, Any] | None = None
           ) -> dict[str, Any]:
     interpretation = _interpret(config, store, work, analysis)
-    before = _before(config, store, work)
+    before = _before(store, work)
     after = summary(analysis, interpretation) | (extra or {})
     try:
         ReviewStore(store).save_draft(
@@ -284,7 +284,7 @@ def _issue(config: NodeConfig, store: Store, work: Working, user: User, action: 
         produced = [write_object(config.objects_path, ds) for ds in datasets]
     except (ValueError, OSError) as exc:
         raise ReviewError(500, f"final objects not built: {exc}") from None
-    before = _before(config, store, work)
+    before = _before(store, work)
     after = summary(analysis, interpretation)
     try:
         ReviewStore(store).finish(

@@ -315,8 +315,9 @@ class ReviewStore:
                         " VALUES (?, ?, 'pending', ?, ?, ?)",
                         (object_id, destination, now, now, now))
             return self._action(db, job_id, user, action, now, reason=reason, before=before,
-                                after=after, objects=[obj.__dict__ | {"path": None}
-                                                      for obj in objects])
+                                after=after, objects=[
+                                    {"kind": o.kind, "sop_class_uid": o.sop_class_uid,
+                                     "sop_instance_uid": o.sop_instance_uid} for o in objects])
 
     @staticmethod
     def _check_open(db: sqlite3.Connection, job_id: int) -> None:
