@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+# The tube fit imports scipy.optimize on first use (about 0.5 s): load it with this
+# module (the console imports it at start-up), not in a reader's first correction.
+import scipy.optimize  # noqa: F401
+
 from dxr_node.engine import indices
 from dxr_node.engine.analyze import (
     BAND_FRACTION,
