@@ -187,6 +187,29 @@ def test_reviewer_corrects_a_misplaced_bone_and_pacs_gets_the_verified_sr(node, 
             assert "reader" in row.inner_text()
             page.screenshot(path=ARTIFACTS / "review_corrected.png")
 
+            # Dragging an existing end works too: MC2's head 12 px further along its axis.
+            mc2 = _api(f"{url}/api/exams/1/review", "ann")[1]["analysis"]["bones"].get("MC2")
+            if mc2 is not None:
+                (r0, c0), (r1, c1) = mc2["proximal_rc"], mc2["distal_rc"]
+                norm = ((r1 - r0) ** 2 + (c1 - c0) ** 2) ** 0.5
+                target = (r1 + 12 * (r1 - r0) / norm, c1 + 12 * (c1 - c0) / norm)
+                box = image.bounding_box()
+
+                def screen(point):
+                    return (box["x"] + (point[1] + 0.5) * box["width"] / cols,
+                            box["y"] + (point[0] + 0.5) * box["height"] / rows)
+
+                page.mouse.move(*screen((r1, c1)))
+                page.mouse.down()
+                page.mouse.move(*screen(target), steps=6)
+                with page.expect_navigation():
+                    page.mouse.up()
+                assert "reader" in page.locator("tr[data-bone-row=MC2]").inner_text()
+                dragged = _api(f"{url}/api/exams/1/review", "ann")[1]["analysis"]["bones"]["MC2"]
+                assert abs(dragged["distal_rc"][0] - target[0]) < 1.5
+                assert abs(dragged["distal_rc"][1] - target[1]) < 1.5
+                assert dragged["proximal_rc"] == pytest.approx(mc2["proximal_rc"], abs=1e-6)
+
             with page.expect_navigation():
                 page.click("button.approve")
             assert "Approved: 4 final object(s) issued" in page.content()

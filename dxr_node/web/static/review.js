@@ -1,5 +1,6 @@
 // Review page: pan/zoom over the radiograph, the measured bands drawn on it, and
-// click-to-place of a bone's two ends (posted to /api/exams/{id}/correct).
+// click-to-place of a bone's two ends, or drag of one end (posted to
+// /api/exams/{id}/correct).
 // Plain JS, no library; image coordinates are [row, col] pixel centres like the engine's.
 "use strict";
 (function () {
@@ -8,6 +9,7 @@
   const frame = document.getElementById("frame"), stage = document.getElementById("stage");
   const svg = document.getElementById("marks"), hint = document.getElementById("hint");
   const rows = Number(viewer.dataset.rows), cols = Number(viewer.dataset.cols);
+  const editable = viewer.dataset.editable === "yes";
   const bones = JSON.parse(viewer.dataset.bones || "{}");
   const NS = "http://www.w3.org/2000/svg";
   let scale = 1, tx = 0, ty = 0, placing = null, points = [], drag = null;
@@ -15,6 +17,7 @@
   svg.setAttribute("viewBox", `0 0 ${cols} ${rows}`);
   svg.setAttribute("width", cols);
   svg.setAttribute("height", rows);
+  if (editable) say("Drag to pan, wheel to zoom; drag a bone's end, or Place a bone.");
 
   function apply() { stage.style.transform = `translate(${tx}px, ${ty}px) scale(${scale})`; }
   function fit() {
@@ -73,23 +76,35 @@
     placing = bone; points = []; draw();
     say(`${bone}: click the proximal end (base) of the metacarpal`);
   }
-  async function pick(point) {
-    points.push(point);
-    draw();
-    if (points.length === 1) { say(`${placing}: now click the distal end (head)`); return; }
-    say(`${placing}: measuring…`);
+  async function send(bone, proximal, distal) {
+    say(`${bone}: measuring…`);
     const response = await fetch(`/api/exams/${viewer.dataset.job}/correct`, {
       method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-CSRF-Token": viewer.dataset.csrf},
-      body: JSON.stringify({bone: placing, proximal_rc: points[0], distal_rc: points[1]}),
+      body: JSON.stringify({bone: bone, proximal_rc: proximal, distal_rc: distal}),
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      say(`${placing} not re-measured: ${body.detail || response.status}`, true);
+      say(`${bone} not re-measured: ${body.detail || response.status}`, true);
       placing = null; points = []; draw();
       return;
     }
     window.location.reload();  // the server renders the recomputed values
+  }
+  function pick(point) {
+    points.push(point);
+    draw();
+    if (points.length === 1) say(`${placing}: now click the distal end (head)`);
+    else send(placing, points[0], points[1]);
+  }
+  function endAt(point) {  // the bone end within 12 screen pixels of an image point
+    for (const [name, b] of Object.entries(bones)) {
+      for (const key of ["proximal_rc", "distal_rc"]) {
+        const p = b[key];
+        if (Math.hypot(p[0] - point[0], p[1] - point[1]) * scale < 12) return {name, key};
+      }
+    }
+    return null;
   }
 
   frame.addEventListener("wheel", (event) => {
@@ -98,19 +113,25 @@
     zoomAt(event.deltaY < 0 ? 1.25 : 0.8, event.clientX - box.left, event.clientY - box.top);
   }, {passive: false});
   frame.addEventListener("pointerdown", (event) => {
-    drag = {x: event.clientX, y: event.clientY, tx, ty, moved: false};
+    const end = editable && !placing ? endAt(toImage(event)) : null;
+    drag = {x: event.clientX, y: event.clientY, tx, ty, moved: false, end};
     frame.setPointerCapture(event.pointerId);
   });
   frame.addEventListener("pointermove", (event) => {
     if (!drag) return;
     const dx = event.clientX - drag.x, dy = event.clientY - drag.y;
     if (Math.abs(dx) + Math.abs(dy) > 4) drag.moved = true;
-    if (drag.moved) { tx = drag.tx + dx; ty = drag.ty + dy; apply(); }
+    if (!drag.moved) return;
+    if (drag.end) { bones[drag.end.name][drag.end.key] = toImage(event); draw(); }
+    else { tx = drag.tx + dx; ty = drag.ty + dy; apply(); }
   });
   frame.addEventListener("pointerup", (event) => {
-    const wasClick = drag && !drag.moved;
+    const done = drag;
     drag = null;
-    if (wasClick && placing) pick(toImage(event));
+    if (done && done.end && done.moved) {
+      const b = bones[done.end.name];
+      send(done.end.name, b.proximal_rc, b.distal_rc);
+    } else if (done && !done.moved && placing) pick(toImage(event));
   });
   for (const button of viewer.querySelectorAll("[data-zoom]")) {
     button.addEventListener("click", () => {
