@@ -133,10 +133,13 @@ def exam_detail_page(request: Request, job_id: int) -> HTMLResponse:
     plot = (Markup(bmd_history_svg(exam["history"], job_id))
             if len(exam["history"]) > 1 else None)
     has_overlay = any(o["kind"] == "SC" for o in exam["objects"])
+    review = review_api.review_detail(request, job_id)
+    final_uids = {o["sop_instance_uid"] for act in review["actions"]
+                  for o in act["objects"] or ()}  # issued at approval or rejection
     return render(request, "exam.html", title=f"Exam {job_id}", exam=exam,
                   a=exam["analysis"] or {}, i=exam["interpretation"] or {},
                   by_destination=by_destination, plot=plot, has_overlay=has_overlay,
-                  review=review_api.review_detail(request, job_id))
+                  review=review, final_uids=final_uids)
 
 
 @router.get("/exams/{job_id}/overlay.jpg")

@@ -140,7 +140,8 @@ def test_correct_then_approve_issues_verified_final_objects(review_client, fille
     assert correct["after"]["bones"]["MC3"]["reader_positioned"] is True
     assert approve["action"] == "approve" and len(approve["objects"]) == 4
     page = review_client.get(f"/exams/{job}", headers=_basic("ann"))
-    assert "Reader^Ann" in page.text or "Reader Ann" in page.text
+    assert "Reader Ann" in page.text and page.text.count(">final</span>") == 4
+    assert "MC3 <span class=\"muted\">(reader)</span>" in page.text
     metrics = review_client.get("/metrics", headers=_basic("ann")).text
     assert 'dxr_review_queue{state="approved"} 1' in metrics
     assert 'dxr_review_actions_total{action="correct"} 1' in metrics
