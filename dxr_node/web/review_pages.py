@@ -128,8 +128,7 @@ def radiograph(request: Request, job_id: int) -> Response:
     if not rows or not Path(rows[0][0]).is_file():
         raise HTTPException(404, f"the image of exam {job_id} is not in the spool")
     path = Path(rows[0][0])
-    return Response(_jpeg(str(path), path.stat().st_mtime), media_type="image/jpeg",
-                    headers={"Cache-Control": "private, max-age=300"})
+    return Response(_jpeg(str(path), path.stat().st_mtime), media_type="image/jpeg")
 
 
 @functools.lru_cache(maxsize=8)
