@@ -206,8 +206,8 @@ def test_reviewer_corrects_a_misplaced_bone_and_pacs_gets_the_verified_sr(node, 
                     page.mouse.up()
                 assert "reader" in page.locator("tr[data-bone-row=MC2]").inner_text()
                 dragged = _api(f"{url}/api/exams/1/review", "ann")[1]["analysis"]["bones"]["MC2"]
-                assert abs(dragged["distal_rc"][0] - target[0]) < 1.5
-                assert abs(dragged["distal_rc"][1] - target[1]) < 1.5
+                assert abs(dragged["distal_rc"][0] - target[0]) < 3
+                assert abs(dragged["distal_rc"][1] - target[1]) < 3
                 assert dragged["proximal_rc"] == pytest.approx(mc2["proximal_rc"], abs=1e-6)
 
             with page.expect_navigation():
