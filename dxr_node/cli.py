@@ -104,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calling-aet", default="DXRSEND")
     p.set_defaults(func=_delegate("dxr_node.node.cli:send"))
 
+    p = sub.add_parser("user", help="console accounts of readers (viewer, reviewer, admin)")
+    p.add_argument("action", choices=("add", "disable", "enable", "list"))
+    p.add_argument("username", nargs="?", default="")
+    p.add_argument("--role", choices=("viewer", "reviewer", "admin"), default="viewer")
+    p.add_argument("--name", metavar="PN",
+                   help="the reader's name as the final SR names the verifier, e.g. "
+                        "'Reader^Ann' (default: the username)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin (for scripts)")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.set_defaults(func=_delegate("dxr_node.node.users_cli:run"))
+
     p = sub.add_parser("reference", help="check a DXR-BMD reference table (default: packaged)")
     p.add_argument("file", nargs="?", metavar="FILE", help="a site's own table (JSON)")
     p.add_argument("--json", action="store_true")

@@ -58,6 +58,8 @@ class BoneMeasurement:
     proximal_rc: Point
     distal_rc: Point
     blur_sigma_px: float  # system blur estimated by the profile fit
+    # True when a reader placed the bone's ends (review step) instead of the locator.
+    reader_positioned: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

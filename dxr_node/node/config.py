@@ -79,6 +79,18 @@ class WebConfig(BaseModel):
     password: str | None = Field(default=None, min_length=8)
 
 
+class ReviewConfig(BaseModel):
+    """Reader review of results (``dxr_node.node.review``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # none: results go out preliminary, as before; send-preliminary: they go out at once
+    # and a reader's final version follows; hold-until-verified: nothing goes to PACS
+    # until a reader approves (then only the final objects).
+    mode: Literal["none", "send-preliminary", "hold-until-verified"] = "none"
+    organisation: str = ""  # Verifying Organization of the final SR (default: institution)
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,6 +121,7 @@ class NodeConfig(BaseModel):
     min_free_disk_mb: int = Field(default=500, ge=0)  # below this C-STORE answers 0xA700
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
     web: WebConfig = Field(default_factory=WebConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("reference_table")

@@ -36,7 +36,7 @@ from typing import Any
 
 from dxr_node.clinical.result import PriorResult
 
-SCHEMA_VERSION = 2  # 2: objects.file_deleted_at (retention of produced objects)
+SCHEMA_VERSION = 3  # 2: objects.file_deleted_at (retention of produced objects); 3: review
 
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
@@ -265,6 +265,10 @@ class Store:
                     db.execute(statement)
             elif version == 1:
                 db.execute("ALTER TABLE objects ADD COLUMN file_deleted_at REAL")
+            if version < 3:  # reader review: accounts, sessions, reviews, audit
+                from dxr_node.node.review_store import create_review_tables
+
+                create_review_tables(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:

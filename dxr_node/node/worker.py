@@ -105,9 +105,12 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
     # with a prior of the other hand): the Interpretation's, else the same function.
     side = (result.interpretation.exam_laterality if result.interpretation is not None
             else exam_laterality(result.analysis)[0])
+    # Held for a reader: the objects are kept, and only the final ones will be sent.
+    held = config.review.mode == "hold-until-verified"
     store.finish_job(job.id, status=result.analysis.status, analysis=result.analysis.to_dict(),
                      interpretation=interpretation, objects=objects,
-                     destinations=[d.name for d in config.destinations], laterality=side)
+                     destinations=[] if held else [d.name for d in config.destinations],
+                     laterality=side)
     log_event(log, "analysis_done", job=job.id, sop=job.sop_instance_uid,
               status=result.analysis.status, objects=len(objects),
               seconds=round(time.perf_counter() - started, 2))

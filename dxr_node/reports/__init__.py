@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +18,24 @@ from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis
 from dxr_node.fileio import write_durably
 from dxr_node.reports.overlay import render_overlay
+from dxr_node.reports.review import SignOff
 
 KINDS = ("SR", "SC", "GSPS", "PDF")
 REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
                               "SeriesInstanceUID", "Rows", "Columns")
 
-__all__ = ["KINDS", "build_reports", "render_overlay", "write_objects"]
+__all__ = ["KINDS", "SignOff", "build_reports", "render_overlay", "write_objects"]
 
 
 def build_reports(source: pydicom.Dataset, analysis: Analysis,
                   interpretation: Interpretation | None, display: np.ndarray,
-                  kinds: Collection[str] = KINDS) -> list[pydicom.Dataset]:
+                  kinds: Collection[str] = KINDS,
+                  signoff: SignOff | None = None) -> list[pydicom.Dataset]:
     """Build the requested report objects (in the order SR, SC, GSPS, PDF).
 
     `source` is the analysed image's header (PixelData not needed); `display` is its
     image as uint8, bone bright, in source pixel geometry (used by the SC overlay).
+    `signoff` makes them the final, reader-verified (or rejected) versions.
     """
     # Imported here so that `render_overlay` users (the console) skip highdicom and fpdf.
     from dxr_node.reports.gsps import build_gsps
@@ -52,15 +56,17 @@ def build_reports(source: pydicom.Dataset, analysis: Analysis,
     objects: list[pydicom.Dataset] = []
     for kind in (k for k in KINDS if k in kinds):
         identity = DerivedIdentity.for_kind(kind, source, analysis, interpretation)
+        if signoff is not None:
+            identity = replace(identity, revision=signoff.revision)
         if kind == "SR":
-            objects.append(build_sr(source, analysis, interpretation, identity))
+            objects.append(build_sr(source, analysis, interpretation, identity, signoff))
         elif kind == "SC":
-            overlay = render_overlay(display, analysis, interpretation)
-            objects.append(build_sc(source, overlay, identity))
+            overlay = render_overlay(display, analysis, interpretation, signoff)
+            objects.append(build_sc(source, overlay, identity, signoff))
         elif kind == "GSPS":
-            objects.append(build_gsps(source, analysis, interpretation, identity))
+            objects.append(build_gsps(source, analysis, interpretation, identity, signoff))
         else:
-            pdf_bytes = render_pdf(source, analysis, interpretation)
+            pdf_bytes = render_pdf(source, analysis, interpretation, signoff)
             objects.append(build_encapsulated_pdf(source, pdf_bytes, identity))
     return objects
 

@@ -88,6 +88,18 @@ SIGNIFICANCE_VALUES = {
 TRIAGE = _local("TRIAGE", "DXR triage for DXA referral")
 INTERPRETATION_REMARK = _local("REMARK", "DXR interpretation remark")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+# Reader review: who placed a bone's measurement, and the outcome of the review.
+BONE_POSITIONING = _local("POS", "Metacarpal position source")
+POSITIONING_VALUES = {
+    True: _local("READER", "Positioned by the reader"),
+    False: _local("AUTO", "Positioned by the algorithm"),
+}
+REVIEW_OUTCOME = _local("REVIEW", "DXR reader review outcome")
+REVIEW_VALUES = {
+    True: _local("APPROVED", "Result verified by the reader"),
+    False: _local("NORESULT", "No result issued (rejected by the reader)"),
+}
+REVIEW_REMARK = _local("REVREMARK", "DXR reader review remark")
 
 # Units (UCUM).
 MM = codes.UCUM.Millimeter

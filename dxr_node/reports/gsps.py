@@ -13,6 +13,7 @@ from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis, Point
 from dxr_node.reports import chart
 from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
+from dxr_node.reports.review import SignOff
 from dxr_node.reports.sr import image_coordinates
 
 GSPS_SERIES_DESCRIPTION = "DXR graphics (presentation state)"
@@ -27,8 +28,8 @@ def _layer(name: str, order: int, description: str, rgb: tuple[int, int, int]
 
 
 def build_gsps(source: pydicom.Dataset, analysis: Analysis,
-               interpretation: Interpretation | None, identity: DerivedIdentity
-               ) -> hd.pr.GrayscaleSoftcopyPresentationState:
+               interpretation: Interpretation | None, identity: DerivedIdentity,
+               signoff: SignOff | None = None) -> hd.pr.GrayscaleSoftcopyPresentationState:
     roi_layer = _layer("DXR_ROI", 1, "DXR measured bands and bone labels", chart.ROI)
     outer_layer = _layer("DXR_OUTER_EDGES", 2, "DXR outer (periosteal) edges",
                          chart.OUTER_EDGE)
@@ -44,9 +45,10 @@ def build_gsps(source: pydicom.Dataset, analysis: Analysis,
                            _polyline(bone.outer_edge_b_rc)]
         inner_graphics += [_polyline(bone.inner_edge_a_rc),
                            _polyline(bone.inner_edge_b_rc)]
-        labels.append(_bone_label(name, bone.roi_rc, source))
+        label = f"{name} (reader)" if bone.reader_positioned else name
+        labels.append(_bone_label(label, bone.roi_rc, source))
     summary = hd.pr.TextObject(
-        text_value=summary_line(analysis, interpretation)[:1024],
+        text_value=summary_line(analysis, interpretation, signoff)[:1024],
         units=hd.pr.AnnotationUnitsValues.DISPLAY,
         bounding_box=(0.02, 0.01, 0.98, 0.06),
         text_justification=hd.pr.TextJustificationValues.LEFT,
@@ -103,15 +105,18 @@ def _bone_label(name: str, roi_rc: tuple[Point, ...], source: pydicom.Dataset
     rows, cols = int(source.Rows), int(source.Columns)
     top = min(roi_rc, key=lambda p: p[0])
     centre_col = float(np.mean([c for _, c in roi_rc]))
-    half_w, half_h = LABEL_HALF_SIZE_PX
+    half_w, half_h = max(LABEL_HALF_SIZE_PX[0], 7.0 * len(name)), LABEL_HALF_SIZE_PX[1]
     x = min(max(centre_col + 0.5, half_w + 1), cols - half_w - 1)
     y = min(max(top[0] + 0.5 - half_h - 8, half_h + 1), rows - half_h - 1)
     return hd.pr.TextObject(text_value=name, units=hd.pr.AnnotationUnitsValues.PIXEL,
                             bounding_box=(x - half_w, y - half_h, x + half_w, y + half_h))
 
 
-def summary_line(analysis: Analysis, interpretation: Interpretation | None) -> str:
+def summary_line(analysis: Analysis, interpretation: Interpretation | None,
+                 signoff: SignOff | None = None) -> str:
     """One line for the presentation state (and any other terse display)."""
+    if signoff is not None and signoff.rejection:
+        return f"DXR: no result issued ({signoff.rejection}); {signoff.line()}"
     if not analysis.ok:
         reason = analysis.reasons[0] if analysis.reasons else "no reason given"
         if analysis.bones:
@@ -132,7 +137,7 @@ def summary_line(analysis: Analysis, interpretation: Interpretation | None) -> s
             parts.append(f"Z {interpretation.z_score:+.1f}")
         if interpretation.category:
             parts.append(interpretation.category)
-    parts.append("for clinical review")
+    parts.append("for clinical review" if signoff is None else signoff.line())
     return "DXR: " + ", ".join(parts)
 
 

@@ -33,6 +33,9 @@ class DerivedIdentity:
 
     manufacturer: str = MANUFACTURER
     character_set: str = CHARACTER_SET
+    # A reader's re-issue ("" for the preliminary objects): a new instance UID, same
+    # series and tracking UIDs (the same findings, tracked across the versions).
+    revision: str = ""
 
     @classmethod
     def for_kind(cls, kind: str, source: pydicom.Dataset, analysis: Analysis,
@@ -49,12 +52,14 @@ class DerivedIdentity:
         return derived_uid(self.source_sop_instance_uid, self.algorithm_version, self.kind, role)
 
     @property
-    def series_uid(self) -> str:
-        return self.uid("series")
+    def sop_instance_uid(self) -> str:
+        if self.revision:
+            return self.uid(f"instance-{self.revision}")
+        return self.uid("instance")
 
     @property
-    def sop_instance_uid(self) -> str:
-        return self.uid("instance")
+    def series_uid(self) -> str:
+        return self.uid("series")
 
     @property
     def series_number(self) -> int:

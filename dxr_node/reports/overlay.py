@@ -16,6 +16,7 @@ from dxr_node.engine.result import BONE_NAMES, Analysis, BoneMeasurement, Point
 from dxr_node.reports import chart
 from dxr_node.reports.chart import font
 from dxr_node.reports.identity import hand_laterality
+from dxr_node.reports.review import SignOff
 
 CANVAS_HEIGHT = 1800  # canvas height and the radiograph's long side
 PANEL_WIDTH = 900
@@ -24,7 +25,8 @@ REVIEW_NOTE = "For clinical review. DXR results support, and do not replace, cli
 
 
 def render_overlay(display: np.ndarray, analysis: Analysis,
-                   interpretation: Interpretation | None) -> np.ndarray:
+                   interpretation: Interpretation | None,
+                   signoff: SignOff | None = None) -> np.ndarray:
     """RGB uint8 image: the annotated radiograph (left) and the results panel (right).
 
     `display` is the source image as uint8, bone bright, in source pixel geometry.
@@ -49,7 +51,7 @@ def render_overlay(display: np.ndarray, analysis: Analysis,
 
     canvas = Image.new("RGB", (width + PANEL_WIDTH, CANVAS_HEIGHT), chart.PANEL)
     canvas.paste(radiograph, (0, (CANVAS_HEIGHT - height) // 2))
-    _draw_panel(canvas, ImageDraw.Draw(canvas), width, analysis, interpretation)
+    _draw_panel(canvas, ImageDraw.Draw(canvas), width, analysis, interpretation, signoff)
     return np.asarray(canvas)
 
 
@@ -77,10 +79,11 @@ def _draw_bone(draw: ImageDraw.ImageDraw, bone: BoneMeasurement, scale: float) -
     offset = reach + 34 / scale
     x, y = _to_canvas((r0 + along[0] * offset, c0 + along[1] * offset), scale)
     label_font = font(30, bold=True)
-    box = draw.textbbox((x, y), bone.name, font=label_font, anchor="mm")
+    label = f"{bone.name} (reader)" if bone.reader_positioned else bone.name
+    box = draw.textbbox((x, y), label, font=label_font, anchor="mm")
     draw.rounded_rectangle([box[0] - 8, box[1] - 5, box[2] + 8, box[3] + 5], radius=6,
                            fill=(0, 0, 0), outline=chart.ROI, width=2)
-    draw.text((x, y), bone.name, fill=chart.TEXT, font=label_font, anchor="mm")
+    draw.text((x, y), label, fill=chart.TEXT, font=label_font, anchor="mm")
 
 
 def _dashed_polygon(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]],
@@ -110,7 +113,7 @@ def _draw_banner(draw: ImageDraw.ImageDraw, width: int, analysis: Analysis) -> N
 
 
 def _draw_panel(canvas: Image.Image, draw: ImageDraw.ImageDraw, x0: int, analysis: Analysis,
-                interpretation: Interpretation | None) -> None:
+                interpretation: Interpretation | None, signoff: SignOff | None = None) -> None:
     left, right = x0 + MARGIN, x0 + PANEL_WIDTH - MARGIN
     y = MARGIN
     draw.text((left, y), "Digital X-ray radiogrammetry", fill=chart.TEXT, font=font(40, True))
@@ -129,8 +132,11 @@ def _draw_panel(canvas: Image.Image, draw: ImageDraw.ImageDraw, x0: int, analysi
     algorithm = f"{analysis.algorithm.get('name', 'dxr-node')} " \
                 f"{analysis.algorithm.get('version', '')}".strip()
     qc = "; ".join([analysis.status, *analysis.reasons]) if analysis.ok else analysis.status
+    review = [REVIEW_NOTE] if signoff is None else [signoff.line()]
+    if any(b.reader_positioned for b in analysis.bones.values()):
+        review.append("* and (reader): bone positioned by the reader.")
     footer = [*_wrap(f"QC: {qc}", font(22), right - left)[:3], f"Algorithm: {algorithm}",
-              *_wrap(REVIEW_NOTE, font(22), right - left)]
+              *(line for text in review for line in _wrap(text, font(22), right - left))]
     fy = CANVAS_HEIGHT - MARGIN - 30 * len(footer)
     if analysis.bones:
         _draw_legend(draw, left, fy - 70)
@@ -199,10 +205,11 @@ def _panel_results(canvas: Image.Image, draw: ImageDraw.ImageDraw, left: int, ri
     y += 10
     for name in measured:
         bone = analysis.bones[name]
-        values = [name, _fmt(bone.cortical_thickness_mm, 2), _fmt(bone.width_mm, 2),
+        shown = f"{name}*" if bone.reader_positioned else name
+        values = [shown, _fmt(bone.cortical_thickness_mm, 2), _fmt(bone.width_mm, 2),
                   _fmt(bone.mci, 3), _fmt(bone.length_mm, 1)]
         if not has_mm:
-            values = [name, _fmt(bone.mci, 3)]
+            values = [shown, _fmt(bone.mci, 3)]
         for (_, dx), text in zip(columns, values, strict=True):
             draw.text((left + dx, y), text, fill=chart.TEXT, font=font(28))
         y += 40

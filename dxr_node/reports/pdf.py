@@ -16,6 +16,7 @@ from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import BONE_NAMES, Analysis
 from dxr_node.reports import chart, codes
 from dxr_node.reports.identity import DerivedIdentity, copy_patient_study, hand_laterality
+from dxr_node.reports.review import SignOff
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
@@ -39,7 +40,7 @@ TYPE2_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
 
 
 def render_pdf(source: pydicom.Dataset, analysis: Analysis,
-               interpretation: Interpretation | None) -> bytes:
+               interpretation: Interpretation | None, signoff: SignOff | None = None) -> bytes:
     """The one-page A4 report as PDF bytes."""
     pdf = FPDF(format="A4", unit="mm")
     pdf.set_auto_page_break(False)
@@ -65,7 +66,10 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
     writer = _Writer(pdf, family)
 
     writer.title(DOCUMENT_TITLE)
-    writer.line("For clinical review", size=9, colour=(110, 110, 110))
+    if signoff is None:
+        writer.line("For clinical review", size=9, colour=(110, 110, 110))
+    else:
+        writer.line(f"Final report. {signoff.line()}.", size=9.5, bold=True)
     writer.gap(2)
     writer.pairs(_identification(source, hand_laterality(analysis, interpretation)), columns=2)
     writer.gap(1)
@@ -73,11 +77,16 @@ def render_pdf(source: pydicom.Dataset, analysis: Analysis,
                   ("Indication", _indication(source) or "not given")], columns=1)
     modifier = (interpretation.billing_modifier if interpretation is not None
                 else billing_modifier(analysis))
+    if signoff is not None and signoff.rejection:
+        modifier = "53"  # the reader issued no result
     if modifier in codes.MODIFIER_TEXT:
         writer.line(_modifier_line(modifier, analysis), bold=True, colour=(150, 60, 0))
     writer.rule()
 
-    if not analysis.bones:
+    if signoff is not None and signoff.rejection:
+        writer.heading("No DXR result issued")
+        writer.line(f"Rejected at review: {_text(signoff.rejection, family)}")
+    elif not analysis.bones:
         writer.heading("DXR analysis not possible")
         for reason in analysis.reasons or ("no reason given",):
             writer.line(f"• {_text(reason, family)}")
@@ -134,12 +143,15 @@ def _results(writer: _Writer, analysis: Analysis,
         if bone is None:
             rows.append([name, "not measured", "", "", "", ""])
             continue
-        rows.append([name, _fmt(bone.cortical_thickness_mm, 2), _fmt(bone.width_mm, 2),
+        shown = f"{name}*" if bone.reader_positioned else name
+        rows.append([shown, _fmt(bone.cortical_thickness_mm, 2), _fmt(bone.width_mm, 2),
                      _fmt(bone.medullary_width_mm, 2), _fmt(bone.mci, 3),
                      _fmt(bone.length_mm, 1)])
     writer.table(header, rows, widths=(22, 30, 30, 34, 26, 30))
-    writer.line("T: cortical thickness; W: outer width; MCI: metacarpal index 2T/W.", size=7.5,
-                colour=(110, 110, 110))
+    writer.line("T: cortical thickness; W: outer width; MCI: metacarpal index 2T/W."
+                + (" *: measurement positioned by the reader."
+                   if any(b.reader_positioned for b in analysis.bones.values()) else ""),
+                size=7.5, colour=(110, 110, 110))
     if not has_mm:
         writer.line("No pixel spacing in the image: millimetre values, DXR-BMD, BHI and "
                     "scores are not available (ratios only).", colour=(150, 60, 0))

@@ -7,12 +7,13 @@ import numpy as np
 import pydicom
 
 from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
+from dxr_node.reports.review import SignOff
 
 SC_SERIES_DESCRIPTION = "DXR result overlay (for clinical review)"
 
 
 def build_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray,
-             identity: DerivedIdentity) -> hd.sc.SCImage:
+             identity: DerivedIdentity, signoff: SignOff | None = None) -> hd.sc.SCImage:
     """Wrap an RGB uint8 overlay in a Secondary Capture Image in the source's study."""
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -43,5 +44,14 @@ def build_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray,
     source_item.ReferencedSOPClassUID = source.SOPClassUID
     source_item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [source_item]
+    if signoff is not None and signoff.replaced("SC"):
+        # The overlay(s) this reader-verified one replaces.
+        sc.ReferencedImageSequence = []
+        for replaced in signoff.replaced("SC"):
+            item = pydicom.Dataset()
+            item.ReferencedSOPClassUID = replaced.sop_class_uid
+            item.ReferencedSOPInstanceUID = replaced.sop_instance_uid
+            sc.ReferencedImageSequence.append(item)
+        sc.DerivationDescription += "; replaces the preliminary overlay after reader review"
     copy_patient_study(source, sc)
     return sc

@@ -26,14 +26,17 @@ from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis, BoneMeasurement, Point
 from dxr_node.reports import codes
 from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
+from dxr_node.reports.review import SignOff
 
 SR_SERIES_DESCRIPTION = "DXR measurements (SR)"
 
 
 def build_sr(source: pydicom.Dataset, analysis: Analysis,
              interpretation: Interpretation | None,
-             identity: DerivedIdentity) -> hd.sr.ComprehensiveSR:
-    """Build the measurement report; `identity` gives UIDs and common attributes."""
+             identity: DerivedIdentity, signoff: SignOff | None = None
+             ) -> hd.sr.ComprehensiveSR:
+    """Build the measurement report; `identity` gives UIDs and common attributes;
+    `signoff` makes it the reader-verified final version."""
     algorithm = hd.sr.AlgorithmIdentification(
         name=identity.algorithm_name, version=identity.algorithm_version)
     region_ref = hd.sr.SourceImageForRegion.from_source_image(source)
@@ -52,6 +55,9 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
             algorithm_id=algorithm,
             source_images=[group_ref],
             measurements=_bone_measurements(bone, algorithm, region_ref),
+            # A reviewed report says, per bone, who placed the measurement.
+            qualitative_evaluations=None if signoff is None else [hd.sr.QualitativeEvaluation(
+                codes.BONE_POSITIONING, codes.POSITIONING_VALUES[bone.reader_positioned])],
         ))
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -60,7 +66,7 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
         algorithm_id=algorithm,
         source_images=[group_ref],
         measurements=_hand_measurements(analysis, interpretation, algorithm) or None,
-        qualitative_evaluations=_hand_evaluations(analysis, interpretation),
+        qualitative_evaluations=_hand_evaluations(analysis, interpretation, signoff),
     ))
 
     observer = hd.sr.ObserverContext(
@@ -70,15 +76,23 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
             manufacturer_name=identity.manufacturer, model_name=identity.algorithm_name,
         ),
     )
+    person = None
+    if signoff is not None:
+        person = hd.sr.ObserverContext(
+            observer_type=pydicom.sr.codedict.codes.DCM.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                name=signoff.reader_name,
+                organization_name=verifying_organisation(source, signoff)))
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_person_context=person,
+                                                     observer_device_context=observer),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=groups,
         referenced_images=[source] if _library_ready(source) else None,
     )
     root = report[0]
     content = root.ContentSequence
-    content.append(_remarks_container(analysis, interpretation))
+    content.append(_remarks_container(analysis, interpretation, signoff))
 
     # Given the full tree, highdicom deep-copies and searches it to collect the evidence
     # (about 0.08 s CPU for three bones, 3x the rest of this function), yet the evidence
@@ -103,7 +117,45 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     sr.ContentSequence = content
     sr._content = report  # highdicom's parsed view (`sr.content`), same tree as written
     copy_patient_study(source, sr)
+    if signoff is not None:
+        _verify(sr, source, signoff)
     return sr
+
+
+def verifying_organisation(source: pydicom.Dataset, signoff: SignOff) -> str:
+    """Verifying Organization is Type 1: the configured one, else the source's
+    institution."""
+    return signoff.organisation or str(source.get("InstitutionName", "") or "") or "unknown"
+
+
+def _verify(sr: pydicom.Dataset, source: pydicom.Dataset, signoff: SignOff) -> None:
+    """SR Document General module of a reader-verified, final document that replaces
+    the preliminary one(s) (PS3.3 C.17.2)."""
+    sr.CompletionFlag = "COMPLETE"
+    sr.PreliminaryFlag = "FINAL"
+    sr.VerificationFlag = "VERIFIED"
+    observer = pydicom.Dataset()
+    observer.VerifyingObserverName = signoff.reader_name
+    observer.VerifyingObserverIdentificationCodeSequence = []
+    observer.VerifyingOrganization = verifying_organisation(source, signoff)
+    observer.VerificationDateTime = signoff.at.strftime("%Y%m%d%H%M%S")
+    sr.VerifyingObserverSequence = [observer]
+    series: dict[str, list[pydicom.Dataset]] = {}
+    for replaced in signoff.replaced("SR"):
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID = replaced.sop_class_uid
+        item.ReferencedSOPInstanceUID = replaced.sop_instance_uid
+        series.setdefault(replaced.series_instance_uid, []).append(item)
+    if series:
+        study = pydicom.Dataset()
+        study.StudyInstanceUID = source.StudyInstanceUID
+        study.ReferencedSeriesSequence = []
+        for series_uid, items in series.items():
+            entry = pydicom.Dataset()
+            entry.SeriesInstanceUID = series_uid
+            entry.ReferencedSOPSequence = items
+            study.ReferencedSeriesSequence.append(entry)
+        sr.PredecessorDocumentsSequence = [study]
 
 
 def _library_ready(source: pydicom.Dataset) -> bool:
@@ -184,9 +236,12 @@ def _finite(value: float | None) -> bool:
 
 
 def _hand_evaluations(analysis: Analysis, interpretation: Interpretation | None,
-                      ) -> list[hd.sr.QualitativeEvaluation]:
+                      signoff: SignOff | None = None) -> list[hd.sr.QualitativeEvaluation]:
     status = codes.STATUS_VALUES.get(analysis.status, codes.STATUS_VALUES["error"])
     evaluations = [hd.sr.QualitativeEvaluation(codes.ANALYSIS_STATUS, status)]
+    if signoff is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            codes.REVIEW_OUTCOME, codes.REVIEW_VALUES[signoff.approved]))
     category = interpretation.category if interpretation and analysis.ok else None
     if category in codes.CATEGORY_VALUES:
         evaluations.append(hd.sr.QualitativeEvaluation(
@@ -198,8 +253,8 @@ def _hand_evaluations(analysis: Analysis, interpretation: Interpretation | None,
     return evaluations
 
 
-def _remarks_container(analysis: Analysis,
-                       interpretation: Interpretation | None) -> hd.sr.ContainerContentItem:
+def _remarks_container(analysis: Analysis, interpretation: Interpretation | None,
+                       signoff: SignOff | None = None) -> hd.sr.ContainerContentItem:
     """TID 1500 row "Qualitative Evaluations": the analysis status, the QC reasons, the
     triage and the interpretation's remarks, as CODE and TEXT items."""
     container = hd.sr.ContainerContentItem(
@@ -210,6 +265,8 @@ def _remarks_container(analysis: Analysis,
     items: list[pydicom.Dataset] = [hd.sr.CodeContentItem(
         name=codes.ANALYSIS_STATUS, value=status, relationship_type=contains)]
     texts = [(codes.QC_REASON, reason) for reason in analysis.reasons]
+    if signoff is not None:
+        texts += [(codes.REVIEW_REMARK, text) for text in review_remarks(analysis, signoff)]
     if interpretation is not None:
         if analysis.ok and interpretation.category and (
                 interpretation.category not in codes.CATEGORY_VALUES):
@@ -223,6 +280,23 @@ def _remarks_container(analysis: Analysis,
                                                relationship_type=contains))
     container.ContentSequence = items
     return container
+
+
+def review_remarks(analysis: Analysis, signoff: SignOff) -> list[str]:
+    """The review's remarks: who signed, which bones the reader placed or excluded, why
+    a result was rejected and the modifier of the service given."""
+    from dxr_node.clinical.interpreter import billing_modifier
+
+    out = [signoff.line()]
+    placed = [name for name, bone in analysis.bones.items() if bone.reader_positioned]
+    if placed:
+        out.append(f"Measurement position set by the reader: {', '.join(placed)}")
+    if signoff.rejection:
+        out.append(f"No DXR result was issued: {signoff.rejection}")
+    modifier = "53" if signoff.rejection else billing_modifier(analysis)
+    if modifier in codes.MODIFIER_TEXT:
+        out.append(codes.MODIFIER_TEXT[modifier])
+    return out
 
 
 def _sr_text(text: str) -> str:

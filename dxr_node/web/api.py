@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from dxr_node import __version__
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
+from dxr_node.node.review_store import ReviewStore
 from dxr_node.node.store import Store
 from dxr_node.web.auth import require_same_origin
 
@@ -121,6 +122,7 @@ def overview(store: Store, config: NodeConfig, now: float | None = None) -> dict
         },
         "spool": spool,
         "destinations": destination_health(store, config),
+        "review": {"mode": config.review.mode, **ReviewStore(store).counts()},
     }
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import (
@@ -21,15 +22,21 @@ from fastapi.exception_handlers import (
     request_validation_exception_handler,
 )
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from dxr_node import __version__
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
+from dxr_node.node.review_store import ReviewStore, database_has_users
 from dxr_node.node.store import Store
-from dxr_node.web import api, pages
-from dxr_node.web.auth import ConsoleConfigError, check_console_access, require_access
+from dxr_node.web import api, pages, review_api, review_pages
+from dxr_node.web.auth import (
+    ConsoleConfigError,
+    LoginRequired,
+    check_console_access,
+    require_access,
+)
 from dxr_node.web.metrics import CONTENT_TYPE, render_metrics
 
 log = logging.getLogger("dxr_node.web")
@@ -44,7 +51,7 @@ ScpListening = Callable[[], bool]
 def create_app(config: NodeConfig, store: Store,
                scp_listening: ScpListening | None = None) -> FastAPI:
     """The console over ``store``; ``scp_listening`` feeds /healthz (None: not ready)."""
-    check_console_access(config.web)
+    check_console_access(config.web, accounts=ReviewStore(store).has_users())
     store.ensure_console_indexes()
     # No /docs or /redoc: FastAPI loads Swagger UI from a CDN, and the console must work
     # without internet. The API is described at /openapi.json.
@@ -63,7 +70,10 @@ def create_app(config: NodeConfig, store: Store,
 
     guarded = [Depends(require_access)]
     app.include_router(api.router, dependencies=guarded)
+    app.include_router(review_api.router, dependencies=guarded)
     app.include_router(pages.router, dependencies=guarded)
+    app.include_router(review_pages.router, dependencies=guarded)
+    app.include_router(review_pages.public)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/metrics", dependencies=guarded, response_class=PlainTextResponse,
@@ -80,6 +90,11 @@ def create_app(config: NodeConfig, store: Store,
         }
         ready = all(checks.values())
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    @app.exception_handler(LoginRequired)
+    async def sign_in(request: Request, exc: LoginRequired) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -124,7 +139,8 @@ class ConsoleServer:
     def __init__(self, config: NodeConfig, scp_listening: ScpListening) -> None:
         import uvicorn
 
-        check_console_access(config.web)
+        # Checked before anything is created: a refused console leaves no database.
+        check_console_access(config.web, accounts=database_has_users(config.database_path))
         self.config = config
         self._socket = self._bind(config.web.host, config.web.port)
         self._store = Store(config.database_path)

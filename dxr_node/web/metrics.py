@@ -79,6 +79,18 @@ def render_metrics(store: Store) -> str:
                      "for a retry), by destination.",
                      [_sample("dxr_dispatch_failures", d["with_error"] or 0,
                               destination=d["destination"]) for d in destinations])
+    from dxr_node.node.review_store import ReviewStore
+
+    review = ReviewStore(store)
+    queue = review.counts()
+    lines += _family("dxr_review_queue", "gauge",
+                     "Results by reader review state (awaiting includes QC-rejected ones).",
+                     [_sample("dxr_review_queue", queue[state], state=state)
+                      for state in ("awaiting", "awaiting_qc_rejected", "drafts", "approved",
+                                    "rejected")])
+    lines += _family("dxr_review_actions_total", "counter", "Reader review actions by kind.",
+                     [_sample("dxr_review_actions_total", n, action=action)
+                      for action, n in review.review_actions_total().items()])
     spool = store.spool_usage()
     lines += _family("dxr_spool_bytes", "gauge", "Bytes of received images in the spool.",
                      [_sample("dxr_spool_bytes", spool["bytes"])])

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from dxr_node.web import api
+from dxr_node.web import api, review_api
 from dxr_node.web.auth import require_same_origin
 from dxr_node.web.plot import bmd_history_svg
 
@@ -85,9 +85,11 @@ TEMPLATES.filters.update(when=_when, ago=_ago, until=_until, number=_number, sig
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     config = request.app.state.config
+    who = getattr(request.state, "principal", None)  # None on the sign-in page
     html = TEMPLATES.get_template(template).render(
         request=request, path=request.url.path, ae_title=config.ae_title,
         version=api.__version__, now=time.time(), done=request.query_params.get("done"),
+        who=who, csrf=who.csrf_token if who else None, review_mode=config.review.mode,
         **context)
     return HTMLResponse(html, status_code=status_code)
 
@@ -131,16 +133,21 @@ def exam_detail_page(request: Request, job_id: int) -> HTMLResponse:
     plot = (Markup(bmd_history_svg(exam["history"], job_id))
             if len(exam["history"]) > 1 else None)
     has_overlay = any(o["kind"] == "SC" for o in exam["objects"])
+    review = review_api.review_detail(request, job_id)
+    final_uids = {o["sop_instance_uid"] for act in review["actions"]
+                  for o in act["objects"] or ()}  # issued at approval or rejection
     return render(request, "exam.html", title=f"Exam {job_id}", exam=exam,
                   a=exam["analysis"] or {}, i=exam["interpretation"] or {},
-                  by_destination=by_destination, plot=plot, has_overlay=has_overlay)
+                  by_destination=by_destination, plot=plot, has_overlay=has_overlay,
+                  review=review, final_uids=final_uids)
 
 
 @router.get("/exams/{job_id}/overlay.jpg")
 def overlay_image(request: Request, job_id: int) -> Response:
     """The secondary capture's pixels (the same rendering PACS received), as JPEG."""
     store = request.app.state.store
-    paths = [o.path for o in store.objects_for_job(job_id) if o.kind == "SC"]
+    # The newest overlay: a reader's final one replaces the preliminary one.
+    paths = [o.path for o in store.objects_for_job(job_id) if o.kind == "SC"][::-1]
     if not paths or not Path(paths[0]).is_file():
         raise HTTPException(404, f"exam {job_id} has no overlay image")
     path = Path(paths[0])
