@@ -496,7 +496,7 @@ def build_dft(context: ResultContext, config: HL7Config, control_id: str,
         ft1.ft1_23 = filler or _escape_component(context.accession_number or "")
     ft1.ft1_25 = _ce(*CPT)
     for modifier in modifiers:
-        ft1.add_field("ft1_26").value = _ce(modifier, _MODIFIER_TEXT.get(modifier, ""), "CPT")
+        ft1.add_field("ft1_26").value = _ce(modifier, _MODIFIER_TEXT.get(modifier, ""), "CPTM")
     return dft.to_er7()
 
 

@@ -103,7 +103,38 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     sr.ContentSequence = content
     sr._content = report  # highdicom's parsed view (`sr.content`), same tree as written
     copy_patient_study(source, sr)
+    if requests := referenced_requests(source):
+        sr.ReferencedRequestSequence = requests
     return sr
+
+
+def referenced_requests(source: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """The SR's Referenced Request Sequence (SR Document General module) when the image
+    names its request: order numbers and the reason for it (e.g. ICD-10 Z13.820), from
+    the header or from the HL7 order the node matched to the image."""
+    requests = list(source.get("RequestAttributesSequence", []))
+    placer = source.get("PlacerOrderNumberImagingServiceRequest")
+    if not requests and not placer:
+        return []
+    out = []
+    for request in requests or [pydicom.Dataset()]:
+        item = pydicom.Dataset()
+        item.StudyInstanceUID = source.StudyInstanceUID
+        item.AccessionNumber = source.get("AccessionNumber", "")
+        item.PlacerOrderNumberImagingServiceRequest = placer or ""
+        item.FillerOrderNumberImagingServiceRequest = source.get(
+            "FillerOrderNumberImagingServiceRequest", "")
+        item.RequestedProcedureID = request.get("RequestedProcedureID", "")
+        item.RequestedProcedureDescription = source.get("RequestedProcedureDescription", "")
+        item.RequestedProcedureCodeSequence = list(source.get("RequestedProcedureCodeSequence",
+                                                              []))
+        if request.get("ReasonForTheRequestedProcedure"):
+            item.ReasonForTheRequestedProcedure = request.ReasonForTheRequestedProcedure
+        if request.get("ReasonForRequestedProcedureCodeSequence"):
+            item.ReasonForRequestedProcedureCodeSequence = list(
+                request.ReasonForRequestedProcedureCodeSequence)
+        out.append(item)
+    return out
 
 
 def _library_ready(source: pydicom.Dataset) -> bool:
