@@ -151,11 +151,15 @@ class WorkerHooks:
             out.append(OutboundMessage("DFT", status, HL7_DESTINATION, control,
                                        build_dft(context, hl7, control, modifiers)))
         if config.fhir.enabled:
-            from dxr_node.integration.fhir import build_bundle
+            from dxr_node.integration.fhir import FHIRError, build_bundle
 
-            bundle = build_bundle(context, config.fhir, modifiers)
-            out.append(OutboundMessage("FHIR", status, FHIR_DESTINATION,
-                                       f"DXR{self.job_id}FHIR{status}", bundle))
+            try:
+                bundle = build_bundle(context, config.fhir, modifiers)
+            except FHIRError as exc:  # our bug: keep the result and the HL7 messages
+                log_event(log, "fhir_invalid", logging.ERROR, job=self.job_id, reason=str(exc))
+            else:
+                out.append(OutboundMessage("FHIR", status, FHIR_DESTINATION,
+                                           f"DXR{self.job_id}FHIR{status}", bundle))
         return out
 
     def _context(self, result: Any, objects: Sequence[Any], header: pydicom.Dataset) -> Any:

@@ -147,7 +147,8 @@ class Node:
             self._start_console(self._listening)
         log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
                   port=self.address[1], workers=config.worker_count,
-                  destinations=",".join(f"{d.ae_title}@{d.host}:{d.port}"
+                  destinations=",".join(d.url or "" if d.kind == "stow"
+                                        else f"{d.ae_title}@{d.host}:{d.port}"
                                         for d in config.destinations) or None,
                   data_dir=config.data_dir, pid=os.getpid())
 
