@@ -50,7 +50,7 @@ class Destination(BaseModel):
     kind: Literal["dicom", "stow"] = "dicom"
     ae_title: str = ""
     host: str = ""
-    port: int = Field(default=0, ge=0, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
     url: str | None = Field(default=None, pattern=r"^https?://")  # DICOMweb service root
     token: str | None = None  # STOW-RS "Authorization: Bearer <token>"
 

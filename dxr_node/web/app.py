@@ -28,7 +28,7 @@ from dxr_node import __version__
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Store
-from dxr_node.web import api, pages
+from dxr_node.web import api, integration, pages
 from dxr_node.web.auth import ConsoleConfigError, check_console_access, require_access
 from dxr_node.web.metrics import CONTENT_TYPE, render_metrics
 
@@ -64,6 +64,7 @@ def create_app(config: NodeConfig, store: Store,
     guarded = [Depends(require_access)]
     app.include_router(api.router, dependencies=guarded)
     app.include_router(pages.router, dependencies=guarded)
+    app.include_router(integration.router, dependencies=guarded)  # orders, HL7/FHIR
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/metrics", dependencies=guarded, response_class=PlainTextResponse,
