@@ -3,7 +3,7 @@
 a RIS (python-hl7's MLLP client) sends an ORM^O01 with Z13.820 to `dxr-node serve`, the
 image arrives by dcmtk storescu, and an interface engine (hl7apy's MLLP server) receives
 the ORU^R01, whose values equal the SR's, and the DFT^P03 with 0750T, the site's
-modifier and Z13.820.
+modifier and Z13.820; a FHIR server receives the same values as Observations.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import hl7
 import pytest
 from dcmtk_peers import free_port, require
+from fhir_server import fhir_server
 from hl7.client import MLLPClient
 from hl7_messages import order_message
 from hl7_peers import hl7_receiver
@@ -24,6 +25,7 @@ from node_process import serve, wait_for
 from pydicom import dcmread
 
 pytestmark = pytest.mark.slow
+FHIR_TOKEN = "fhir-token-0123456789"
 
 
 def sr_values(sr) -> dict[tuple[str, str], str]:
@@ -58,11 +60,18 @@ def _image(tmp_path: Path) -> Path:
     return path
 
 
-def test_order_image_result_and_charge_over_mllp(tmp_path):
+@pytest.fixture
+def fhir():
+    with fhir_server(FHIR_TOKEN) as server:
+        yield server
+
+
+def test_order_image_result_and_charge_over_mllp(tmp_path, fhir):
     require("storescu")
     image = _image(tmp_path)
     hl7_port, engine_port = free_port(), free_port()
     config = tmp_path / "node.toml"
+    fhir_url, fhir_store = fhir
     config.write_text(f"""
 send_objects = ["SR", "PDF"]
 [hl7]
@@ -75,6 +84,10 @@ charge_component = "26"
 [hl7.interpreting_provider]
 npi = "1234567893"
 family_name = "READER"
+[fhir]
+enabled = true
+base_url = "{fhir_url}"
+token = "{FHIR_TOKEN}"
 """)
     with hl7_receiver(engine_port) as engine, serve(
             tmp_path / "data", "--config", str(config), "--workers", "1",
@@ -91,6 +104,7 @@ family_name = "READER"
         assert sent.returncode == 0, sent.stderr
         wait_for(lambda: engine.of_type("ORU") and engine.of_type("DFT"), 240,
                  "ORU^R01 and DFT^P03 at the engine")
+        wait_for(lambda: fhir_store.by_type("DiagnosticReport"), 60, "the FHIR bundle")
         assert node.stop() == 0
         log = node.log_text()
 
@@ -143,5 +157,14 @@ family_name = "READER"
         text = subprocess.run(["pdftotext", str(pdf_path), "-"], capture_output=True,
                               text=True, timeout=60).stdout
         assert "Z13.820" in text
+    # FHIR: the same values as Observations, the charge with the modifier extension.
+    observed = {(o["bodySite"]["text"].split()[0].replace("hand", "HAND"),
+                 o["code"]["coding"][0]["code"]): o["valueQuantity"]["value"]
+                for o in fhir_store.by_type("Observation") if "valueQuantity" in o}
+    assert {k: float(v) for k, v in numeric.items()} == {k: float(v) for k, v in observed.items()}
+    (charge,) = fhir_store.by_type("ChargeItem")
+    assert charge["reason"][0]["coding"][0]["code"] == "Z13.820"
+    assert [e["valueCodeableConcept"]["coding"][0]["code"] for e in charge["extension"]] == ["26"]
+
     assert "event=order_received" in log and "event=order_matched" in log
     assert "DOE" not in log and "JANE" not in log  # no patient names in logs
