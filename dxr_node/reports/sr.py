@@ -120,6 +120,7 @@ def referenced_requests(source: pydicom.Dataset) -> list[pydicom.Dataset]:
     for request in requests or [pydicom.Dataset()]:
         item = pydicom.Dataset()
         item.StudyInstanceUID = source.StudyInstanceUID
+        item.ReferencedStudySequence = []  # Type 2: no separate study object
         item.AccessionNumber = source.get("AccessionNumber", "")
         item.PlacerOrderNumberImagingServiceRequest = placer or ""
         item.FillerOrderNumberImagingServiceRequest = source.get(
