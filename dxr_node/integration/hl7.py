@@ -8,6 +8,7 @@ docs/hl7-fhir.md is the conformance statement: which fields are read and written
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import time
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ class Inbound:
     orders: list[Order] = field(default_factory=list)
 
 
+_ACK_SEQUENCE = itertools.count()  # ACK control ids: unique within a second too
 _ERR_TEXT = {"100": "Segment sequence error", "101": "Required field missing",
              "102": "Data type error", "103": "Table value not found",
              "200": "Unsupported message type", "203": "Unsupported version id",
@@ -264,7 +266,7 @@ def build_ack(inbound: Inbound, code: str, config: HL7Config, *, error_code: str
     """An original-mode ACK (AA/AE/AR) with MSA-3 and, for errors, ERR (codes: table 0357)."""
     ack = Message("ACK", version=VERSION)
     _msh(ack, config, receiver=inbound.sender, message_type=f"ACK^{inbound.trigger}^ACK",
-         control_id=f"ACK{int(time.time() * 1000)}",
+         control_id=f"ACK{int(time.time())}{next(_ACK_SEQUENCE) % 100000:05d}",
          processing_id=inbound.processing_id or "P")
     msa = ack.add_segment("MSA")
     msa.msa_1 = code

@@ -37,8 +37,7 @@ class OrderIntake:
             return self._reject(header, text, peer, OrderRejected(
                 "AE", "207", f"internal error: {type(exc).__name__}"))
         try:
-            ids = [self.store.record_order(order, inbound.control_id, peer)
-                   for order in inbound.orders]
+            ids = self.store.record_orders(inbound.orders, inbound.control_id, peer)
         except KeyError as exc:  # cancel of an unknown order
             return self._reject(header, text, peer, OrderRejected("AE", "103", str(exc.args[0]),
                                                                   "ORC^1^2"))

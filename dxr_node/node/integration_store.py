@@ -182,60 +182,68 @@ class IntegrationStore:
 
     # --- orders ----------------------------------------------------------------------
 
-    def record_order(self, order: Order, control_id: str, peer: str) -> int:
-        """Insert a new order, update a changed one, cancel one (by placer number).
-        Returns the order's row id. A matched order is never reopened by a change."""
-        now = _now()
+    def record_orders(self, orders: Sequence[Order], control_id: str, peer: str) -> list[int]:
+        """Record every order of one message in one transaction (all or none): insert a
+        new order, update a changed one, cancel one (by placer number). Returns the
+        orders' row ids. Raises KeyError for a cancel of an unknown order."""
         with self.store._transaction() as db:
-            if order.order_control in ("CA", "DC", "OC"):
-                row = db.execute(
-                    "UPDATE orders SET status = 'cancelled', updated_at = ?,"
-                    " message_control_id = ? WHERE placer_order_number = ?"
-                    " AND placer_authority = ? RETURNING id",
-                    (now, control_id, order.placer_order_number, order.placer_authority),
-                ).fetchone()
-                if row is None:
-                    raise KeyError(f"no order {order.placer_order_number} to cancel")
-                order_id = row[0]
-            else:
-                values = (
-                    order.filler_order_number, order.accession_number, order.patient_id,
-                    order.issuer_of_patient_id, json.dumps(order.other_patient_ids),
-                    order.birth_date, order.sex, json.dumps(order.ordering_provider or {}),
-                    order.procedure_code, order.reason, json.dumps(order.diagnoses),
-                    order.priority, order.requested_date, control_id, now,
-                )
-                order_id = db.execute(
-                    "INSERT INTO orders (filler_order_number, accession_number, patient_id,"
-                    " issuer_of_patient_id, other_patient_ids, birth_date, sex,"
-                    " ordering_provider, procedure_code, reason, diagnoses, priority,"
-                    " requested_date, message_control_id, updated_at, placer_order_number,"
-                    " placer_authority, status, received_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'open',?)"
-                    " ON CONFLICT (placer_order_number, placer_authority) DO UPDATE SET"
-                    " filler_order_number = excluded.filler_order_number,"
-                    " accession_number = excluded.accession_number,"
-                    " patient_id = excluded.patient_id,"
-                    " issuer_of_patient_id = excluded.issuer_of_patient_id,"
-                    " other_patient_ids = excluded.other_patient_ids,"
-                    " birth_date = excluded.birth_date, sex = excluded.sex,"
-                    " ordering_provider = excluded.ordering_provider,"
-                    " procedure_code = excluded.procedure_code, reason = excluded.reason,"
-                    " diagnoses = excluded.diagnoses, priority = excluded.priority,"
-                    " requested_date = excluded.requested_date,"
-                    " message_control_id = excluded.message_control_id,"
-                    " updated_at = excluded.updated_at,"
-                    " status = CASE WHEN orders.status = 'cancelled' THEN 'open'"
-                    "   ELSE orders.status END RETURNING id",
-                    (*values, order.placer_order_number, order.placer_authority, now),
-                ).fetchone()[0]
-            db.execute(
-                "INSERT INTO hl7_inbound (received_at, peer, control_id, message_type,"
-                " ack_code, reason) VALUES (?,?,?,?, 'AA', ?)",
-                (now, peer, control_id, f"order {order.order_control}",
-                 f"order {order_id}"),
+            return [self._record(db, order, control_id, peer) for order in orders]
+
+    def record_order(self, order: Order, control_id: str, peer: str) -> int:
+        return self.record_orders([order], control_id, peer)[0]
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, order: Order, control_id: str, peer: str) -> int:
+        now = _now()
+        if order.order_control in ("CA", "DC", "OC"):
+            row = db.execute(
+                "UPDATE orders SET status = 'cancelled', updated_at = ?,"
+                " message_control_id = ? WHERE placer_order_number = ?"
+                " AND placer_authority = ? RETURNING id",
+                (now, control_id, order.placer_order_number, order.placer_authority),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no order {order.placer_order_number} to cancel")
+            order_id = row[0]
+        else:
+            values = (
+                order.filler_order_number, order.accession_number, order.patient_id,
+                order.issuer_of_patient_id, json.dumps(order.other_patient_ids),
+                order.birth_date, order.sex, json.dumps(order.ordering_provider or {}),
+                order.procedure_code, order.reason, json.dumps(order.diagnoses),
+                order.priority, order.requested_date, control_id, now,
             )
-            return order_id
+            order_id = db.execute(
+                "INSERT INTO orders (filler_order_number, accession_number, patient_id,"
+                " issuer_of_patient_id, other_patient_ids, birth_date, sex,"
+                " ordering_provider, procedure_code, reason, diagnoses, priority,"
+                " requested_date, message_control_id, updated_at, placer_order_number,"
+                " placer_authority, status, received_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'open',?)"
+                " ON CONFLICT (placer_order_number, placer_authority) DO UPDATE SET"
+                " filler_order_number = excluded.filler_order_number,"
+                " accession_number = excluded.accession_number,"
+                " patient_id = excluded.patient_id,"
+                " issuer_of_patient_id = excluded.issuer_of_patient_id,"
+                " other_patient_ids = excluded.other_patient_ids,"
+                " birth_date = excluded.birth_date, sex = excluded.sex,"
+                " ordering_provider = excluded.ordering_provider,"
+                " procedure_code = excluded.procedure_code, reason = excluded.reason,"
+                " diagnoses = excluded.diagnoses, priority = excluded.priority,"
+                " requested_date = excluded.requested_date,"
+                " message_control_id = excluded.message_control_id,"
+                " updated_at = excluded.updated_at,"
+                " status = CASE WHEN orders.status = 'cancelled' THEN 'open'"
+                "   ELSE orders.status END RETURNING id",
+                (*values, order.placer_order_number, order.placer_authority, now),
+            ).fetchone()[0]
+        db.execute(
+            "INSERT INTO hl7_inbound (received_at, peer, control_id, message_type,"
+            " ack_code, reason) VALUES (?,?,?,?, 'AA', ?)",
+            (now, peer, control_id, f"order {order.order_control}",
+             f"order {order_id}"),
+        )
+        return order_id
 
     def record_rejected_message(self, *, peer: str, control_id: str | None,
                                 message_type: str | None, ack_code: str, reason: str,
