@@ -131,36 +131,9 @@ class WorkerHooks:
         return also
 
     def _messages(self, result: Any, objects: Sequence[Any]) -> list[OutboundMessage]:
-        from dxr_node.integration.hl7 import build_dft, build_oru, charge_modifiers
-
-        config = self.config
-        header = self.header
-        if header is None:  # not a DICOM image: nothing to report to the hospital
+        if self.header is None:  # not a DICOM image: nothing to report to the hospital
             return []
-        context = self._context(result, objects, header)
-        status = context.result_status
-        out: list[OutboundMessage] = []
-        hl7 = config.hl7
-        if hl7.outbound_enabled and hl7.send_results:
-            control = f"DXR{self.job_id}ORU{status}"
-            out.append(OutboundMessage("ORU", status, HL7_DESTINATION, control,
-                                       build_oru(context, hl7, control)))
-        modifiers = charge_modifiers(context, hl7)
-        if hl7.outbound_enabled and hl7.send_charges and modifiers is not None:
-            control = f"DXR{self.job_id}DFT{status}"
-            out.append(OutboundMessage("DFT", status, HL7_DESTINATION, control,
-                                       build_dft(context, hl7, control, modifiers)))
-        if config.fhir.enabled:
-            from dxr_node.integration.fhir import FHIRError, build_bundle
-
-            try:
-                bundle = build_bundle(context, config.fhir, modifiers)
-            except FHIRError as exc:  # our bug: keep the result and the HL7 messages
-                log_event(log, "fhir_invalid", logging.ERROR, job=self.job_id, reason=str(exc))
-            else:
-                out.append(OutboundMessage("FHIR", status, FHIR_DESTINATION,
-                                           f"DXR{self.job_id}FHIR{status}", bundle))
-        return out
+        return build_messages(self.config, self._context(result, objects, self.header))
 
     def _context(self, result: Any, objects: Sequence[Any], header: pydicom.Dataset) -> Any:
         from dxr_node.integration.hl7 import ResultContext
@@ -181,6 +154,40 @@ class WorkerHooks:
             diagnoses=tuple(diagnoses),
             pdf=_pdf_bytes(result, header) if want_pdf else None,
         )
+
+
+def build_messages(config: NodeConfig, context: Any) -> list[OutboundMessage]:
+    """The ORU^R01, DFT^P03 and FHIR bundle of one result (a ``ResultContext``), as
+    configured. Without reader review the worker queues them with the result, status F;
+    a review step queues its F (after approval) or C (correction) the same way, through
+    ``IntegrationStore.queue``: each (job, kind, status) is queued and sent once."""
+    from dxr_node.integration.hl7 import build_dft, build_oru, charge_modifiers
+
+    status = context.result_status
+    job_id = context.job_id
+    out: list[OutboundMessage] = []
+    hl7 = config.hl7
+    if hl7.outbound_enabled and hl7.send_results:
+        control = f"DXR{job_id}ORU{status}"
+        out.append(OutboundMessage("ORU", status, HL7_DESTINATION, control,
+                                   build_oru(context, hl7, control)))
+    # A charge only for a final (or corrected) result, never for a preliminary one.
+    modifiers = charge_modifiers(context, hl7) if status != "P" else None
+    if hl7.outbound_enabled and hl7.send_charges and modifiers is not None:
+        control = f"DXR{job_id}DFT{status}"
+        out.append(OutboundMessage("DFT", status, HL7_DESTINATION, control,
+                                   build_dft(context, hl7, control, modifiers)))
+    if config.fhir.enabled:
+        from dxr_node.integration.fhir import FHIRError, build_bundle
+
+        try:
+            bundle = build_bundle(context, config.fhir, modifiers)
+        except FHIRError as exc:  # our bug: keep the result and the HL7 messages
+            log_event(log, "fhir_invalid", logging.ERROR, job=job_id, reason=str(exc))
+        else:
+            out.append(OutboundMessage("FHIR", status, FHIR_DESTINATION,
+                                       f"DXR{job_id}FHIR{status}", bundle))
+    return out
 
 
 def header_diagnoses(header: pydicom.Dataset) -> list[tuple[str, str, str]]:

@@ -322,6 +322,12 @@ class IntegrationStore:
                  now, now, now),
             )
 
+    def queue(self, job_id: int, messages: Sequence[OutboundMessage]) -> None:
+        """Queue messages of an existing result in a transaction of their own (e.g. a
+        reader's approval: its F result and the charge)."""
+        with self.store._transaction() as db:
+            self.queue_in(db, job_id, messages, None)
+
     def claim(self, destination: str, limit: int) -> list[ClaimedMessage]:
         now = _now()
         with self.store._transaction() as db:

@@ -21,9 +21,7 @@ def test_orders_images_and_messages_in_the_console(tmp_path):
     istore.record_order(Order(placer_order_number="PL5", accession_number="ACC5",
                               patient_id="P55", diagnoses=(("M81.0", "Osteoporosis", "I10"),)),
                         "C1", "127.0.0.1:1")
-    with store._transaction() as db:
-        IntegrationStore.queue_in(db, job, [OutboundMessage("ORU", "F", "HL7", "DXR1ORUF",
-                                                            "MSH|...")], None)
+    istore.queue(job, [OutboundMessage("ORU", "F", "HL7", "DXR1ORUF", "MSH|...")])
     (message,) = istore.claim("HL7", 10)
     istore.failed(message.id, "rejected by the receiver: AR")
 

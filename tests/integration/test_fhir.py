@@ -90,9 +90,8 @@ def test_bundle_posted_with_token_and_read_back(tmp_path, context):
         store = Store(config.database_path)
         job = store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1", "1.2",
                                               str(tmp_path / "x.dcm"), 1)).job_id
-        with store._transaction() as db:
-            IntegrationStore.queue_in(db, job, [OutboundMessage(
-                "FHIR", "F", FHIR_DESTINATION, "DXR1FHIRF", payload)], None)
+        IntegrationStore(store).queue(job, [OutboundMessage(
+            "FHIR", "F", FHIR_DESTINATION, "DXR1FHIRF", payload)])
         stop = threading.Event()
         thread = threading.Thread(target=run_message_dispatcher, args=(config, store, stop))
         thread.start()

@@ -47,8 +47,7 @@ def node(tmp_path):
     istore = IntegrationStore(store)
 
     def queue(*messages: OutboundMessage) -> None:
-        with store._transaction() as db:
-            IntegrationStore.queue_in(db, job, messages, None)
+        istore.queue(job, messages)
 
     stop = threading.Event()
     thread = threading.Thread(target=run_message_dispatcher, args=(config, store, stop))
