@@ -105,6 +105,8 @@ token = "{FHIR_TOKEN}"
         wait_for(lambda: engine.of_type("ORU") and engine.of_type("DFT"), 240,
                  "ORU^R01 and DFT^P03 at the engine")
         wait_for(lambda: fhir_store.by_type("DiagnosticReport"), 60, "the FHIR bundle")
+        wait_for(lambda: node.status()["messages"]["sent"] == 3, 30, "messages recorded sent")
+        status = node.status()
         assert node.stop() == 0
         log = node.log_text()
 
@@ -166,5 +168,7 @@ token = "{FHIR_TOKEN}"
     assert charge["reason"][0]["coding"][0]["code"] == "Z13.820"
     assert [e["valueCodeableConcept"]["coding"][0]["code"] for e in charge["extension"]] == ["26"]
 
+    assert status["messages"] == {"pending": 0, "sending": 0, "sent": 3, "failed": 0}
+    assert fhir_store.posts == 1 and len(engine.messages) == 2  # each sent once
     assert "event=order_received" in log and "event=order_matched" in log
     assert "DOE" not in log and "JANE" not in log  # no patient names in logs
