@@ -68,6 +68,8 @@ def fhir():
 
 def test_order_image_result_and_charge_over_mllp(tmp_path, fhir):
     require("storescu")
+    if shutil.which("pdftotext") is None:
+        pytest.skip("poppler-utils (pdftotext) not installed")
     image = _image(tmp_path)
     hl7_port, engine_port = free_port(), free_port()
     config = tmp_path / "node.toml"
@@ -153,12 +155,11 @@ token = "{FHIR_TOKEN}"
     assert request.ReasonForRequestedProcedureCodeSequence[0].CodeValue == "Z13.820"
     assert request.AccessionNumber == "ACC789"
     assert request.PlacerOrderNumberImagingServiceRequest == "PL123"
-    if shutil.which("pdftotext"):
-        pdf_path = tmp_path / "report.pdf"
-        pdf_path.write_bytes(bytes(pdf.EncapsulatedDocument))
-        text = subprocess.run(["pdftotext", str(pdf_path), "-"], capture_output=True,
-                              text=True, timeout=60).stdout
-        assert "Z13.820" in text
+    pdf_path = tmp_path / "report.pdf"
+    pdf_path.write_bytes(bytes(pdf.EncapsulatedDocument))
+    text = subprocess.run(["pdftotext", str(pdf_path), "-"], capture_output=True, text=True,
+                          timeout=60).stdout
+    assert "Z13.820" in text
     # FHIR: the same values as Observations, the charge with the modifier extension.
     observed = {(o["bodySite"]["text"].split()[0].replace("hand", "HAND"),
                  o["code"]["coding"][0]["code"]): o["valueQuantity"]["value"]
