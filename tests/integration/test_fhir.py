@@ -19,32 +19,13 @@ from fhir_server import fhir_server
 
 from dxr_node.integration.config import FHIRConfig, HL7Config
 from dxr_node.integration.fhir import MODIFIER_EXTENSION, build_bundle, send_bundle
-from dxr_node.integration.hl7 import ResultContext, charge_modifiers
+from dxr_node.integration.hl7 import charge_modifiers
 from dxr_node.integration.outbound import FHIR_DESTINATION, run_message_dispatcher
 from dxr_node.node.config import load_config
-from dxr_node.node.integration_store import IntegrationStore, Order, OutboundMessage
+from dxr_node.node.integration_store import IntegrationStore, OutboundMessage
 from dxr_node.node.store import InstanceInfo, Store
 
 TOKEN = "test-token-0123456789"
-
-
-@pytest.fixture(scope="module")
-def context(tmp_path_factory) -> ResultContext:
-    from dxr_node.phantom.generate import write_phantom_set
-    from dxr_node.pipeline import process_file
-
-    out = tmp_path_factory.mktemp("fhir-phantom")
-    write_phantom_set(out, n=1, seed=31)
-    result = process_file(sorted(out.glob("*.dcm"))[0], kinds=("PDF",))
-    header = result.radiograph.dataset
-    order = Order(placer_order_number="PL9", accession_number="ACC9", patient_id="P9",
-                  diagnoses=(("Z13.820", "Encounter for screening for osteoporosis", "I10"),))
-    pdf = bytes(result.objects[0].EncapsulatedDocument)
-    return ResultContext(job_id=1, analysis=result.analysis,
-                         interpretation=result.interpretation, order=order,
-                         patient_id=str(header.PatientID), issuer_of_patient_id="HOSP",
-                         accession_number="ACC9", study_instance_uid=str(header.StudyInstanceUID),
-                         study_date=str(header.StudyDate), diagnoses=order.diagnoses, pdf=pdf)
 
 
 def test_charge_modifiers_follow_the_result_and_the_site():
