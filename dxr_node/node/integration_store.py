@@ -1,8 +1,10 @@
 """Tables and queries of the hospital interfaces (schema version 4).
 
 - ``orders``: orders received over HL7 v2 (ORM^O01 / OMI^O23), one row per placer order
-  number (and its assigning authority); ``job_id`` once an image was matched to it.
+  number (and its assigning authority); status ``matched`` once an image was matched.
   Patient names are not stored; birth date and sex are kept to complete image headers.
+- ``order_matches``: which order each analysed image was matched to (an order may have
+  several images, e.g. both hands; an image has at most one order).
 - ``hl7_inbound``: one row per inbound message and its ACK code; the raw text is kept
   only for messages we did not accept (AE/AR), for inspection.
 - ``outbound_messages``: results and charges (ORU^R01, DFT^P03, FHIR bundles) queued in
@@ -41,7 +43,6 @@ CREATE TABLE IF NOT EXISTS orders (
     priority             TEXT,
     requested_date       TEXT,
     status               TEXT NOT NULL CHECK (status IN ('open','matched','cancelled')),
-    job_id               INTEGER REFERENCES jobs (id),
     message_control_id   TEXT,
     received_at          REAL NOT NULL,
     updated_at           REAL NOT NULL,
@@ -49,7 +50,13 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 CREATE INDEX IF NOT EXISTS orders_accession ON orders (accession_number);
 CREATE INDEX IF NOT EXISTS orders_patient ON orders (patient_id, issuer_of_patient_id);
-CREATE INDEX IF NOT EXISTS orders_job ON orders (job_id);
+
+CREATE TABLE IF NOT EXISTS order_matches (
+    job_id     INTEGER PRIMARY KEY REFERENCES jobs (id),
+    order_id   INTEGER NOT NULL REFERENCES orders (id),
+    matched_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS order_matches_order ON order_matches (order_id);
 
 CREATE TABLE IF NOT EXISTS hl7_inbound (
     id              INTEGER PRIMARY KEY,
@@ -116,7 +123,6 @@ class Order:
     requested_date: str | None = None  # YYYYMMDD
     order_control: str = "NW"  # NW new, XO change, CA/DC cancel
     id: int | None = None
-    job_id: int | None = None
     status: str = "open"
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +136,6 @@ class Order:
             "procedure_code": self.procedure_code, "reason": self.reason,
             "diagnoses": [list(d) for d in self.diagnoses], "priority": self.priority,
             "requested_date": self.requested_date, "status": self.status,
-            "job_id": self.job_id,
         }
 
 
@@ -147,7 +152,7 @@ def _order_from_row(row: sqlite3.Row) -> Order:
         procedure_code=row["procedure_code"], reason=row["reason"],
         diagnoses=tuple(tuple(d) for d in json.loads(row["diagnoses"])),
         priority=row["priority"], requested_date=row["requested_date"],
-        status=row["status"], job_id=row["job_id"],
+        status=row["status"],
     )
 
 
@@ -278,15 +283,14 @@ class IntegrationStore:
                 return _order_from_row(row)
         return None
 
-    def order_for_job(self, job_id: int) -> Order | None:
-        rows = self.store._read("SELECT * FROM orders WHERE job_id = ? LIMIT 1", (job_id,))
-        return _order_from_row(rows[0]) if rows else None
-
     def orders(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
         rows = self.store._read(
-            f"SELECT * FROM orders {where} ORDER BY id DESC LIMIT ?", [*params, limit])
-        return [_order_from_row(r).to_dict() | {"received_at": r["received_at"]}
+            "SELECT *, (SELECT json_group_array(m.job_id) FROM order_matches m"
+            f" WHERE m.order_id = orders.id) AS job_ids FROM orders {where}"
+            " ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [_order_from_row(r).to_dict() | {"received_at": r["received_at"],
+                                                "job_ids": json.loads(r["job_ids"])}
                 for r in rows]
 
     def images_without_order(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -294,7 +298,7 @@ class IntegrationStore:
         return [dict(r) for r in self.store._read(
             "SELECT j.id AS job_id, i.sop_instance_uid, i.patient_id, i.study_date,"
             " i.received_at, j.state FROM jobs j JOIN instances i ON i.id = j.instance_id"
-            " WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.job_id = j.id)"
+            " WHERE NOT EXISTS (SELECT 1 FROM order_matches m WHERE m.job_id = j.id)"
             " AND j.state != 'skipped' ORDER BY j.id DESC LIMIT ?", (limit,))]
 
     def inbound(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -311,8 +315,10 @@ class IntegrationStore:
         messages (a message already queued for this job, kind and status is kept)."""
         now = _now()
         if order_id is not None:
-            db.execute("UPDATE orders SET job_id = ?, status = 'matched', updated_at = ?"
-                       " WHERE id = ?", (job_id, now, order_id))
+            db.execute("INSERT OR REPLACE INTO order_matches (job_id, order_id, matched_at)"
+                       " VALUES (?,?,?)", (job_id, order_id, now))
+            db.execute("UPDATE orders SET status = 'matched', updated_at = ?"
+                       " WHERE id = ? AND status = 'open'", (now, order_id))
         for m in messages:
             db.execute(
                 "INSERT OR IGNORE INTO outbound_messages (job_id, kind, result_status,"

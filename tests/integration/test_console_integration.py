@@ -30,6 +30,7 @@ def test_orders_images_and_messages_in_the_console(tmp_path):
     state = client.get("/api/integration").json()
     assert [o["placer_order_number"] for o in state["orders_without_image"]] == ["PL5"]
     assert [i["job_id"] for i in state["images_without_order"]] == [job]
+    assert state["orders_without_image"][0]["job_ids"] == []
     assert state["message_counts"]["failed"] == 1
     page = client.get("/integration").text
     assert "PL5" in page and "M81.0" in page and "DXR1ORUF" in page and "rejected" in page

@@ -24,6 +24,9 @@ from hl7apy.parser import parse_message
 from node_process import serve, wait_for
 from pydicom import dcmread
 
+from dxr_node.node.integration_store import IntegrationStore
+from dxr_node.node.store import Store
+
 pytestmark = pytest.mark.slow
 FHIR_TOKEN = "fhir-token-0123456789"
 
@@ -171,5 +174,9 @@ token = "{FHIR_TOKEN}"
 
     assert status["messages"] == {"pending": 0, "sending": 0, "sent": 3, "failed": 0}
     assert fhir_store.posts == 1 and len(engine.messages) == 2  # each sent once
+    with Store(tmp_path / "data" / "dxr-node.sqlite") as store:
+        (order,) = IntegrationStore(store).orders()
+        assert order["status"] == "matched" and len(order["job_ids"]) == 1
+        assert IntegrationStore(store).images_without_order() == []
     assert "event=order_received" in log and "event=order_matched" in log
     assert "DOE" not in log and "JANE" not in log  # no patient names in logs
