@@ -91,6 +91,9 @@ CREATE INDEX IF NOT EXISTS outbound_state ON outbound_messages (state, next_atte
 """
 
 
+RAW_KEPT_CHARS = 65536
+
+
 def migrate_v4(db: sqlite3.Connection) -> None:
     """Create the interface tables (idempotent; runs inside the store's migration)."""
     for statement in SCHEMA_V4.split(";"):
@@ -253,7 +256,10 @@ class IntegrationStore:
     def record_rejected_message(self, *, peer: str, control_id: str | None,
                                 message_type: str | None, ack_code: str, reason: str,
                                 raw: str) -> int:
-        """Keep a message we did not accept (AE/AR) with the reason, for inspection."""
+        """Keep a message we did not accept (AE/AR) with the reason, for inspection (the
+        first RAW_KEPT_CHARS of it: a flood of garbage cannot fill the disk as fast)."""
+        if len(raw) > RAW_KEPT_CHARS:
+            raw = raw[:RAW_KEPT_CHARS] + f"\n[... {len(raw) - RAW_KEPT_CHARS} more characters]"
         with self.store._transaction() as db:
             return db.execute(
                 "INSERT INTO hl7_inbound (received_at, peer, control_id, message_type,"
