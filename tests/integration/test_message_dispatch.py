@@ -89,3 +89,29 @@ def test_ae_is_retried_and_ar_fails_until_the_operator_retries(node):
         _wait(lambda: istore.counts()["sent"] == 1, 30, "delivery after the retry")
     assert [m.split("|")[9] for m in engine.messages] == ["DXR1ORUF"]
     assert store.open_failure_count() == 0
+
+
+
+def test_a_message_left_sending_by_a_dead_node_is_sent_after_restart(tmp_path):
+    port = free_port()
+    config = load_config(environ={}, overrides={
+        "data_dir": str(tmp_path), "hl7": {"outbound_host": "127.0.0.1", "outbound_port": port}})
+    store = Store(config.database_path)
+    istore = IntegrationStore(store)
+    job = store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1", "1.2",
+                                          str(tmp_path / "x.dcm"), 1)).job_id
+    istore.queue(job, [_message("DFT", "DXR1DFTF")])
+    assert len(istore.claim(HL7_DESTINATION, 10)) == 1  # then the node died
+    assert istore.claim(HL7_DESTINATION, 10) == []  # 'sending' is nobody's to take
+    assert istore.recover_sending() == 1  # what the next node does at start-up
+    stop = threading.Event()
+    with hl7_receiver(port) as engine:
+        thread = threading.Thread(target=run_message_dispatcher, args=(config, store, stop))
+        thread.start()
+        try:
+            _wait(lambda: istore.counts()["sent"] == 1, 30, "delivery after recovery")
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    store.close()
+    assert [m.split("|")[9] for m in engine.messages] == ["DXR1DFTF"]

@@ -42,10 +42,10 @@ def _send(port: int, message: str) -> hl7.Message:
 def _raw_exchange(port: int, data: bytes) -> bytes | None:
     """Send raw bytes; the reply frame's payload, or None if the node just closed."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(data)
         try:
+            sock.sendall(data)
             return FrameReader(sock, 1 << 20).read()
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):  # closed before or while we sent
             return None
 
 
@@ -131,3 +131,23 @@ def test_matching_by_accession_then_patient_and_date(intake):
                              study_date="20240112", window_days=3) is not None
     assert istore.find_order(accession_number=None, patient_id="12345", issuer="OTHER",
                              study_date="20240110") is None
+
+
+def test_connections_beyond_the_cap_are_closed_and_idle_ones_time_out(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    listener = start_listener(HL7Config(enabled=True, port=0, max_connections=1,
+                                        idle_timeout_s=1), IntegrationStore(store))
+    port = listener.address[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as first:
+            first.sendall(frame(order_message(control_id="K1")))
+            assert b"MSA|AA|K1" in FrameReader(first, 1 << 20).read()
+            # The only slot is taken: a second connection is closed without an answer.
+            assert _raw_exchange(port, frame(order_message(control_id="K2"))) is None
+            # The idle first connection is closed by the node after idle_timeout_s.
+            first.settimeout(10)
+            assert first.recv(1) == b""
+        assert str(_send(port, order_message(control_id="K3")).segment("MSA")[1]) == "AA"
+    finally:
+        listener.stop()
+        store.close()
