@@ -180,7 +180,8 @@ def send_bundle(config: FHIRConfig, payload: str) -> Any:
     """POST the bundle to the server's base URL: 2xx sent; 408, 429, 5xx and network
     trouble retried; other 4xx (bad request, unauthorised) failed with the server's
     answer."""
-    from dxr_node.integration.outbound import FAILED, RETRY, SENT, Outcome
+    from dxr_node.integration.outbound import Outcome
+    from dxr_node.node.dispatch import FAILED, RETRY, SENT
 
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
     if config.token:

@@ -343,9 +343,8 @@ def charge_modifiers(context: ResultContext, config: HL7Config) -> list[str] | N
         if config.rejected_charge == "none":
             return None
         modifier = "53"
-    out = [m for m in (config.charge_component if config.charge_component != "global"
-                       else None, modifier) if m]
-    return out
+    component = [] if config.charge_component == "global" else [config.charge_component]
+    return component + ([modifier] if modifier else [])
 
 
 def _xcn(provider: Provider | dict | None) -> str:
@@ -382,7 +381,8 @@ def _patient_segment(parent: object, context: ResultContext) -> None:
 
 def _order_ids(context: ResultContext) -> tuple[str, str]:
     order = context.order
-    placer = (_ce(order.placer_order_number, order.placer_authority, "")[:-1].rstrip("^")
+    placer = ("^".join(_escape_component(p) for p in (order.placer_order_number,
+                                                      order.placer_authority)).rstrip("^")
               if order else "")
     filler = _escape_component(order.filler_order_number or "") if order else ""
     return placer, filler

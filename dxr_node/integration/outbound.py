@@ -28,6 +28,7 @@ from typing import Any
 import pydicom
 
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.dispatch import FAILED, RETRY, SENT
 from dxr_node.node.integration_store import (
     ClaimedMessage,
     IntegrationStore,
@@ -43,7 +44,6 @@ HL7_DESTINATION = "HL7"
 FHIR_DESTINATION = "FHIR"
 POLL_INTERVAL_S = 0.25
 BATCH_SIZE = 16
-SENT, RETRY, FAILED = "sent", "retry", "failed"
 
 
 def enabled(config: NodeConfig) -> bool:
@@ -58,7 +58,6 @@ class WorkerHooks:
     """Per job: the matched order and the messages to queue with the result."""
 
     config: NodeConfig
-    store: Store
     job_id: int
     order: Order | None = None
     header: pydicom.Dataset | None = None
@@ -68,7 +67,7 @@ class WorkerHooks:
                 path: str | Path) -> WorkerHooks | None:
         if not enabled(config):
             return None
-        hooks = cls(config, store, job_id)
+        hooks = cls(config, job_id)
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # the pipeline reports unreadable images with the reason

@@ -52,7 +52,7 @@ def _ordered_source():
     from dxr_node.node.integration_store import Order
 
     source = make_source()
-    hooks = WorkerHooks(config=None, store=None, job_id=1, order=Order(
+    hooks = WorkerHooks(config=None, job_id=1, order=Order(
         placer_order_number="PL123", filler_order_number="FI456", reason="screening",
         diagnoses=(("Z13.820", "Encounter for screening for osteoporosis", "I10"),)))
     hooks.amend_header(source)
