@@ -27,6 +27,8 @@ class OrderIntake:
         self.store = store
 
     def on_message(self, text: str, peer: str) -> str:
+        # Segments end in CR; test tools and some engines send LF or CRLF: accept those.
+        text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
         header = read_header(text)
         try:
             inbound = parse_orders(text)

@@ -73,6 +73,13 @@ def test_omi_o23_and_many_messages_on_one_connection(intake):
     assert {o["accession_number"] for o in istore.orders()} == {"A0", "A1", "A2"}
 
 
+def test_lf_segment_separators_are_accepted(intake):
+    port, istore = intake
+    ack = _send(port, order_message(control_id="LF1").replace("\r", "\r\n") + "\r\n")
+    assert str(ack.segment("MSA")[1]) == "AA"
+    assert istore.orders()[0]["diagnoses"][0][0] == "Z13.820"
+
+
 def test_content_errors_get_ae_with_the_reason_and_are_kept(intake):
     port, istore = intake
     ack = _send(port, order_message(diagnoses=("810.0^not a code^I10",)))
