@@ -72,12 +72,15 @@ class WorkerHooks:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # the pipeline reports unreadable images with the reason
             return hooks
-        hooks.order = IntegrationStore(store).find_order(
-            accession_number=str(header.get("AccessionNumber", "") or "") or None,
-            patient_id=str(header.get("PatientID", "") or "") or None,
-            issuer=str(header.get("IssuerOfPatientID", "") or "") or None,
-            study_date=str(header.get("StudyDate", "") or "") or None,
-            window_days=config.hl7.match_window_days)
+        try:
+            hooks.order = IntegrationStore(store).find_order(
+                accession_number=str(header.get("AccessionNumber", "") or "") or None,
+                patient_id=str(header.get("PatientID", "") or "") or None,
+                issuer=str(header.get("IssuerOfPatientID", "") or "") or None,
+                study_date=str(header.get("StudyDate", "") or "") or None,
+                window_days=config.hl7.match_window_days)
+        except sqlite3.Error as exc:  # e.g. locked: not the image's fault, claim it again
+            raise OSError(f"cannot look up the image's order: {exc}") from exc
         if hooks.order is not None:
             log_event(log, "order_matched", job=job_id, order=hooks.order.id,
                       accession=hooks.order.accession_number)
