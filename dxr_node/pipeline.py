@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,8 +51,13 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
                  history: HistorySource | None = None, objects_for_rejected: bool = True,
                  pixel_spacing_mm: float | None = None, sex: str | None = None,
                  age_years: float | None = None,
-                 reference: ReferenceTable | None = None) -> PipelineResult:
+                 reference: ReferenceTable | None = None,
+                 amend_header: Callable[[pydicom.Dataset], None] | None = None,
+                 ) -> PipelineResult:
     """Analyse one image and build its report objects.
+
+    ``amend_header`` completes the image header before it is interpreted and reported
+    (the node's matched HL7 order: indication, sex, birth date).
 
     Raises ImageLoadError only for unreadable input; everything else is in the result.
     """
@@ -60,6 +65,8 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
     radiograph = load_radiograph(path, pixel_spacing_mm)
     analysis = analyze(radiograph, started=started)
     header = radiograph.dataset
+    if amend_header is not None and header is not None:
+        amend_header(header)
     priors = _priors(history, header) if history is not None and analysis.ok else []
     interpretation = interpret(analysis, header, sex=sex, age_years=age_years, priors=priors,
                                reference=reference)

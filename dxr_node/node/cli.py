@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dxr_node.node.config import ConfigError, NodeConfig, cli_overrides, load_config
+from dxr_node.node.integration_store import IntegrationStore
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Store, StoreError
 
@@ -119,6 +120,7 @@ def collect_status(store: Store, *, limit: int = 10) -> dict[str, Any]:
         "instances": store.instance_count(),
         **store.counts(),
         "destinations": store.destination_health(),
+        "messages": IntegrationStore(store).counts(),  # HL7/FHIR results and charges
         "recent_results": store.recent_results(limit),
         "failures": store.open_failures(limit),  # the console's list, the same rule
         "skipped": store.skipped(limit),
@@ -129,6 +131,7 @@ def render_status(status: dict[str, Any]) -> str:
     lines = [f"database  {status['database']}", f"instances {status['instances']}"]
     lines.append("jobs      " + "  ".join(f"{k} {v}" for k, v in status["jobs"].items()))
     lines.append("dispatch  " + "  ".join(f"{k} {v}" for k, v in status["dispatches"].items()))
+    lines.append("messages  " + "  ".join(f"{k} {v}" for k, v in status["messages"].items()))
     for d in status["destinations"]:
         line = (f"  -> {d['destination']}: sent {d['sent']}  pending {d['pending']}  "
                 f"failed {d['failed']}  last success {_when(d['last_success_at'])}")
@@ -156,8 +159,10 @@ def render_status(status: dict[str, Any]) -> str:
         target = f" -> {f['destination']}" if f["destination"] else ""
         waiting = (f"  (retry at {_when(f['next_attempt_at'])})"
                    if f["state"] == "pending" else "")
+        subject = (f"job {f['job_id']} {f['kind']}" if f["what"] == "message"
+                   else f"sop {f['sop_instance_uid']}")
         lines.append(f"  {f['what']} {f['id']}{target}  {_when(f['updated_at'])}  attempts "
-                     f"{f['attempts']}{waiting}  sop {f['sop_instance_uid']}: {f['reason']}")
+                     f"{f['attempts']}{waiting}  {subject}: {f['reason']}")
     if status["skipped"]:
         lines.append("")
         lines.append("skipped (not analysed)")

@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dxr_node.integration.config import FHIRConfig, HL7Config
 
 ENV_PREFIX = "DXR_NODE__"
 OBJECT_KINDS = ("SR", "SC", "GSPS", "PDF")
@@ -39,19 +41,30 @@ def check_ae_title(value: str) -> str:
 
 
 class Destination(BaseModel):
-    """A PACS (or other C-STORE SCP) that receives the produced objects."""
+    """A PACS (or other C-STORE SCP) that receives the produced objects; ``kind = "stow"``
+    sends them by DICOMweb STOW-RS to ``url`` instead (same queue, retries and backoff)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
-    ae_title: str
-    host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dicom", "stow"] = "dicom"
+    ae_title: str = ""
+    host: str = ""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    url: str | None = Field(default=None, pattern=r"^https?://")  # DICOMweb service root
+    token: str | None = None  # STOW-RS "Authorization: Bearer <token>"
 
-    @field_validator("ae_title")
-    @classmethod
-    def _valid_aet(cls, value: str) -> str:
-        return check_ae_title(value)
+    @model_validator(mode="after")
+    def _complete(self) -> Destination:
+        if self.kind == "stow":
+            if not self.url:
+                raise ValueError(f"destination {self.name!r}: kind 'stow' needs url")
+        else:
+            self.ae_title = check_ae_title(self.ae_title)
+            if not self.host or not self.port:
+                raise ValueError(f"destination {self.name!r}: a DICOM destination needs "
+                                 "ae_title, host and port")
+        return self
 
 
 class DispatchPolicy(BaseModel):
@@ -122,6 +135,8 @@ class NodeConfig(BaseModel):
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
     web: WebConfig = Field(default_factory=WebConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    hl7: HL7Config = Field(default_factory=HL7Config)  # orders in, results/charges out
+    fhir: FHIRConfig = Field(default_factory=FHIRConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("reference_table")

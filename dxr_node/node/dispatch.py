@@ -305,8 +305,15 @@ def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) 
     if not batch:
         return 0
     try:
-        deliveries = send_files(destination, [item.path for item in batch],
-                                calling_aet=config.ae_title, timeout_s=config.dispatch.timeout_s)
+        if getattr(destination, "kind", "dicom") == "stow":  # DICOMweb STOW-RS
+            from dxr_node.integration.stow import send_files as stow_files
+
+            deliveries = stow_files(destination, [item.path for item in batch],
+                                    timeout_s=config.dispatch.timeout_s)
+        else:
+            deliveries = send_files(destination, [item.path for item in batch],
+                                    calling_aet=config.ae_title,
+                                    timeout_s=config.dispatch.timeout_s)
     except Exception as exc:  # a bug here must not leave rows stuck in 'sending'
         log.exception("dispatch error")
         deliveries = [Delivery(Path(item.path), item.sop_instance_uid, RETRY, None,

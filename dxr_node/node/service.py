@@ -96,6 +96,7 @@ class Node:
         self.scp: StorageSCP | None = None
         self._threads: list[threading.Thread] = []
         self._workers = None
+        self._integration = None
         self.address: tuple[str, int] | None = None
         self._start_console = start_console
         self._stop_console = stop_console
@@ -127,6 +128,14 @@ class Node:
         self._workers = start_workers(config, self.stop_event)
         self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event)
         self._spawn("housekeeping", self._housekeeping)
+        from dxr_node.integration.service import Integration  # HL7/FHIR, off by default
+
+        try:
+            self._integration = Integration(config, self.store, self.stop_event).start()
+        except OSError as exc:
+            self.stop()
+            raise ServiceError(f"cannot listen for HL7 on {config.hl7.host}:"
+                               f"{config.hl7.port}: {exc.strerror or exc}") from None
         self.scp = StorageSCP(config, self.store)
         try:
             self.address = self.scp.start()
@@ -138,7 +147,8 @@ class Node:
             self._start_console(self._listening)
         log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
                   port=self.address[1], workers=config.worker_count,
-                  destinations=",".join(f"{d.ae_title}@{d.host}:{d.port}"
+                  destinations=",".join(d.url or "" if d.kind == "stow"
+                                        else f"{d.ae_title}@{d.host}:{d.port}"
                                         for d in config.destinations) or None,
                   data_dir=config.data_dir, pid=os.getpid())
 
@@ -165,6 +175,8 @@ class Node:
         self.shutdown_requested.set()
         if self.scp is not None:
             self.scp.stop()
+        if self._integration is not None:
+            self._integration.stop_listener()
         if self._stop_console is not None:
             self._stop_console()
         self.stop_event.set()
@@ -172,6 +184,8 @@ class Node:
             self._workers.join()
         for thread in self._threads:
             thread.join(timeout=self.config.dispatch.timeout_s + 5)
+        if self._integration is not None:
+            self._integration.join(timeout=self.config.hl7.timeout_s + 5)
         if self.store is not None:
             self.store.close()
         log_event(log, "stopped")

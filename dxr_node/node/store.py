@@ -28,7 +28,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,12 @@ from typing import Any
 
 from dxr_node.clinical.result import PriorResult
 
-SCHEMA_VERSION = 3  # 2: objects.file_deleted_at (retention of produced objects); 3: review
+# Called inside finish_job's transaction with the job id (e.g. to queue HL7/FHIR
+# messages with the result they report).
+InTransaction = Callable[[sqlite3.Connection, int], None]
+
+SCHEMA_VERSION = 4  # 2: objects.file_deleted_at (retention of produced objects); 3: review
+# 4: orders, hl7_inbound, outbound_messages (dxr_node.node.integration_store)
 
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
@@ -269,6 +274,10 @@ class Store:
                 from dxr_node.node.review_store import create_review_tables
 
                 create_review_tables(db)
+            if version < 4:
+                from dxr_node.node.integration_store import migrate_v4
+
+                migrate_v4(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -383,9 +392,11 @@ class Store:
         objects: Sequence[ProducedObject],
         destinations: Sequence[str],
         laterality: str | None = None,
+        also: InTransaction | None = None,
     ) -> None:
         """Record a job's result and objects, and queue one dispatch per object and
         destination, all in one transaction (a crash leaves the job re-runnable).
+        ``also`` runs in the same transaction (the result's HL7/FHIR messages).
 
         ``laterality`` is the exam's hand by ``dxr_node.clinical.exam_laterality`` (None:
         unknown, e.g. header and image disagree): ``priors()`` compares like with like.
@@ -433,6 +444,8 @@ class Store:
                         " VALUES (?, ?, 'pending', ?, ?, ?)",
                         (object_id, destination, now, now, now),
                     )
+            if also is not None:
+                also(db, job_id)
             db.execute(
                 "UPDATE jobs SET state = 'done', error = NULL, finished_at = ?, updated_at = ?"
                 " WHERE id = ?",
@@ -827,6 +840,10 @@ class Store:
             " d.state, d.attempts, d.error, d.next_attempt_at, d.updated_at"
             " FROM dispatches d JOIN objects o ON o.id = d.object_id"
             " WHERE d.state = 'failed' OR (d.state = 'pending' AND d.error IS NOT NULL)"
+            " UNION ALL "
+            "SELECT 'message', m.id, m.job_id, NULL, m.destination, m.kind, m.state,"
+            " m.attempts, m.error, m.next_attempt_at, m.updated_at FROM outbound_messages m"
+            " WHERE m.state = 'failed' OR (m.state = 'pending' AND m.error IS NOT NULL)"
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
@@ -838,7 +855,9 @@ class Store:
             "SELECT (SELECT COUNT(*) FROM jobs WHERE state = 'failed')"
             " + (SELECT COUNT(*) FROM dispatches WHERE state = 'failed')"
             " + (SELECT COUNT(*) FROM dispatches WHERE state = 'pending'"
-            " AND error IS NOT NULL)")[0][0]
+            " AND error IS NOT NULL)"
+            " + (SELECT COUNT(*) FROM outbound_messages WHERE state = 'failed'"
+            " OR (state = 'pending' AND error IS NOT NULL))")[0][0]
 
     def retry_dispatch(self, dispatch_id: int) -> bool:
         """Operator action: send a failed (or waiting) dispatch again now, with fresh
@@ -870,6 +889,12 @@ class Store:
             dispatches = db.execute(
                 "UPDATE dispatches SET state = 'pending', attempts = 0, next_attempt_at = ?,"
                 " error = NULL, updated_at = ? WHERE state = 'failed'"
+                " OR (state = 'pending' AND error IS NOT NULL)",
+                (now, now),
+            ).rowcount
+            dispatches += db.execute(  # HL7/FHIR messages are dispatches too
+                "UPDATE outbound_messages SET state = 'pending', attempts = 0,"
+                " next_attempt_at = ?, error = NULL, updated_at = ? WHERE state = 'failed'"
                 " OR (state = 'pending' AND error IS NOT NULL)",
                 (now, now),
             ).rowcount

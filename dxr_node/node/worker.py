@@ -75,16 +75,21 @@ def write_object(directory: Path, dataset: Any) -> ProducedObject:
 def run_job(config: NodeConfig, store: Store, job: Job) -> str:
     """Analyse one claimed job and record its outcome; returns the job's new state."""
     from dxr_node.engine.image import ImageLoadError
+    from dxr_node.integration.outbound import WorkerHooks
     from dxr_node.pipeline import process_file
 
     log_event(log, "analysis_started", job=job.id, sop=job.sop_instance_uid,
               attempt=job.attempts)
     started = time.perf_counter()
     try:
+        # The HL7 order of this image, if the interfaces are on (None when they are off).
+        hooks = WorkerHooks.for_job(config, store, job.id, job.path)
         result = process_file(job.path, kinds=config.send_objects, history=store,
                               objects_for_rejected=config.send_objects_for_rejected,
-                              reference=_site_reference(config.reference_table))
+                              reference=_site_reference(config.reference_table),
+                              amend_header=hooks.amend_header if hooks else None)
         objects = [write_object(config.objects_path, ds) for ds in result.objects]
+        also = hooks.queue_with_result(result, objects) if hooks else None
     except ImageLoadError as exc:
         return _fail(store, job, f"unreadable image: {exc}")
     except OSError as exc:
@@ -110,7 +115,7 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
     store.finish_job(job.id, status=result.analysis.status, analysis=result.analysis.to_dict(),
                      interpretation=interpretation, objects=objects,
                      destinations=[] if held else [d.name for d in config.destinations],
-                     laterality=side)
+                     laterality=side, also=also)
     log_event(log, "analysis_done", job=job.id, sop=job.sop_instance_uid,
               status=result.analysis.status, objects=len(objects),
               seconds=round(time.perf_counter() - started, 2))

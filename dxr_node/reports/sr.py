@@ -119,6 +119,8 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     copy_patient_study(source, sr)
     if signoff is not None:
         _verify(sr, source, signoff)
+    if requests := referenced_requests(source):
+        sr.ReferencedRequestSequence = requests
     return sr
 
 
@@ -156,6 +158,38 @@ def _verify(sr: pydicom.Dataset, source: pydicom.Dataset, signoff: SignOff) -> N
             entry.ReferencedSOPSequence = items
             study.ReferencedSeriesSequence.append(entry)
         sr.PredecessorDocumentsSequence = [study]
+
+
+
+
+def referenced_requests(source: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """The SR's Referenced Request Sequence (SR Document General module) when the image
+    names its request: order numbers and the reason for it (e.g. ICD-10 Z13.820), from
+    the header or from the HL7 order the node matched to the image."""
+    requests = list(source.get("RequestAttributesSequence", []))
+    placer = source.get("PlacerOrderNumberImagingServiceRequest")
+    if not requests and not placer:
+        return []
+    out = []
+    for request in requests or [pydicom.Dataset()]:
+        item = pydicom.Dataset()
+        item.StudyInstanceUID = source.StudyInstanceUID
+        item.ReferencedStudySequence = []  # Type 2: no separate study object
+        item.AccessionNumber = source.get("AccessionNumber", "")
+        item.PlacerOrderNumberImagingServiceRequest = placer or ""
+        item.FillerOrderNumberImagingServiceRequest = source.get(
+            "FillerOrderNumberImagingServiceRequest", "")
+        item.RequestedProcedureID = request.get("RequestedProcedureID", "")
+        item.RequestedProcedureDescription = source.get("RequestedProcedureDescription", "")
+        item.RequestedProcedureCodeSequence = list(source.get("RequestedProcedureCodeSequence",
+                                                              []))
+        if request.get("ReasonForTheRequestedProcedure"):
+            item.ReasonForTheRequestedProcedure = request.ReasonForTheRequestedProcedure
+        if request.get("ReasonForRequestedProcedureCodeSequence"):
+            item.ReasonForRequestedProcedureCodeSequence = list(
+                request.ReasonForRequestedProcedureCodeSequence)
+        out.append(item)
+    return out
 
 
 def _library_ready(source: pydicom.Dataset) -> bool:

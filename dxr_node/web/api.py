@@ -134,7 +134,8 @@ def destination_health(store: Store, config: NodeConfig) -> list[dict[str, Any]]
     for dest in config.destinations:
         row = known.pop(dest.name, None) or {"destination": dest.name}
         out.append({**_health_defaults(), **row, "configured": True,
-                    "address": f"{dest.ae_title}@{dest.host}:{dest.port}"})
+                    "address": dest.url if dest.kind == "stow"
+                    else f"{dest.ae_title}@{dest.host}:{dest.port}"})
     for row in known.values():
         out.append({**_health_defaults(), **row, "configured": False, "address": None})
     for item in out:

@@ -30,7 +30,7 @@ from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.review_store import ReviewStore, database_has_users
 from dxr_node.node.store import Store
-from dxr_node.web import api, pages, review_api, review_pages
+from dxr_node.web import api, integration, pages, review_api, review_pages
 from dxr_node.web.auth import (
     ConsoleConfigError,
     LoginRequired,
@@ -74,6 +74,7 @@ def create_app(config: NodeConfig, store: Store,
     app.include_router(pages.router, dependencies=guarded)
     app.include_router(review_pages.router, dependencies=guarded)
     app.include_router(review_pages.public)
+    app.include_router(integration.router, dependencies=guarded)  # orders, HL7/FHIR
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/metrics", dependencies=guarded, response_class=PlainTextResponse,

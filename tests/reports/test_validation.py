@@ -46,8 +46,21 @@ def _bare_source():
     return source
 
 
+def _ordered_source():
+    """A header completed by the node's matched HL7 order (indication, order numbers)."""
+    from dxr_node.integration.outbound import WorkerHooks
+    from dxr_node.node.integration_store import Order
+
+    source = make_source()
+    hooks = WorkerHooks(config=None, job_id=1, order=Order(
+        placer_order_number="PL123", filler_order_number="FI456", reason="screening",
+        diagnoses=(("Z13.820", "Encounter for screening for osteoporosis", "I10"),)))
+    hooks.amend_header(source)
+    return source
+
+
 @pytest.fixture(params=[*SOURCES, "rejected", "bare", "error", "engine-partial",
-                        "laterality-conflict"],
+                        "laterality-conflict", "ordered"],
                 ids=lambda p: "-".join(p) if isinstance(p, tuple) else p)
 def written(request, tmp_path, display):
     if request.param == "rejected":
@@ -64,6 +77,9 @@ def written(request, tmp_path, display):
         source = source.copy()
         source.PatientName = "Phantom^Partial"
         return _write(tmp_path, source, analysis, interpretation, partial_display)
+    if request.param == "ordered":
+        return _write(tmp_path, _ordered_source(), make_analysis(), make_interpretation(),
+                      display)
     if request.param == "laterality-conflict":  # header L, image R: laterality unknown
         analysis = replace(make_analysis(), laterality="R")
         return _write(tmp_path, make_source(), analysis, None, display)
