@@ -1,0 +1,101 @@
+"""Bone identity against the row of metacarpal shafts, on a drawn palm whose truth is known.
+
+The palm (canonical frame, fingers up, palm radius 120 px) holds MC5..MC2 as four bright
+vertical tubes 0.38 palm radii apart, the hand ending 0.35 radii beyond MC5 and going on
+for a radius beyond MC2 (thenar, thumb). Correct labels pass; labels moved by one shaft
+either way, two labels on one shaft, or a thumb side read from the wrong end do not.
+"""
+
+import cv2
+import numpy as np
+import pytest
+
+from dxr_node.engine.identity import check_row, find_row
+from dxr_node.engine.locate import PALM_RADIUS_PX, _ridge_map
+
+R = PALM_RADIUS_PX
+SPACING = 0.38 * R
+LEVEL = 400.0
+AXIS = np.array([0.0, -1.0])  # proximal -> distal, fingers up
+
+
+def _palm(thumb_on_right: bool = True, thumb_along_index: bool = False
+          ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    image = np.zeros((800, 900), np.float32)
+    hand = np.zeros(image.shape, np.uint8)
+    sign = 1 if thumb_on_right else -1
+    centre = 450.0
+    names = ("MC5", "MC4", "MC3", "MC2") + (("MC1",) if thumb_along_index else ())
+    xs = {name: centre + sign * (k - 1.5) * SPACING for k, name in enumerate(names)}
+    for name, x in xs.items():
+        half = 0.11 * R if name != "MC5" else 0.09 * R
+        cv2.rectangle(image, (int(x - half), int(LEVEL - 0.8 * R)),
+                      (int(x + half), int(LEVEL + 0.8 * R)), 1.0, -1)
+    ulnar_edge = xs["MC5"] - sign * 0.35 * R
+    radial_edge = max(xs.values()) + sign * 0.6 * R if sign > 0 else min(xs.values()) - 0.6 * R
+    low, high = sorted((ulnar_edge, radial_edge))
+    cv2.rectangle(hand, (int(low), 0), (int(high), 799), 1, -1)
+    image = cv2.GaussianBlur((image * 0.6 + hand * 0.2).astype(np.float32), (0, 0), 3)
+    return _ridge_map(image, 0.07 * R), hand, xs
+
+
+def _centres(xs: dict[str, float], shift: int = 0, thumb_on_right: bool = True
+             ) -> dict[str, np.ndarray]:
+    sign = 1 if thumb_on_right else -1
+    return {name: np.array([xs[name] + sign * shift * SPACING, LEVEL])
+            for name in ("MC2", "MC3", "MC4")}
+
+
+@pytest.mark.parametrize("thumb_on_right", [True, False])
+def test_correct_labels_pass_with_confidence(thumb_on_right):
+    ridge, hand, xs = _palm(thumb_on_right)
+    sign = 1.0 if thumb_on_right else -1.0
+    for thumb_seen in (True, False):
+        check = check_row(ridge, hand, _centres(xs, 0, thumb_on_right), AXIS, sign, R,
+                          thumb_seen)
+        assert check.problem is None, check
+        assert set(check.confidence) == {"MC2", "MC3", "MC4"}
+        assert min(check.confidence.values()) > 0.5
+
+
+def test_labels_one_shaft_towards_the_little_finger_are_refused():
+    ridge, hand, xs = _palm()
+    # "MC2" on MC3, "MC3" on MC4, "MC4" on MC5: nothing is left for MC5.
+    check = check_row(ridge, hand, _centres(xs, -1), AXIS, 1.0, R)
+    assert check.problem is not None and "bone identity uncertain" in check.problem
+
+
+def test_thumb_along_the_index_labels_right_pass_and_shifted_towards_it_are_refused():
+    ridge, hand, xs = _palm(thumb_along_index=True)
+    assert check_row(ridge, hand, _centres(xs), AXIS, 1.0, R).problem is None
+    # "MC2" on the thumb's metacarpal, "MC3" on MC2, "MC4" on MC3: two shafts beyond.
+    shifted = check_row(ridge, hand, _centres(xs, +1), AXIS, 1.0, R)
+    assert shifted.problem is not None and "bone identity uncertain" in shifted.problem
+
+
+def test_two_labels_on_one_shaft_are_refused():
+    ridge, hand, xs = _palm()
+    centres = _centres(xs)
+    centres["MC3"] = centres["MC2"].copy()
+    check = check_row(ridge, hand, centres, AXIS, 1.0, R)
+    assert check.problem == "bone identity uncertain: two labels on one shaft"
+
+
+def test_thumb_side_read_from_the_wrong_end_is_refused_without_a_thumb():
+    ridge, hand, xs = _palm(thumb_on_right=True)
+    # Read as if the thumb were on the left: the labels land on MC5, MC4, MC3.
+    mirrored = {"MC2": np.array([xs["MC5"], LEVEL]), "MC3": np.array([xs["MC4"], LEVEL]),
+                "MC4": np.array([xs["MC3"], LEVEL])}
+    check = check_row(ridge, hand, mirrored, AXIS, -1.0, R, thumb_seen=False)
+    assert check.problem is not None
+
+
+@pytest.mark.parametrize("thumb_on_right", [True, False])
+def test_find_row_finds_mc2_to_mc5_and_the_thumb_side(thumb_on_right):
+    ridge, hand, xs = _palm(thumb_on_right)
+    row = find_row(ridge, hand, LEVEL - R, LEVEL + R, R)
+    assert row is not None
+    found = dict(zip(("MC2", "MC3", "MC4", "MC5"), row.xs, strict=True))
+    for name, x in found.items():
+        assert abs(x - xs[name]) < 0.1 * R, (name, x, xs[name])
+    assert row.thumb_side_margin > 0.2
