@@ -87,8 +87,9 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     # Only a header spacing is trusted for the locator's absolute size check: one typed on
     # the command line for an export may be a rough assumption.
     header_spacing = spacing if radiograph.pixel_spacing_source != "command line" else None
+    expected = _image_laterality(radiograph)
     try:
-        location = locate_metacarpals(pixels, header_spacing)
+        location = locate_metacarpals(pixels, header_spacing, expected)
     except LocateError as exc:
         location = HandLocation(bones={}, laterality=None, rotation_deg=None, paediatric=False,
                                 problems=(f"not a hand radiograph: {exc}",))
@@ -98,10 +99,10 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
         fatal = fatal or not problem.startswith(BONE_NAMES)
     if location.paediatric:
         reasons.append(PAEDIATRIC)
-    if (location.laterality and radiograph.laterality_tag
-            and location.laterality != radiograph.laterality_tag):
+    if location.laterality and expected and location.laterality != expected:
+        view = " (AP view)" if expected != radiograph.laterality_tag else ""
         reasons.append(f"laterality disagreement: image shows {location.laterality}, "
-                       f"header says {radiograph.laterality_tag}")
+                       f"header says {radiograph.laterality_tag}{view}")
 
     bones = {} if fatal else _measure_bones(pixels, location, spacing, reasons)
     spacing_source = radiograph.pixel_spacing_source
@@ -142,6 +143,20 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
         elapsed_ms=(time.perf_counter() - started) * 1000,
         **fields,
     )
+
+
+def _image_laterality(radiograph: Radiograph) -> str | None:
+    """The thumb side a header implies, as the locator reports it (PA, fingers up: a left
+    hand has its thumb on the right): the header's laterality, the other one for an AP
+    view (palm towards the tube). None without a header laterality."""
+    tag = radiograph.laterality_tag
+    if tag not in ("L", "R"):
+        return None
+    header = radiograph.dataset
+    view = str(header.get("ViewPosition", "") or "").upper() if header is not None else ""
+    if view == "AP":
+        return "R" if tag == "L" else "L"
+    return tag
 
 
 def _measure_bones(pixels: np.ndarray, location: HandLocation, spacing: float | None,

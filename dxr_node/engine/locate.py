@@ -92,12 +92,14 @@ class LocateError(ValueError):
     """The input is not an image the locator can work on (wrong shape, empty)."""
 
 
-def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
-                       ) -> HandLocation:
+def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None,
+                       expected_laterality: str | None = None) -> HandLocation:
     """Locate the hand, its laterality and metacarpals II-IV in a bone-bright image.
 
     Everything is found from the image alone; ``pixel_spacing_mm``, when known, only
-    adds an absolute size check for toddler hands.
+    adds an absolute size check for toddler hands. ``expected_laterality`` ("L"/"R", the
+    image laterality the header implies for a PA view) decides the thumb side only when
+    the thumb itself is not seen, and a row of shafts read against it is refused.
     """
     image = np.asarray(pixels)
     if image.ndim != 2 or min(image.shape) < 64:
@@ -117,6 +119,9 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         # Both ends are tried as the index; the row of metacarpals must say which.
         tries = [_locate_rays(image, pixel_spacing_mm, work_scale, fingers[::-1], "L", False),
                  _locate_rays(image, pixel_spacing_mm, work_scale, fingers, "R", False)]
+        if expected_laterality in ("L", "R"):
+            # The header names the hand: only that end can be the index.
+            tries = [t for t in tries if t.laterality == expected_laterality]
         passed = [t for t in tries if not t.problems]
         if len(passed) == 1:
             return passed[0]
@@ -144,6 +149,9 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     # itself across the palm, in the direction most rays point.
     from_row = _locate_from_row(image, pixel_spacing_mm, work_scale, fingers)
     if from_row is not None and not from_row.problems:
+        if expected_laterality in ("L", "R") and from_row.laterality != expected_laterality:
+            return _failed("bone identity uncertain: the row of metacarpals puts the thumb on "
+                           "the side the header laterality does not", outline)
         return from_row
     return failed
 
