@@ -35,6 +35,9 @@ MATCH_DISTANCE = 0.12
 # MC5 is thinner than MC4: its ridge is at least this share of MC4's.
 MC5_LEVEL = 0.5
 SIXTH_LEVEL = 0.45  # a shaft beyond MC5 this strong (share of MC2-MC4) is a metacarpal
+# Median share of the axis beyond the bases that looks like a further long bone, above
+# which the "metacarpals" are taken to be phalanges (metacarpals seen: <= 0.5).
+MAX_PROXIMAL_CONTINUATION = 0.75
 # Beyond MC2 the hand (thenar, thumb) reaches further than beyond MC5: by at least this
 # many shaft spacings to confirm a thumb side found otherwise, and never by this many
 # less (which would contradict the thumb found).
@@ -151,7 +154,19 @@ def check_row(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray
     return IdentityCheck(None, confidence, **result)
 
 
+def _axis_contrast(smooth: np.ndarray, proximal: np.ndarray, distal: np.ndarray,
+                   width: float, start: float, stop: float) -> np.ndarray:
+    """Along the axis from ``start`` to ``stop`` bone lengths from the base: how much the
+    axis stands out from points 1.2 widths to either side."""
+    axis = distal - proximal
+    normal = np.array([-axis[1], axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
+    points = proximal + np.linspace(start, stop, 60)[:, None] * axis
+    sides = [_sample(smooth, points + side * 1.2 * width * normal) for side in (-1, 1)]
+    return _sample(smooth, points) - 0.5 * (sides[0] + sides[1])
+
+
 def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear samples at (x, y) points of any leading shape; 0 outside the image."""
     map_x = np.ascontiguousarray(points[..., 0], dtype=np.float32)
     map_y = np.ascontiguousarray(points[..., 1], dtype=np.float32)
     return cv2.remap(image.astype(np.float32, copy=False), map_x, map_y, cv2.INTER_LINEAR,
@@ -276,3 +291,30 @@ def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
     return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def continues_proximally(image: np.ndarray, bones: dict[str, tuple[np.ndarray, np.ndarray, float]]
+                         ) -> float:
+    """How far the located bones run on, beyond their bases, into further long bones:
+    the median over the bones of the share of the axis 0.15-0.7 lengths beyond the base
+    that stands out from its sides at least half as much as the shaft does. A metacarpal's
+    base meets the carpus (short bones, joint spaces): low. A phalanx taken for a
+    metacarpal runs on into its metacarpal: high.
+
+    ``bones``: name -> (proximal, distal, width) in (x, y) pixels of ``image``.
+    """
+    if not bones:
+        return 0.0
+    median_width = float(np.median([width for *_, width in bones.values()]))
+    smooth = cv2.GaussianBlur(image, (0, 0), max(1.0, median_width / 4))
+    shares = []
+    for proximal, distal, width in bones.values():
+        length = float(np.linalg.norm(distal - proximal))
+        if length <= 0 or width <= 0:
+            continue
+        shaft = float(np.median(_axis_contrast(smooth, proximal, distal, width, 0.3, 0.7)))
+        if shaft <= 0:
+            continue
+        beyond = _axis_contrast(smooth, proximal, distal, width, -0.7, -0.15)
+        shares.append(float(np.mean(beyond > 0.5 * shaft)))
+    return float(np.median(shares)) if shares else 0.0

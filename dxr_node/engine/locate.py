@@ -39,7 +39,13 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from dxr_node.engine.identity import IdentityCheck, check_row, find_row
+from dxr_node.engine.identity import (
+    MAX_PROXIMAL_CONTINUATION,
+    IdentityCheck,
+    check_row,
+    continues_proximally,
+    find_row,
+)
 
 WORK_SIZE = 512  # longest side of the copy used to find the hand
 PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
@@ -261,6 +267,12 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         features["identity_confidence"] = identity.confidence
         if identity.problem and not toddler:
             problems.insert(0, identity.problem)
+        elif not toddler and continues_proximally(image, {
+                name: (np.array(b.proximal_rc[::-1]), np.array(b.distal_rc[::-1]),
+                       b.width_estimate_px) for name, b in bones.items()
+        }) > MAX_PROXIMAL_CONTINUATION:
+            problems.insert(0, "bone identity uncertain: the bones run on proximally into "
+                               "further long bones (phalanges taken for metacarpals?)")
         elif not toddler and _mc2_shorter_than_mc4(bones):
             # MC2 is the longest metacarpal, MC4 about 15 % shorter: labels read from the
             # wrong side of the hand would make "MC2" (then MC5) the shorter one.
