@@ -52,12 +52,32 @@ class IdentityCheck:
     shafts: tuple[str, ...] = ()
     labelled: tuple[float, ...] = ()
     thumb_side_margin: float | None = None
+    # A label whose shaft does not show (hidden) while the row still holds: that bone is
+    # left out (a partial result), the others keep their identity.
+    dropped: tuple[str, ...] = ()
 
 
 def check_row(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray],
               axis: np.ndarray, radial_sign: float, palm_radius: float,
               thumb_seen: bool = True) -> IdentityCheck:
-    """Check MC2-MC4 labels against the row of shafts across the palm.
+    """Check MC2-MC4 labels against the row of shafts across the palm, at the mid-shaft
+    level or, where something bright hides the row there (a splint, a ring), 0.4 palm
+    radii proximal or distal of it: the first level where the row holds decides."""
+    first = None
+    for offset in (0.0, -0.4, 0.4):
+        moved = {name: centre + offset * palm_radius * axis for name, centre in centres.items()}
+        check = _check_row_at(ridge, hand, moved, axis, radial_sign, palm_radius, thumb_seen)
+        if check.problem is None:
+            return check
+        first = first or check
+    assert first is not None
+    return first
+
+
+def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray],
+                  axis: np.ndarray, radial_sign: float, palm_radius: float,
+                  thumb_seen: bool) -> IdentityCheck:
+    """The check at one level.
 
     ``ridge`` and ``hand`` (mask) are canonical-frame images (fingers up); ``centres`` the
     labelled mid-shaft centres (x, y) there; ``axis`` the mean proximal->distal unit
@@ -102,6 +122,18 @@ def check_row(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray
     result = dict(shafts=tuple(f"{s:.2f}:{h:.2f}" for s, h in zip(shafts, heights, strict=True)),
                   labelled=tuple(labelled[n] for n in names))
     missing = [n for n in names if n not in matched]
+    dropped: tuple[str, ...] = ()
+    if (len(missing) == 1 and len(names) == 3 and missing[0] != "MC3"
+            and _evenly_placed(labelled, missing[0], shafts)):
+        # One outer bone hidden (a splint, a ring, an overlap): its shaft is taken where
+        # its label is, to keep the count; the bone itself is not measured.
+        index = _index(across, labelled[missing[0]])
+        peaks = np.sort(np.append(peaks, index))
+        shafts = across[peaks]
+        heights = strength[peaks] / bone_level
+        heights[int(np.flatnonzero(peaks == index)[0])] = 1.0
+        matched = {n: int(np.argmin(np.abs(shafts - labelled[n]))) for n in names}
+        dropped, missing = (missing[0],), []
     if missing:
         return IdentityCheck(f"bone identity uncertain: {', '.join(missing)} not on a shaft",
                              {}, **result)
@@ -151,7 +183,9 @@ def check_row(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray
     for name in names:
         clear = float(np.clip(valleys[matched[name]] / 0.5, 0.0, 1.0))
         confidence[name] = round(float(np.clip(clear * (1.0 - 0.5 * extra), 0.0, 1.0)), 3)
-    return IdentityCheck(None, confidence, **result)
+    for name in dropped:
+        confidence.pop(name, None)
+    return IdentityCheck(None, confidence, dropped=dropped, **result)
 
 
 def _axis_contrast(smooth: np.ndarray, proximal: np.ndarray, distal: np.ndarray,
@@ -171,6 +205,16 @@ def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     map_y = np.ascontiguousarray(points[..., 1], dtype=np.float32)
     return cv2.remap(image.astype(np.float32, copy=False), map_x, map_y, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _evenly_placed(labelled: dict[str, float], hidden: str, shafts: np.ndarray) -> bool:
+    """Whether a hidden outer bone's label sits one shaft spacing beyond MC3, as far as
+    the visible pair is apart, with no visible shaft closer to it than 0.6 spacings."""
+    visible = "MC2" if hidden == "MC4" else "MC4"
+    spacing = abs(labelled["MC3"] - labelled[visible])
+    gap = abs(labelled[hidden] - labelled["MC3"])
+    crowded = np.abs(shafts - labelled[hidden]) < 0.6 * spacing
+    return bool(0.75 * spacing <= gap <= 1.3 * spacing and not crowded.any())
 
 
 def _index(across: np.ndarray, position: float) -> int:

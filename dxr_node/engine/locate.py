@@ -265,6 +265,9 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         features["identity_labelled"] = identity.labelled
         features["thumb_side_margin"] = identity.thumb_side_margin
         features["identity_confidence"] = identity.confidence
+        for name in identity.dropped:
+            problems.append(f"{name} not found (no shaft where the row of metacarpals puts it)")
+            del bones[name], canonical_bones[name]
         if identity.problem and not toddler:
             problems.insert(0, identity.problem)
         elif not toddler and continues_proximally(image, {

@@ -99,3 +99,22 @@ def test_find_row_finds_mc2_to_mc5_and_the_thumb_side(thumb_on_right):
     for name, x in found.items():
         assert abs(x - xs[name]) < 0.1 * R, (name, x, xs[name])
     assert row.thumb_side_margin > 0.2
+
+
+def test_a_hidden_outer_bone_is_left_out_and_the_others_keep_their_identity():
+    ridge, hand, xs = _palm()
+    hidden = ridge.copy()
+    x = int(xs["MC4"])
+    hidden[:, x - int(0.15 * R): x + int(0.15 * R)] = 0  # a splint over MC4
+    check = check_row(hidden, hand, _centres(xs), AXIS, 1.0, R)
+    assert check.problem is None and check.dropped == ("MC4",)
+    assert set(check.confidence) == {"MC2", "MC3"}
+
+
+def test_a_label_between_shafts_is_not_taken_for_a_hidden_bone():
+    ridge, hand, xs = _palm()
+    # MC2 on MC3, MC3 on MC4, "MC4" half-way to MC5: not where a hidden MC4 would be.
+    centres = {"MC2": np.array([xs["MC3"], LEVEL]), "MC3": np.array([xs["MC4"], LEVEL]),
+               "MC4": np.array([xs["MC4"] - 0.5 * SPACING, LEVEL])}
+    check = check_row(ridge, hand, centres, AXIS, 1.0, R)
+    assert check.problem is not None
