@@ -59,6 +59,7 @@ MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the pal
 OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
 WIDER_PALM = 1.25  # palm radius of a hand mask around a mask of the bones
 MIN_PALM_FRACTION = 0.09
+PALM_CANDIDATE_SHARE = 0.7  # other discs this share of the largest may be the palm
 # MC2 / MC4 length: about 1.17 in adults; below this the thumb side is in doubt.
 MIN_MC2_TO_MC4_LENGTH = 0.95  # palm radius per short side of the image (hands seen: >= 0.12)
 
@@ -456,21 +457,20 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
             if mask is None:
                 continue
             dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-            palm_radius = float(dist.max())
-            if palm_radius < MIN_PALM_FRACTION * min(work.shape):
+            if dist.max() < MIN_PALM_FRACTION * min(work.shape):
                 continue  # no palm: a narrow structure such as a spine
-            palm_y, palm_x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-            palm_centre = np.array([palm_x, palm_y], dtype=np.float64)
             # A leak into the margins lengthens the outline more than it adds area.
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             ragged = sum(cv2.arcLength(c, True) for c in contours) / math.sqrt(mask.sum())
             contrast = _outline_contrast(image, field, mask)
-            # A larger opening also frees fingers held together (two fingers are about
-            # as wide as the smaller disc).
-            for opening in (0.45, 0.6):
-                fingers = _fingers(mask, image, field, palm_centre, palm_radius, opening)
-                key = (_hand_like(fingers), len(fingers) == 5, -abs(len(fingers) - 5), -ragged)
-                found.append((key, contrast, (mask, palm_centre, palm_radius, fingers)))
+            for palm_centre, palm_radius in _palm_candidates(dist):
+                # A larger opening also frees fingers held together (two fingers are
+                # about as wide as the smaller disc).
+                for opening in (0.45, 0.6):
+                    fingers = _fingers(mask, image, field, palm_centre, palm_radius, opening)
+                    key = (_hand_like(fingers), len(fingers) == 5, -abs(len(fingers) - 5),
+                           -ragged, palm_radius)
+                    found.append((key, contrast, (mask, palm_centre, palm_radius, fingers)))
     if not found:
         return None
     key, contrast, best = max(found, key=lambda entry: entry[0])
@@ -486,6 +486,24 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
         if wider:
             best = max(wider, key=lambda entry: entry[0])[2]
     return best
+
+
+def _palm_candidates(dist: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """Centres and radii of the largest inscribed discs that could be the palm: the
+    largest, and up to two more nearly as large elsewhere (a wide forearm or a burned-in
+    frame around the wrist can hold the largest disc)."""
+    peak = float(dist.max())
+    dilated = cv2.dilate(dist, _disc(max(2.0, 0.5 * peak)))
+    ys, xs = np.nonzero((dist >= dilated) & (dist >= PALM_CANDIDATE_SHARE * peak))
+    order = np.argsort(-dist[ys, xs])
+    chosen: list[tuple[np.ndarray, float]] = []
+    for y, x in zip(ys[order], xs[order], strict=True):
+        centre = np.array([x, y], dtype=np.float64)
+        if all(np.linalg.norm(centre - c) >= r for c, r in chosen):
+            chosen.append((centre, float(dist[y, x])))
+        if len(chosen) == 3:
+            break
+    return chosen
 
 
 def _outline_contrast(image: np.ndarray, field: np.ndarray, mask: np.ndarray) -> float:
