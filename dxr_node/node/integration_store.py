@@ -289,6 +289,12 @@ class IntegrationStore:
                 return _order_from_row(row)
         return None
 
+    def order_for_job(self, job_id: int) -> Order | None:
+        """The order an analysed image was matched to (``order_matches``)."""
+        rows = self.store._read("SELECT o.* FROM order_matches m JOIN orders o"
+                                " ON o.id = m.order_id WHERE m.job_id = ?", (job_id,))
+        return _order_from_row(rows[0]) if rows else None
+
     def orders(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
         rows = self.store._read(
