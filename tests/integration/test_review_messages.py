@@ -162,6 +162,18 @@ def _report_statuses(fhir: FHIRStore) -> list[str]:
     return [r["status"] for r in fhir.by_type("DiagnosticReport")]
 
 
+def _observations(fhir: FHIRStore) -> dict[tuple[str, str], str]:
+    """{(bone or HAND, code): status} of the server's Observations (one per value)."""
+    out = {}
+    for observation in fhir.by_type("Observation"):
+        key = tuple(observation["identifier"][0]["value"].split("-")[1:])
+        assert key not in out  # updated in place, never a second resource
+        out[key] = observation["status"]
+        assert ("valueQuantity" in observation or "valueCodeableConcept" in observation) \
+            == (observation["status"] != "cancelled")
+    return out
+
+
 def test_none_sends_final_at_once_and_a_correction_after_it(tmp_path, phantom):
     with running_node(tmp_path, phantom, "none") as node:
         node.analyse()
@@ -187,8 +199,11 @@ def test_none_sends_final_at_once_and_a_correction_after_it(tmp_path, phantom):
         withdrawn = _withdrawn(corrected)
         assert ("MC4", "CT") in withdrawn and ("HAND", "BMD") in withdrawn
         assert set(withdrawn.values()) == {"D"}  # deleted: they were final
-        assert sorted(_report_statuses(node.fhir)) == ["corrected", "final"]
-        assert not node.fhir.by_type("ChargeItem")[1:]  # one charge item, the first
+        # FHIR: the one report is now corrected; MC4 and the hand values cancelled.
+        assert _report_statuses(node.fhir) == ["corrected"]
+        assert _observations(node.fhir) == {**{k: "corrected" for k in values},
+                                            **{k: "cancelled" for k in withdrawn}}
+        assert len(node.fhir.by_type("ChargeItem")) == 1  # the first, not re-billed
 
 
 def test_none_approval_without_change_sends_nothing_more(tmp_path, phantom):
@@ -226,7 +241,8 @@ def test_send_preliminary_then_approval_sends_final_and_the_charge(tmp_path, pha
         (dft,) = node.engine.of_type("DFT")
         assert _modifiers(dft) == []
         assert str(hl7.parse(dft).segment("FT1")[19][0][0]) == "Z13.820"
-        assert sorted(_report_statuses(node.fhir)) == ["final", "preliminary"]
+        assert _report_statuses(node.fhir) == ["final"]  # the preliminary, updated
+        assert set(_observations(node.fhir).values()) == {"final"}
         assert len(node.fhir.by_type("ChargeItem")) == 1
 
 
@@ -252,6 +268,10 @@ def test_send_preliminary_then_rejection_says_no_result_and_bills_53(tmp_path, p
         (charge,) = node.fhir.by_type("ChargeItem")
         assert [e["valueCodeableConcept"]["coding"][0]["code"]
                 for e in charge["extension"]] == ["53"]
+        (report,) = node.fhir.by_type("DiagnosticReport")
+        assert report["status"] == "final" and not report.get("result")
+        assert "fingers flexed" in report["conclusion"]
+        assert set(_observations(node.fhir).values()) == {"cancelled"}
 
 
 def test_hold_sends_nothing_until_approval_then_final_partial_52(tmp_path, phantom):
