@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -100,6 +101,18 @@ def review_messages(config: NodeConfig, store: Store, exam: dict[str, Any],
         status, charge = "F", True
     context = replace(context, result_status=status, review=verdict, withdrawn=withdrawn)
     return build_messages(config, context, charge=charge), order.id if order else None
+
+
+def queue_in(db: sqlite3.Connection, job_id: int, messages: Sequence[OutboundMessage],
+             order_id: int | None) -> None:
+    """The ``also`` of ``ReviewStore.finish``: queue the verdict's messages. A final
+    supersedes a preliminary that has not gone out yet (receiver down): it is dropped,
+    so the receiver never gets P after F (a C instead waits for its F: ``claim``)."""
+    if any(m.result_status == "F" for m in messages):
+        dropped = IntegrationStore.drop_unsent(db, job_id, ["P"])
+        if dropped:
+            log_event(log, "preliminary_superseded", job=job_id, messages=dropped)
+    IntegrationStore.queue_in(db, job_id, messages, order_id)
 
 
 def _key(value: ReportedValue) -> tuple[str, str, str]:

@@ -36,9 +36,8 @@ from dxr_node.engine.remeasure import (
     with_bones,
 )
 from dxr_node.engine.result import BONE_NAMES, STATUS_REJECTED, Analysis, Point
-from dxr_node.integration.review_link import amend_header, review_messages
+from dxr_node.integration.review_link import amend_header, queue_in, review_messages
 from dxr_node.node.config import NodeConfig
-from dxr_node.node.integration_store import IntegrationStore
 from dxr_node.node.logs import log_event
 from dxr_node.node.review_store import ReviewStore, User
 from dxr_node.node.store import Store
@@ -306,7 +305,7 @@ def _issue(config: NodeConfig, store: Store, work: Working, user: User, action: 
             bmd=analysis.dxr_bmd_g_cm2, objects=produced,
             destinations=[d.name for d in config.destinations], reason=reason,
             before=before, after=after,
-            also=(lambda db, job_id: IntegrationStore.queue_in(db, job_id, messages, order_id))
+            also=(lambda db, job_id: queue_in(db, job_id, messages, order_id))
             if messages else None)
     except (KeyError, ValueError) as exc:
         raise ReviewError(409, str(exc)) from None

@@ -28,10 +28,10 @@ from node_process import wait_for
 from pydicom import dcmread
 from test_hl7_end_to_end import sr_values
 
-from dxr_node.integration.outbound import run_message_dispatcher
+from dxr_node.integration.outbound import HL7_DESTINATION, run_message_dispatcher
 from dxr_node.node import review
 from dxr_node.node.config import NodeConfig, load_config
-from dxr_node.node.integration_store import IntegrationStore, Order
+from dxr_node.node.integration_store import IntegrationStore, Order, OutboundMessage
 from dxr_node.node.review_store import ReviewStore, User
 from dxr_node.node.store import InstanceInfo, Store
 from dxr_node.node.worker import run_job
@@ -83,9 +83,10 @@ class Node:
 
 
 @contextmanager
-def running_node(tmp_path: Path, phantom: Path, mode: str, **hl7_keys) -> Iterator[Node]:
+def running_node(tmp_path: Path, phantom: Path, mode: str, received: Received | None = None,
+                 **hl7_keys) -> Iterator[Node]:
     port = free_port()
-    with fhir_server(TOKEN) as (fhir_url, fhir_store), hl7_receiver(port) as engine:
+    with fhir_server(TOKEN) as (fhir_url, fhir_store), hl7_receiver(port, received) as engine:
         config = load_config(environ={}, overrides={
             "data_dir": str(tmp_path / "data"), "send_objects": ["SR"],
             "review": {"mode": mode, "organisation": "Test Hospital"},
@@ -304,3 +305,38 @@ def test_hold_rejection_without_charge_when_so_configured(tmp_path, phantom):
         assert _status(oru) == "F" and not _withdrawn(oru)  # nothing was reported before
         assert _reasons(oru)[0] == "rejected by the reader: image quality insufficient"
         assert not node.engine.of_type("DFT") and not node.fhir.by_type("ChargeItem")
+
+
+def test_a_final_supersedes_a_preliminary_the_receiver_refused(tmp_path, phantom):
+    with running_node(tmp_path, phantom, "send-preliminary",
+                      Received(answers=["AR"])) as node:
+        node.analyse()
+        istore = IntegrationStore(node.store)
+        wait_for(lambda: istore.counts()["failed"] == 1, 60, "the ORU P refused (AR)")
+        review.approve(node.config, node.store, node.job, node.reader)
+        node.delivered(4)  # FHIR P (sent before), ORU F, DFT, FHIR F; the P ORU dropped
+        assert node.queued() == [("DFT", "F"), ("FHIR", "F"), ("FHIR", "P"), ("ORU", "F")]
+        (oru,) = node.engine.of_type("ORU")  # never a preliminary after the final
+        assert _status(_oru(oru)) == "F" and node.store.open_failure_count() == 0
+
+
+def test_a_correction_waits_for_its_final(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    istore = IntegrationStore(store)
+    job = store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1", "1.2",
+                                          str(tmp_path / "x.dcm"), 1)).job_id
+
+    def message(kind: str, status: str) -> OutboundMessage:
+        return OutboundMessage(kind, status, HL7_DESTINATION, f"DXR{job}{kind}{status}", "MSH")
+
+    istore.queue(job, [message("ORU", "F"), message("DFT", "F")])
+    (first, charge) = istore.claim(HL7_DESTINATION, 10)
+    istore.retry_later(first.id, "receiver down", at=4e9)  # the F waits in backoff
+    istore.sent(charge.id, "AA")
+    istore.queue(job, [message("ORU", "C")])
+    assert istore.claim(HL7_DESTINATION, 10) == []  # C does not overtake its F
+    istore.retry_message(first.id)  # due again
+    assert [m.control_id for m in istore.claim(HL7_DESTINATION, 10)] == [f"DXR{job}ORUF"]
+    istore.sent(first.id, "AA")
+    assert [m.control_id for m in istore.claim(HL7_DESTINATION, 10)] == [f"DXR{job}ORUC"]
+    store.close()
