@@ -192,6 +192,7 @@ def test_none_sends_final_at_once_and_a_correction_after_it(tmp_path, phantom):
                                  ("ORU", "F")]
         (dft_again,) = node.engine.of_type("DFT")
         assert dft_again == dft
+        print("ORU C as received:\n" + node.engine.of_type("ORU")[1].replace("\r", "\n"))
         corrected = _oru(node.engine.of_type("ORU")[1])
         assert _status(corrected) == "C"
         values = _values(corrected)
@@ -254,6 +255,8 @@ def test_send_preliminary_then_rejection_says_no_result_and_bills_53(tmp_path, p
         review.reject(node.config, node.store, node.job, node.reader, "positioning",
                       "fingers flexed")
         node.delivered(5)
+        for text in node.engine.messages:
+            print("as received:\n" + text.replace("\r", "\n"))
         final = _oru(node.engine.of_type("ORU")[1])
         assert _status(final) == "F" and _values(final) == {}
         assert _reasons(final)[0] == ("rejected by the reader: hand positioning unsuitable"
