@@ -20,6 +20,7 @@ from pathlib import Path
 import hl7
 import pytest
 from dcmtk_peers import free_port
+from fastapi.testclient import TestClient
 from fhir_server import FHIRStore, fhir_server
 from hl7_peers import Received, hl7_receiver
 from hl7apy.consts import VALIDATION_LEVEL
@@ -35,6 +36,7 @@ from dxr_node.node.integration_store import IntegrationStore, Order, OutboundMes
 from dxr_node.node.review_store import ReviewStore, User
 from dxr_node.node.store import InstanceInfo, Store
 from dxr_node.node.worker import run_job
+from dxr_node.web.app import create_app
 
 TOKEN = "fhir-token-0123456789"
 
@@ -283,8 +285,16 @@ def test_hold_sends_nothing_until_approval_then_final_partial_52(tmp_path, phant
         node.analyse()
         assert node.queued() == []  # nothing until a reader decides
         assert IntegrationStore(node.store).order_for_job(node.job) is not None  # matched
-        review.exclude(node.config, node.store, node.job, node.reader, "MC2")
-        review.approve(node.config, node.store, node.job, node.reader)
+        # This time through the console's API, as a reader's script would.
+        console = TestClient(create_app(node.config, node.store, lambda: True),
+                             client=("127.0.0.1", 50000))
+        auth = ("ann", "a long secret")
+        excluded = console.post(f"/api/exams/{node.job}/exclude", json={"bone": "MC2"},
+                                auth=auth)
+        assert excluded.status_code == 200, excluded.text
+        assert node.queued() == []  # a draft sends nothing
+        approved = console.post(f"/api/exams/{node.job}/approve", auth=auth)
+        assert approved.status_code == 200, approved.text
         node.delivered(3)
         (oru_text,), (dft,) = node.engine.of_type("ORU"), node.engine.of_type("DFT")
         oru = _oru(oru_text)
