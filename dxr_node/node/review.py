@@ -8,7 +8,9 @@ before and after, in the audit trail (``review_store``).
 
 Approve and reject issue final objects (``reports.build_reports`` with a ``SignOff``):
 new SOP Instance UIDs, the SR VERIFIED and FINAL with the preliminary SR as its
-predecessor; they are written like a worker's objects and queued to every destination.
+predecessor; they are written like a worker's objects and queued to every destination,
+and the verdict's HL7/FHIR messages (``integration.review_link``) in the same
+transaction.
 """
 
 from __future__ import annotations
