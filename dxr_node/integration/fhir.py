@@ -4,8 +4,12 @@ Observation per reported value, the PDF as presentedForm and a ChargeItem for 07
 Resources are built as dicts and validated by fhir.resources' R4B models (4.3.0: the
 R4-compatible release; DiagnosticReport, Observation, ChargeItem and Bundle are the
 same as in R4.0.1) before they are queued, so nothing invalid is ever sent. Entries are
-conditional creates (``ifNoneExist`` on our identifiers): a bundle resent after a lost
-response creates nothing twice. docs/hl7-fhir.md lists the codes and the extension.
+conditional updates (``PUT Type?identifier=...``) on identifiers that stay the same
+for one result whatever its status: a bundle resent after a lost response creates
+nothing twice, and a reader's final (or correction) updates the preliminary (or final)
+DiagnosticReport and Observations in place; a value the new status no longer states is
+updated to ``cancelled`` without a value. docs/hl7-fhir.md lists the codes and the
+extension.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import base64
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -92,16 +97,27 @@ def _observation(context: ResultContext, config: FHIRConfig, value: ReportedValu
 
 def build_resources(context: ResultContext, config: FHIRConfig,
                     modifiers: Sequence[str] | None) -> list[tuple[str, dict[str, Any], str]]:
-    """(fullUrl, resource, ifNoneExist) for the bundle, in order."""
+    """(fullUrl, resource, identifier search) for the bundle, in order."""
     effective = (f"{context.study_date[:4]}-{context.study_date[4:6]}-"
                  f"{context.study_date[6:8]}") if context.study_date else None
-    result_id = f"DXR{context.job_id}-{context.result_status}"
+    result_id = f"DXR{context.job_id}"  # one result: P, F and C update the same resources
     entries: list[tuple[str, dict[str, Any], str]] = []
     for n, value in enumerate(context.values, 1):
         observation = _observation(context, config, value, effective)
-        observation["identifier"] = [{"system": RESULT_ID_SYSTEM, "value": f"{result_id}-{n}"}]
+        value_id = f"{result_id}-{value.sub_id}-{value.concept.value}"
+        observation["identifier"] = [{"system": RESULT_ID_SYSTEM, "value": value_id}]
         entries.append((_uuid(context, f"obs{n}"), observation,
-                        f"identifier={RESULT_ID_SYSTEM}|{result_id}-{n}"))
+                        f"identifier={RESULT_ID_SYSTEM}|{value_id}"))
+    current = len(entries)
+    # What an earlier status reported and this one does not: no longer a value.
+    for n, value in enumerate(context.withdrawn, 1):
+        observation = _observation(context, config, replace(value, numeric=None, coded=None),
+                                   effective)
+        observation["status"] = "cancelled"
+        value_id = f"{result_id}-{value.sub_id}-{value.concept.value}"
+        observation["identifier"] = [{"system": RESULT_ID_SYSTEM, "value": value_id}]
+        entries.append((_uuid(context, f"withdrawn{n}"), observation,
+                        f"identifier={RESULT_ID_SYSTEM}|{value_id}"))
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "identifier": [{"system": RESULT_ID_SYSTEM, "value": result_id}],
@@ -112,7 +128,7 @@ def build_resources(context: ResultContext, config: FHIRConfig,
                  "text": "DXR-BMD (digital X-ray radiogrammetry)"},
         "subject": _patient(context, config),
         "issued": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "result": [{"reference": url} for url, _, _ in entries],
+        "result": [{"reference": url} for url, _, _ in entries[:current]],
         "imagingStudy": [{"identifier": {"system": "urn:dicom:uid",
                                          "value": f"urn:oid:{context.study_instance_uid}"}}],
         "conclusion": "; ".join(context.analysis.reasons) or None,
@@ -166,8 +182,8 @@ def build_bundle(context: ResultContext, config: FHIRConfig,
     bundle = {
         "resourceType": "Bundle", "type": "transaction",
         "entry": [{"fullUrl": url, "resource": resource,
-                   "request": {"method": "POST", "url": resource["resourceType"],
-                               "ifNoneExist": condition}}
+                   "request": {"method": "PUT",
+                               "url": f"{resource['resourceType']}?{condition}"}}
                   for url, resource, condition in build_resources(context, config, modifiers)],
     }
     try:

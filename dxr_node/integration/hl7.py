@@ -324,6 +324,12 @@ class ResultContext:
     diagnoses: tuple[tuple[str, str, str], ...] = ()  # ICD-10-CM: order, else header
     pdf: bytes | None = None
     result_status: str = "F"  # F final, C corrected, P preliminary
+    # The reader's verdict ("approve" | "reject"; None: no review): it decides the charge.
+    review: str | None = None
+    # Values an earlier message of this result reported and this one no longer does
+    # (a reader excluded a bone or rejected the exam): each gets an OBX without a value,
+    # status X in a final (results cannot be obtained), D in a correction (deleted).
+    withdrawn: tuple[ReportedValue, ...] = ()
 
     @property
     def values(self) -> list[ReportedValue]:
@@ -334,12 +340,16 @@ def charge_modifiers(context: ResultContext, config: HL7Config) -> list[str] | N
     """CPT modifiers of the 0750T line, or None when no charge is made.
 
     52 (reduced) / 53 (discontinued) come from the result (``billing_modifier``); an
-    image the engine rejected is billed as 53 or not at all (``rejected_charge``); the
-    site's ``charge_component`` adds 26 or TC.
+    image the engine rejected, or the reader rejected, is billed as 53 or not at all
+    (``rejected_charge``); a result the reader approved is billed as what it is: 52 when
+    partial (a bone excluded), none when full; the site's ``charge_component`` adds 26 or
+    TC.
     """
     modifier = (context.interpretation.billing_modifier
                 if context.interpretation is not None else "53")
-    if not context.analysis.ok:
+    rejected = context.review == "reject" or (context.review is None
+                                               and not context.analysis.ok)
+    if rejected:
         if config.rejected_charge == "none":
             return None
         modifier = "53"
@@ -454,6 +464,15 @@ def build_oru(context: ResultContext, config: HL7Config, control_id: str) -> str
         obx.obx_4 = HAND
         obx.obx_5 = _text(reason, 200)
         obx.obx_11 = status
+    # Withdrawn values: no OBX-2/OBX-5, only the status (table 0085).
+    for value in context.withdrawn:
+        n += 1
+        obx = group.add_group("ORU_R01_OBSERVATION").add_segment("OBX")
+        obx.obx_1 = str(n)
+        obx.obx_3 = _ce(value.concept.value, value.concept.meaning,
+                        value.concept.scheme_designator)
+        obx.obx_4 = value.sub_id
+        obx.obx_11 = "D" if status == "C" else "X"
     if config.embed_pdf and context.pdf:
         n += 1
         obx = group.add_group("ORU_R01_OBSERVATION").add_segment("OBX")

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +133,17 @@ class WorkerHooks:
         return also
 
     def _messages(self, result: Any, objects: Sequence[Any]) -> list[OutboundMessage]:
-        if self.header is None:  # not a DICOM image: nothing to report to the hospital
+        from dxr_node.integration.review_link import status_at_result
+
+        status = status_at_result(self.config)
+        if self.header is None or status is None:  # not DICOM, or held for a reader
             return []
-        return build_messages(self.config, self._context(result, objects, self.header))
+        return build_messages(self.config, replace(
+            self._context(result, objects, self.header), result_status=status))
 
     def _context(self, result: Any, objects: Sequence[Any], header: pydicom.Dataset) -> Any:
+        """What the builders need; ``result`` has ``analysis``, ``interpretation`` and
+        ``objects`` (the datasets built, the PDF taken from them)."""
         from dxr_node.integration.hl7 import ResultContext
 
         order = self.order
@@ -158,11 +164,14 @@ class WorkerHooks:
         )
 
 
-def build_messages(config: NodeConfig, context: Any) -> list[OutboundMessage]:
+def build_messages(config: NodeConfig, context: Any, *,
+                   charge: bool = True) -> list[OutboundMessage]:
     """The ORU^R01, DFT^P03 and FHIR bundle of one result (a ``ResultContext``), as
-    configured. Without reader review the worker queues them with the result, status F;
-    a review step queues its F (after approval) or C (correction) the same way, through
-    ``IntegrationStore.queue``: each (job, kind, status) is queued and sent once."""
+    configured. The worker queues them with the result (status F, or P when a reader
+    reviews it); the review queues its F (approval, rejection) or C (a change after a
+    final went out) in the review's transaction (``integration.review_link``): each
+    (job, kind, status) is queued and sent once. ``charge=False``: no DFT and no
+    ChargeItem (the service was already charged)."""
     from dxr_node.integration.hl7 import build_dft, build_oru, charge_modifiers
 
     status = context.result_status
@@ -174,7 +183,7 @@ def build_messages(config: NodeConfig, context: Any) -> list[OutboundMessage]:
         out.append(OutboundMessage("ORU", status, HL7_DESTINATION, control,
                                    build_oru(context, hl7, control)))
     # A charge only for a final (or corrected) result, never for a preliminary one.
-    modifiers = charge_modifiers(context, hl7) if status != "P" else None
+    modifiers = charge_modifiers(context, hl7) if status != "P" and charge else None
     if hl7.outbound_enabled and hl7.send_charges and modifiers is not None:
         control = f"DXR{job_id}DFT{status}"
         out.append(OutboundMessage("DFT", status, HL7_DESTINATION, control,

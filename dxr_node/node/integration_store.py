@@ -289,6 +289,12 @@ class IntegrationStore:
                 return _order_from_row(row)
         return None
 
+    def order_for_job(self, job_id: int) -> Order | None:
+        """The order an analysed image was matched to (``order_matches``)."""
+        rows = self.store._read("SELECT o.* FROM order_matches m JOIN orders o"
+                                " ON o.id = m.order_id WHERE m.job_id = ?", (job_id,))
+        return _order_from_row(rows[0]) if rows else None
+
     def orders(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
         rows = self.store._read(
@@ -334,6 +340,16 @@ class IntegrationStore:
                  now, now, now),
             )
 
+    @staticmethod
+    def drop_unsent(db: sqlite3.Connection, job_id: int, statuses: Sequence[str]) -> int:
+        """Inside a transaction: forget messages of these result statuses of a job that
+        were not sent (pending or failed; one in flight is left to finish): a final
+        supersedes a preliminary that has not gone out yet."""
+        marks = ",".join("?" * len(statuses))
+        return db.execute(f"DELETE FROM outbound_messages WHERE job_id = ?"
+                          f" AND result_status IN ({marks}) AND state IN ('pending','failed')",
+                          (job_id, *statuses)).rowcount
+
     def queue(self, job_id: int, messages: Sequence[OutboundMessage]) -> None:
         """Queue messages of an existing result in a transaction of their own (e.g. a
         reader's approval: its F result and the charge)."""
@@ -341,13 +357,17 @@ class IntegrationStore:
             self.queue_in(db, job_id, messages, None)
 
     def claim(self, destination: str, limit: int) -> list[ClaimedMessage]:
+        """Due messages, in order per result: a message waits while an earlier one of the
+        same job and kind is not sent (a C never overtakes its F, e.g. in backoff)."""
         now = _now()
         with self.store._transaction() as db:
             rows = db.execute(
                 "UPDATE outbound_messages SET state = 'sending', attempts = attempts + 1,"
-                " updated_at = ? WHERE id IN (SELECT id FROM outbound_messages"
-                "  WHERE state = 'pending' AND destination = ? AND next_attempt_at <= ?"
-                "  ORDER BY next_attempt_at, id LIMIT ?)"
+                " updated_at = ? WHERE id IN (SELECT m.id FROM outbound_messages m"
+                "  WHERE m.state = 'pending' AND m.destination = ? AND m.next_attempt_at <= ?"
+                "  AND NOT EXISTS (SELECT 1 FROM outbound_messages e WHERE e.job_id = m.job_id"
+                "   AND e.kind = m.kind AND e.id < m.id AND e.state != 'sent')"
+                "  ORDER BY m.next_attempt_at, m.id LIMIT ?)"
                 " RETURNING id, job_id, kind, destination, control_id, payload, attempts",
                 (now, destination, now, limit),
             ).fetchall()

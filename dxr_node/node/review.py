@@ -8,7 +8,9 @@ before and after, in the audit trail (``review_store``).
 
 Approve and reject issue final objects (``reports.build_reports`` with a ``SignOff``):
 new SOP Instance UIDs, the SR VERIFIED and FINAL with the preliminary SR as its
-predecessor; they are written like a worker's objects and queued to every destination.
+predecessor; they are written like a worker's objects and queued to every destination,
+and the verdict's HL7/FHIR messages (``integration.review_link``) in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dxr_node.engine.remeasure import (
     with_bones,
 )
 from dxr_node.engine.result import BONE_NAMES, STATUS_REJECTED, Analysis, Point
+from dxr_node.integration.review_link import amend_header, queue_in, review_messages
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.review_store import ReviewStore, User
@@ -72,7 +75,7 @@ class Working:
     draft: bool
 
 
-def working(store: Store, job_id: int) -> Working:
+def working(store: Store, job_id: int, config: NodeConfig | None = None) -> Working:
     exam = store.exam(job_id)
     if exam is None:
         raise ReviewError(404, f"no exam {job_id}")
@@ -92,6 +95,10 @@ def working(store: Store, job_id: int) -> Working:
         radiograph = _load(path, Path(path).stat().st_mtime)
     except ImageLoadError as exc:
         raise ReviewError(409, f"the image of exam {job_id} cannot be read: {exc}") from None
+    if config is not None:
+        # The header as the worker saw it: completed by the matched HL7 order (the sex).
+        radiograph = replace(radiograph, dataset=amend_header(config, store, job_id,
+                                                              radiograph.dataset))
     return Working(exam, analysis, radiograph, draft)
 
 
@@ -155,7 +162,7 @@ def correct(config: NodeConfig, store: Store, job_id: int, user: User, bone: str
             proximal_rc: Point, distal_rc: Point) -> dict[str, Any]:
     """Re-measure ``bone`` between the reader's ends; returns the new working result and
     the time the re-measurement took."""
-    work = working(store, job_id)
+    work = working(store, job_id, config)
     analysis = work.analysis
     radial = radial_direction(analysis)
     try:
@@ -175,7 +182,7 @@ def exclude(config: NodeConfig, store: Store, job_id: int, user: User,
     """Mark ``bone`` not measurable: the result becomes partial (modifier 52)."""
     if bone not in BONE_NAMES:
         raise ReviewError(422, f"unknown bone {bone!r}: expected one of {', '.join(BONE_NAMES)}")
-    work = working(store, job_id)
+    work = working(store, job_id, config)
     bones = {n: b for n, b in work.analysis.bones.items() if n != bone}
     excluded = tuple(sorted({*_excluded(work.analysis), bone}))
     return _save(config, store, work, user, "exclude",
@@ -214,7 +221,7 @@ def discard(store: Store, job_id: int, user: User) -> None:
 
 def approve(config: NodeConfig, store: Store, job_id: int, user: User) -> dict[str, Any]:
     """The working result becomes final: verified objects are issued and queued."""
-    work = working(store, job_id)
+    work = working(store, job_id, config)
     if not work.analysis.bones:
         raise ReviewError(409, "nothing was measured: place the bones by hand, or reject")
     interpretation = _interpret(config, store, work, work.analysis)
@@ -231,7 +238,7 @@ def reject(config: NodeConfig, store: Store, job_id: int, user: User, reason: st
         raise ReviewError(422, f"reason: expected one of {', '.join(REJECT_REASONS)}")
     text = " ".join(text.split())[:MAX_REASON_TEXT]
     why = REJECT_REASONS[reason] + (f": {text}" if text else "")
-    work = working(store, job_id)
+    work = working(store, job_id, config)
     no_result = replace(work.analysis, status=STATUS_REJECTED, bones={},
                         reasons=(f"rejected by the reader: {why}",),
                         cortical_thickness_mm=None, width_mm=None, mci=None, vpa_mm=None,
@@ -284,6 +291,12 @@ def _issue(config: NodeConfig, store: Store, work: Working, user: User, action: 
         produced = [write_object(config.objects_path, ds) for ds in datasets]
     except (ValueError, OSError) as exc:
         raise ReviewError(500, f"final objects not built: {exc}") from None
+    try:
+        # The hospital's ORU/DFT/FHIR of this verdict, queued with it (review_link).
+        messages, order_id = review_messages(config, store, work.exam, header, action,
+                                             analysis, interpretation, datasets)
+    except ValueError as exc:
+        raise ReviewError(500, f"result messages not built: {exc}") from None
     before = _before(store, work)
     after = summary(analysis, interpretation)
     try:
@@ -293,7 +306,9 @@ def _issue(config: NodeConfig, store: Store, work: Working, user: User, action: 
             analysis=analysis.to_dict(), interpretation=interpretation.to_dict(),
             bmd=analysis.dxr_bmd_g_cm2, objects=produced,
             destinations=[d.name for d in config.destinations], reason=reason,
-            before=before, after=after)
+            before=before, after=after,
+            also=(lambda db, job_id: queue_in(db, job_id, messages, order_id))
+            if messages else None)
     except (KeyError, ValueError) as exc:
         raise ReviewError(409, str(exc)) from None
     log_event(log, f"review_{action}", job=work.exam["job_id"], user=user.username,

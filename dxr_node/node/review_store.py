@@ -25,7 +25,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,10 +270,12 @@ class ReviewStore:
                analysis: dict[str, Any], interpretation: dict[str, Any] | None,
                bmd: float | None, objects: Sequence[ProducedObject],
                destinations: Sequence[str], reason: str | None,
-               before: dict[str, Any], after: dict[str, Any]) -> int:
+               before: dict[str, Any], after: dict[str, Any],
+               also: Callable[[sqlite3.Connection, int], None] | None = None) -> int:
         """Approve or reject, in one transaction: the review becomes final, the result
         row takes the verified values (approve), the new objects are recorded and queued
-        to every destination, and the action is audited."""
+        to every destination, and the action is audited. ``also`` runs in the same
+        transaction (the final's HL7/FHIR messages)."""
         if action not in ("approve", "reject"):
             raise ValueError(f"not a final review action: {action}")
         now = time.time()
@@ -314,6 +316,8 @@ class ReviewStore:
                         " next_attempt_at, created_at, updated_at)"
                         " VALUES (?, ?, 'pending', ?, ?, ?)",
                         (object_id, destination, now, now, now))
+            if also is not None:
+                also(db, job_id)
             return self._action(db, job_id, user, action, now, reason=reason, before=before,
                                 after=after, objects=[
                                     {"kind": o.kind, "sop_class_uid": o.sop_class_uid,

@@ -1,6 +1,8 @@
 """A small FHIR REST server for the tests: takes transaction Bundles (POST [base]),
-honours ifNoneExist on identifiers, rewrites urn:uuid references to Type/id, serves
-GET [base]/Type/id, and checks the bearer token."""
+honours conditional creates (ifNoneExist) and conditional updates (PUT
+Type?identifier=system|value: replace the match, else create) on identifiers, rewrites
+urn:uuid references to Type/id, serves GET [base]/Type/id, and checks the bearer
+token."""
 
 from __future__ import annotations
 
@@ -38,7 +40,13 @@ class FHIRStore:
             mapping, responses = {}, []
             for entry in bundle["entry"]:
                 kind = entry["resource"]["resourceType"]
-                key = self._existing(kind, entry["request"].get("ifNoneExist", ""))
+                request = entry["request"]
+                if request["method"] == "PUT":
+                    key = self._existing(kind, request["url"].partition("?")[2])
+                    if key is not None:
+                        self.resources[key] = entry["resource"]
+                else:
+                    key = self._existing(kind, request.get("ifNoneExist", ""))
                 status = "200 OK"
                 if key is None:
                     key = f"{kind}/{len(self.resources) + 1}"

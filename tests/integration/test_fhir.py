@@ -30,9 +30,11 @@ TOKEN = "test-token-0123456789"
 
 def test_charge_modifiers_follow_the_result_and_the_site():
     class _Ctx:
-        def __init__(self, status: str, modifier: str | None) -> None:
+        def __init__(self, status: str, modifier: str | None,
+                     review: str | None = None) -> None:
             self.analysis = type("A", (), {"ok": status == "ok"})()
             self.interpretation = type("I", (), {"billing_modifier": modifier})()
+            self.review = review  # the reader's verdict
 
     site = HL7Config()
     assert charge_modifiers(_Ctx("ok", None), site) == []
@@ -41,6 +43,11 @@ def test_charge_modifiers_follow_the_result_and_the_site():
     assert charge_modifiers(_Ctx("rejected", "52"), HL7Config(rejected_charge="none")) is None
     assert charge_modifiers(_Ctx("ok", None), HL7Config(charge_component="TC")) == ["TC"]
     assert charge_modifiers(_Ctx("ok", "52"), HL7Config(charge_component="26")) == ["26", "52"]
+    # A partial result a reader approved is billed reduced, a rejected one discontinued.
+    assert charge_modifiers(_Ctx("rejected", "52", "approve"), site) == ["52"]
+    assert charge_modifiers(_Ctx("ok", None, "reject"), site) == ["53"]
+    assert charge_modifiers(_Ctx("ok", None, "reject"), HL7Config(rejected_charge="none")) \
+        is None
 
 
 def test_bundle_validates_and_states_the_values(context):
