@@ -500,8 +500,14 @@ def _palm_candidates(dist: np.ndarray) -> list[tuple[np.ndarray, float]]:
     ys, xs = np.nonzero((small >= dilated) & (small >= PALM_CANDIDATE_SHARE * peak))
     ys, xs = ys * 4, xs * 4
     order = np.argsort(-dist[ys, xs])
-    chosen: list[tuple[np.ndarray, float]] = []
+    top_y, top_x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    chosen = [(np.array([top_x, top_y], dtype=np.float64), peak)]
     for y, x in zip(ys[order], xs[order], strict=True):
+        # Back on the full grid: the largest distance within the quarter-size cell.
+        y0, x0 = max(0, y - 3), max(0, x - 3)
+        cell = dist[y0:y + 4, x0:x + 4]
+        dy, dx = np.unravel_index(int(np.argmax(cell)), cell.shape)
+        y, x = y0 + dy, x0 + dx
         centre = np.array([x, y], dtype=np.float64)
         if all(np.linalg.norm(centre - c) >= r for c, r in chosen):
             chosen.append((centre, float(dist[y, x])))
