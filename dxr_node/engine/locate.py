@@ -54,6 +54,9 @@ PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
 TODDLER_CARPAL_BONE_FRACTION = 0.25
 TODDLER_LENGTH_PER_PALM_RADIUS = 1.05
 TODDLER_MC3_LENGTH_MM = 38.0
+# Metacarpal length per outer width (median of the bones): toddlers' are stubby (real
+# toddlers seen 4.2-5.4, adults and adolescents 6.1-11).
+TODDLER_LENGTH_PER_WIDTH = 5.6
 CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
 MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
 OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
@@ -459,6 +462,8 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
             dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
             if dist.max() < MIN_PALM_FRACTION * min(work.shape):
                 continue  # no palm: a narrow structure such as a spine
+            if dist.max() > max(work.shape):
+                continue  # no background at all (OpenCV's distance is then "infinite")
             # A leak into the margins lengthens the outline more than it adds area.
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             ragged = sum(cv2.arcLength(c, True) for c in contours) / math.sqrt(mask.sum())
@@ -1106,9 +1111,14 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
         "gaps_near_head": float(np.median([_gaps_near_head(image, b) for b in bones.values()])),
         "carpal_bone_fraction": _carpal_bone_fraction(smooth, field, canonical),
         "length_per_palm_radius": float(np.median(lengths)) / PALM_RADIUS_PX,
+        "length_per_width": float(np.median([b.length_px / max(b.width_estimate_px, 1e-6)
+                                             for b in bones.values()])),
     }
-    toddler = (features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
-               or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS)
+    # Small for the hand AND stubby: a wrist film's large palm disc alone makes an adult's
+    # metacarpals look short for the hand, but not short for their own width.
+    toddler = (features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
+               and (features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
+                    or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS))
     if pixel_spacing_mm and "MC3" in bones:
         features["mc3_length_mm"] = bones["MC3"].length_px * pixel_spacing_mm
         toddler = toddler or features["mc3_length_mm"] < TODDLER_MC3_LENGTH_MM

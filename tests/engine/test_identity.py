@@ -118,3 +118,19 @@ def test_a_label_between_shafts_is_not_taken_for_a_hidden_bone():
                "MC4": np.array([xs["MC4"] - 0.5 * SPACING, LEVEL])}
     check = check_row(ridge, hand, centres, AXIS, 1.0, R)
     assert check.problem is not None
+
+
+def test_a_rotated_real_film_whose_mask_fills_the_field_does_not_crash():
+    """shsnet img3 turned by 12 degrees: one threshold's mask filled the whole field, and
+    OpenCV's distance transform of a mask without background is "infinite" (it reached a
+    Gaussian kernel of 1e37 pixels through the palm radius). Regression test."""
+    from pathlib import Path
+
+    from dxr_node.evaluation import realworld
+
+    film = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / (
+        "shsnet_rsna_train_img3.png")
+    if not film.exists():
+        pytest.skip(f"{film} absent")
+    record = realworld.run_image(film, "rot12")
+    assert record["status"] in ("ok", "rejected"), record
