@@ -383,7 +383,7 @@ def render_case(name: str, hand: WideHand, setup: WideSetup) -> WideCase:
     if setup.fingers_cut:
         r0, r1, c0, c1 = _cut_fingers(truth, acquisition, (r0, r1, c0, c1))
     if setup.thumb_out:
-        r0, r1, c0, c1 = _cut_thumb(truth, (r0, r1, c0, c1))
+        r0, r1, c0, c1 = _cut_thumb(truth, acquisition, (r0, r1, c0, c1))
     pixels = np.ascontiguousarray(pixels[r0:r1, c0:c1])
     _shift(truth, r0, c0)
     if setup.burned_in:
@@ -480,13 +480,17 @@ def _cut_fingers(truth: dict[str, Any], acquisition: Acquisition,
     return _cut_at(box, border, distal + beyond * direction)
 
 
-def _cut_thumb(truth: dict[str, Any], box: tuple[int, int, int, int]
-               ) -> tuple[int, int, int, int]:
-    """Thumb out of the field: the radial border passes between MC1 and MC2."""
-    mc1 = np.asarray(truth["bones"]["MC1"]["midshaft_center_rc"])
-    mc2 = np.asarray(truth["bones"]["MC2"]["midshaft_center_rc"])
-    border = _border_toward(mc1 - mc2)
-    return _cut_at(box, border, 0.45 * mc1 + 0.55 * mc2)
+def _cut_thumb(truth: dict[str, Any], acquisition: Acquisition,
+               box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Thumb out of the field: the radial border runs one MC2 width outside MC2's axis
+    (MC2 stays whole; the thumb is cut off or partly so)."""
+    mc1, mc2 = truth["bones"]["MC1"], truth["bones"]["MC2"]
+    border = _border_toward(np.subtract(mc1["midshaft_center_rc"], mc2["midshaft_center_rc"]))
+    ends = np.array([mc2["proximal_rc"], mc2["distal_rc"]])
+    margin = mc2["width_mm"] / acquisition.pixel_spacing_mm
+    point = {0: (ends[:, 0].min() - margin, 0), 1: (ends[:, 0].max() + margin, 0),
+             2: (0, ends[:, 1].min() - margin), 3: (0, ends[:, 1].max() + margin)}[border]
+    return _cut_at(box, border, np.asarray(point, float))
 
 
 def _add_ring(attenuation: np.ndarray, anatomy: HandAnatomy, placement: Placement, k: int,
