@@ -18,7 +18,7 @@ mid-shaft, averaged over the central 20 % band for rough shafts), in the final i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -406,8 +406,6 @@ def render_case(name: str, hand: WideHand, setup: WideSetup) -> WideCase:
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(obj).items()}
 
 
@@ -512,7 +510,7 @@ def _add_ring(attenuation: np.ndarray, anatomy: HandAnatomy, placement: Placemen
     centre = proximal + 0.45 * (distal - proximal)
     a, b = placement.grid_to_xy(k)
     half_width = anatomy.soft_tissue.finger_radius_mm + 1.0
-    box = _bbox([centre], half_width + 3, a, b, placement_step(placement, k),
+    box = _bbox([centre], half_width + 3, a, b, _placement_step(placement, k),
                 attenuation.shape)
     if box is None:
         return
@@ -522,7 +520,7 @@ def _add_ring(attenuation: np.ndarray, anatomy: HandAnatomy, placement: Placemen
     attenuation[i0:i1, j0:j1] += band.astype(np.float32) * _RING_PATH
 
 
-def placement_step(placement: Placement, k: int) -> float:
+def _placement_step(placement: Placement, k: int) -> float:
     """Supersampled grid step in mm."""
     return float(1.0 / np.linalg.norm(placement.linear[:, 0])) / k
 
