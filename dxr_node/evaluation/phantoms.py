@@ -19,7 +19,7 @@ from dxr_node.engine import indices
 from dxr_node.engine.analyze import analyze
 from dxr_node.engine.image import radiograph_from_dataset
 from dxr_node.engine.result import BONE_NAMES, STATUS_OK, Analysis
-from dxr_node.evaluation.realworld import rejection_cause
+from dxr_node.evaluation.realworld import is_paediatric, rejection_cause
 from dxr_node.phantom.wide import WideCase, case_dataset
 
 CANDIDATES = ("MC1", "MC2", "MC3", "MC4", "MC5")
@@ -77,6 +77,7 @@ def score(analysis: Analysis, truth: dict) -> dict[str, Any]:
             "reasons": list(analysis.reasons), "wrong": wrong, "errors": errors,
             "dxr_bmd": analysis.dxr_bmd_g_cm2, "dxr_bmd_true": true_dxr_bmd(truth),
             "dxr_bmd_error": bmd_error, "laterality": analysis.laterality,
+            "paediatric": is_paediatric(analysis),
             "laterality_true": truth["laterality"]}
 
 
@@ -112,6 +113,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "W_max_abs_mm": max(map(abs, w_err), default=None),
         "dxr_bmd_error_mae_percent": statistics.fmean(map(abs, bmd)) if bmd else None,
         "dxr_bmd_error_max_percent": max(map(abs, bmd), default=None),
+        # Every wide hand is an adult's.
+        "called_paediatric": [r["name"] for r in records if r.get("paediatric")],
         "laterality_wrong": [r["name"] for r in measured
                              if r["laterality"] and r["laterality"] != r["laterality_true"]],
     }

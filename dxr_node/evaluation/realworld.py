@@ -241,6 +241,20 @@ def run_image(path: Path, transform: str | None = None, spacing_mm: float | None
     return record
 
 
+def run_image_or_crash(path: Path, transform: str | None = None, **options: Any
+                       ) -> dict[str, Any]:
+    """``run_image``, with an exception from the engine turned into a "crash" record:
+    analyze() must never raise, and one crash must not end a run over many images."""
+    try:
+        return run_image(path, transform, **options)
+    except Exception as exc:
+        return {"file": path.name, "source": source_prefix(path.name),
+                "folder": path.parent.name, "transform": transform or "original",
+                "status": "crash", "cause": f"{type(exc).__name__}: {str(exc)[:200]}",
+                "reasons": [], "bones": {}, "paediatric": False, "mci": None,
+                "laterality": None, "seconds": 0.0}
+
+
 # --- judging ------------------------------------------------------------------------------
 
 def landmark_check(record: dict, marks: dict) -> dict[str, Any]:

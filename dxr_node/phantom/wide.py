@@ -18,7 +18,7 @@ mid-shaft, averaged over the central 20 % band for rough shafts), in the final i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -37,6 +37,10 @@ from dxr_node.phantom.render import (
 )
 
 THUMB_MODES = ("abducted", "adducted", "across", "out")
+# One variation per case in the first 12 cases of a set, two in the next 12 (the case's own
+# and the one five places on), on hands of random proportions.
+SCENARIOS = ("spread", "together", "thumb_adducted", "thumb_across", "thumb_out", "flexed",
+             "crossing", "ulnar", "fingers_cut", "objects", "second_hand", "rotation")
 _RING_PATH = 3.0  # attenuation across a metal ring band (near-opaque)
 
 
@@ -66,7 +70,10 @@ class WideHand:
     roughness_mm: float = 0.0
 
     @classmethod
-    def random(cls, rng: np.random.Generator, seed: int, hard: bool = False) -> WideHand:
+    def random(cls, rng: np.random.Generator, seed: int, hard: bool = False,
+               features: frozenset[str] = frozenset()) -> WideHand:
+        """Other proportions always; the variations named in ``features`` (see SCENARIOS)
+        on top of an otherwise ordinary hand (thumb abducted, fingers spread 4-15 deg)."""
         scale = float(rng.uniform(0.85, 1.2))
         mc2 = 66.0 * scale * float(rng.normal(1, 0.04))
         lengths = [mc2]
@@ -79,22 +86,24 @@ class WideHand:
         hand_mci = float(rng.uniform(0.30, 0.62))
         mcis = [float(np.clip(hand_mci + rng.normal(0, 0.025), 0.26, 0.66)) for _ in range(4)]
         flexed = [0.0, 0.0, 0.0, 0.0]
-        if rng.random() < 0.3:
+        if "flexed" in features:
             for finger in rng.choice(4, size=int(rng.integers(1, 4)), replace=False):
                 flexed[int(finger)] = float(rng.uniform(30, 75))
-        mode = str(rng.choice(THUMB_MODES, p=(0.4, 0.25, 0.2, 0.15)))
+        mode = next((m for m in THUMB_MODES if f"thumb_{m}" in features), "abducted")
         thumb_angle = {"abducted": rng.uniform(118, 155), "adducted": rng.uniform(97, 104),
                        "across": rng.uniform(100, 112), "out": rng.uniform(125, 150)}[mode]
+        spread = (rng.uniform(15, 30) if "spread" in features
+                  else rng.uniform(0, 3) if "together" in features else rng.uniform(4, 15))
         return cls(
             seed=seed, scale=scale, mc_length=tuple(lengths), mc_width=tuple(widths),
             mc_mci=tuple(mcis),
             base_step_mm=float(rng.uniform(8.5, 13.0)) * scale,
             head_step_mm=float(rng.uniform(15.5, 22.0)) * scale,
-            finger_spread_deg=float(rng.uniform(0, 30)),
+            finger_spread_deg=float(spread),
             flexed=tuple(flexed),
-            crossing=int(rng.choice([3, 4])) if rng.random() < 0.15 else 0,
+            crossing=int(rng.choice([3, 4])) if "crossing" in features else 0,
             thumb_mode=mode, thumb_angle_deg=float(thumb_angle),
-            ulnar_deviation_deg=float(rng.uniform(0, 25)) if rng.random() < 0.4 else 0.0,
+            ulnar_deviation_deg=float(rng.uniform(10, 25)) if "ulnar" in features else 0.0,
             phalanx_ratio=float(rng.uniform(0.56, 0.72)),
             finger_radius_mm=float(rng.uniform(7.5, 10.0)) * scale,
             depth_ratio=float(rng.uniform(0.78, 0.95)) if hard else 1.0,
@@ -321,10 +330,12 @@ class WideSetup:
     grid_lines: bool = False
 
     @classmethod
-    def random(cls, rng: np.random.Generator, hand: WideHand, hard: bool = False) -> WideSetup:
+    def random(cls, rng: np.random.Generator, hand: WideHand, hard: bool = False,
+               features: frozenset[str] = frozenset()) -> WideSetup:
+        objects = "objects" in features
         return cls(
-            rotation_deg=float(rng.uniform(-180, 180)) if rng.random() < 0.5
-            else float(rng.normal(0, 12)),
+            rotation_deg=float(rng.uniform(-180, 180)) if "rotation" in features
+            else float(rng.normal(0, 10)),
             laterality="L" if rng.random() < 0.5 else "R",
             pixel_spacing_mm=float(rng.choice((0.1, 0.12, 0.14, 0.15, 0.16))),
             offset_mm=(float(rng.normal(0, 6)), float(rng.normal(0, 6))),
@@ -332,12 +343,11 @@ class WideSetup:
             counts_per_mm2=float(np.exp(rng.uniform(np.log(3e5), np.log(3e6)))),
             blur_sigma_mm=float(rng.uniform(0.05, 0.15)),
             edge_gain=float(rng.uniform(0.2, 0.8)) if rng.random() < 0.4 else 0.0,
-            marker=rng.random() < 0.8,
-            ring_finger=int(rng.choice([3, 4, 5])) if rng.random() < 0.3 else 0,
-            ruler=rng.random() < 0.3,
-            burned_in=rng.random() < 0.4,
-            second_hand=rng.random() < 0.15,
-            fingers_cut=rng.random() < 0.25,
+            marker=objects or rng.random() < 0.8,
+            ring_finger=int(rng.choice([3, 4, 5])) if objects else 0,
+            ruler=objects, burned_in=objects,
+            second_hand="second_hand" in features,
+            fingers_cut="fingers_cut" in features,
             thumb_out=hand.thumb_mode == "out",
             grid_lines=hard and rng.random() < 0.6,
         )
@@ -383,7 +393,7 @@ def render_case(name: str, hand: WideHand, setup: WideSetup) -> WideCase:
     if setup.fingers_cut:
         r0, r1, c0, c1 = _cut_fingers(truth, acquisition, (r0, r1, c0, c1))
     if setup.thumb_out:
-        r0, r1, c0, c1 = _cut_thumb(truth, (r0, r1, c0, c1))
+        r0, r1, c0, c1 = _cut_thumb(truth, acquisition, (r0, r1, c0, c1))
     pixels = np.ascontiguousarray(pixels[r0:r1, c0:c1])
     _shift(truth, r0, c0)
     if setup.burned_in:
@@ -396,8 +406,6 @@ def render_case(name: str, hand: WideHand, setup: WideSetup) -> WideCase:
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(obj).items()}
 
 
@@ -480,13 +488,17 @@ def _cut_fingers(truth: dict[str, Any], acquisition: Acquisition,
     return _cut_at(box, border, distal + beyond * direction)
 
 
-def _cut_thumb(truth: dict[str, Any], box: tuple[int, int, int, int]
-               ) -> tuple[int, int, int, int]:
-    """Thumb out of the field: the radial border passes between MC1 and MC2."""
-    mc1 = np.asarray(truth["bones"]["MC1"]["midshaft_center_rc"])
-    mc2 = np.asarray(truth["bones"]["MC2"]["midshaft_center_rc"])
-    border = _border_toward(mc1 - mc2)
-    return _cut_at(box, border, 0.45 * mc1 + 0.55 * mc2)
+def _cut_thumb(truth: dict[str, Any], acquisition: Acquisition,
+               box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Thumb out of the field: the radial border runs one MC2 width outside MC2's axis
+    (MC2 stays whole; the thumb is cut off or partly so)."""
+    mc1, mc2 = truth["bones"]["MC1"], truth["bones"]["MC2"]
+    border = _border_toward(np.subtract(mc1["midshaft_center_rc"], mc2["midshaft_center_rc"]))
+    ends = np.array([mc2["proximal_rc"], mc2["distal_rc"]])
+    margin = mc2["width_mm"] / acquisition.pixel_spacing_mm
+    point = {0: (ends[:, 0].min() - margin, 0), 1: (ends[:, 0].max() + margin, 0),
+             2: (0, ends[:, 1].min() - margin), 3: (0, ends[:, 1].max() + margin)}[border]
+    return _cut_at(box, border, np.asarray(point, float))
 
 
 def _add_ring(attenuation: np.ndarray, anatomy: HandAnatomy, placement: Placement, k: int,
@@ -498,7 +510,7 @@ def _add_ring(attenuation: np.ndarray, anatomy: HandAnatomy, placement: Placemen
     centre = proximal + 0.45 * (distal - proximal)
     a, b = placement.grid_to_xy(k)
     half_width = anatomy.soft_tissue.finger_radius_mm + 1.0
-    box = _bbox([centre], half_width + 3, a, b, placement_step(placement, k),
+    box = _bbox([centre], half_width + 3, a, b, _placement_step(placement, k),
                 attenuation.shape)
     if box is None:
         return
@@ -508,7 +520,7 @@ def _add_ring(attenuation: np.ndarray, anatomy: HandAnatomy, placement: Placemen
     attenuation[i0:i1, j0:j1] += band.astype(np.float32) * _RING_PATH
 
 
-def placement_step(placement: Placement, k: int) -> float:
+def _placement_step(placement: Placement, k: int) -> float:
     """Supersampled grid step in mm."""
     return float(1.0 / np.linalg.norm(placement.linear[:, 0])) / k
 
@@ -566,11 +578,31 @@ def _burn_in(pixels: np.ndarray, truth: dict[str, Any], acquisition: Acquisition
 
 # --- sets ---------------------------------------------------------------------------------
 
-def wide_case(seed: int, index: int, hard: bool = False) -> WideCase:
-    """Case ``index`` of the set ``seed`` (each case from its own seeded streams)."""
+def scenario(index: int) -> frozenset[str]:
+    """The variations of case ``index`` (see SCENARIOS)."""
+    own = SCENARIOS[index % len(SCENARIOS)]
+    if (index // len(SCENARIOS)) % 2 == 0:
+        return frozenset({own})
+    other = SCENARIOS[(index + 5) % len(SCENARIOS)]
+    if own.startswith("thumb") and other.startswith("thumb") or {own, other} == {
+            "spread", "together"}:
+        other = "rotation"
+    return frozenset({own, other})
+
+
+def case_specs(seed: int, index: int, hard: bool = False) -> tuple[WideHand, WideSetup]:
+    """Hand and setup of case ``index`` of the set ``seed`` (own seeded streams)."""
+    features = scenario(index)
     hand = WideHand.random(np.random.default_rng([seed, index, 0, int(hard)]),
-                           seed * 1000 + index, hard)
-    setup = WideSetup.random(np.random.default_rng([seed, index, 1, int(hard)]), hand, hard)
+                           seed * 1000 + index, hard, features)
+    setup = WideSetup.random(np.random.default_rng([seed, index, 1, int(hard)]), hand, hard,
+                             features)
+    return hand, setup
+
+
+def wide_case(seed: int, index: int, hard: bool = False) -> WideCase:
+    """Case ``index`` of the set ``seed``."""
+    hand, setup = case_specs(seed, index, hard)
     return render_case(f"wide{'_hard' if hard else ''}_{seed}_{index:03d}", hand, setup)
 
 

@@ -153,7 +153,7 @@ def test_annotated_image_is_measured(records, name):
 
 def _metamorphic_job(args: tuple[str, str | None]) -> dict:
     path, transform = args
-    return rw.run_image(Path(path), transform)
+    return rw.run_image_or_crash(Path(path), transform)
 
 
 @pytest.mark.slow
