@@ -22,7 +22,14 @@ import pydicom
 from dxr_node.clinical import ReferenceTable, interpret
 from dxr_node.clinical.result import Interpretation, PriorResult
 from dxr_node.engine.analyze import analyze, error_analysis
-from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph, to_display_uint8
+from dxr_node.engine.image import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    ImageLoadError,
+    Radiograph,
+    load_radiograph,
+    to_display_uint8,
+)
 from dxr_node.engine.result import STATUS_ERROR, STATUS_OK, Analysis
 from dxr_node.fileio import write_durably
 
@@ -51,13 +58,14 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
                  history: HistorySource | None = None, objects_for_rejected: bool = True,
                  pixel_spacing_mm: float | None = None, sex: str | None = None,
                  age_years: float | None = None,
-                 reference: ReferenceTable | None = None) -> PipelineResult:
+                 reference: ReferenceTable | None = None,
+                 limits: DecodeLimits = DEFAULT_LIMITS) -> PipelineResult:
     """Analyse one image and build its report objects.
 
     Raises ImageLoadError only for unreadable input; everything else is in the result.
     """
     started = time.perf_counter()
-    radiograph = load_radiograph(path, pixel_spacing_mm)
+    radiograph = load_radiograph(path, pixel_spacing_mm, limits=limits)
     analysis = analyze(radiograph, started=started)
     header = radiograph.dataset
     priors = _priors(history, header) if history is not None and analysis.ok else []

@@ -107,6 +107,10 @@ class NodeConfig(BaseModel):
     reference_table: Path | None = None
     retention_days: float = Field(default=30.0, ge=0)  # 0 keeps spooled images forever
     min_free_disk_mb: int = Field(default=500, ge=0)  # below this C-STORE answers 0xA700
+    # Refused from the header before decoding (generous for real DX: 43 x 43 cm at 0.05 mm
+    # is 74 Mpixel); a larger image is a failed job with the reason.
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    max_decoded_mb: int = Field(default=400, ge=1)
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
     web: WebConfig = Field(default_factory=WebConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -74,7 +74,7 @@ def write_object(directory: Path, dataset: Any) -> ProducedObject:
 
 def run_job(config: NodeConfig, store: Store, job: Job) -> str:
     """Analyse one claimed job and record its outcome; returns the job's new state."""
-    from dxr_node.engine.image import ImageLoadError
+    from dxr_node.engine.image import DecodeLimits, ImageLoadError
     from dxr_node.pipeline import process_file
 
     log_event(log, "analysis_started", job=job.id, sop=job.sop_instance_uid,
@@ -83,7 +83,9 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
     try:
         result = process_file(job.path, kinds=config.send_objects, history=store,
                               objects_for_rejected=config.send_objects_for_rejected,
-                              reference=_site_reference(config.reference_table))
+                              reference=_site_reference(config.reference_table),
+                              limits=DecodeLimits(config.max_image_pixels,
+                                                  config.max_decoded_mb))
         objects = [write_object(config.objects_path, ds) for ds in result.objects]
     except ImageLoadError as exc:
         return _fail(store, job, f"unreadable image: {exc}")
