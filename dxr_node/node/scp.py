@@ -38,8 +38,20 @@ log = logging.getLogger(__name__)
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_INVALID_INSTANCE = 0x0117  # PS3.7 C: "Invalid SOP Instance"
+STATUS_CANNOT_UNDERSTAND = 0xC000
 
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+def _refuse(fields: dict, status: int, reason: str) -> Dataset:
+    """A failure status with the reason in Error Comment (the sender's log shows it)."""
+    log_event(log, "store_refused", logging.WARNING, **fields, status=f"0x{status:04X}",
+              reason=reason)
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = reason[:64]  # LO
+    return answer
 
 
 def _text(value: object) -> str | None:
@@ -135,7 +147,7 @@ class StorageSCP:
                   calling_aet=event.assoc.requestor.ae_title)
         return STATUS_SUCCESS
 
-    def _on_store(self, event: evt.Event) -> int:
+    def _on_store(self, event: evt.Event) -> int | Dataset:
         assoc = event.assoc
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         fields = {"assoc": assoc.name, "calling_aet": assoc.requestor.ae_title,
@@ -168,12 +180,22 @@ class StorageSCP:
         free = shutil.disk_usage(self.spool).free
         return free < self.config.min_free_disk_mb * 1024 * 1024
 
-    def _store(self, event: evt.Event, sop_uid: str, fields: dict) -> int:
+    def _store(self, event: evt.Event, sop_uid: str, fields: dict) -> int | Dataset:
+        data = event.request.DataSet
+        if data is None or (hasattr(data, "getbuffer") and not data.getbuffer().nbytes):
+            # CommandDataSetType "no data set": nothing to store, not a Success
+            return _refuse(fields, STATUS_CANNOT_UNDERSTAND, "C-STORE request without a data set")
         encoded = event.encoded_dataset(include_meta=True)
         sop_class = str(event.request.AffectedSOPClassUID)
         transfer_syntax = str(event.context.transfer_syntax)
         try:
             header = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            # Everything downstream (duplicates, result UIDs, files) is keyed by the
+            # command's UID: a data set naming another instance could overwrite its results.
+            if str(header.get("SOPInstanceUID", "") or "").strip() not in ("", sop_uid):
+                return _refuse(fields, STATUS_INVALID_INSTANCE,
+                               "the data set's SOP Instance UID differs from the C-STORE's "
+                               "Affected SOP Instance UID")
             reason = skip_reason(header, sop_class)
         except (InvalidDicomError, ValueError, TypeError, EOFError, KeyError,
                 NotImplementedError) as exc:  # NotImplementedError: an unknown VR

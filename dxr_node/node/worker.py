@@ -86,6 +86,9 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
                               reference=_site_reference(config.reference_table),
                               limits=DecodeLimits(config.max_image_pixels,
                                                   config.max_decoded_mb))
+        problem = _identity_problem(job, result.radiograph)
+        if problem is not None:
+            return _fail(store, job, problem)
         objects = [write_object(config.objects_path, ds) for ds in result.objects]
     except ImageLoadError as exc:
         return _fail(store, job, f"unreadable image: {exc}")
@@ -114,6 +117,17 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
               status=result.analysis.status, objects=len(objects),
               seconds=round(time.perf_counter() - started, 2))
     return "done"
+
+
+def _identity_problem(job: Job, radiograph: Any) -> str | None:
+    """Result objects take their UIDs from the data set: one that names another instance
+    than the one received would overwrite that exam's objects (the SCP refuses such
+    stores; this guards spool files from elsewhere)."""
+    header = getattr(radiograph, "dataset", None)
+    uid = str(header.get("SOPInstanceUID", "") or "").strip() if header is not None else ""
+    if uid and uid != job.sop_instance_uid:
+        return "the data set's SOP Instance UID differs from the received one: not analysed"
+    return None
 
 
 @functools.lru_cache(maxsize=2)
