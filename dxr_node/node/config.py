@@ -92,6 +92,14 @@ class NodeConfig(BaseModel):
     # Empty: any source address. Items are addresses or networks ("10.1.2.0/24").
     allowed_source_ips: list[str] = Field(default_factory=list)
     max_associations: int = Field(default=10, ge=1)
+    # One source address may hold at most this many connections (a slow or hostile
+    # sender cannot take every slot). Modalities rarely open more than a few at once.
+    max_associations_per_peer: int = Field(default=5, ge=1)
+    # Deadlines a trickling sender cannot stretch: the association request must be
+    # complete this long after connecting, and later each PDU within network_timeout_s.
+    acse_timeout_s: float = Field(default=10.0, gt=0)
+    network_timeout_s: float = Field(default=30.0, gt=0)
+    max_store_mb: int = Field(default=256, ge=1)  # larger C-STOREs are cut off (aborted)
     data_dir: Path = Path("data")
     spool_dir: Path | None = None  # default: <data_dir>/spool
     database: Path | None = None  # default: <data_dir>/dxr-node.sqlite
