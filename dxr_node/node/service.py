@@ -76,18 +76,19 @@ def remove_partial_files(config: NodeConfig) -> int:
 
 
 ScpListening = Callable[[], bool]
+AnalysisProblem = Callable[[], "str | None"]  # why analysis cannot run now, None: it can
 
 
 class Node:
     """The running node; ``start()`` returns once it listens, ``stop()`` shuts it down.
 
     ``start_console`` is called once the listener is up, with a function telling whether
-    it still listens (for the console's /healthz); ``stop_console`` right after the
-    listener stops.
+    it still listens and one telling why analysis cannot run (for the console's /healthz
+    and alarm); ``stop_console`` right after the listener stops.
     """
 
     def __init__(self, config: NodeConfig, *,
-                 start_console: Callable[[ScpListening], None] | None = None,
+                 start_console: Callable[[ScpListening, AnalysisProblem], None] | None = None,
                  stop_console: Callable[[], None] | None = None) -> None:
         self.config = config
         self.shutdown_requested = threading.Event()  # set by a signal: stop() follows
@@ -135,7 +136,7 @@ class Node:
             raise ServiceError(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         if self._start_console is not None:
-            self._start_console(self._listening)
+            self._start_console(self._listening, self.analysis_problem)
         log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
                   port=self.address[1], workers=config.worker_count,
                   destinations=",".join(f"{d.ae_title}@{d.host}:{d.port}"
@@ -145,6 +146,12 @@ class Node:
     def _listening(self) -> bool:
         """The SCP has bound its port and the node is not stopping (for /healthz)."""
         return self.address is not None and not self.shutdown_requested.is_set()
+
+    def analysis_problem(self) -> str | None:
+        """Why images received now would not be analysed (disk full, a dead supervisor)."""
+        if self._workers is None:
+            return "the analysis workers are not running"
+        return self._workers.problem()
 
     def _spawn(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -177,7 +184,8 @@ class Node:
         log_event(log, "stopped")
 
 
-def run(config: NodeConfig, *, start_console: Callable[[ScpListening], None] | None = None,
+def run(config: NodeConfig, *,
+        start_console: Callable[[ScpListening, AnalysisProblem], None] | None = None,
         stop_console: Callable[[], None] | None = None) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status."""
     node = Node(config, start_console=start_console, stop_console=stop_console)

@@ -39,10 +39,12 @@ STATIC_DIR = Path(__file__).parent / "static"
 # Tells /healthz whether the node's SCP is listening. The node answers from its own
 # state: a TCP probe would leave a half-open association behind in pynetdicom.
 ScpListening = Callable[[], bool]
+# Why analysis cannot run (worker pool blocked, e.g. disk full); None when it can.
+AnalysisProblem = Callable[[], "str | None"]
 
 
-def create_app(config: NodeConfig, store: Store,
-               scp_listening: ScpListening | None = None) -> FastAPI:
+def create_app(config: NodeConfig, store: Store, scp_listening: ScpListening | None = None,
+               analysis_problem: AnalysisProblem | None = None) -> FastAPI:
     """The console over ``store``; ``scp_listening`` feeds /healthz (None: not ready)."""
     check_console_access(config.web)
     store.ensure_console_indexes()
@@ -54,6 +56,7 @@ def create_app(config: NodeConfig, store: Store,
     app.state.config = config
     app.state.store = store
     app.state.scp_listening = scp_listening or (lambda: False)
+    app.state.analysis_problem = analysis_problem or (lambda: None)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:
@@ -72,14 +75,18 @@ def create_app(config: NodeConfig, store: Store,
         return PlainTextResponse(render_metrics(store), media_type=CONTENT_TYPE)
 
     @app.get("/healthz", tags=["monitoring"],
-             summary="200 when the SCP accepts connections and the database is writable")
+             summary="200 when the SCP accepts connections, the database is writable and "
+                     "the analysis workers can run")
     def healthz(request: Request) -> JSONResponse:
+        problem = request.app.state.analysis_problem()
         checks = {
             "scp_listening": bool(request.app.state.scp_listening()),
             "database_writable": store.is_writable(),
+            "analysis_running": problem is None,
         }
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, **checks, "problem": problem},
+                            status_code=200 if ready else 503)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -121,7 +128,8 @@ def _wants_json(request: Request) -> bool:
 class ConsoleServer:
     """uvicorn serving the console from a background thread of the node."""
 
-    def __init__(self, config: NodeConfig, scp_listening: ScpListening) -> None:
+    def __init__(self, config: NodeConfig, scp_listening: ScpListening,
+                 analysis_problem: AnalysisProblem | None = None) -> None:
         import uvicorn
 
         check_console_access(config.web)
@@ -129,7 +137,7 @@ class ConsoleServer:
         self._socket = self._bind(config.web.host, config.web.port)
         self._store = Store(config.database_path)
         self.address: tuple[str, int] = self._socket.getsockname()[:2]
-        app = create_app(config, self._store, scp_listening)
+        app = create_app(config, self._store, scp_listening, analysis_problem)
         # No access log: request lines can carry patient IDs (exam filters).
         self._server = uvicorn.Server(uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off"))

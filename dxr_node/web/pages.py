@@ -88,6 +88,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     html = TEMPLATES.get_template(template).render(
         request=request, path=request.url.path, ae_title=config.ae_title,
         version=api.__version__, now=time.time(), done=request.query_params.get("done"),
+        alarm=request.app.state.analysis_problem(),
         **context)
     return HTMLResponse(html, status_code=status_code)
 
