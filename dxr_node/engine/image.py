@@ -8,10 +8,16 @@ Every failure a user can cause (wrong file, truncated or undecodable pixel data)
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import tempfile
+import time
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,6 +36,7 @@ _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float, Double 
 # ~75 Mpixel (43 x 43 cm at 0.05 mm); a 3 MB RLE file claiming 60000 x 60000 is not.
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_DECODED_MB = 400  # one decoded frame (rows x columns x samples x bytes)
+DECODE_TIMEOUT_S = 120.0  # a decoding child that has not finished by then is killed
 
 
 class ImageLoadError(Exception):
@@ -129,21 +136,10 @@ def _decode(ds: Dataset, name: str, limits: DecodeLimits) -> np.ndarray:
         meta.TransferSyntaxUID = ImplicitVRLittleEndian
         ds.file_meta = meta
     syntax = UID(meta.TransferSyntaxUID)
-    try:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            ds.pixel_array_options(index=0)  # decode only the first frame
-        stored = ds.pixel_array
-    except Exception as error:  # decoders raise ValueError, RuntimeError, ...
-        if not syntax.is_transfer_syntax:
-            raise ImageLoadError(f"{name}: unknown transfer syntax {syntax}") from None
-        if "less than expected" in str(error):
-            raise ImageLoadError(f"{name}: pixel data is truncated ({syntax.name})") from None
-        hint = ""
-        if syntax == JPEGExtended12Bit and int(ds.get("BitsStored", 8)) > 8:
-            hint = "; 12-bit JPEG Extended needs the optional codec: pip install dxr-node[jpeg12]"
-        raise ImageLoadError(
-            f"{name}: pixel data could not be decoded ({syntax.name}: {_short(error)}){hint}"
-        ) from None
+    if syntax.is_transfer_syntax and syntax.is_compressed and hasattr(os, "fork"):
+        stored = _decode_isolated(ds, name, syntax)
+    else:
+        stored = _pixel_array(ds, name, syntax)
     if stored.ndim == 3 and stored.shape[-1] in (3, 4) and ds.get("SamplesPerPixel", 1) > 1:
         stored = stored[..., :3].mean(axis=-1)  # colour secondary capture: use luminance
     if stored.ndim != 2:
@@ -160,6 +156,99 @@ def _decode(ds: Dataset, name: str, limits: DecodeLimits) -> np.ndarray:
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         return (_max_value(ds, values) - values).astype(np.float32)
     return values
+
+
+def _pixel_array(ds: Dataset, name: str, syntax: UID) -> np.ndarray:
+    """The stored values of the first frame; ImageLoadError when they cannot be decoded."""
+    try:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            ds.pixel_array_options(index=0)  # decode only the first frame
+        return ds.pixel_array
+    except Exception as error:  # decoders raise ValueError, RuntimeError, ...
+        if not syntax.is_transfer_syntax:
+            raise ImageLoadError(f"{name}: unknown transfer syntax {syntax}") from None
+        if "less than expected" in str(error):
+            raise ImageLoadError(f"{name}: pixel data is truncated ({syntax.name})") from None
+        hint = ""
+        if syntax == JPEGExtended12Bit and int(ds.get("BitsStored", 8)) > 8:
+            hint = "; 12-bit JPEG Extended needs the optional codec: pip install dxr-node[jpeg12]"
+        raise ImageLoadError(
+            f"{name}: pixel data could not be decoded ({syntax.name}: {_short(error)}){hint}"
+        ) from None
+
+
+def _decode_isolated(ds: Dataset, name: str, syntax: UID) -> np.ndarray:
+    """Decode compressed pixel data in a forked child process.
+
+    Codecs (GDCM in particular) abort the whole process on some malformed codestreams
+    (SIGABRT from a C++ assertion): in a child, that loses this image only, with a reason,
+    instead of the CLI batch or the node's worker. The child sends back either the array
+    (a small header line, then the raw bytes) or the ImageLoadError's message.
+    """
+    read_fd, write_fd = os.pipe()
+    messages = tempfile.TemporaryFile()  # the codec's own last words (stderr), if it dies
+    pid = os.fork()
+    if pid == 0:  # the child: decode, report, and leave without running any cleanup
+        status = 0
+        try:
+            os.dup2(messages.fileno(), 2)
+            os.close(read_fd)
+            with os.fdopen(write_fd, "wb") as out:
+                try:
+                    stored = np.ascontiguousarray(_pixel_array(ds, name, syntax))
+                except ImageLoadError as error:
+                    out.write(b"E" + str(error).encode("utf-8", "replace"))
+                else:
+                    head = json.dumps([stored.dtype.str, list(stored.shape)])
+                    out.write(b"A" + head.encode() + b"\n")
+                    out.write(memoryview(stored).cast("B"))
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            stored = _receive(pipe, name)
+    finally:
+        deadline = time.monotonic() + DECODE_TIMEOUT_S
+        while True:
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            _, wait_status = os.waitpid(pid, 0)
+        messages.seek(0)
+        said = messages.read(4096).decode("utf-8", "replace").strip().splitlines()
+        messages.close()
+    if stored is None:
+        how = (f"signal {signal.Signals(os.WTERMSIG(wait_status)).name}"
+               if os.WIFSIGNALED(wait_status) else f"exit {os.WEXITSTATUS(wait_status)}")
+        detail = f": {_short(Exception(said[-1]))}" if said else ""
+        raise ImageLoadError(f"{name}: pixel data could not be decoded ({syntax.name}: the "
+                             f"decoder crashed, {how}{detail})")
+    return stored
+
+
+def _receive(pipe: Any, name: str) -> np.ndarray | None:
+    """The array a decoding child sent; None if it died before sending one."""
+    kind = pipe.read(1)
+    if kind == b"E":
+        raise ImageLoadError(pipe.read(4096).decode("utf-8", "replace"))
+    if kind != b"A":
+        return None
+    dtype, shape = json.loads(pipe.readline())
+    stored = np.empty(shape, dtype=np.dtype(dtype))
+    view = memoryview(stored).cast("B")
+    got = 0
+    while got < len(view):
+        n = pipe.readinto(view[got:])
+        if not n:
+            return None  # cut short: the child died while sending
+        got += n
+    return stored
 
 
 def _check_pixel_module(ds: Dataset, name: str, limits: DecodeLimits) -> None:

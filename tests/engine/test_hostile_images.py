@@ -1,7 +1,10 @@
-"""Hostile image headers: size limits checked before any decoder allocates (issue 14)."""
+"""Hostile image files: size limits checked before decoding, codec crashes contained
+(issue 14)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, RLELossless, generate_uid
@@ -73,3 +77,63 @@ def test_png_header_size_is_checked_before_opencv_decodes(tmp_path):
     with pytest.raises(ImageLoadError, match="image too large"):
         load_radiograph(tmp_path / "wide.png", 0.1, limits=DecodeLimits(max_pixels=1999))
 
+
+
+@pytest.fixture(scope="module")
+def crashing_jpeg_ls(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A good JPEG-LS phantom and two edits of its header on which GDCM aborts (SIGABRT):
+    Rows x 4, and SamplesPerPixel 3."""
+    if shutil.which("dcmcjpls") is None:
+        pytest.skip("dcmtk dcmcjpls not installed")
+    from dxr_node.phantom.generate import write_phantom_set
+
+    folder = tmp_path_factory.mktemp("jpeg-ls")
+    write_phantom_set(folder, n=1, seed=2)
+    good = folder / "good.dcm"
+    subprocess.run(["dcmcjpls", str(folder / "phantom_0000.dcm"), str(good)], check=True,
+                   capture_output=True)
+    tall, colour = pydicom.dcmread(good), pydicom.dcmread(good)
+    tall.Rows = tall.Rows * 4
+    tall.save_as(folder / "rows_x4.dcm")
+    colour.SamplesPerPixel, colour.PhotometricInterpretation = 3, "RGB"
+    colour.PlanarConfiguration = 0
+    colour.save_as(folder / "samples_3.dcm")
+    return good, [folder / "rows_x4.dcm", folder / "samples_3.dcm"]
+
+
+def test_a_codec_abort_loses_one_file_and_the_batch_goes_on(crashing_jpeg_ls):
+    good, crashing = crashing_jpeg_ls
+    result = subprocess.run([sys.executable, "-m", "dxr_node.cli", "analyze", "--json",
+                             *map(str, crashing), str(good)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr  # documented: 2 when a file is an error
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["source"] for r in records] == [*map(str, crashing), str(good)]
+    for record in records[:2]:
+        assert record["status"] == "error"
+        assert "the decoder crashed, signal SIGABRT" in record["reasons"][0]
+    assert records[2]["status"] == "ok"
+    assert "Traceback" not in result.stderr
+
+
+def test_a_codec_abort_fails_the_node_job_at_the_first_attempt(crashing_jpeg_ls, tmp_path):
+    """run_job in a child process (a regression would abort the test runner itself)."""
+    _, crashing = crashing_jpeg_ls
+    script = textwrap.dedent(f"""
+        from dxr_node.node.config import NodeConfig
+        from dxr_node.node.store import InstanceInfo, Store
+        from dxr_node.node.worker import run_job
+        config = NodeConfig(data_dir={str(tmp_path / "data")!r})
+        with Store(config.database_path) as store:
+            store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1",
+                                            "1.2.840.10008.1.2.4.80", {str(crashing[0])!r}, 1))
+            job = store.claim_job("test")
+            print(run_job(config, store, job), job.attempts)
+            print(store.job_state(job.id)["error"])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    state, reason = result.stdout.splitlines()
+    assert state == "failed 1"
+    assert "decoder crashed, signal SIGABRT" in reason
