@@ -7,6 +7,7 @@ Public surface: ``build_reports``, ``render_overlay``, ``write_objects``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def build_reports(source: pydicom.Dataset, analysis: Analysis,
     if missing:
         raise ValueError(f"source dataset lacks {', '.join(missing)}: cannot reference it")
 
-    source = _with_type2_attributes(source)
+    source = _normalised_source(source)
     objects: list[pydicom.Dataset] = []
     for kind in (k for k in KINDS if k in kinds):
         identity = DerivedIdentity.for_kind(kind, source, analysis, interpretation)
@@ -72,15 +73,54 @@ _TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "Pat
                             "AccessionNumber")
 
 
-def _with_type2_attributes(source: pydicom.Dataset) -> pydicom.Dataset:
-    """A shallow copy of the source header with missing Type 2 attributes present, empty."""
-    missing = [k for k in _TYPE2_SOURCE_ATTRIBUTES if k not in source]
-    if not missing:
-        return source
+# Values a strict writer (highdicom) refuses but that real modalities send; the derived
+# objects get the nearest legal value, never an invented one.
+_DATE_TIME_PATTERNS = {
+    "DA": re.compile(r"^\d{8}$"),
+    "TM": re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$"),
+    "AS": re.compile(r"^\d{3}[DWMY]$"),
+}
+_CHECKED_VALUES = {"StudyDate": "DA", "PatientBirthDate": "DA", "StudyTime": "TM",
+                   "PatientAge": "AS"}
+_MODALITY_BY_SOP_CLASS = {"1.2.840.10008.5.1.4.1.1.1": "CR",
+                          "1.2.840.10008.5.1.4.1.1.1.1": "DX",
+                          "1.2.840.10008.5.1.4.1.1.1.1.1": "DX"}
+
+
+def _normalised_source(source: pydicom.Dataset) -> pydicom.Dataset:
+    """A shallow copy of the source header that the report writers accept:
+
+    - missing Type 2 patient/study attributes present, empty;
+    - malformed dates, times and ages (e.g. markup in StudyDate), and a PatientSex
+      other than M/F/O, empty (Type 2: "unknown");
+    - a missing Modality taken from the SOP class (DX/CR), else OT;
+    - a single-valued PixelSpacing/ImagerPixelSpacing (VM 2) read as isotropic, as the
+      engine reads it;
+    - Window Center/Width together with a VOI LUT Sequence: the window is kept (the
+      sequence is dropped), since highdicom copies only one of the two.
+    """
     completed = pydicom.Dataset(source)
     completed.file_meta = getattr(source, "file_meta", pydicom.dataset.FileMetaDataset())
-    for keyword in missing:
-        setattr(completed, keyword, "")
+    for keyword in _TYPE2_SOURCE_ATTRIBUTES:
+        if keyword not in completed:
+            setattr(completed, keyword, "")
+    for keyword, vr in _CHECKED_VALUES.items():
+        value = str(completed.get(keyword, "") or "").strip()
+        if value and not _DATE_TIME_PATTERNS[vr].match(value):
+            del completed[keyword]
+            completed.add_new(pydicom.datadict.tag_for_keyword(keyword), vr, "")
+    if str(completed.get("PatientSex", "") or "").strip().upper() not in ("", "M", "F", "O"):
+        completed.PatientSex = ""
+    if not str(completed.get("Modality", "") or "").strip():
+        completed.Modality = _MODALITY_BY_SOP_CLASS.get(str(completed.SOPClassUID), "OT")
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = completed.get(keyword)
+        if value is not None and not isinstance(value, pydicom.multival.MultiValue) \
+                and value != "":
+            setattr(completed, keyword, [value, value])
+    if "VOILUTSequence" in completed and ("WindowCenter" in completed
+                                          or "WindowWidth" in completed):
+        del completed.VOILUTSequence
     return completed
 
 
