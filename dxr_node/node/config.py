@@ -77,6 +77,10 @@ class WebConfig(BaseModel):
     token: str | None = Field(default=None, min_length=16)  # "Authorization: Bearer <token>"
     username: str | None = Field(default=None, min_length=1)  # HTTP basic auth
     password: str | None = Field(default=None, min_length=8)
+    # Host header names the console answers to besides localhost/loopback addresses (and
+    # web.host); anything else gets 400, so a DNS-rebinding page cannot read the console.
+    # Empty with credentials set: any name (the credentials protect it).
+    allowed_hosts: list[str] = Field(default_factory=list)
 
 
 class NodeConfig(BaseModel):
@@ -202,7 +206,7 @@ def _env_value(key: str, raw: str) -> Any:
         if raw.lstrip().startswith("["):
             return json.loads(raw)
         return [parse_destination(item) for item in raw.split(",") if item.strip()]
-    if key in ("allowed_calling_aets", "allowed_source_ips", "send_objects"):
+    if key in ("allowed_calling_aets", "allowed_source_ips", "send_objects", "allowed_hosts"):
         if raw.lstrip().startswith("["):
             return json.loads(raw)
         return [item.strip() for item in raw.split(",") if item.strip()]

@@ -34,6 +34,7 @@ from dxr_node.node.store import Store
 log = logging.getLogger("dxr_node.node")
 
 HOUSEKEEPING_INTERVAL_S = 3600.0  # retention runs at start and then hourly
+PRIVATE_UMASK = 0o077
 
 
 class ServiceError(Exception):
@@ -60,6 +61,17 @@ def purge_spool(config: NodeConfig, store: Store, now: float | None = None) -> i
         log_event(log, "spool_purged", files=images, objects=objects,
                   retention_days=config.retention_days)
     return images + objects
+
+
+def _make_private(path: Path) -> None:
+    """Drop group/other permissions of an existing file or folder we own (not recursive:
+    a private data folder already hides what is inside)."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(mode & ~0o077)
+    except FileNotFoundError:
+        pass
 
 
 def remove_partial_files(config: NodeConfig) -> int:
@@ -106,11 +118,17 @@ class Node:
         from dxr_node.node.worker import start_workers
 
         config = self.config
+        # Patient data: everything the node (and its workers and console) writes from here
+        # on is private to its user, 0600 files and 0700 folders.
+        os.umask(PRIVATE_UMASK)
         for directory in (config.data_dir, config.spool_path, config.objects_path):
             try:
                 Path(directory).mkdir(parents=True, exist_ok=True)
+                _make_private(Path(directory))  # made by an older version, or by hand
             except OSError as exc:
                 raise ServiceError(f"cannot create {directory}: {exc.strerror}") from None
+        for suffix in ("", "-wal", "-shm"):
+            _make_private(Path(f"{config.database_path}{suffix}"))
         self.store = Store(config.database_path)
         recovered = self.store.recover_interrupted(max_attempts=config.worker_max_attempts)
         if recovered:

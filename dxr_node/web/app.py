@@ -29,7 +29,12 @@ from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Store
 from dxr_node.web import api, pages
-from dxr_node.web.auth import ConsoleConfigError, check_console_access, require_access
+from dxr_node.web.auth import (
+    ConsoleConfigError,
+    check_console_access,
+    host_allowed,
+    require_access,
+)
 from dxr_node.web.metrics import CONTENT_TYPE, render_metrics
 
 log = logging.getLogger("dxr_node.web")
@@ -49,9 +54,9 @@ def create_app(config: NodeConfig, store: Store, scp_listening: ScpListening | N
     check_console_access(config.web)
     store.ensure_console_indexes()
     # No /docs or /redoc: FastAPI loads Swagger UI from a CDN, and the console must work
-    # without internet. The API is described at /openapi.json.
+    # without internet. The API is described at /openapi.json (guarded, below).
     app = FastAPI(title="dxr-node console", version=__version__, docs_url=None,
-                  redoc_url=None,
+                  redoc_url=None, openapi_url=None,
                   description="Operator console and JSON API of a dxr-node DICOM node.")
     app.state.config = config
     app.state.store = store
@@ -60,7 +65,10 @@ def create_app(config: NodeConfig, store: Store, scp_listening: ScpListening | N
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:
-        response = await call_next(request)
+        if not host_allowed(request.headers.get("host", ""), config.web):
+            response: Response = PlainTextResponse("Host header not allowed", 400)
+        else:
+            response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -73,6 +81,10 @@ def create_app(config: NodeConfig, store: Store, scp_listening: ScpListening | N
              tags=["monitoring"], summary="Prometheus metrics")
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(render_metrics(store), media_type=CONTENT_TYPE)
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/healthz", tags=["monitoring"],
              summary="200 when the SCP accepts connections, the database is writable and "
@@ -95,6 +107,11 @@ def create_app(config: NodeConfig, store: Store, scp_listening: ScpListening | N
         return pages.render(request, "error.html", exc.status_code,
                             title=_TITLES.get(exc.status_code, "Error"), message=exc.detail)
 
+    @app.exception_handler(OverflowError)
+    async def number_out_of_range(request: Request, exc: OverflowError) -> Response:
+        # An id or page over 64 bits reaches SQLite as an int it cannot bind.
+        return await http_error(request, HTTPException(400, "number out of range"))
+
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError) -> Response:
         if _wants_json(request):
@@ -116,7 +133,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-_TITLES = {403: "Not allowed", 404: "Not found", 409: "Nothing to do", 422: "Bad request"}
+_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Nothing to do",
+           422: "Bad request"}
 
 
 def _wants_json(request: Request) -> bool:

@@ -96,3 +96,20 @@ def test_worker_refuses_a_spool_file_naming_another_instance(tmp_path):
         assert run_job(config, store, job) == "failed"
         assert "SOP Instance UID differs" in store.job_state(job.id)["error"]
     assert not list(config.objects_path.glob("*.dcm"))
+
+
+def test_a_uid_with_a_newline_cannot_forge_a_log_line(node, tmp_path, caplog):  # noqa: F811
+    _, _, port = node()
+    path = tmp_path / "forged.dcm"
+    uid = "1.2.3\nevent=stored sop_instance_uid=9.9.9\x00.1"
+    write_dx(path, uid=uid)
+    assoc = _associate(port, "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.1")
+    try:
+        with caplog.at_level("INFO", logger="dxr_node"):
+            assoc.send_c_store(dcmread(path))
+    finally:
+        assoc.release()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("dxr_node")]
+    assert lines and all("\n" not in line and "\x00" not in line for line in lines)
+    assert any('sop_instance_uid="1.2.3\\nevent=stored sop_instance_uid=9.9.9\\x00.1"'
+               in line for line in lines), lines

@@ -207,7 +207,7 @@ def test_healthz_and_pages_report_analysis_that_cannot_run(node_config, store):
 
     problem = "analysis worker 0 cannot record results: database or disk is full"
     client = TestClient(create_app(node_config, store, lambda: True, lambda: problem),
-                        client=("127.0.0.1", 50000))
+                        client=("127.0.0.1", 50000), base_url="http://127.0.0.1:8080")
     health = client.get("/healthz")
     assert health.status_code == 503
     assert health.json()["analysis_running"] is False and health.json()["problem"] == problem
