@@ -18,7 +18,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "DXR_NODE__"
 OBJECT_KINDS = ("SR", "SC", "GSPS", "PDF")
@@ -47,11 +54,37 @@ class Destination(BaseModel):
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    tls: bool = False  # DICOM TLS with the node's [tls] certificate and CA file
 
     @field_validator("ae_title")
     @classmethod
     def _valid_aet(cls, value: str) -> str:
         return check_ae_title(value)
+
+
+class TlsConfig(BaseModel):
+    """DICOM TLS (PS3.15 secure transport) for the SCP and for destinations with tls."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False  # the SCP listens with TLS only (2762 is the usual port)
+    certificate: Path | None = None  # PEM, the node's (server, and client for destinations)
+    private_key: Path | None = None
+    ca_certificates: Path | None = None  # PEM bundle: who signs peers' certificates
+    require_client_certificate: bool = False  # mutual TLS on the SCP
+    # Client certificate subjects allowed (CN, or the whole "CN=...,O=..."); empty: any
+    # certificate the CA vouches for.
+    allowed_client_subjects: list[str] = Field(default_factory=list)
+    verify_server_hostname: bool = True  # destinations' certificates must name their host
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("tls.enabled needs tls.certificate and tls.private_key")
+        if self.allowed_client_subjects and not self.require_client_certificate:
+            raise ValueError("tls.allowed_client_subjects needs "
+                             "tls.require_client_certificate = true")
+        return self
 
 
 class DispatchPolicy(BaseModel):
@@ -125,6 +158,7 @@ class NodeConfig(BaseModel):
     max_decoded_mb: int = Field(default=400, ge=1)
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
     web: WebConfig = Field(default_factory=WebConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("reference_table")
@@ -206,7 +240,8 @@ def _env_value(key: str, raw: str) -> Any:
         if raw.lstrip().startswith("["):
             return json.loads(raw)
         return [parse_destination(item) for item in raw.split(",") if item.strip()]
-    if key in ("allowed_calling_aets", "allowed_source_ips", "send_objects", "allowed_hosts"):
+    if key in ("allowed_calling_aets", "allowed_source_ips", "send_objects", "allowed_hosts",
+               "allowed_client_subjects"):
         if raw.lstrip().startswith("["):
             return json.loads(raw)
         return [item.strip() for item in raw.split(",") if item.strip()]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from pynetdicom.presentation import build_context
 from dxr_node.node.config import DispatchPolicy, NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Dispatch, Store
+from dxr_node.node.tls import TlsConfigError, client_context
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +117,10 @@ def send_files(
     *,
     calling_aet: str,
     timeout_s: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> list[Delivery]:
-    """Send DICOM files to one destination over one association; one Delivery per path.
+    """Send DICOM files to one destination over one association (DICOM TLS with ``tls``);
+    one Delivery per path.
 
     Never raises for network or peer trouble: every path gets an outcome.
     """
@@ -136,12 +140,12 @@ def send_files(
         # Too many distinct classes/syntaxes for one association: split the batch.
         half = len(paths) // 2
         return send_files(destination, paths[:half], calling_aet=calling_aet,
-                          timeout_s=timeout_s) + send_files(
-            destination, paths[half:], calling_aet=calling_aet, timeout_s=timeout_s)
+                          timeout_s=timeout_s, tls=tls) + send_files(
+            destination, paths[half:], calling_aet=calling_aet, timeout_s=timeout_s, tls=tls)
 
     if headers:
         deliveries.update(_send_over_association(destination, headers, contexts,
-                                                 calling_aet, timeout_s))
+                                                 calling_aet, timeout_s, tls))
     return [deliveries[path] for path in paths]
 
 
@@ -176,6 +180,7 @@ def _send_over_association(
     contexts: list,
     calling_aet: str,
     timeout_s: float,
+    tls: ssl.SSLContext | None = None,
 ) -> dict[Path, Delivery]:
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -197,7 +202,8 @@ def _send_over_association(
 
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                             evt_handlers=[(evt.EVT_PDU_RECV, keep_rejection)])
+                             evt_handlers=[(evt.EVT_PDU_RECV, keep_rejection)],
+                             tls_args=(tls, destination.host) if tls is not None else None)
     except ValueError as exc:  # a malformed address: retrying cannot help
         return all_fail(FAILED, f"cannot associate with {where}: {exc}")
     except OSError as exc:  # e.g. the host name does not resolve (yet): a container restarting
@@ -305,8 +311,13 @@ def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) 
     if not batch:
         return 0
     try:
+        tls = client_context(config.tls) if getattr(destination, "tls", False) else None
         deliveries = send_files(destination, [item.path for item in batch],
-                                calling_aet=config.ae_title, timeout_s=config.dispatch.timeout_s)
+                                calling_aet=config.ae_title, timeout_s=config.dispatch.timeout_s,
+                                tls=tls)
+    except TlsConfigError as exc:  # unreadable certificate files: fixable, so retried
+        deliveries = [Delivery(Path(item.path), item.sop_instance_uid, RETRY, None, str(exc))
+                      for item in batch]
     except Exception as exc:  # a bug here must not leave rows stuck in 'sending'
         log.exception("dispatch error")
         deliveries = [Delivery(Path(item.path), item.sop_instance_uid, RETRY, None,

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from dxr_node.node.logs import log_event
@@ -33,8 +35,8 @@ log = logging.getLogger("dxr_node.node.scp")
 WATCH_INTERVAL_S = 0.25
 
 
-class GuardedSocket(socket.socket):
-    """An accepted connection whose reads are counted and which the guard can cut."""
+class _Guarded:
+    """What the guard keeps on an accepted connection, plain or TLS."""
 
     guard: ConnectionGuard
     peer: str
@@ -45,11 +47,16 @@ class GuardedSocket(socket.socket):
     received: int
     received_at_mark: int  # ``received`` when the current DIMSE message began
     cut_reason: str | None
+    subject_checked: bool  # TLS: the client certificate was checked after the handshake
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if self.cut_reason is not None:
             return b""
-        data = super().recv(bufsize, flags)
+        if not self.subject_checked:
+            self.subject_checked = True
+            if not self.guard.secure(self):
+                return b""
+        data = super().recv(bufsize, flags)  # type: ignore[misc]
         self.received += len(data)
         if self.received - self.received_at_mark > self.guard.max_message_bytes:
             self.guard.cut(self, f"DIMSE message larger than the limit of "
@@ -61,14 +68,25 @@ class GuardedSocket(socket.socket):
         guard = getattr(self, "guard", None)
         if guard is not None:
             guard.forget(self)
-        super().close()
+        super().close()  # type: ignore[misc]
+
+
+class GuardedSocket(_Guarded, socket.socket):
+    """An accepted plain TCP connection."""
+
+
+class GuardedSSLSocket(_Guarded, ssl.SSLSocket):
+    """An accepted DICOM TLS connection (made by the server context's wrap_socket)."""
 
 
 class ConnectionGuard:
     """Watches the SCP's accepted connections; see the module docstring."""
 
     def __init__(self, *, acse_timeout_s: float, network_timeout_s: float, max_per_peer: int,
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int, tls: ssl.SSLContext | None = None,
+                 allowed_subjects: Sequence[str] = ()) -> None:
+        self.tls = tls
+        self.allowed_subjects = list(allowed_subjects)
         self.acse_timeout_s = acse_timeout_s
         self.network_timeout_s = network_timeout_s
         self.max_per_peer = max_per_peer
@@ -80,10 +98,17 @@ class ConnectionGuard:
 
     # --- wiring into pynetdicom's AssociationServer ---------------------------------------
 
-    def wrap(self, sock: socket.socket, address: Any) -> GuardedSocket:
-        """Turn a freshly accepted socket into a GuardedSocket (not yet admitted)."""
+    def wrap(self, sock: socket.socket, address: Any) -> _Guarded:
+        """Turn a freshly accepted socket into a guarded one (not yet admitted). With TLS
+        the handshake is left to the first read, in the association's thread: a client
+        that stalls it holds up only itself, and only until the ACSE deadline."""
         timeout = sock.gettimeout()
-        guarded = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        guarded: Any
+        if self.tls is not None:
+            guarded = self.tls.wrap_socket(sock, server_side=True,
+                                           do_handshake_on_connect=False)
+        else:
+            guarded = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         guarded.settimeout(timeout)
         now = time.monotonic()
         guarded.guard, guarded.peer = self, str(address[0])
@@ -91,11 +116,12 @@ class ConnectionGuard:
         guarded.established = guarded.busy = False
         guarded.received = guarded.received_at_mark = 0
         guarded.cut_reason = None
+        guarded.subject_checked = self.tls is None
         return guarded
 
-    def admit(self, sock: socket.socket) -> bool:
+    def admit(self, sock: Any) -> bool:
         """Register a connection unless its source address already holds its share."""
-        if not isinstance(sock, GuardedSocket):
+        if not isinstance(sock, _Guarded):
             return True
         with self._lock:
             held = sum(1 for s in self._live if s.peer == sock.peer)
@@ -110,7 +136,7 @@ class ConnectionGuard:
                              f"(max_associations_per_peer)")
         return admitted
 
-    def forget(self, sock: GuardedSocket) -> None:
+    def forget(self, sock: Any) -> None:
         with self._lock:
             self._live.discard(sock)
 
@@ -125,9 +151,9 @@ class ConnectionGuard:
     # --- progress, reported by the SCP's event handlers -----------------------------------
 
     @staticmethod
-    def socket_of(assoc: Any) -> GuardedSocket | None:
+    def socket_of(assoc: Any) -> Any:
         sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
-        return sock if isinstance(sock, GuardedSocket) else None
+        return sock if isinstance(sock, _Guarded) else None
 
     def pdu_received(self, assoc: Any) -> None:
         sock = self.socket_of(assoc)
@@ -151,7 +177,26 @@ class ConnectionGuard:
 
     # --- enforcement --------------------------------------------------------------------
 
-    def cut(self, sock: GuardedSocket, reason: str, status: str | None = None) -> None:
+    def secure(self, sock: Any) -> bool:
+        """The TLS handshake (in the association's thread, under the ACSE deadline) and the
+        client certificate's subject check; False (and the connection cut) on failure."""
+        from dxr_node.node.tls import subject_allowed, subject_text
+
+        try:
+            sock.do_handshake()
+        except (ssl.SSLError, OSError) as exc:
+            self.cut(sock, f"TLS handshake failed: {exc}")
+            return False
+        certificate = sock.getpeercert()
+        if subject_allowed(certificate, self.allowed_subjects):
+            log_event(log, "tls_established", source_ip=sock.peer, version=sock.version(),
+                      subject=subject_text(certificate) or None)
+            return True
+        self.cut(sock, f"client certificate subject {subject_text(certificate)!r} "
+                       "not in tls.allowed_client_subjects")
+        return False
+
+    def cut(self, sock: Any, reason: str, status: str | None = None) -> None:
         if sock.cut_reason is not None:
             return
         sock.cut_reason = reason

@@ -29,9 +29,10 @@ from pynetdicom.transport import AssociationServer
 
 from dxr_node.fileio import write_durably
 from dxr_node.node.config import NodeConfig
-from dxr_node.node.guard import ConnectionGuard
+from dxr_node.node.guard import ConnectionGuard, GuardedSSLSocket
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import InstanceInfo, Store
+from dxr_node.node.tls import server_context
 from dxr_node.node.triage import skip_reason
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,14 @@ class StorageSCP:
         self._networks = [ipaddress.ip_network(n, strict=False)
                           for n in config.allowed_source_ips]
         self._server: AssociationServer | None = None
+        tls = None
+        if config.tls.enabled:
+            tls = server_context(config.tls, GuardedSSLSocket)
         self.guard = ConnectionGuard(
             acse_timeout_s=config.acse_timeout_s, network_timeout_s=config.network_timeout_s,
             max_per_peer=config.max_associations_per_peer,
-            max_message_bytes=config.max_store_mb * 2**20 + _MESSAGE_OVERHEAD_BYTES)
+            max_message_bytes=config.max_store_mb * 2**20 + _MESSAGE_OVERHEAD_BYTES,
+            tls=tls, allowed_subjects=config.tls.allowed_client_subjects)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -124,6 +129,7 @@ class StorageSCP:
         self._server = server
         host, port = server.server_address[:2]
         log_event(log, "listening", ae_title=self.config.ae_title, host=host, port=port,
+                  tls="on" if self.config.tls.enabled else "off",
                   allowed_calling_aets=",".join(self.config.allowed_calling_aets) or "ANY",
                   allowed_source_ips=",".join(self.config.allowed_source_ips) or "ANY")
         return host, port

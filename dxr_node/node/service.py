@@ -30,6 +30,7 @@ from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.scp import StorageSCP
 from dxr_node.node.store import Store
+from dxr_node.node.tls import TlsConfigError
 
 log = logging.getLogger("dxr_node.node")
 
@@ -146,7 +147,11 @@ class Node:
         self._workers = start_workers(config, self.stop_event)
         self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event)
         self._spawn("housekeeping", self._housekeeping)
-        self.scp = StorageSCP(config, self.store)
+        try:
+            self.scp = StorageSCP(config, self.store)
+        except TlsConfigError as exc:
+            self.stop()
+            raise ServiceError(str(exc)) from None
         try:
             self.address = self.scp.start()
         except OSError as exc:
