@@ -87,6 +87,18 @@ class TlsConfig(BaseModel):
         return self
 
 
+class AuditConfig(BaseModel):
+    """IHE ATNA audit trail (DICOM PS3.15 A.5 messages; see ``dxr_node.node.audit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    file: Path | None = None  # append-only local copy; default <data_dir>/audit/audit.log
+    syslog_host: str | None = None  # the audit record repository (None: file only)
+    syslog_port: int = Field(default=6514, ge=1, le=65535)  # 6514: syslog over TLS
+    syslog_tls: bool = True  # RFC 5425, verified with the [tls] CA file (else the system's)
+
+
 class DispatchPolicy(BaseModel):
     """How produced objects are sent (used by ``dxr_node.node.dispatch``)."""
 
@@ -159,6 +171,7 @@ class NodeConfig(BaseModel):
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
     web: WebConfig = Field(default_factory=WebConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("reference_table")
@@ -210,6 +223,11 @@ class NodeConfig(BaseModel):
     def objects_path(self) -> Path:
         """Where workers write the produced SR/SC/GSPS/PDF files."""
         return self.data_dir / "objects"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.file if self.audit.file is not None \
+            else self.data_dir / "audit" / "audit.log"
 
     @property
     def database_path(self) -> Path:

@@ -42,6 +42,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
+from dxr_node.node.audit import AuditTrail
 from dxr_node.node.config import DispatchPolicy, NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Dispatch, Store
@@ -269,7 +270,8 @@ POLL_INTERVAL_S = 0.25  # workers live in other processes: poll the store for ne
 BATCH_SIZE = 64  # dispatches claimed per round, sent over one association
 
 
-def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event) -> None:
+def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event,
+                   audit: AuditTrail | None = None) -> None:
     """Deliver due dispatches until ``stop_event`` is set; run it in a thread.
 
     Each destination gets its own thread, so a PACS that hangs until the timeout never
@@ -277,7 +279,7 @@ def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event
     dispatch timeout), so a graceful stop leaves no row in ``sending``.
     """
     threads = [threading.Thread(target=_serve_destination, name=f"dispatch-{d.name}",
-                                args=(config, store, d, stop_event), daemon=True)
+                                args=(config, store, d, stop_event, audit), daemon=True)
                for d in config.destinations]
     for thread in threads:
         thread.start()
@@ -288,9 +290,9 @@ def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event
 
 
 def _serve_destination(config: NodeConfig, store: Store, destination: DestinationLike,
-                       stop_event: threading.Event) -> None:
+                       stop_event: threading.Event, audit: AuditTrail | None = None) -> None:
     while not stop_event.is_set():
-        if not _guarded(deliver_due, config, store, destination):
+        if not _guarded(deliver_due, config, store, destination, audit):
             stop_event.wait(POLL_INTERVAL_S)
 
 
@@ -304,7 +306,8 @@ def _guarded(step: Any, *args: Any) -> int:
         return 0
 
 
-def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) -> int:
+def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike,
+                audit: AuditTrail | None = None) -> int:
     """Claim the due dispatches of one destination (up to BATCH_SIZE), send them over
     one association and record each outcome. Returns how many were handled."""
     batch = store.claim_dispatches(destination.name, BATCH_SIZE)
@@ -325,7 +328,23 @@ def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) 
                       for item in batch]
     for item, delivery in zip(batch, deliveries, strict=True):
         _record(store, config.dispatch, item, delivery)
+        if audit is not None and delivery.outcome == SENT:
+            _audit_sent(audit, destination, item)
     return len(batch)
+
+
+def _audit_sent(audit: AuditTrail, destination: DestinationLike, item: Dispatch) -> None:
+    """A result issued: "DICOM Instances Transferred" with the study and patient it is of."""
+    try:
+        header = dcmread(item.path, stop_before_pixels=True,
+                         specific_tags=["StudyInstanceUID", "PatientID"])
+    except (OSError, InvalidDicomError):
+        header = None
+    audit.instances_transferred(
+        received=False, peer_aet=destination.ae_title, peer_address=destination.host,
+        study_uid=str(getattr(header, "StudyInstanceUID", "") or "") or None,
+        sop_class=item.sop_class_uid, sop_uid=item.sop_instance_uid,
+        patient_id=str(getattr(header, "PatientID", "") or "") or None)
 
 
 def fail_unconfigured(config: NodeConfig, store: Store) -> int:

@@ -28,6 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationServer
 
 from dxr_node.fileio import write_durably
+from dxr_node.node.audit import AuditTrail
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.guard import ConnectionGuard, GuardedSSLSocket
 from dxr_node.node.logs import log_event
@@ -69,9 +70,10 @@ def _text(value: object) -> str | None:
 class StorageSCP:
     """C-ECHO/C-STORE listener that spools to ``config.spool_path`` and queues jobs."""
 
-    def __init__(self, config: NodeConfig, store: Store) -> None:
+    def __init__(self, config: NodeConfig, store: Store, audit: AuditTrail | None = None) -> None:
         self.config = config
         self.store = store
+        self.audit = audit
         self.spool = Path(config.spool_path)
         self._incoming = self.spool / "incoming"
         self._networks = [ipaddress.ip_network(n, strict=False)
@@ -162,6 +164,9 @@ class StorageSCP:
                 log_event(log, "connection_refused", logging.WARNING,
                           source_ip=client_address[0],
                           reason="source address not in allowed_source_ips")
+                if self.audit is not None:
+                    self.audit.security_alert(client_address[0], None,
+                                              "source address not in allowed_source_ips")
                 return False
         return self.guard.admit(request)  # type: ignore[arg-type]
 
@@ -174,6 +179,10 @@ class StorageSCP:
         assoc = event.assoc
         if what == "accepted":
             self.guard.established(assoc)
+        elif what == "rejected" and self.audit is not None:
+            self.audit.security_alert(assoc.requestor.address, assoc.requestor.ae_title,
+                                      "association rejected (calling AE title not allowed "
+                                      "or no association slot free)")
         level = logging.WARNING if what in ("rejected", "aborted") else logging.INFO
         log_event(log, f"association_{what}", level, assoc=assoc.name,
                   calling_aet=assoc.requestor.ae_title, source_ip=assoc.requestor.address)
@@ -277,6 +286,11 @@ class StorageSCP:
         else:
             log_event(log, "stored", **fields, job_id=added.job_id, bytes=len(encoded),
                       transfer_syntax=transfer_syntax)
+        if self.audit is not None:
+            self.audit.instances_transferred(
+                received=True, peer_aet=event.assoc.requestor.ae_title,
+                peer_address=event.assoc.requestor.address, study_uid=info.study_instance_uid,
+                sop_class=sop_class, sop_uid=sop_uid, patient_id=info.patient_id)
         return STATUS_SUCCESS
 
     def _spool_path(self, sop_uid: str) -> Path:

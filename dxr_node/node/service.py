@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dxr_node.node.audit import AuditTrail, open_audit_trail
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.scp import StorageSCP
@@ -108,6 +109,7 @@ class Node:
         self.stop_event = threading.Event()  # stops workers and dispatcher, after the SCP
         self.store: Store | None = None
         self.scp: StorageSCP | None = None
+        self.audit: AuditTrail | None = None
         self._threads: list[threading.Thread] = []
         self._workers = None
         self.address: tuple[str, int] | None = None
@@ -131,6 +133,11 @@ class Node:
         for suffix in ("", "-wal", "-shm"):
             _make_private(Path(f"{config.database_path}{suffix}"))
         self.store = Store(config.database_path)
+        try:
+            self.audit = open_audit_trail(config)
+        except TlsConfigError as exc:
+            self.store.close()
+            raise ServiceError(str(exc)) from None
         recovered = self.store.recover_interrupted(max_attempts=config.worker_max_attempts)
         if recovered:
             log_event(log, "recovered", rows=recovered,
@@ -145,10 +152,11 @@ class Node:
         purge_spool(config, self.store)
 
         self._workers = start_workers(config, self.stop_event)
-        self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event)
+        self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event,
+                    self.audit)
         self._spawn("housekeeping", self._housekeeping)
         try:
-            self.scp = StorageSCP(config, self.store)
+            self.scp = StorageSCP(config, self.store, self.audit)
         except TlsConfigError as exc:
             self.stop()
             raise ServiceError(str(exc)) from None
@@ -160,6 +168,8 @@ class Node:
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         if self._start_console is not None:
             self._start_console(self._listening, self.analysis_problem)
+        if self.audit is not None:
+            self.audit.application(started=True)
         log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
                   port=self.address[1], workers=config.worker_count,
                   destinations=",".join(f"{d.ae_title}@{d.host}:{d.port}"
@@ -204,6 +214,9 @@ class Node:
             thread.join(timeout=self.config.dispatch.timeout_s + 5)
         if self.store is not None:
             self.store.close()
+        if self.audit is not None:
+            self.audit.application(started=False)
+            self.audit.stop()
         log_event(log, "stopped")
 
 
