@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import tempfile
-import time
+import threading
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -207,29 +207,37 @@ def _decode_isolated(ds: Dataset, name: str, syntax: UID) -> np.ndarray:
         finally:
             os._exit(status)
     os.close(write_fd)
+    # A decoder that hangs (or deadlocks after the fork) is killed: the read then ends.
+    overdue = threading.Event()
+    timer = threading.Timer(DECODE_TIMEOUT_S, _kill_overdue, (pid, overdue))
+    timer.start()
     try:
         with os.fdopen(read_fd, "rb") as pipe:
             stored = _receive(pipe, name)
     finally:
-        deadline = time.monotonic() + DECODE_TIMEOUT_S
-        while True:
-            done, wait_status = os.waitpid(pid, os.WNOHANG)
-            if done or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        if not done:
-            os.kill(pid, signal.SIGKILL)
-            _, wait_status = os.waitpid(pid, 0)
+        timer.cancel()
+        _, wait_status = os.waitpid(pid, 0)  # the child exits right after writing
         messages.seek(0)
         said = messages.read(4096).decode("utf-8", "replace").strip().splitlines()
         messages.close()
     if stored is None:
+        if overdue.is_set():
+            raise ImageLoadError(f"{name}: pixel data could not be decoded ({syntax.name}: "
+                                 f"the decoder did not finish within {DECODE_TIMEOUT_S:g} s)")
         how = (f"signal {signal.Signals(os.WTERMSIG(wait_status)).name}"
                if os.WIFSIGNALED(wait_status) else f"exit {os.WEXITSTATUS(wait_status)}")
         detail = f": {_short(Exception(said[-1]))}" if said else ""
         raise ImageLoadError(f"{name}: pixel data could not be decoded ({syntax.name}: the "
                              f"decoder crashed, {how}{detail})")
     return stored
+
+
+def _kill_overdue(pid: int, overdue: threading.Event) -> None:
+    overdue.set()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it finished just now
 
 
 def _receive(pipe: Any, name: str) -> np.ndarray | None:
