@@ -1,4 +1,5 @@
-"""Fuzz `dxr-node analyze` with mutated phantom DICOM files (run through scripts/fuzz).
+"""Fuzz `dxr-node analyze` (or, with --scp, the node's SCP) with mutated phantom DICOM
+files (run through scripts/fuzz).
 
 Small phantoms in several transfer syntaxes are mutated with a seeded RNG (bit flips,
 truncations, byte splices, and edits of the attributes decoders and report writers trust:
@@ -237,6 +238,132 @@ def fuzz(cases: int, seed: int, work: Path, batch: int, timeout_s: float) -> Sum
     return summary
 
 
+def fuzz_scp(cases: int, seed: int, work: Path, timeout_s: float) -> Summary:
+    """The same cases C-STOREd into a running `dxr-node serve` (one association each).
+
+    Judged from the node: it must stay up and answer every store; each job must end
+    done, failed or skipped, a failure with its reason; a worker death is a crash, an
+    "analysis error" an internal error, a job still open after the deadline a hang.
+    """
+    import socket as socketlib
+    import sqlite3
+
+    from pynetdicom import AE, _config
+
+    rng = np.random.default_rng(seed)
+    bases = make_bases(work)
+    files, describe = [], {}
+    for index in range(cases):
+        # A SOP Instance UID of its own per case, else the node analyses one per base.
+        base = work / f"base_{index:04d}.dcm"
+        ds = pydicom.dcmread(bases[index % len(bases)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.{seed}{index:06d}"
+        ds.save_as(base)
+        target = work / f"case_{index:04d}.dcm"
+        what = mutate(base.read_bytes(), base, rng, target)
+        describe[target.name] = f"{bases[index % len(bases)].stem}: {what}"
+        files.append(target)
+    with socketlib.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = work / "node"
+    log_path = work / "node.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DXR_NODE")}
+    env.update(DXR_NODE__WEB__ENABLED="false", DXR_NODE__MIN_FREE_DISK_MB="1")
+    with open(log_path, "wb") as log_file:
+        node = subprocess.Popen([sys.executable, "-m", "dxr_node.cli", "serve", "--data-dir",
+                                 str(data), "--port", str(port), "--workers", "1"],
+                                stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    summary = Summary(cases=cases)
+    try:
+        deadline = time.monotonic() + 60
+        while "event=ready" not in log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline or node.poll() is not None:
+                raise RuntimeError("the node did not start: " + log_path.read_text()[-500:])
+            time.sleep(0.2)
+        _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes as they are
+        sent = 0
+        for path in files:
+            try:
+                meta = pydicom.filereader.read_file_meta_info(path)
+                contexts = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+            except Exception:  # noqa: BLE001  no usable file meta: a sender could not send it
+                summary.outcomes["not sendable"] = summary.outcomes.get("not sendable", 0) + 1
+                continue
+            ae = AE(ae_title="FUZZ")
+            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+            try:
+                ae.add_requested_context(*contexts)
+                assoc = ae.associate("127.0.0.1", port, ae_title="DXRNODE")
+            except Exception:  # noqa: BLE001  e.g. a mutated UID pynetdicom will not send
+                summary.outcomes["not sendable"] = summary.outcomes.get("not sendable", 0) + 1
+                continue
+            if not assoc.is_established:
+                summary.crashes.append(f"{path.name}: association refused (node down?)")
+                continue
+            try:
+                status = assoc.send_c_store(path).get("Status")
+            except Exception as exc:  # noqa: BLE001  pynetdicom refuses to read the file
+                status = f"not sent: {type(exc).__name__}"
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            key = f"store 0x{status:04X}" if isinstance(status, int) else str(status)
+            summary.outcomes[key] = summary.outcomes.get(key, 0) + 1
+            sent += 1
+        database = data / "dxr-node.sqlite"
+        deadline = time.monotonic() + timeout_s * max(sent, 1)
+        while time.monotonic() < deadline:
+            with sqlite3.connect(database, timeout=30) as db:
+                open_jobs = db.execute("SELECT COUNT(*) FROM jobs WHERE state IN "
+                                       "('queued','running')").fetchone()[0]
+            if not open_jobs:
+                break
+            time.sleep(0.5)
+        with sqlite3.connect(database, timeout=30) as db:
+            rows = db.execute("SELECT j.state, j.error, i.sop_instance_uid FROM jobs j "
+                              "JOIN instances i ON i.id = j.instance_id").fetchall()
+        for state, error, uid in rows:
+            summary.outcomes[f"job {state}"] = summary.outcomes.get(f"job {state}", 0) + 1
+            if state in ("queued", "running"):
+                summary.hangs.append(uid)
+            elif state in ("failed", "skipped") and not error:
+                summary.without_reason.append(uid)
+            elif error and error.startswith("analysis error"):
+                summary.internal_errors.append(f"{uid}: {error}")
+        text = log_path.read_text(errors="replace")
+        summary.crashes += [line for line in text.splitlines() if "event=worker_died" in line]
+        summary.tracebacks = text.count("Traceback")
+        if node.poll() is not None:
+            summary.crashes.append(f"the node exited with {node.returncode}")
+        summary.peak_rss_mb = _peak_rss_mb(node.pid)
+    finally:
+        if node.poll() is None:
+            node.terminate()
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, 9)
+                node.wait()
+    return summary
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """Largest VmHWM (peak resident memory) of the node and its worker processes."""
+    peak = 0.0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if status.parent.name != str(pid) and fields.get("PPid", "").strip() != str(pid):
+            continue
+        peak = max(peak, int(fields.get("VmHWM", "0 kB").split()[0]) / 1024)
+    return peak
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=400)
@@ -246,13 +373,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds allowed per file before it counts as a hang")
     parser.add_argument("--keep", metavar="DIR", help="keep the cases in DIR")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--scp", action="store_true",
+                        help="C-STORE the cases into a running dxr-node serve instead")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="pydicom")  # we write invalid values on purpose
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="dxr-fuzz-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        summary = fuzz(args.cases, args.seed, work, args.batch, args.timeout)
+        if args.scp:
+            summary = fuzz_scp(args.cases, args.seed, work, args.timeout)
+        else:
+            summary = fuzz(args.cases, args.seed, work, args.batch, args.timeout)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
