@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dxr_node.node.logs import log_event
@@ -84,8 +84,10 @@ class ConnectionGuard:
 
     def __init__(self, *, acse_timeout_s: float, network_timeout_s: float, max_per_peer: int,
                  max_message_bytes: int, tls: ssl.SSLContext | None = None,
-                 allowed_subjects: Sequence[str] = ()) -> None:
+                 allowed_subjects: Sequence[str] = (),
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         self.tls = tls
+        self.on_refused = on_refused  # (source address, reason): a TLS peer turned away
         self.allowed_subjects = list(allowed_subjects)
         self.acse_timeout_s = acse_timeout_s
         self.network_timeout_s = network_timeout_s
@@ -185,16 +187,21 @@ class ConnectionGuard:
         try:
             sock.do_handshake()
         except (ssl.SSLError, OSError) as exc:
-            self.cut(sock, f"TLS handshake failed: {exc}")
+            self._refuse(sock, f"TLS handshake failed: {exc}")
             return False
         certificate = sock.getpeercert()
         if subject_allowed(certificate, self.allowed_subjects):
             log_event(log, "tls_established", source_ip=sock.peer, version=sock.version(),
                       subject=subject_text(certificate) or None)
             return True
-        self.cut(sock, f"client certificate subject {subject_text(certificate)!r} "
-                       "not in tls.allowed_client_subjects")
+        self._refuse(sock, f"client certificate subject {subject_text(certificate)!r} "
+                           "not in tls.allowed_client_subjects")
         return False
+
+    def _refuse(self, sock: Any, reason: str) -> None:
+        self.cut(sock, reason)
+        if self.on_refused is not None:
+            self.on_refused(sock.peer, reason)
 
     def cut(self, sock: Any, reason: str, status: str | None = None) -> None:
         if sock.cut_reason is not None:

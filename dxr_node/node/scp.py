@@ -86,7 +86,8 @@ class StorageSCP:
             acse_timeout_s=config.acse_timeout_s, network_timeout_s=config.network_timeout_s,
             max_per_peer=config.max_associations_per_peer,
             max_message_bytes=config.max_store_mb * 2**20 + _MESSAGE_OVERHEAD_BYTES,
-            tls=tls, allowed_subjects=config.tls.allowed_client_subjects)
+            tls=tls, allowed_subjects=config.tls.allowed_client_subjects,
+            on_refused=self._tls_refused)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -171,6 +172,10 @@ class StorageSCP:
         return self.guard.admit(request)  # type: ignore[arg-type]
 
     # --- handlers --------------------------------------------------------------------
+
+    def _tls_refused(self, source_ip: str, reason: str) -> None:
+        if self.audit is not None:
+            self.audit.security_alert(source_ip, None, reason)
 
     def _on_pdu(self, event: evt.Event) -> None:
         self.guard.pdu_received(event.assoc)

@@ -3,6 +3,8 @@ mutual TLS with a subject allow-list. Certificates are made per session with ope
 
 from __future__ import annotations
 
+import base64
+import re
 import shutil
 import ssl
 import subprocess
@@ -10,10 +12,12 @@ from pathlib import Path
 
 import pytest
 from dcmtk_peers import free_port, received_uids, require, serving
+from node_process import wait_for
 from pydicom import dcmread
 from pynetdicom import AE
 from test_scp import write_dx
 
+from dxr_node.node.audit import AuditTrail
 from dxr_node.node.config import Destination, TlsConfig, load_config
 from dxr_node.node.dispatch import SENT, send_files
 from dxr_node.node.scp import StorageSCP
@@ -54,10 +58,13 @@ def tls_node(tmp_path, pki):
         "tls": _tls(pki, enabled=True, require_client_certificate=True,
                     allowed_client_subjects=["client"])})
     store = Store(config.database_path)
-    scp = StorageSCP(config, store)
+    audit = AuditTrail("DXRNODE", file=tmp_path / "audit.log", syslog_host=None,
+                       syslog_port=6514).start()
+    scp = StorageSCP(config, store, audit)
     _, port = scp.start()
     yield store, port
     scp.stop()
+    audit.stop()
     store.close()
 
 
@@ -82,6 +89,17 @@ def test_storescu_over_tls_stores_and_other_clients_are_refused(tls_node, pki, t
     for refused in (stranger, anonymous, plain):
         assert refused.returncode != 0
     assert store.instance_count() == 1
+    scp_stopped_audit = tmp_path / "audit.log"
+    wait_for(lambda: scp_stopped_audit.exists()
+             and scp_stopped_audit.read_text().count("Security Alert") == 3, 10,
+             "three security alerts in the audit file")
+    assert "CN=stranger" in b64decoded_details(scp_stopped_audit.read_text())
+
+
+def b64decoded_details(text: str) -> str:
+    """The alert descriptions (base64 in ParticipantObjectDetail) of an audit file."""
+    return " ".join(base64.b64decode(v).decode() for v in
+                    re.findall(r'type="Alert Description" value="([^"]+)"', text))
 
 
 def test_a_python_client_over_tls_1_3(tls_node, pki, tmp_path):
