@@ -15,6 +15,11 @@ one transaction. A supervisor thread in the node process watches the workers:
 
 Unreadable images and pipeline exceptions end as failed jobs with the reason at once:
 they are deterministic, a retry would fail the same way.
+
+A full disk (or a database that cannot be written) is nobody's image's fault: the worker
+and the supervisor outlive it, the job goes back to the queue without using a claim, and
+``WorkerPool.problem()`` says why analysis is stopped (/healthz 503, the console alarm)
+until a write succeeds again.
 """
 
 from __future__ import annotations
