@@ -82,6 +82,7 @@ _DATE_TIME_PATTERNS = {
 }
 _CHECKED_VALUES = {"StudyDate": "DA", "PatientBirthDate": "DA", "StudyTime": "TM",
                    "PatientAge": "AS"}
+_CROSS_SECTIONAL = ("CT", "MR", "PT")
 _MODALITY_BY_SOP_CLASS = {"1.2.840.10008.5.1.4.1.1.1": "CR",
                           "1.2.840.10008.5.1.4.1.1.1.1": "DX",
                           "1.2.840.10008.5.1.4.1.1.1.1.1": "DX"}
@@ -93,7 +94,8 @@ def _normalised_source(source: pydicom.Dataset) -> pydicom.Dataset:
     - missing Type 2 patient/study attributes present, empty;
     - malformed dates, times and ages (e.g. markup in StudyDate), and a PatientSex
       other than M/F/O, empty (Type 2: "unknown");
-    - a missing Modality taken from the SOP class (DX/CR), else OT;
+    - a missing Modality, or a cross-sectional one (CT/MR/PT) on a CR/DX image, taken
+      from the SOP class (DX/CR), else OT;
     - a single-valued PixelSpacing/ImagerPixelSpacing (VM 2) read as isotropic, as the
       engine reads it;
     - Window Center/Width together with a VOI LUT Sequence: the window is kept (the
@@ -111,8 +113,12 @@ def _normalised_source(source: pydicom.Dataset) -> pydicom.Dataset:
             completed.add_new(pydicom.datadict.tag_for_keyword(keyword), vr, "")
     if str(completed.get("PatientSex", "") or "").strip().upper() not in ("", "M", "F", "O"):
         completed.PatientSex = ""
-    if not str(completed.get("Modality", "") or "").strip():
-        completed.Modality = _MODALITY_BY_SOP_CLASS.get(str(completed.SOPClassUID), "OT")
+    modality = str(completed.get("Modality", "") or "").strip()
+    by_class = _MODALITY_BY_SOP_CLASS.get(str(completed.SOPClassUID))
+    if not modality or (by_class and modality in _CROSS_SECTIONAL):
+        # A CR/DX image calling itself CT would be described as a CT slice (which needs
+        # slice geometry it has not got): its SOP class says what it is.
+        completed.Modality = by_class or "OT"
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = completed.get(keyword)
         if value is not None and not isinstance(value, pydicom.multival.MultiValue) \

@@ -40,6 +40,8 @@ def _voi_lut_and_window(ds: Dataset) -> None:
 EDITS = {
     "single-valued ImagerPixelSpacing": (_single_imager_spacing, {}),
     "missing Modality": (lambda ds: delattr(ds, "Modality"), {}),
+    # Found by scripts/fuzz --scp: highdicom then wants CT slice geometry (AttributeError).
+    "Modality CT on a DX image": (lambda ds: setattr(ds, "Modality", "CT"), {}),
     "VOI LUT Sequence with Window Center/Width": (_voi_lut_and_window, {}),
     "PatientSex X1": (lambda ds: setattr(ds, "PatientSex", "X1"), {"PatientSex"}),
     "StudyDate with markup": (lambda ds: setattr(ds, "StudyDate", "<b>2024</b>"),
