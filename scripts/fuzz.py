@@ -82,6 +82,7 @@ class Summary:
     without_reason: list[str] = field(default_factory=list)
     tracebacks: int = 0
     bad_exit_status: list[int] = field(default_factory=list)
+    objects_not_built: list[str] = field(default_factory=list)  # reported, not failing
     peak_rss_mb: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)
 
@@ -164,7 +165,10 @@ def mutate(base: bytes, base_path: Path, rng: np.random.Generator, out: Path) ->
 def _run(files: list[Path], timeout_s: float) -> tuple[int | None, str, str, float]:
     """(exit status or None on hang, stdout, stderr, max RSS MB) of one analyze process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen([*ANALYZE, *map(str, files)], stdout=out, stderr=err,
+        # --out: the report objects (SR, SC, GSPS, PDF) are built and written too.
+        objects = files[0].parent / "objects"
+        process = subprocess.Popen([*ANALYZE, "--out", str(objects), *map(str, files)],
+                                   stdout=out, stderr=err,
                                    env={**os.environ, "DXR_NODE_DEBUG": ""})
         deadline = time.monotonic() + timeout_s
         status = rusage = None
@@ -215,6 +219,9 @@ def judge(files: list[Path], summary: Summary, timeout_s: float, describe: dict[
             continue
         summary.outcomes[record["status"]] = summary.outcomes.get(record["status"], 0) + 1
         reasons = record.get("reasons") or []
+        unbuilt = [r for r in reasons if str(r).startswith("report objects not")]
+        if unbuilt:  # a reason, not a crash; but a measurable image should have objects
+            summary.objects_not_built.append(f"{label}: {unbuilt[0]}")
         if any(str(r).startswith("internal error") for r in reasons):
             summary.internal_errors.append(f"{label}: {reasons[0]}")
         elif record["status"] != "ok" and not reasons:
@@ -394,12 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"cases {summary.cases}  crashes {len(summary.crashes)}  internal errors "
               f"{len(summary.internal_errors)}  hangs {len(summary.hangs)}  without reason "
-              f"{len(summary.without_reason)}  tracebacks {summary.tracebacks}  peak memory "
+              f"{len(summary.without_reason)}  tracebacks {summary.tracebacks}  objects not "
+              f"built {len(summary.objects_not_built)}  peak memory "
               f"{summary.peak_rss_mb:.0f} MB  ({seconds:.0f} s, seed {args.seed})")
         print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items())))
         for title, items in (("crash", summary.crashes), ("internal error",
                              summary.internal_errors), ("hang", summary.hangs),
-                             ("no reason", summary.without_reason)):
+                             ("no reason", summary.without_reason),
+                             ("objects not built", summary.objects_not_built)):
             for item in items:
                 print(f"  {title}: {item}")
     return 1 if summary.failed else 0

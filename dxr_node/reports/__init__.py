@@ -6,6 +6,8 @@ Public surface: ``build_reports``, ``render_overlay``, ``write_objects``.
 
 from __future__ import annotations
 
+import datetime
+import math
 import os
 import re
 from collections.abc import Collection, Iterable
@@ -99,7 +101,8 @@ def _normalised_source(source: pydicom.Dataset) -> pydicom.Dataset:
     - a single-valued PixelSpacing/ImagerPixelSpacing (VM 2) read as isotropic, as the
       engine reads it;
     - Window Center/Width together with a VOI LUT Sequence: the window is kept (the
-      sequence is dropped), since highdicom copies only one of the two.
+      sequence is dropped), since highdicom copies only one of the two; a broken window
+      (one without the other, unequal counts, width < 1) is dropped.
     """
     completed = pydicom.Dataset(source)
     completed.file_meta = getattr(source, "file_meta", pydicom.dataset.FileMetaDataset())
@@ -108,7 +111,7 @@ def _normalised_source(source: pydicom.Dataset) -> pydicom.Dataset:
             setattr(completed, keyword, "")
     for keyword, vr in _CHECKED_VALUES.items():
         value = str(completed.get(keyword, "") or "").strip()
-        if value and not _DATE_TIME_PATTERNS[vr].match(value):
+        if value and not _legal(value, vr):
             del completed[keyword]
             completed.add_new(pydicom.datadict.tag_for_keyword(keyword), vr, "")
     if str(completed.get("PatientSex", "") or "").strip().upper() not in ("", "M", "F", "O"):
@@ -124,10 +127,48 @@ def _normalised_source(source: pydicom.Dataset) -> pydicom.Dataset:
         if value is not None and not isinstance(value, pydicom.multival.MultiValue) \
                 and value != "":
             setattr(completed, keyword, [value, value])
+    if not _usable_window(completed):
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
+            if keyword in completed:
+                delattr(completed, keyword)
     if "VOILUTSequence" in completed and ("WindowCenter" in completed
                                           or "WindowWidth" in completed):
         del completed.VOILUTSequence
     return completed
+
+
+def _legal(value: str, vr: str) -> bool:
+    if not _DATE_TIME_PATTERNS[vr].match(value):
+        return False
+    if vr == "DA":  # 20241399 has the shape of a date but is none
+        try:
+            datetime.datetime.strptime(value, "%Y%m%d")
+        except ValueError:
+            return False
+    return True
+
+
+def _usable_window(ds: pydicom.Dataset) -> bool:
+    """Window Center/Width as the standard has them: both or neither, as many centres as
+    widths, widths >= 1. A broken window is dropped (the viewer then chooses one)."""
+    if "WindowCenter" not in ds and "WindowWidth" not in ds:
+        return True
+    try:
+        centres = _as_numbers(ds.get("WindowCenter"))
+        widths = _as_numbers(ds.get("WindowWidth"))
+    except (TypeError, ValueError):
+        return False
+    return bool(widths) and len(centres) == len(widths) and all(w >= 1 for w in widths)
+
+
+def _as_numbers(value: object) -> list[float]:
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, pydicom.multival.MultiValue | list) else [value]
+    numbers = [float(v) for v in items]
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError("not finite")
+    return numbers
 
 
 def write_objects(datasets: Iterable[pydicom.Dataset], outdir: Path) -> list[Path]:
