@@ -22,7 +22,14 @@ import pydicom
 from dxr_node.clinical import ReferenceTable, interpret
 from dxr_node.clinical.result import Interpretation, PriorResult
 from dxr_node.engine.analyze import analyze, error_analysis
-from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph, to_display_uint8
+from dxr_node.engine.image import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    ImageLoadError,
+    Radiograph,
+    load_radiograph,
+    to_display_uint8,
+)
 from dxr_node.engine.result import STATUS_ERROR, STATUS_OK, Analysis
 from dxr_node.fileio import write_durably
 
@@ -53,7 +60,7 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
                  age_years: float | None = None,
                  reference: ReferenceTable | None = None,
                  amend_header: Callable[[pydicom.Dataset], None] | None = None,
-                 ) -> PipelineResult:
+                 limits: DecodeLimits = DEFAULT_LIMITS) -> PipelineResult:
     """Analyse one image and build its report objects.
 
     ``amend_header`` completes the image header before it is interpreted and reported
@@ -62,7 +69,7 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
     Raises ImageLoadError only for unreadable input; everything else is in the result.
     """
     started = time.perf_counter()
-    radiograph = load_radiograph(path, pixel_spacing_mm)
+    radiograph = load_radiograph(path, pixel_spacing_mm, limits=limits)
     analysis = analyze(radiograph, started=started)
     header = radiograph.dataset
     if amend_header is not None and header is not None:

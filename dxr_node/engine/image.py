@@ -8,9 +8,16 @@ Every failure a user can cause (wrong file, truncated or undecodable pixel data)
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import tempfile
+import threading
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,6 +32,11 @@ ANISOTROPY_TOLERANCE = 0.01
 _RASTER_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 _RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float, Double Float
+# Header-claimed size limits, checked before any decoder allocates: a real DX is at most
+# ~75 Mpixel (43 x 43 cm at 0.05 mm); a 3 MB RLE file claiming 60000 x 60000 is not.
+DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_DECODED_MB = 400  # one decoded frame (rows x columns x samples x bytes)
+DECODE_TIMEOUT_S = 120.0  # a decoding child that has not finished by then is killed
 
 
 class ImageLoadError(Exception):
@@ -42,7 +54,19 @@ class Radiograph:
     dataset: Dataset | None  # DICOM header without the pixel data (for reports)
 
 
-def load_radiograph(path: str | Path, pixel_spacing_mm: float | None = None) -> Radiograph:
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What a header may claim before decoding is refused."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decoded_mb: int = DEFAULT_MAX_DECODED_MB
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def load_radiograph(path: str | Path, pixel_spacing_mm: float | None = None, *,
+                    limits: DecodeLimits = DEFAULT_LIMITS) -> Radiograph:
     """Read a DICOM, PNG, JPEG or TIFF file; ``pixel_spacing_mm`` overrides the header."""
     path = Path(path)
     name = path.name or str(path)
@@ -60,7 +84,7 @@ def load_radiograph(path: str | Path, pixel_spacing_mm: float | None = None) -> 
     is_dicom = head[128:132] == b"DICM"
     if not is_dicom and (head.startswith(_RASTER_MAGIC)
                          or path.suffix.lower() in _RASTER_SUFFIXES):
-        return _load_raster(path, pixel_spacing_mm)
+        return _load_raster(path, pixel_spacing_mm, limits)
     try:
         ds = pydicom.dcmread(path, force=True)
     except Exception as error:  # pydicom raises many types on garbage input
@@ -68,15 +92,15 @@ def load_radiograph(path: str | Path, pixel_spacing_mm: float | None = None) -> 
         raise ImageLoadError(f"{name}: {kind} ({_short(error)})") from None
     if not is_dicom and not any(tag in ds for tag in _PIXEL_DATA_TAGS):
         raise ImageLoadError(f"{name}: not a DICOM or image file")
-    return radiograph_from_dataset(ds, str(path), pixel_spacing_mm)
+    return radiograph_from_dataset(ds, str(path), pixel_spacing_mm, limits=limits)
 
 
-def radiograph_from_dataset(ds: Dataset, source: str,
-                            pixel_spacing_mm: float | None = None) -> Radiograph:
+def radiograph_from_dataset(ds: Dataset, source: str, pixel_spacing_mm: float | None = None,
+                            *, limits: DecodeLimits = DEFAULT_LIMITS) -> Radiograph:
     """Decode the first frame of ``ds`` and read its spacing and laterality."""
     name = Path(source).name or source
     try:
-        return _radiograph(ds, source, name, pixel_spacing_mm)
+        return _radiograph(ds, source, name, pixel_spacing_mm, limits)
     except ImageLoadError:
         raise
     except Exception as error:  # malformed values surface lazily, in any pydicom call
@@ -84,8 +108,8 @@ def radiograph_from_dataset(ds: Dataset, source: str,
 
 
 def _radiograph(ds: Dataset, source: str, name: str,
-                pixel_spacing_mm: float | None) -> Radiograph:
-    pixels = _decode(ds, name)
+                pixel_spacing_mm: float | None, limits: DecodeLimits) -> Radiograph:
+    pixels = _decode(ds, name, limits)
     spacing, spacing_source, problem = _spacing(ds, pixel_spacing_mm)
     laterality = None
     for keyword in ("ImageLaterality", "Laterality"):
@@ -100,33 +124,22 @@ def _radiograph(ds: Dataset, source: str, name: str,
     return Radiograph(pixels, spacing, spacing_source, problem, laterality, source, header)
 
 
-def _decode(ds: Dataset, name: str) -> np.ndarray:
+def _decode(ds: Dataset, name: str, limits: DecodeLimits) -> np.ndarray:
     if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
         sop = ds.get("SOPClassUID")
         what = f" ({UID(sop).name})" if sop else ""
         raise ImageLoadError(f"{name}: DICOM file has no pixel data{what}")
-    _check_pixel_module(ds, name)
+    _check_pixel_module(ds, name, limits)
     meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
     if "TransferSyntaxUID" not in meta:
         # A bare dataset without file meta: decode it the way it was encoded.
         meta.TransferSyntaxUID = ImplicitVRLittleEndian
         ds.file_meta = meta
     syntax = UID(meta.TransferSyntaxUID)
-    try:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            ds.pixel_array_options(index=0)  # decode only the first frame
-        stored = ds.pixel_array
-    except Exception as error:  # decoders raise ValueError, RuntimeError, ...
-        if not syntax.is_transfer_syntax:
-            raise ImageLoadError(f"{name}: unknown transfer syntax {syntax}") from None
-        if "less than expected" in str(error):
-            raise ImageLoadError(f"{name}: pixel data is truncated ({syntax.name})") from None
-        hint = ""
-        if syntax == JPEGExtended12Bit and int(ds.get("BitsStored", 8)) > 8:
-            hint = "; 12-bit JPEG Extended needs the optional codec: pip install dxr-node[jpeg12]"
-        raise ImageLoadError(
-            f"{name}: pixel data could not be decoded ({syntax.name}: {_short(error)}){hint}"
-        ) from None
+    if syntax.is_transfer_syntax and syntax.is_compressed and hasattr(os, "fork"):
+        stored = _decode_isolated(ds, name, syntax)
+    else:
+        stored = _pixel_array(ds, name, syntax)
     if stored.ndim == 3 and stored.shape[-1] in (3, 4) and ds.get("SamplesPerPixel", 1) > 1:
         stored = stored[..., :3].mean(axis=-1)  # colour secondary capture: use luminance
     if stored.ndim != 2:
@@ -145,7 +158,108 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
     return values
 
 
-def _check_pixel_module(ds: Dataset, name: str) -> None:
+def _pixel_array(ds: Dataset, name: str, syntax: UID) -> np.ndarray:
+    """The stored values of the first frame; ImageLoadError when they cannot be decoded."""
+    try:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            ds.pixel_array_options(index=0)  # decode only the first frame
+        return ds.pixel_array
+    except Exception as error:  # decoders raise ValueError, RuntimeError, ...
+        if not syntax.is_transfer_syntax:
+            raise ImageLoadError(f"{name}: unknown transfer syntax {syntax}") from None
+        if "less than expected" in str(error):
+            raise ImageLoadError(f"{name}: pixel data is truncated ({syntax.name})") from None
+        hint = ""
+        if syntax == JPEGExtended12Bit and int(ds.get("BitsStored", 8)) > 8:
+            hint = "; 12-bit JPEG Extended needs the optional codec: pip install dxr-node[jpeg12]"
+        raise ImageLoadError(
+            f"{name}: pixel data could not be decoded ({syntax.name}: {_short(error)}){hint}"
+        ) from None
+
+
+def _decode_isolated(ds: Dataset, name: str, syntax: UID) -> np.ndarray:
+    """Decode compressed pixel data in a forked child process.
+
+    Codecs (GDCM in particular) abort the whole process on some malformed codestreams
+    (SIGABRT from a C++ assertion): in a child, that loses this image only, with a reason,
+    instead of the CLI batch or the node's worker. The child sends back either the array
+    (a small header line, then the raw bytes) or the ImageLoadError's message.
+    """
+    read_fd, write_fd = os.pipe()
+    messages = tempfile.TemporaryFile()  # the codec's own last words (stderr), if it dies
+    pid = os.fork()
+    if pid == 0:  # the child: decode, report, and leave without running any cleanup
+        status = 0
+        try:
+            os.dup2(messages.fileno(), 2)
+            os.close(read_fd)
+            with os.fdopen(write_fd, "wb") as out:
+                try:
+                    stored = np.ascontiguousarray(_pixel_array(ds, name, syntax))
+                except ImageLoadError as error:
+                    out.write(b"E" + str(error).encode("utf-8", "replace"))
+                else:
+                    head = json.dumps([stored.dtype.str, list(stored.shape)])
+                    out.write(b"A" + head.encode() + b"\n")
+                    out.write(memoryview(stored).cast("B"))
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    # A decoder that hangs (or deadlocks after the fork) is killed: the read then ends.
+    overdue = threading.Event()
+    timer = threading.Timer(DECODE_TIMEOUT_S, _kill_overdue, (pid, overdue))
+    timer.start()
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            stored = _receive(pipe, name)
+    finally:
+        timer.cancel()
+        _, wait_status = os.waitpid(pid, 0)  # the child exits right after writing
+        messages.seek(0)
+        said = messages.read(4096).decode("utf-8", "replace").strip().splitlines()
+        messages.close()
+    if stored is None:
+        if overdue.is_set():
+            raise ImageLoadError(f"{name}: pixel data could not be decoded ({syntax.name}: "
+                                 f"the decoder did not finish within {DECODE_TIMEOUT_S:g} s)")
+        how = (f"signal {signal.Signals(os.WTERMSIG(wait_status)).name}"
+               if os.WIFSIGNALED(wait_status) else f"exit {os.WEXITSTATUS(wait_status)}")
+        detail = f": {_short(Exception(said[-1]))}" if said else ""
+        raise ImageLoadError(f"{name}: pixel data could not be decoded ({syntax.name}: the "
+                             f"decoder crashed, {how}{detail})")
+    return stored
+
+
+def _kill_overdue(pid: int, overdue: threading.Event) -> None:
+    overdue.set()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it finished just now
+
+
+def _receive(pipe: Any, name: str) -> np.ndarray | None:
+    """The array a decoding child sent; None if it died before sending one."""
+    kind = pipe.read(1)
+    if kind == b"E":
+        raise ImageLoadError(pipe.read(4096).decode("utf-8", "replace"))
+    if kind != b"A":
+        return None
+    dtype, shape = json.loads(pipe.readline())
+    stored = np.empty(shape, dtype=np.dtype(dtype))
+    view = memoryview(stored).cast("B")
+    got = 0
+    while got < len(view):
+        n = pipe.readinto(view[got:])
+        if not n:
+            return None  # cut short: the child died while sending
+        got += n
+    return stored
+
+
+def _check_pixel_module(ds: Dataset, name: str, limits: DecodeLimits) -> None:
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
@@ -161,6 +275,20 @@ def _check_pixel_module(ds: Dataset, name: str) -> None:
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
                            "YBR_RCT", "YBR_ICT", "PALETTE COLOR", ""):
         raise ImageLoadError(f"{name}: unsupported photometric interpretation {photometric}")
+    _check_size(name, rows, cols, int(ds.get("SamplesPerPixel", 1) or 1), allocated, limits)
+
+
+def _check_size(name: str, rows: int, cols: int, samples: int, bits: int,
+                limits: DecodeLimits) -> None:
+    """Refuse, from the header alone, an image too large to decode safely."""
+    if rows * cols > limits.max_pixels:
+        raise ImageLoadError(
+            f"{name}: image too large ({rows} x {cols} = {rows * cols / 1e6:.1f} Mpixel; the "
+            f"limit is {limits.max_pixels / 1e6:g} Mpixel)")
+    decoded_mb = rows * cols * max(samples, 1) * ((bits + 7) // 8) / 2**20
+    if decoded_mb > limits.max_decoded_mb:
+        raise ImageLoadError(f"{name}: image too large to decode ({decoded_mb:.0f} MB per "
+                             f"frame; the limit is {limits.max_decoded_mb} MB)")
 
 
 def _max_value(ds: Dataset, values: np.ndarray) -> float:
@@ -246,9 +374,11 @@ def _plausible(values: object, source: str) -> tuple[float | None, str | None, s
     return spacing, source, None
 
 
-def _load_raster(path: Path, pixel_spacing_mm: float | None) -> Radiograph:
+def _load_raster(path: Path, pixel_spacing_mm: float | None,
+                 limits: DecodeLimits) -> Radiograph:
     name = path.name
     data = np.fromfile(path, dtype=np.uint8)
+    _check_raster_size(name, data, limits)
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we report it ourselves
     try:
@@ -267,6 +397,20 @@ def _load_raster(path: Path, pixel_spacing_mm: float | None) -> Radiograph:
     else:
         spacing, source, problem = _plausible([pixel_spacing_mm], "command line")
     return Radiograph(image.astype(np.float32), spacing, source, problem, None, str(path), None)
+
+
+def _check_raster_size(name: str, data: np.ndarray, limits: DecodeLimits) -> None:
+    """The PNG/TIFF/JPEG header's size, before OpenCV allocates the image."""
+    from PIL import Image  # reads only the header here
+
+    try:
+        with Image.open(BytesIO(data.tobytes())) as image:
+            width, height = image.size
+            samples = len(image.getbands())
+    except Exception:  # not for PIL to judge: OpenCV reports unreadable files below
+        return
+    _check_size(name, height, width, samples, 16 if image.mode.startswith("I;16") else 8,
+                limits)
 
 
 def to_display_uint8(pixels: np.ndarray) -> np.ndarray:

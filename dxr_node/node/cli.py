@@ -54,14 +54,15 @@ class _Console:
         self.config = config
         self.server: Any = None
 
-    def start(self, scp_listening: Callable[[], bool]) -> None:
+    def start(self, scp_listening: Callable[[], bool],
+              analysis_problem: Callable[[], str | None] | None = None) -> None:
         from dxr_node.web.app import ConsoleServer
         from dxr_node.web.auth import ConsoleConfigError
 
         # Access was checked before anything started; what is left here (the port is
         # taken) must not stop images being received: log it loudly and go on.
         try:
-            server = ConsoleServer(self.config, scp_listening)
+            server = ConsoleServer(self.config, scp_listening, analysis_problem)
             server.start()
         except ConsoleConfigError as exc:
             log_event(logging.getLogger("dxr_node.node"), "console_unavailable",

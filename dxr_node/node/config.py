@@ -18,7 +18,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dxr_node.integration.config import FHIRConfig, HL7Config
 
@@ -65,6 +72,44 @@ class Destination(BaseModel):
                 raise ValueError(f"destination {self.name!r}: a DICOM destination needs "
                                  "ae_title, host and port")
         return self
+    tls: bool = False  # DICOM TLS with the node's [tls] certificate and CA file
+
+
+class TlsConfig(BaseModel):
+    """DICOM TLS (PS3.15 secure transport) for the SCP and for destinations with tls."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False  # the SCP listens with TLS only (2762 is the usual port)
+    certificate: Path | None = None  # PEM, the node's (server, and client for destinations)
+    private_key: Path | None = None
+    ca_certificates: Path | None = None  # PEM bundle: who signs peers' certificates
+    require_client_certificate: bool = False  # mutual TLS on the SCP
+    # Client certificate subjects allowed (CN, or the whole "CN=...,O=..."); empty: any
+    # certificate the CA vouches for.
+    allowed_client_subjects: list[str] = Field(default_factory=list)
+    verify_server_hostname: bool = True  # destinations' certificates must name their host
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("tls.enabled needs tls.certificate and tls.private_key")
+        if self.allowed_client_subjects and not self.require_client_certificate:
+            raise ValueError("tls.allowed_client_subjects needs "
+                             "tls.require_client_certificate = true")
+        return self
+
+
+class AuditConfig(BaseModel):
+    """IHE ATNA audit trail (DICOM PS3.15 A.5 messages; see ``dxr_node.node.audit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    file: Path | None = None  # append-only local copy; default <data_dir>/audit/audit.log
+    syslog_host: str | None = None  # the audit record repository (None: file only)
+    syslog_port: int = Field(default=6514, ge=1, le=65535)  # 6514: syslog over TLS
+    syslog_tls: bool = True  # RFC 5425, verified with the [tls] CA file (else the system's)
 
 
 class DispatchPolicy(BaseModel):
@@ -90,6 +135,10 @@ class WebConfig(BaseModel):
     token: str | None = Field(default=None, min_length=16)  # "Authorization: Bearer <token>"
     username: str | None = Field(default=None, min_length=1)  # HTTP basic auth
     password: str | None = Field(default=None, min_length=8)
+    # Host header names the console answers to besides localhost/loopback addresses (and
+    # web.host); anything else gets 400, so a DNS-rebinding page cannot read the console.
+    # Empty with credentials set: any name (the credentials protect it).
+    allowed_hosts: list[str] = Field(default_factory=list)
 
 
 class ReviewConfig(BaseModel):
@@ -117,6 +166,14 @@ class NodeConfig(BaseModel):
     # Empty: any source address. Items are addresses or networks ("10.1.2.0/24").
     allowed_source_ips: list[str] = Field(default_factory=list)
     max_associations: int = Field(default=10, ge=1)
+    # One source address may hold at most this many connections (a slow or hostile
+    # sender cannot take every slot). Modalities rarely open more than a few at once.
+    max_associations_per_peer: int = Field(default=5, ge=1)
+    # Deadlines a trickling sender cannot stretch: the association request must be
+    # complete this long after connecting, and later each PDU within network_timeout_s.
+    acse_timeout_s: float = Field(default=10.0, gt=0)
+    network_timeout_s: float = Field(default=30.0, gt=0)
+    max_store_mb: int = Field(default=256, ge=1)  # larger C-STOREs are cut off (aborted)
     data_dir: Path = Path("data")
     spool_dir: Path | None = None  # default: <data_dir>/spool
     database: Path | None = None  # default: <data_dir>/dxr-node.sqlite
@@ -132,11 +189,17 @@ class NodeConfig(BaseModel):
     reference_table: Path | None = None
     retention_days: float = Field(default=30.0, ge=0)  # 0 keeps spooled images forever
     min_free_disk_mb: int = Field(default=500, ge=0)  # below this C-STORE answers 0xA700
+    # Refused from the header before decoding (generous for real DX: 43 x 43 cm at 0.05 mm
+    # is 74 Mpixel); a larger image is a failed job with the reason.
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    max_decoded_mb: int = Field(default=400, ge=1)
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
     web: WebConfig = Field(default_factory=WebConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     hl7: HL7Config = Field(default_factory=HL7Config)  # orders in, results/charges out
     fhir: FHIRConfig = Field(default_factory=FHIRConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("reference_table")
@@ -190,6 +253,11 @@ class NodeConfig(BaseModel):
         return self.data_dir / "objects"
 
     @property
+    def audit_path(self) -> Path:
+        return self.audit.file if self.audit.file is not None \
+            else self.data_dir / "audit" / "audit.log"
+
+    @property
     def database_path(self) -> Path:
         return self.database if self.database is not None else self.data_dir / "dxr-node.sqlite"
 
@@ -218,7 +286,8 @@ def _env_value(key: str, raw: str) -> Any:
         if raw.lstrip().startswith("["):
             return json.loads(raw)
         return [parse_destination(item) for item in raw.split(",") if item.strip()]
-    if key in ("allowed_calling_aets", "allowed_source_ips", "send_objects"):
+    if key in ("allowed_calling_aets", "allowed_source_ips", "send_objects", "allowed_hosts",
+               "allowed_client_subjects"):
         if raw.lstrip().startswith("["):
             return json.loads(raw)
         return [item.strip() for item in raw.split(",") if item.strip()]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -41,9 +42,11 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
+from dxr_node.node.audit import AuditTrail
 from dxr_node.node.config import DispatchPolicy, NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Dispatch, Store
+from dxr_node.node.tls import TlsConfigError, client_context
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +118,10 @@ def send_files(
     *,
     calling_aet: str,
     timeout_s: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> list[Delivery]:
-    """Send DICOM files to one destination over one association; one Delivery per path.
+    """Send DICOM files to one destination over one association (DICOM TLS with ``tls``);
+    one Delivery per path.
 
     Never raises for network or peer trouble: every path gets an outcome.
     """
@@ -136,12 +141,12 @@ def send_files(
         # Too many distinct classes/syntaxes for one association: split the batch.
         half = len(paths) // 2
         return send_files(destination, paths[:half], calling_aet=calling_aet,
-                          timeout_s=timeout_s) + send_files(
-            destination, paths[half:], calling_aet=calling_aet, timeout_s=timeout_s)
+                          timeout_s=timeout_s, tls=tls) + send_files(
+            destination, paths[half:], calling_aet=calling_aet, timeout_s=timeout_s, tls=tls)
 
     if headers:
         deliveries.update(_send_over_association(destination, headers, contexts,
-                                                 calling_aet, timeout_s))
+                                                 calling_aet, timeout_s, tls))
     return [deliveries[path] for path in paths]
 
 
@@ -176,6 +181,7 @@ def _send_over_association(
     contexts: list,
     calling_aet: str,
     timeout_s: float,
+    tls: ssl.SSLContext | None = None,
 ) -> dict[Path, Delivery]:
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -197,7 +203,8 @@ def _send_over_association(
 
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                             evt_handlers=[(evt.EVT_PDU_RECV, keep_rejection)])
+                             evt_handlers=[(evt.EVT_PDU_RECV, keep_rejection)],
+                             tls_args=(tls, destination.host) if tls is not None else None)
     except ValueError as exc:  # a malformed address: retrying cannot help
         return all_fail(FAILED, f"cannot associate with {where}: {exc}")
     except OSError as exc:  # e.g. the host name does not resolve (yet): a container restarting
@@ -263,7 +270,8 @@ POLL_INTERVAL_S = 0.25  # workers live in other processes: poll the store for ne
 BATCH_SIZE = 64  # dispatches claimed per round, sent over one association
 
 
-def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event) -> None:
+def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event,
+                   audit: AuditTrail | None = None) -> None:
     """Deliver due dispatches until ``stop_event`` is set; run it in a thread.
 
     Each destination gets its own thread, so a PACS that hangs until the timeout never
@@ -271,7 +279,7 @@ def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event
     dispatch timeout), so a graceful stop leaves no row in ``sending``.
     """
     threads = [threading.Thread(target=_serve_destination, name=f"dispatch-{d.name}",
-                                args=(config, store, d, stop_event), daemon=True)
+                                args=(config, store, d, stop_event, audit), daemon=True)
                for d in config.destinations]
     for thread in threads:
         thread.start()
@@ -282,9 +290,9 @@ def run_dispatcher(config: NodeConfig, store: Store, stop_event: threading.Event
 
 
 def _serve_destination(config: NodeConfig, store: Store, destination: DestinationLike,
-                       stop_event: threading.Event) -> None:
+                       stop_event: threading.Event, audit: AuditTrail | None = None) -> None:
     while not stop_event.is_set():
-        if not _guarded(deliver_due, config, store, destination):
+        if not _guarded(deliver_due, config, store, destination, audit):
             stop_event.wait(POLL_INTERVAL_S)
 
 
@@ -298,7 +306,8 @@ def _guarded(step: Any, *args: Any) -> int:
         return 0
 
 
-def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) -> int:
+def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike,
+                audit: AuditTrail | None = None) -> int:
     """Claim the due dispatches of one destination (up to BATCH_SIZE), send them over
     one association and record each outcome. Returns how many were handled."""
     batch = store.claim_dispatches(destination.name, BATCH_SIZE)
@@ -311,9 +320,13 @@ def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) 
             deliveries = stow_files(destination, [item.path for item in batch],
                                     timeout_s=config.dispatch.timeout_s)
         else:
+            tls = client_context(config.tls) if getattr(destination, "tls", False) else None
             deliveries = send_files(destination, [item.path for item in batch],
                                     calling_aet=config.ae_title,
-                                    timeout_s=config.dispatch.timeout_s)
+                                    timeout_s=config.dispatch.timeout_s, tls=tls)
+    except TlsConfigError as exc:  # unreadable certificate files: fixable, so retried
+        deliveries = [Delivery(Path(item.path), item.sop_instance_uid, RETRY, None, str(exc))
+                      for item in batch]
     except Exception as exc:  # a bug here must not leave rows stuck in 'sending'
         log.exception("dispatch error")
         deliveries = [Delivery(Path(item.path), item.sop_instance_uid, RETRY, None,
@@ -321,7 +334,23 @@ def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike) 
                       for item in batch]
     for item, delivery in zip(batch, deliveries, strict=True):
         _record(store, config.dispatch, item, delivery)
+        if audit is not None and delivery.outcome == SENT:
+            _audit_sent(audit, destination, item)
     return len(batch)
+
+
+def _audit_sent(audit: AuditTrail, destination: DestinationLike, item: Dispatch) -> None:
+    """A result issued: "DICOM Instances Transferred" with the study and patient it is of."""
+    try:
+        header = dcmread(item.path, stop_before_pixels=True,
+                         specific_tags=["StudyInstanceUID", "PatientID"])
+    except (OSError, InvalidDicomError):
+        header = None
+    audit.instances_transferred(
+        received=False, peer_aet=destination.ae_title, peer_address=destination.host,
+        study_uid=str(getattr(header, "StudyInstanceUID", "") or "") or None,
+        sop_class=item.sop_class_uid, sop_uid=item.sop_instance_uid,
+        patient_id=str(getattr(header, "PatientID", "") or "") or None)
 
 
 def fail_unconfigured(config: NodeConfig, store: Store) -> int:

@@ -11,11 +11,26 @@ import sys
 import time
 from typing import Any
 
+# Control characters in a value (a UID with a newline from a hostile sender) would forge
+# log lines or reach the log as raw bytes: they are written as escapes.
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+MAX_VALUE_CHARS = 512  # a sender cannot flood the log through one field
+
+
+def _escape(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 or char in "\u2028\u2029":
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    return char
+
 
 def _format_value(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c.isspace() or c in '"=' for c in text):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if len(text) > MAX_VALUE_CHARS:
+        text = text[:MAX_VALUE_CHARS] + "..."
+    if text == "" or any(c.isspace() or c in '"=\\' or not c.isprintable() for c in text):
+        return '"' + "".join(_escape(c) for c in text) + '"'
     return text
 
 

@@ -26,14 +26,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dxr_node.node.audit import AuditTrail, open_audit_trail
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.scp import StorageSCP
 from dxr_node.node.store import Store
+from dxr_node.node.tls import TlsConfigError
 
 log = logging.getLogger("dxr_node.node")
 
 HOUSEKEEPING_INTERVAL_S = 3600.0  # retention runs at start and then hourly
+PRIVATE_UMASK = 0o077
 
 
 class ServiceError(Exception):
@@ -62,6 +65,17 @@ def purge_spool(config: NodeConfig, store: Store, now: float | None = None) -> i
     return images + objects
 
 
+def _make_private(path: Path) -> None:
+    """Drop group/other permissions of an existing file or folder we own (not recursive:
+    a private data folder already hides what is inside)."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(mode & ~0o077)
+    except FileNotFoundError:
+        pass
+
+
 def remove_partial_files(config: NodeConfig) -> int:
     """Delete the ``*.part`` files a killed SCP or worker left half-written (never
     acknowledged, never recorded). Only at start, before anything writes."""
@@ -76,24 +90,26 @@ def remove_partial_files(config: NodeConfig) -> int:
 
 
 ScpListening = Callable[[], bool]
+AnalysisProblem = Callable[[], "str | None"]  # why analysis cannot run now, None: it can
 
 
 class Node:
     """The running node; ``start()`` returns once it listens, ``stop()`` shuts it down.
 
     ``start_console`` is called once the listener is up, with a function telling whether
-    it still listens (for the console's /healthz); ``stop_console`` right after the
-    listener stops.
+    it still listens and one telling why analysis cannot run (for the console's /healthz
+    and alarm); ``stop_console`` right after the listener stops.
     """
 
     def __init__(self, config: NodeConfig, *,
-                 start_console: Callable[[ScpListening], None] | None = None,
+                 start_console: Callable[[ScpListening, AnalysisProblem], None] | None = None,
                  stop_console: Callable[[], None] | None = None) -> None:
         self.config = config
         self.shutdown_requested = threading.Event()  # set by a signal: stop() follows
         self.stop_event = threading.Event()  # stops workers and dispatcher, after the SCP
         self.store: Store | None = None
         self.scp: StorageSCP | None = None
+        self.audit: AuditTrail | None = None
         self._threads: list[threading.Thread] = []
         self._workers = None
         self._integration = None
@@ -106,12 +122,23 @@ class Node:
         from dxr_node.node.worker import start_workers
 
         config = self.config
+        # Patient data: everything the node (and its workers and console) writes from here
+        # on is private to its user, 0600 files and 0700 folders.
+        os.umask(PRIVATE_UMASK)
         for directory in (config.data_dir, config.spool_path, config.objects_path):
             try:
                 Path(directory).mkdir(parents=True, exist_ok=True)
+                _make_private(Path(directory))  # made by an older version, or by hand
             except OSError as exc:
                 raise ServiceError(f"cannot create {directory}: {exc.strerror}") from None
+        for suffix in ("", "-wal", "-shm"):
+            _make_private(Path(f"{config.database_path}{suffix}"))
         self.store = Store(config.database_path)
+        try:
+            self.audit = open_audit_trail(config)
+        except TlsConfigError as exc:
+            self.store.close()
+            raise ServiceError(str(exc)) from None
         recovered = self.store.recover_interrupted(max_attempts=config.worker_max_attempts)
         if recovered:
             log_event(log, "recovered", rows=recovered,
@@ -126,7 +153,8 @@ class Node:
         purge_spool(config, self.store)
 
         self._workers = start_workers(config, self.stop_event)
-        self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event)
+        self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event,
+                    self.audit)
         self._spawn("housekeeping", self._housekeeping)
         from dxr_node.integration.service import Integration  # HL7/FHIR, off by default
 
@@ -136,7 +164,11 @@ class Node:
             self.stop()
             raise ServiceError(f"cannot listen for HL7 on {config.hl7.host}:"
                                f"{config.hl7.port}: {exc.strerror or exc}") from None
-        self.scp = StorageSCP(config, self.store)
+        try:
+            self.scp = StorageSCP(config, self.store, self.audit)
+        except TlsConfigError as exc:
+            self.stop()
+            raise ServiceError(str(exc)) from None
         try:
             self.address = self.scp.start()
         except OSError as exc:
@@ -144,7 +176,9 @@ class Node:
             raise ServiceError(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         if self._start_console is not None:
-            self._start_console(self._listening)
+            self._start_console(self._listening, self.analysis_problem)
+        if self.audit is not None:
+            self.audit.application(started=True)
         log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
                   port=self.address[1], workers=config.worker_count,
                   destinations=",".join(d.url or "" if d.kind == "stow"
@@ -155,6 +189,12 @@ class Node:
     def _listening(self) -> bool:
         """The SCP has bound its port and the node is not stopping (for /healthz)."""
         return self.address is not None and not self.shutdown_requested.is_set()
+
+    def analysis_problem(self) -> str | None:
+        """Why images received now would not be analysed (disk full, a dead supervisor)."""
+        if self._workers is None:
+            return "the analysis workers are not running"
+        return self._workers.problem()
 
     def _spawn(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -188,10 +228,14 @@ class Node:
             self._integration.join(timeout=self.config.hl7.timeout_s + 5)
         if self.store is not None:
             self.store.close()
+        if self.audit is not None:
+            self.audit.application(started=False)
+            self.audit.stop()
         log_event(log, "stopped")
 
 
-def run(config: NodeConfig, *, start_console: Callable[[ScpListening], None] | None = None,
+def run(config: NodeConfig, *,
+        start_console: Callable[[ScpListening, AnalysisProblem], None] | None = None,
         stop_console: Callable[[], None] | None = None) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status."""
     node = Node(config, start_console=start_console, stop_console=stop_console)

@@ -297,10 +297,13 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # Also after a failed COMMIT (disk full): else the connection stays inside
+                # the transaction and every later BEGIN fails. SQLite may have rolled back.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -469,6 +472,15 @@ class Store:
             row = self._requeue_or_fail(db, "id = ? AND state = 'running'", (job_id,),
                                         reason, max_attempts).fetchone()
             return row["state"] if row else ""
+
+    def return_job(self, job_id: int, reason: str) -> None:
+        """Hand a running job back without counting the claim: its outcome could not be
+        recorded for a reason that is not the image's (disk full)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0),"
+                " claimed_by = NULL, error = ?, updated_at = ? WHERE id = ? AND state = 'running'",
+                (reason, _now(), job_id))
 
     @staticmethod
     def _requeue_or_fail(db: sqlite3.Connection, where: str, params: Sequence[Any],

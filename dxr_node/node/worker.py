@@ -15,17 +15,24 @@ one transaction. A supervisor thread in the node process watches the workers:
 
 Unreadable images and pipeline exceptions end as failed jobs with the reason at once:
 they are deterministic, a retry would fail the same way.
+
+A full disk (or a database that cannot be written) is nobody's image's fault: the worker
+and the supervisor outlive it, the job goes back to the queue without using a claim, and
+``WorkerPool.problem()`` says why analysis is stopped (/healthz 503, the console alarm)
+until a write succeeds again.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -43,6 +50,7 @@ STOP_GRACE_S = 120.0  # a graceful stop waits this long for running analyses to 
 IDLE_POLL_S = 0.2  # queue polling when idle (the SCP lives in another process)
 RESPAWN_DELAY_S = 1.0  # between restarts of a worker that keeps dying while idle
 IO_RETRY_PAUSE_S = 10.0  # after a job was handed back for a file system error
+TROUBLE_BYTES = 200  # a worker's last problem, shared with the supervisor
 
 _SOP_CLASS_KINDS = {
     "1.2.840.10008.5.1.4.1.1.88.": "SR",  # every SR storage class
@@ -50,6 +58,10 @@ _SOP_CLASS_KINDS = {
     "1.2.840.10008.5.1.4.1.1.11.": "GSPS",  # presentation states
     "1.2.840.10008.5.1.4.1.1.104.1": "PDF",
 }
+
+
+class ResourceProblem(Exception):
+    """The node cannot record or write results now (disk full); the job was handed back."""
 
 
 def object_kind(sop_class_uid: str) -> str:
@@ -74,7 +86,7 @@ def write_object(directory: Path, dataset: Any) -> ProducedObject:
 
 def run_job(config: NodeConfig, store: Store, job: Job) -> str:
     """Analyse one claimed job and record its outcome; returns the job's new state."""
-    from dxr_node.engine.image import ImageLoadError
+    from dxr_node.engine.image import DecodeLimits, ImageLoadError
     from dxr_node.integration.outbound import WorkerHooks
     from dxr_node.pipeline import process_file
 
@@ -87,13 +99,22 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
         result = process_file(job.path, kinds=config.send_objects, history=store,
                               objects_for_rejected=config.send_objects_for_rejected,
                               reference=_site_reference(config.reference_table),
-                              amend_header=hooks.amend_header if hooks else None)
+                              amend_header=hooks.amend_header if hooks else None,
+                              limits=DecodeLimits(config.max_image_pixels,
+                                                  config.max_decoded_mb))
+        problem = _identity_problem(job, result.radiograph)
+        if problem is not None:
+            return _fail(store, job, problem)
         objects = [write_object(config.objects_path, ds) for ds in result.objects]
         also = hooks.queue_with_result(result, objects) if hooks else None
     except ImageLoadError as exc:
         return _fail(store, job, f"unreadable image: {exc}")
     except OSError as exc:
-        # Not the image's fault (disk full, spool file gone): give it another claim.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # The disk's fault, not the image's: back to the queue without using a claim.
+            store.return_job(job.id, f"cannot write files: {exc}")
+            raise ResourceProblem(f"cannot write files: {exc.strerror or exc}") from None
+        # Not the image's fault (spool file gone?): give it another claim.
         state = store.release_job(job.id, f"cannot read or write files: {exc}",
                                   max_attempts=config.worker_max_attempts)
         log_event(log, "analysis_io_error", logging.ERROR, job=job.id,
@@ -120,6 +141,17 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
               status=result.analysis.status, objects=len(objects),
               seconds=round(time.perf_counter() - started, 2))
     return "done"
+
+
+def _identity_problem(job: Job, radiograph: Any) -> str | None:
+    """Result objects take their UIDs from the data set: one that names another instance
+    than the one received would overwrite that exam's objects (the SCP refuses such
+    stores; this guards spool files from elsewhere)."""
+    header = getattr(radiograph, "dataset", None)
+    uid = str(header.get("SOPInstanceUID", "") or "").strip() if header is not None else ""
+    if uid and uid != job.sop_instance_uid:
+        return "the data set's SOP Instance UID differs from the received one: not analysed"
+    return None
 
 
 @functools.lru_cache(maxsize=2)
@@ -155,7 +187,7 @@ def worker_name(index: int, pid: int) -> str:
 
 
 def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
-                 job_started: Any) -> None:
+                 job_started: Any, trouble: Any) -> None:
     _die_with_parent(parent_pid)
     name = worker_name(index, os.getpid())
     # Ctrl-C (and a service manager's SIGTERM to the whole group) must not cut an
@@ -168,14 +200,32 @@ def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
     import dxr_node.pipeline  # noqa: F401  (load the heavy modules before the first job)
 
     with Store(config.database_path) as store:
+        held: Job | None = None  # claimed, but its outcome could not be recorded
         while not stop.is_set() and os.getppid() == parent_pid:
-            job = store.claim_job(name)
-            if job is None:
-                stop.wait(IDLE_POLL_S)
-                continue
-            job_started.value = time.time()
-            state = run_job(config, store, job)
-            job_started.value = 0.0
+            job = None
+            try:
+                if held is not None:
+                    store.return_job(held.id, "handed back after the database was unwritable")
+                    held = None
+                job = store.claim_job(name)
+                if job is None:
+                    trouble.value = b""
+                    stop.wait(IDLE_POLL_S)
+                    continue
+                job_started.value = time.time()
+                state = run_job(config, store, job)
+                trouble.value = b""
+            except (ResourceProblem, sqlite3.Error, OSError) as exc:
+                # Disk full (or a database that cannot be written): the worker lives on,
+                # says so (the pool reports it on /healthz), and tries again later.
+                held = None if isinstance(exc, ResourceProblem) else job
+                reason = str(exc) or type(exc).__name__
+                trouble.value = reason.encode("utf-8", "replace")[:TROUBLE_BYTES - 1]
+                log_event(log, "worker_blocked", logging.ERROR, worker=name,
+                          job=job.id if job else None, reason=reason)
+                state = "queued"
+            finally:
+                job_started.value = 0.0
             if state == "queued":  # an I/O problem (disk full?): give it time to clear
                 stop.wait(IO_RETRY_PAUSE_S)
 
@@ -189,6 +239,7 @@ class _Slot:
     def __init__(self, index: int, context: Any) -> None:
         self.index = index
         self.job_started = context.Value("d", 0.0, lock=False)  # 0: idle
+        self.trouble = context.Array("c", TROUBLE_BYTES)  # why it cannot work; empty: fine
         self.process: Any = None
         self.name = ""
         self.last_spawn = 0.0
@@ -211,6 +262,21 @@ class WorkerPool:
         self._slots = [_Slot(i, self._context) for i in range(count or config.worker_count)]
         self._supervisor: threading.Thread | None = None
         self._ready = threading.Event()
+        self._trouble: str | None = None  # the supervisor's own problem
+
+    def problem(self) -> str | None:
+        """Why analysis cannot run now (for /healthz and the console), None when it can."""
+        if self._trouble is not None:
+            return self._trouble
+        supervisor = self._supervisor
+        if supervisor is not None and not supervisor.is_alive() \
+                and not self.stop_event.is_set():
+            return "the worker supervisor has stopped"
+        for slot in self._slots:
+            reason = slot.trouble.value.decode("utf-8", "replace")
+            if reason:
+                return f"analysis worker {slot.index} cannot record results: {reason}"
+        return None
 
     @property
     def pids(self) -> list[int]:
@@ -250,27 +316,39 @@ class WorkerPool:
             self._ready.set()  # never leave start() waiting, even if this failed
         with store:
             while not self.stop_event.is_set():
-                sentinels = [s.process.sentinel for s in self._slots]
-                multiprocessing.connection.wait(sentinels, timeout=min(0.5, self.job_timeout_s))
-                for slot in self._slots:
-                    if not slot.process.is_alive():
-                        self._handle_death(store, slot)
-                        if time.monotonic() - slot.last_spawn < RESPAWN_DELAY_S:
-                            time.sleep(RESPAWN_DELAY_S)
-                        self._spawn(slot)
-                    elif self._overdue(slot):
-                        log_event(log, "worker_timeout", logging.ERROR, worker=slot.name,
-                                  seconds=self.job_timeout_s)
-                        slot.killed_for_timeout = True
-                        slot.process.kill()
+                try:
+                    self._supervise_once(store)
+                    self._trouble = None
+                except (sqlite3.Error, OSError) as exc:
+                    # Disk full while handing a dead worker's job back: the supervisor must
+                    # outlive it (the slot is handled again on the next round).
+                    self._trouble = f"the worker supervisor cannot update the database: {exc}"
+                    log_event(log, "supervisor_blocked", logging.ERROR, reason=str(exc))
+                    self.stop_event.wait(IO_RETRY_PAUSE_S)
             self._shut_down(store)
+
+    def _supervise_once(self, store: Store) -> None:
+        sentinels = [s.process.sentinel for s in self._slots]
+        multiprocessing.connection.wait(sentinels, timeout=min(0.5, self.job_timeout_s))
+        for slot in self._slots:
+            if not slot.process.is_alive():
+                self._handle_death(store, slot)
+                if time.monotonic() - slot.last_spawn < RESPAWN_DELAY_S:
+                    time.sleep(RESPAWN_DELAY_S)
+                self._spawn(slot)
+            elif self._overdue(slot):
+                log_event(log, "worker_timeout", logging.ERROR, worker=slot.name,
+                          seconds=self.job_timeout_s)
+                slot.killed_for_timeout = True
+                slot.process.kill()
 
     def _spawn(self, slot: _Slot) -> None:
         slot.job_started.value = 0.0
         slot.killed_for_timeout = False
         slot.process = self._context.Process(
             target=_worker_main, name=f"dxr-worker-{slot.index}", daemon=True,
-            args=(self.config, slot.index, os.getpid(), self._process_stop, slot.job_started),
+            args=(self.config, slot.index, os.getpid(), self._process_stop, slot.job_started,
+                  slot.trouble),
         )
         slot.process.start()
         slot.name = worker_name(slot.index, slot.process.pid)

@@ -6,7 +6,10 @@ Public surface: ``build_reports``, ``render_overlay``, ``write_objects``.
 
 from __future__ import annotations
 
+import datetime
+import math
 import os
+import re
 from collections.abc import Collection, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -52,7 +55,7 @@ def build_reports(source: pydicom.Dataset, analysis: Analysis,
     if missing:
         raise ValueError(f"source dataset lacks {', '.join(missing)}: cannot reference it")
 
-    source = _with_type2_attributes(source)
+    source = _normalised_source(source)
     objects: list[pydicom.Dataset] = []
     for kind in (k for k in KINDS if k in kinds):
         identity = DerivedIdentity.for_kind(kind, source, analysis, interpretation)
@@ -78,16 +81,100 @@ _TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "Pat
                             "AccessionNumber")
 
 
-def _with_type2_attributes(source: pydicom.Dataset) -> pydicom.Dataset:
-    """A shallow copy of the source header with missing Type 2 attributes present, empty."""
-    missing = [k for k in _TYPE2_SOURCE_ATTRIBUTES if k not in source]
-    if not missing:
-        return source
+# Values a strict writer (highdicom) refuses but that real modalities send; the derived
+# objects get the nearest legal value, never an invented one.
+_DATE_TIME_PATTERNS = {
+    "DA": re.compile(r"^\d{8}$"),
+    "TM": re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$"),
+    "AS": re.compile(r"^\d{3}[DWMY]$"),
+}
+_CHECKED_VALUES = {"StudyDate": "DA", "PatientBirthDate": "DA", "StudyTime": "TM",
+                   "PatientAge": "AS"}
+_CROSS_SECTIONAL = ("CT", "MR", "PT")
+_MODALITY_BY_SOP_CLASS = {"1.2.840.10008.5.1.4.1.1.1": "CR",
+                          "1.2.840.10008.5.1.4.1.1.1.1": "DX",
+                          "1.2.840.10008.5.1.4.1.1.1.1.1": "DX"}
+
+
+def _normalised_source(source: pydicom.Dataset) -> pydicom.Dataset:
+    """A shallow copy of the source header that the report writers accept:
+
+    - missing Type 2 patient/study attributes present, empty;
+    - malformed dates, times and ages (e.g. markup in StudyDate), and a PatientSex
+      other than M/F/O, empty (Type 2: "unknown");
+    - a missing Modality, or a cross-sectional one (CT/MR/PT) on a CR/DX image, taken
+      from the SOP class (DX/CR), else OT;
+    - a single-valued PixelSpacing/ImagerPixelSpacing (VM 2) read as isotropic, as the
+      engine reads it;
+    - Window Center/Width together with a VOI LUT Sequence: the window is kept (the
+      sequence is dropped), since highdicom copies only one of the two; a broken window
+      (one without the other, unequal counts, width < 1) is dropped.
+    """
     completed = pydicom.Dataset(source)
     completed.file_meta = getattr(source, "file_meta", pydicom.dataset.FileMetaDataset())
-    for keyword in missing:
-        setattr(completed, keyword, "")
+    for keyword in _TYPE2_SOURCE_ATTRIBUTES:
+        if keyword not in completed:
+            setattr(completed, keyword, "")
+    for keyword, vr in _CHECKED_VALUES.items():
+        value = str(completed.get(keyword, "") or "").strip()
+        if value and not _legal(value, vr):
+            del completed[keyword]
+            completed.add_new(pydicom.datadict.tag_for_keyword(keyword), vr, "")
+    if str(completed.get("PatientSex", "") or "").strip().upper() not in ("", "M", "F", "O"):
+        completed.PatientSex = ""
+    modality = str(completed.get("Modality", "") or "").strip()
+    by_class = _MODALITY_BY_SOP_CLASS.get(str(completed.SOPClassUID))
+    if not modality or (by_class and modality in _CROSS_SECTIONAL):
+        # A CR/DX image calling itself CT would be described as a CT slice (which needs
+        # slice geometry it has not got): its SOP class says what it is.
+        completed.Modality = by_class or "OT"
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = completed.get(keyword)
+        if value is not None and not isinstance(value, pydicom.multival.MultiValue) \
+                and value != "":
+            setattr(completed, keyword, [value, value])
+    if not _usable_window(completed):
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
+            if keyword in completed:
+                delattr(completed, keyword)
+    if "VOILUTSequence" in completed and ("WindowCenter" in completed
+                                          or "WindowWidth" in completed):
+        del completed.VOILUTSequence
     return completed
+
+
+def _legal(value: str, vr: str) -> bool:
+    if not _DATE_TIME_PATTERNS[vr].match(value):
+        return False
+    if vr == "DA":  # 20241399 has the shape of a date but is none
+        try:
+            datetime.datetime.strptime(value, "%Y%m%d")
+        except ValueError:
+            return False
+    return True
+
+
+def _usable_window(ds: pydicom.Dataset) -> bool:
+    """Window Center/Width as the standard has them: both or neither, as many centres as
+    widths, widths >= 1. A broken window is dropped (the viewer then chooses one)."""
+    if "WindowCenter" not in ds and "WindowWidth" not in ds:
+        return True
+    try:
+        centres = _as_numbers(ds.get("WindowCenter"))
+        widths = _as_numbers(ds.get("WindowWidth"))
+    except (TypeError, ValueError):
+        return False
+    return bool(widths) and len(centres) == len(widths) and all(w >= 1 for w in widths)
+
+
+def _as_numbers(value: object) -> list[float]:
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, pydicom.multival.MultiValue | list) else [value]
+    numbers = [float(v) for v in items]
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError("not finite")
+    return numbers
 
 
 def write_objects(datasets: Iterable[pydicom.Dataset], outdir: Path) -> list[Path]:

@@ -35,6 +35,7 @@ from dxr_node.web.auth import (
     ConsoleConfigError,
     LoginRequired,
     check_console_access,
+    host_allowed,
     require_access,
 )
 from dxr_node.web.metrics import CONTENT_TYPE, render_metrics
@@ -46,25 +47,31 @@ STATIC_DIR = Path(__file__).parent / "static"
 # Tells /healthz whether the node's SCP is listening. The node answers from its own
 # state: a TCP probe would leave a half-open association behind in pynetdicom.
 ScpListening = Callable[[], bool]
+# Why analysis cannot run (worker pool blocked, e.g. disk full); None when it can.
+AnalysisProblem = Callable[[], "str | None"]
 
 
-def create_app(config: NodeConfig, store: Store,
-               scp_listening: ScpListening | None = None) -> FastAPI:
+def create_app(config: NodeConfig, store: Store, scp_listening: ScpListening | None = None,
+               analysis_problem: AnalysisProblem | None = None) -> FastAPI:
     """The console over ``store``; ``scp_listening`` feeds /healthz (None: not ready)."""
     check_console_access(config.web, accounts=ReviewStore(store).has_users())
     store.ensure_console_indexes()
     # No /docs or /redoc: FastAPI loads Swagger UI from a CDN, and the console must work
-    # without internet. The API is described at /openapi.json.
+    # without internet. The API is described at /openapi.json (guarded, below).
     app = FastAPI(title="dxr-node console", version=__version__, docs_url=None,
-                  redoc_url=None,
+                  redoc_url=None, openapi_url=None,
                   description="Operator console and JSON API of a dxr-node DICOM node.")
     app.state.config = config
     app.state.store = store
     app.state.scp_listening = scp_listening or (lambda: False)
+    app.state.analysis_problem = analysis_problem or (lambda: None)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:
-        response = await call_next(request)
+        if not host_allowed(request.headers.get("host", ""), config.web):
+            response: Response = PlainTextResponse("Host header not allowed", 400)
+        else:
+            response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -82,15 +89,23 @@ def create_app(config: NodeConfig, store: Store,
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(render_metrics(store), media_type=CONTENT_TYPE)
 
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
     @app.get("/healthz", tags=["monitoring"],
-             summary="200 when the SCP accepts connections and the database is writable")
+             summary="200 when the SCP accepts connections, the database is writable and "
+                     "the analysis workers can run")
     def healthz(request: Request) -> JSONResponse:
+        problem = request.app.state.analysis_problem()
         checks = {
             "scp_listening": bool(request.app.state.scp_listening()),
             "database_writable": store.is_writable(),
+            "analysis_running": problem is None,
         }
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, **checks, "problem": problem},
+                            status_code=200 if ready else 503)
 
     @app.exception_handler(LoginRequired)
     async def sign_in(request: Request, exc: LoginRequired) -> Response:
@@ -103,6 +118,11 @@ def create_app(config: NodeConfig, store: Store,
             return await http_exception_handler(request, exc)
         return pages.render(request, "error.html", exc.status_code,
                             title=_TITLES.get(exc.status_code, "Error"), message=exc.detail)
+
+    @app.exception_handler(OverflowError)
+    async def number_out_of_range(request: Request, exc: OverflowError) -> Response:
+        # An id or page over 64 bits reaches SQLite as an int it cannot bind.
+        return await http_error(request, HTTPException(400, "number out of range"))
 
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError) -> Response:
@@ -125,7 +145,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-_TITLES = {403: "Not allowed", 404: "Not found", 409: "Nothing to do", 422: "Bad request"}
+_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Nothing to do",
+           422: "Bad request"}
 
 
 def _wants_json(request: Request) -> bool:
@@ -137,7 +158,8 @@ def _wants_json(request: Request) -> bool:
 class ConsoleServer:
     """uvicorn serving the console from a background thread of the node."""
 
-    def __init__(self, config: NodeConfig, scp_listening: ScpListening) -> None:
+    def __init__(self, config: NodeConfig, scp_listening: ScpListening,
+                 analysis_problem: AnalysisProblem | None = None) -> None:
         import uvicorn
 
         # Checked before anything is created: a refused console leaves no database.
@@ -146,7 +168,7 @@ class ConsoleServer:
         self._socket = self._bind(config.web.host, config.web.port)
         self._store = Store(config.database_path)
         self.address: tuple[str, int] = self._socket.getsockname()[:2]
-        app = create_app(config, self._store, scp_listening)
+        app = create_app(config, self._store, scp_listening, analysis_problem)
         # No access log: request lines can carry patient IDs (exam filters).
         self._server = uvicorn.Server(uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off"))

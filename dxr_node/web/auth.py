@@ -84,6 +84,28 @@ def check_console_access(web: WebConfig, accounts: bool = False) -> None:
             "and web.password, or set web.host = \"127.0.0.1\"")
 
 
+def host_name(header: str) -> str:
+    """The name part of a Host header, lower case: ``[::1]:8080`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def host_allowed(header: str, web: WebConfig) -> bool:
+    """Whether the console answers a request sent to this Host (DNS-rebinding defence):
+    localhost names and loopback addresses, web.host and web.allowed_hosts; any name
+    when credentials are set and no list is configured."""
+    name = host_name(header)
+    if not name:
+        return False
+    if name == "localhost" or is_loopback(name) or name == web.host.lower():
+        return True
+    if name in (allowed.lower() for allowed in web.allowed_hosts):
+        return True
+    return has_credentials(web) and not web.allowed_hosts
+
+
 def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 

@@ -90,6 +90,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         request=request, path=request.url.path, ae_title=config.ae_title,
         version=api.__version__, now=time.time(), done=request.query_params.get("done"),
         who=who, csrf=who.csrf_token if who else None, review_mode=config.review.mode,
+        alarm=request.app.state.analysis_problem(),
         **context)
     return HTMLResponse(html, status_code=status_code)
 

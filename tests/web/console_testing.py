@@ -28,5 +28,8 @@ def console_client(config: NodeConfig, store: Store, *, listening: bool = True,
     """The console app over ``store``, requested from ``client_host``."""
     from dxr_node.web.app import create_app
 
-    app = create_app(config, store, lambda: listening)
+    # TestClient sends "Host: testserver", which the console's host allow-list refuses.
+    web = config.web.model_copy(update={"allowed_hosts": [*config.web.allowed_hosts,
+                                                          "testserver"]})
+    app = create_app(config.model_copy(update={"web": web}), store, lambda: listening)
     return TestClient(app, client=(client_host, 50000), follow_redirects=False)

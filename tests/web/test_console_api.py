@@ -194,9 +194,25 @@ def test_metrics_in_prometheus_text_format(client, filled):
 def test_healthz_needs_a_listening_scp_and_a_writable_database(node_config, store):
     ready = console_client(node_config, store, listening=True).get("/healthz")
     assert ready.status_code == 200 and ready.json() == {
-        "ready": True, "scp_listening": True, "database_writable": True}
+        "ready": True, "scp_listening": True, "database_writable": True,
+        "analysis_running": True, "problem": None}
     down = console_client(node_config, store, listening=False).get("/healthz")
     assert down.status_code == 503 and down.json()["scp_listening"] is False
+
+
+def test_healthz_and_pages_report_analysis_that_cannot_run(node_config, store):
+    from fastapi.testclient import TestClient
+
+    from dxr_node.web.app import create_app
+
+    problem = "analysis worker 0 cannot record results: database or disk is full"
+    client = TestClient(create_app(node_config, store, lambda: True, lambda: problem),
+                        client=("127.0.0.1", 50000), base_url="http://127.0.0.1:8080")
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.json()["analysis_running"] is False and health.json()["problem"] == problem
+    page = client.get("/").text
+    assert 'class="alarm" role="alert">Analysis is stopped: ' + problem in page
 
 
 def test_healthz_reports_a_database_it_cannot_write(node_config):
