@@ -140,11 +140,19 @@ def _adult_scores(analysis: Analysis, bmd: float | None, sex: str | None, age: f
         detail = "; ".join(analysis.reasons) or "no DXR-BMD"
         reasons.append(f"no scores: analysis {analysis.status} ({detail})")
         return _AdultScores()
-    if analysis.paediatric or (age is not None and age < scores.ADULT_MIN_AGE_YEARS):
+    # The patient's age, when known, outranks the engine's growth-plate flag once the
+    # skeleton is surely mature: the flag is an image reading and is wrong on some adult
+    # films (docs/method.md), and a wrong one would withhold a 70-year-old's T-score.
+    mature_by_age = age is not None and age >= scores.SKELETAL_MATURITY_AGE_YEARS
+    if (analysis.paediatric and not mature_by_age) or (
+            age is not None and age < scores.ADULT_MIN_AGE_YEARS):
         why = ("the engine flagged the image as paediatric" if analysis.paediatric
                else f"age {age:.1f} is under {scores.ADULT_MIN_AGE_YEARS:g}")
         reasons.append(f"no adult scores (T, Z, category, triage, risk): {why}")
         return _AdultScores()
+    if analysis.paediatric:
+        caveats.append(f"the engine flagged open growth plates, but the patient is "
+                       f"{age:.0f} years old: read as adult")
     if sex_ref is None:
         reasons.append("T-score, Z-score, category, triage and relative risk not computed: "
                        "they need the patient's sex ('F' or 'M')")

@@ -27,6 +27,9 @@ TRIAGE_REFER = "refer to DXA"
 TRIAGE_LIKELY = "osteoporosis likely"
 
 ADULT_MIN_AGE_YEARS = 20.0
+# From this age the metacarpal growth plates are closed in practice: the header's age
+# then outranks an image reading of open physes.
+SKELETAL_MATURITY_AGE_YEARS = 25.0
 
 
 def standard_score(value: float, mean: float, sd: float) -> float:

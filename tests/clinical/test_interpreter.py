@@ -162,13 +162,23 @@ def test_age_from_birth_date_and_study_date(analysis_factory, header_factory):
     assert interpret(analysis_factory(0.5), header).age_years == pytest.approx(60.0, abs=0.01)
 
 
-@pytest.mark.parametrize(("paediatric", "age"), [(True, "045Y"), (False, "015Y"),
+@pytest.mark.parametrize(("paediatric", "age"), [(True, "022Y"), (False, "015Y"),
                                                   (False, "006M"), (True, None)])
 def test_children_get_no_adult_scores(analysis_factory, header_factory, paediatric, age):
     result = interpret(analysis_factory(0.45, paediatric=paediatric), header_factory(age=age))
     assert (result.t_score, result.z_score, result.category, result.triage,
             result.relative_risk) == (None, None, None, None, None)
     assert any("no adult scores" in r for r in result.reasons)
+
+
+def test_a_mature_age_outranks_the_engines_growth_plate_flag(analysis_factory,
+                                                             header_factory):
+    """Open physes read on a 67-year-old's film are an image-reading error: the header's
+    age decides, the T-score is given, and the report says why."""
+    result = interpret(analysis_factory(0.45, paediatric=True), header_factory(age="067Y"))
+    assert result.t_score is not None and result.category is not None
+    assert not any("no adult scores" in r for r in result.reasons)
+    assert any("read as adult" in c for c in result.caveats)
 
 
 def test_age_beyond_table_gives_null_z_with_reason(analysis_factory, header_factory):
