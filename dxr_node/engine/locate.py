@@ -42,6 +42,7 @@ import numpy as np
 from dxr_node.engine.identity import (
     MAX_PROXIMAL_CONTINUATION,
     IdentityCheck,
+    Row,
     check_row,
     continues_proximally,
     find_row,
@@ -61,10 +62,12 @@ CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
 MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
 OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
 WIDER_PALM = 1.25  # palm radius of a hand mask around a mask of the bones
-MIN_PALM_FRACTION = 0.09
+MIN_PALM_FRACTION = 0.09  # palm radius per short side of the image (hands seen: >= 0.12)
 PALM_CANDIDATE_SHARE = 0.7  # other discs this share of the largest may be the palm
-# MC2 / MC4 length: about 1.17 in adults; below this the thumb side is in doubt.
-MIN_MC2_TO_MC4_LENGTH = 0.95  # palm radius per short side of the image (hands seen: >= 0.12)
+# MC2 / MC4 length: about 1.17 in adults; below this the thumb side is in doubt (with
+# the thumb unseen, below the second figure).
+MIN_MC2_TO_MC4_LENGTH = 0.95
+MIN_MC2_TO_MC4_LENGTH_UNSEEN_THUMB = 1.05
 
 FINGER_NAMES = ("index", "middle", "ring", "little")
 BONE_FOR_FINGER = {"index": "MC2", "middle": "MC3", "ring": "MC4", "little": "MC5"}
@@ -157,7 +160,8 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
             return failed
     # The rays did not give metacarpals that hold: look for the row of metacarpal shafts
     # itself across the palm, in the direction most rays point.
-    from_row = _locate_from_row(image, pixel_spacing_mm, work_scale, fingers)
+    from_row = _locate_from_row(image, pixel_spacing_mm, work_scale, fingers,
+                                expected_laterality)
     if from_row is not None and not from_row.problems:
         if expected_laterality in ("L", "R") and from_row.laterality != expected_laterality:
             return _failed("bone identity uncertain: the row of metacarpals puts the thumb on "
@@ -167,10 +171,12 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
 
 
 def _locate_from_row(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkScale,
-                     fingers: list[_Finger]) -> HandLocation | None:
+                     fingers: list[_Finger], expected_laterality: str | None
+                     ) -> HandLocation | None:
     """MC2-MC4 from the row of metacarpal shafts (MC2-MC5) across the palm, fingers up
-    along the rays' common direction; the thumb side from where the hand goes on beyond
-    the row. None without a direction or a row."""
+    along the rays' common direction. The thumb side must be established twice: by the
+    hand going on beyond the row (thenar, thumb) and by a thumb ray diverging on that
+    side (or, without one, by the header's laterality). None otherwise."""
     up = _common_direction(fingers)
     if up is None:
         return None
@@ -188,6 +194,10 @@ def _locate_from_row(image: np.ndarray, pixel_spacing_mm: float | None, work: _W
     if row is None:
         return None
     laterality = "L" if row.xs[0] > row.xs[3] else "R"  # thumb towards +x: left hand
+    thumb_side = _thumb_ray_side(fingers, frame, work.scale, up, row)
+    named = thumb_side or expected_laterality
+    if named != laterality:
+        return None  # the thumb side is not established twice
     virtual = []
     for x in row.xs:
         tip_base = np.array([[x, row.level_y - 1.7 * PALM_RADIUS_PX],
@@ -195,13 +205,37 @@ def _locate_from_row(image: np.ndarray, pixel_spacing_mm: float | None, work: _W
         tip, base = frame.to_input(tip_base) * work.scale
         length = float(np.linalg.norm(tip - base))
         virtual.append(_Finger(tip, base, (tip - base) / length, length, 0.0))
-    located = _locate_rays(image, pixel_spacing_mm, work, virtual, laterality, False)
+    shafts = {name: np.array([x, row.level_y])
+              for name, x in zip(("MC2", "MC3", "MC4"), row.xs, strict=False)}
+    located = _locate_rays(image, pixel_spacing_mm, work, virtual, laterality, False, shafts)
     located.details["located_by_row"] = 1.0
     return located
 
 
+def _thumb_ray_side(fingers: list[_Finger], frame: _Canonical, scale: float,
+                    up: np.ndarray, row: Row) -> str | None:
+    """The laterality a thumb ray implies ("L": thumb towards +x fingers up), or None.
+
+    The thumb is a ray diverging outwards by 20 degrees or more from the fingers'
+    common direction, its base beside the row's outer shaft on that side; rays on both
+    sides, or none, say nothing."""
+    centre = float(np.mean(row.xs))
+    half_span = 0.5 * abs(row.xs[0] - row.xs[3])
+    sides = set()
+    for finger in fingers:
+        cosine = float(np.dot(finger.direction, up))
+        if cosine > math.cos(math.radians(20)):
+            continue  # a finger along the others
+        base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
+        outward = tip[0] - base[0]
+        offset = base[0] - centre
+        if offset * outward > 0 and abs(offset) >= 0.6 * half_span:
+            sides.add("L" if offset > 0 else "R")
+    return sides.pop() if len(sides) == 1 else None
+
+
 def _common_direction(fingers: list[_Finger]) -> np.ndarray | None:
-    """Mean direction of the rays within 30 degrees of their median direction (two at
+    """Mean direction of the rays within 30 degrees of their median direction (three at
     least): the thumb and stray protrusions are left out."""
     if len(fingers) < 2:
         return None
@@ -209,16 +243,17 @@ def _common_direction(fingers: list[_Finger]) -> np.ndarray | None:
     median = math.atan2(np.median(np.sin(angles)), np.median(np.cos(angles)))
     close = [f.direction for f, a in zip(fingers, angles, strict=True)
              if abs((a - median + math.pi) % (2 * math.pi) - math.pi) <= math.radians(30)]
-    if len(close) < 2:
-        return None
+    if len(close) < 3:
+        return None  # two rays can agree by chance (a finger and the forearm's edge)
     up = np.mean(close, axis=0)
     return up / np.linalg.norm(up)
 
 
 def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkScale,
-                 long_fingers: list[_Finger], laterality: str, thumb_seen: bool = True
-                 ) -> HandLocation:
-    """MC2-MC4 along the rays of the index, middle, ring (and little) fingers."""
+                 long_fingers: list[_Finger], laterality: str, thumb_seen: bool = True,
+                 shafts: dict[str, np.ndarray] | None = None) -> HandLocation:
+    """MC2-MC4 along the rays of the index, middle, ring (and little) fingers; with
+    ``shafts`` (canonical-frame points on MC2-MC4 from the row of shafts), from there."""
     scale, mask = work.scale, work.mask
     palm_centre, palm_radius = work.palm_centre, work.palm_radius
     outline = _outline(mask, scale)
@@ -243,7 +278,9 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=False):
         name = BONE_FOR_FINGER[finger_name]
         rays.append(tuple(_rc(p) for p in (finger.base / scale, finger.tip / scale)))
-        if name != "MC5":
+        if name != "MC5" and shafts is not None:
+            candidates[name] = _shaft_candidates(smooth, ridge, shafts[name])
+        elif name != "MC5":
             base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
             candidates[name] = _metacarpal_candidates(smooth, ridge, base, tip)
     for name, bone in sorted(_even_out_lengths(_choose_consistent(candidates)).items()):
@@ -280,7 +317,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         }) > MAX_PROXIMAL_CONTINUATION:
             problems.insert(0, "bone identity uncertain: the bones run on proximally into "
                                "further long bones (phalanges taken for metacarpals?)")
-        elif not toddler and _mc2_shorter_than_mc4(bones):
+        elif not toddler and _mc2_shorter_than_mc4(bones, thumb_seen):
             # MC2 is the longest metacarpal, MC4 about 15 % shorter: labels read from the
             # wrong side of the hand would make "MC2" (then MC5) the shorter one.
             problems.insert(0, "bone identity uncertain: MC2 is not longer than MC4 "
@@ -291,10 +328,13 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
                         rays_rc=tuple(rays), details=features)
 
 
-def _mc2_shorter_than_mc4(bones: dict[str, LocatedBone]) -> bool:
+def _mc2_shorter_than_mc4(bones: dict[str, LocatedBone], thumb_seen: bool) -> bool:
+    """MC2 not clearly the longer: with the thumb unseen the side rests on the hand's
+    outline alone, so the lengths must confirm it with a margin."""
     if "MC2" not in bones or "MC4" not in bones:
-        return False
-    return bones["MC2"].length_px < MIN_MC2_TO_MC4_LENGTH * bones["MC4"].length_px
+        return not thumb_seen  # nothing to confirm the side with
+    ratio = MIN_MC2_TO_MC4_LENGTH if thumb_seen else MIN_MC2_TO_MC4_LENGTH_UNSEEN_THUMB
+    return bones["MC2"].length_px < ratio * bones["MC4"].length_px
 
 
 @dataclass(frozen=True)
@@ -811,6 +851,37 @@ def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarr
                               distal_i)
         bones.append(replace(bone, score=score))
     return bones
+
+
+def _shaft_candidates(smooth: np.ndarray, ridge: np.ndarray, point: np.ndarray
+                      ) -> list[_CanonicalBone]:
+    """Possible metacarpals through a point on its shaft (canonical frame), best first:
+    the axis follows the shaft's ridge, the MCP joint is a clear gap distal of the point
+    followed by a gap-free run, as for a traced ray."""
+    radius = PALM_RADIUS_PX
+    centre, direction = _refine_axis(ridge, point, np.array([0.0, 1.0]), 0.4 * radius)
+    if direction[1] < 0:
+        direction = -direction  # proximal is +y, fingers up
+    reach = 1.7 * radius
+    path = centre + np.arange(-reach, reach, 1.0)[:, None] * direction  # distal first
+    profile = _path_profile(smooth, path, 0.04 * radius)
+    valleys = _valley_strength(profile, int(0.08 * radius))
+    arc = np.arange(len(path), dtype=np.float64)
+    usable = (arc >= reach - 1.3 * radius) & (arc <= reach - 0.3 * radius)
+    if valleys[usable].max(initial=0.0) <= 0:
+        return []
+    local_max = (valleys >= np.roll(valleys, 1)) & (valleys >= np.roll(valleys, -1))
+    strongest = valleys[usable].max()
+    ridge_along = _sample(ridge, path[:, 0], path[:, 1])
+    scored = []
+    for index in np.flatnonzero(usable & local_max & (valleys >= 0.25 * strongest)):
+        inner = valleys[int(index + 0.12 * radius): int(index + 1.1 * radius)]
+        if len(inner) >= 0.9 * radius:
+            scored.append(((valleys[index] - 2.0 * inner.max()) / strongest, int(index)))
+    scored.sort(reverse=True)
+    return [replace(_bone_from_gap(smooth, ridge, path, profile, valleys, local_max,
+                                   ridge_along, distal_i), score=score)
+            for score, distal_i in scored[:4]]
 
 
 def _bone_from_gap(smooth: np.ndarray, ridge: np.ndarray, path: np.ndarray,
