@@ -25,8 +25,9 @@ def test_orders_images_and_messages_in_the_console(tmp_path):
     (message,) = istore.claim("HL7", 10)
     istore.failed(message.id, "rejected by the receiver: AR")
 
+    # Loopback client and Host (the console's host allow-list refuses "testserver").
     client = TestClient(create_app(config, store, lambda: True), follow_redirects=False,
-                        client=("127.0.0.1", 50000))  # loopback: no credentials needed
+                        client=("127.0.0.1", 50000), base_url="http://127.0.0.1")
     state = client.get("/api/integration").json()
     assert [o["placer_order_number"] for o in state["orders_without_image"]] == ["PL5"]
     assert [i["job_id"] for i in state["images_without_order"]] == [job]

@@ -287,7 +287,7 @@ def test_hold_sends_nothing_until_approval_then_final_partial_52(tmp_path, phant
         assert IntegrationStore(node.store).order_for_job(node.job) is not None  # matched
         # This time through the console's API, as a reader's script would.
         console = TestClient(create_app(node.config, node.store, lambda: True),
-                             client=("127.0.0.1", 50000))
+                             client=("127.0.0.1", 50000), base_url="http://127.0.0.1")
         auth = ("ann", "a long secret")
         excluded = console.post(f"/api/exams/{node.job}/exclude", json={"bone": "MC2"},
                                 auth=auth)
