@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
 from dxr_node.engine.tube_model import blurred_chord, render_tube_image
+from dxr_node.phantom import generate, render
 
 OUTER_MM, INNER_MM = 4.0, 2.5
 TRUE_T_MM, TRUE_W_MM = OUTER_MM - INNER_MM, 2 * OUTER_MM
@@ -283,8 +284,6 @@ def test_phantom_hands_against_their_truth(index):
     """Started 3 px / 3 degrees off the truth, sized as the engine's analysis does."""
     from dataclasses import replace
 
-    generate = pytest.importorskip("dxr_node.phantom.generate")
-    render = pytest.importorskip("dxr_node.phantom.render")
     anatomy, acquisition, _ = generate.image_specs(7, index)
     pixels, truth = render.render(anatomy, replace(acquisition, photometric="MONOCHROME2"))
     image, spacing = pixels.astype(np.float32), truth["pixel_spacing_mm"]
@@ -314,8 +313,6 @@ def test_phantom_hands_against_their_truth(index):
 def test_a_band_reaching_the_flaring_metaphysis_is_flagged():
     from dataclasses import replace
 
-    generate = pytest.importorskip("dxr_node.phantom.generate")
-    render = pytest.importorskip("dxr_node.phantom.render")
     anatomy, acquisition, _ = generate.image_specs(7, 3)
     pixels, truth = render.render(anatomy, replace(acquisition, photometric="MONOCHROME2"))
     spacing, bone = truth["pixel_spacing_mm"], truth["bones"]["MC3"]

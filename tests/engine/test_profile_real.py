@@ -25,6 +25,7 @@ import pytest
 from scipy import ndimage
 
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
+from dxr_node.phantom import generate, render
 
 REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata"
 BONES = ("MC2", "MC3", "MC4")
@@ -77,8 +78,6 @@ def measure_phantom_bones(seed: int, index: int, export: Export,
                           rng: np.random.Generator) -> list[dict]:
     """MC2-4 of one phantom, exported real-like, measured from a start 2 px / 3 degrees
     off the truth and sized as the engine's analysis sizes them."""
-    generate = pytest.importorskip("dxr_node.phantom.generate")
-    render = pytest.importorskip("dxr_node.phantom.render")
     anatomy, acquisition, _ = generate.image_specs(seed, index)
     acquisition = replace(acquisition, photometric="MONOCHROME2", burned_in_text=False,
                           pixel_spacing_mm=0.1)
