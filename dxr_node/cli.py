@@ -10,12 +10,13 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from dxr_node import __version__
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 with usage: keep that
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 with usage: keep that
         self.print_usage(sys.stderr)
         self.exit(2, f"dxr-node: error: {message}\n")
 

@@ -12,9 +12,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dxr_node.engine.analyze import error_analysis
 from dxr_node.engine.image import ImageLoadError, to_display_uint8
@@ -76,19 +79,20 @@ def _analyze_one(source: str, args: argparse.Namespace, history: HistorySource |
         try:
             written = write_objects(result.objects, out_dir)
             if result.radiograph is not None and result.radiograph.dataset is None:
-                written.append(_write_overlay_png(result, source, out_dir, render_overlay))
+                written.append(_write_overlay_png(result, result.radiograph.pixels, source,
+                                                  out_dir, render_overlay))
         except OSError as exc:  # disk full, permissions: the numbers still stand
             problem = f"report objects not written: {exc.strerror or exc}"
             return replace(result, report_problem=problem), written
     return result, written
 
 
-def _write_overlay_png(result: PipelineResult, source: str, out_dir: Path, render) -> Path:
+def _write_overlay_png(result: PipelineResult, pixels: np.ndarray, source: str,
+                       out_dir: Path, render: Callable[..., np.ndarray]) -> Path:
     """Non-DICOM inputs have no study to attach objects to: write the overlay as PNG."""
     import cv2
 
-    rgb = render(to_display_uint8(result.radiograph.pixels), result.analysis,
-                 result.interpretation)
+    rgb = render(to_display_uint8(pixels), result.analysis, result.interpretation)
     target = out_dir / f"{Path(source).stem}_dxr_overlay.png"
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
