@@ -7,6 +7,7 @@ eye-annotated mid-shaft centres (tests/data/realdata_landmarks.json) and skip wh
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import replace
@@ -18,7 +19,10 @@ import pytest
 
 from dxr_node.engine import image
 from dxr_node.engine.locate import LocateError, locate_metacarpals
-from dxr_node.phantom import generate, render
+from dxr_node.phantom import generate
+
+# The module (the package re-exports its `render` function under the same name).
+render = importlib.import_module("dxr_node.phantom.render")
 
 REPO = Path(__file__).resolve().parents[2]
 REALDATA = REPO / ".." / "shared" / "realdata"

@@ -9,6 +9,7 @@ centre 2 px off and an axis 3 degrees off unless a test says otherwise.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -17,7 +18,10 @@ from scipy import ndimage
 
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
 from dxr_node.engine.tube_model import blurred_chord, render_tube_image
-from dxr_node.phantom import generate, render
+from dxr_node.phantom import generate
+
+# The module (the package re-exports its `render` function under the same name).
+render = importlib.import_module("dxr_node.phantom.render")
 
 OUTER_MM, INNER_MM = 4.0, 2.5
 TRUE_T_MM, TRUE_W_MM = OUTER_MM - INNER_MM, 2 * OUTER_MM

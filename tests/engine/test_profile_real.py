@@ -15,6 +15,7 @@ renders profile plots.
 from __future__ import annotations
 
 import csv
+import importlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,10 @@ import pytest
 from scipy import ndimage
 
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
-from dxr_node.phantom import generate, render
+from dxr_node.phantom import generate
+
+# The module (the package re-exports its `render` function under the same name).
+render = importlib.import_module("dxr_node.phantom.render")
 
 REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata"
 BONES = ("MC2", "MC3", "MC4")
