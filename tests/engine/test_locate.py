@@ -94,6 +94,7 @@ def test_phantom_bones_found_at_their_true_place(rotation_deg, fingers, laterali
     assert not found.paediatric
 
 
+@pytest.mark.slow
 def test_phantom_set_from_dicom_files(tmp_path):
     """A mixed set as the generator writes it (MONOCHROME1/2, DX/CR, edge enhancement)."""
     generate, _ = _phantom_modules()
@@ -234,6 +235,7 @@ def test_real_fused_physes_are_not_paediatric(name):
     assert not locate_metacarpals(_real(name)).paediatric
 
 
+@pytest.mark.slow
 def test_phantom_precision_set_spread_hand_is_outlined_on_the_skin(tmp_path):
     """One spread hand imaged repeatedly (bench_engine's precision set): a threshold between
     soft tissue and bone also shows five smooth rays; the hand's outline must win, or
@@ -322,6 +324,7 @@ def test_real_image_base_overlapping_the_carpus_keeps_its_length():
     assert found.bones["MC2"].length_px >= 0.95 * found.bones["MC3"].length_px
 
 
+@pytest.mark.slow
 def test_phantom_for_processing_bases_end_at_the_carpus(tmp_path):
     """"For processing" images (linear, no edge enhancement): MC2 bases were cut up to 18 %
     short and an MC4 ran 29 % into the carpus (images 0, 2 and 3 of this set)."""

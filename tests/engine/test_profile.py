@@ -71,6 +71,7 @@ def max_gradient_width(image: np.ndarray, center: tuple, angle: float, outer: fl
     return fall - rise
 
 
+@pytest.mark.slow
 def test_blurred_chord_matches_a_numerical_convolution():
     fine = np.arange(-60, 60, 0.002)
     x = np.linspace(-30, 30, 121)
@@ -83,6 +84,7 @@ def test_blurred_chord_matches_a_numerical_convolution():
         assert np.max(np.abs(blurred_chord(x, 1.3, 20.0, sigma) - reference)) < 0.01
 
 
+@pytest.mark.slow
 def test_accuracy_over_spacing_blur_and_edge_enhancement():
     rows, errors_t, errors_w = [], [], []
     # Edge enhancement: none, a 3 mm mask, and a 1 mm mask (near the cortical thickness,

@@ -28,6 +28,8 @@ from scipy import ndimage
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
 from dxr_node.phantom import generate
 
+pytestmark = pytest.mark.slow  # real-like exports of whole phantom hands: tens of seconds each
+
 # The module (the package re-exports its `render` function under the same name).
 render = importlib.import_module("dxr_node.phantom.render")
 

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from dcmtk_peers import free_port
 from node_process import serve, wait_for
 from pydicom import dcmread
@@ -21,6 +22,7 @@ from dxr_node.node.service import Node, purge_spool
 from dxr_node.node.store import InstanceInfo, ProducedObject, Store
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_listener_before_the_workers(tmp_path):
     """An image acknowledged during the listener's grace period is still analysed."""
     image = tmp_path / "late.dcm"
