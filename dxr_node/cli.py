@@ -10,12 +10,13 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from dxr_node import __version__
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 with usage: keep that
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 with usage: keep that
         self.print_usage(sys.stderr)
         self.exit(2, f"dxr-node: error: {message}\n")
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--age", type=_positive_float, metavar="YEARS",
                    help="override the age from the header")
     p.add_argument("--history", metavar="DB", help="node database with prior results")
-    p.set_defaults(func=_delegate("dxr_node.pipeline:analyze_command"))
+    p.set_defaults(func=_delegate("dxr_node.commands.analyze:run"))
 
     p = sub.add_parser("phantom", help="write synthetic hand radiographs with known geometry")
     p.add_argument("outdir", metavar="OUTDIR")
@@ -82,27 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N")
     p.add_argument("--destination", action="append", metavar="AET@HOST:PORT", default=None)
     p.add_argument("--allow-aet", action="append", metavar="AET", default=None)
-    p.set_defaults(func=_delegate("dxr_node.node.cli:serve"))
+    p.set_defaults(func=_delegate("dxr_node.commands.node:serve"))
 
     p = sub.add_parser("status", help="queue counts, recent results and failures")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_delegate("dxr_node.node.cli:status"))
+    p.set_defaults(func=_delegate("dxr_node.commands.node:status"))
 
     p = sub.add_parser("retry", help="re-dispatch failed items")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--jobs", action="store_true",
                    help="also re-queue failed analysis jobs (e.g. after a fix)")
-    p.set_defaults(func=_delegate("dxr_node.node.cli:retry"))
+    p.set_defaults(func=_delegate("dxr_node.commands.node:retry"))
 
     p = sub.add_parser("send", help="push DICOM files to a node or PACS (C-STORE)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--to", required=True, metavar="HOST:PORT")
     p.add_argument("--aet", default="DXRNODE", help="called AE title")
     p.add_argument("--calling-aet", default="DXRSEND")
-    p.set_defaults(func=_delegate("dxr_node.node.cli:send"))
+    p.set_defaults(func=_delegate("dxr_node.commands.node:send"))
 
     p = sub.add_parser("user", help="console accounts of readers (viewer, reviewer, admin)")
     p.add_argument("action", choices=("add", "disable", "enable", "list"))
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the password from the first line of stdin (for scripts)")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--data-dir", metavar="DIR")
-    p.set_defaults(func=_delegate("dxr_node.node.users_cli:run"))
+    p.set_defaults(func=_delegate("dxr_node.commands.users:run"))
 
     p = sub.add_parser("reference", help="check a DXR-BMD reference table (default: packaged)")
     p.add_argument("file", nargs="?", metavar="FILE", help="a site's own table (JSON)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_durably(final: Path, partial: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_durably(final: Path, partial: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write through ``partial``, fsync, rename to ``final`` and fsync its folder, so that
     after a crash or power cut ``final`` is either complete or absent."""
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ def json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_analyze_phantoms_json_lines(phantom_set):
     folder, truth = phantom_set
     paths = [str(folder / name) for name in list(truth)[:3]]
@@ -82,6 +83,7 @@ def test_usage_errors_exit_2():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_png_without_spacing_reports_ratios_only(tmp_path, phantom_set):
     folder, truth = phantom_set
     name = next(n for n, t in truth.items() if t["pixel_spacing_mm"] <= 0.13)
@@ -106,6 +108,7 @@ def test_png_without_spacing_reports_ratios_only(tmp_path, phantom_set):
         assert with_mm["width_mm"] is not None
 
 
+@pytest.mark.slow
 def test_out_dir_writes_objects(tmp_path, phantom_set):
     folder, truth = phantom_set
     out = tmp_path / "out"
@@ -136,6 +139,7 @@ def test_unusable_out_dir_is_one_clear_line(tmp_path, phantom_set):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_objects_that_cannot_be_built_keep_the_measurement(tmp_path, phantom_set):
     folder, truth = phantom_set
     ds = pydicom.dcmread(folder / next(iter(truth)))

@@ -13,6 +13,7 @@ LEFT_OUT = ("PatientBirthDate", "PatientSex", "PatientAge", "PatientName", "Pati
             "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDate", "StudyTime")
 
 
+@pytest.mark.slow
 def test_objects_from_a_minimal_header_are_valid(tmp_path, phantom_set):
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (dicom3tools) not installed")

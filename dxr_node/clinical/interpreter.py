@@ -95,7 +95,7 @@ def interpret(
     eligible: tuple[PriorResult, ...] = ()
     if priors and bmd is None:
         reasons.append("priors not compared: this exam has no DXR-BMD")
-    elif priors:
+    elif priors and bmd is not None:
         uid = str(header.get("SOPInstanceUID") or "") if header is not None else ""
         follow = compare_with_priors(bmd, find_exam_date(header).value, uid or None,
                                      side, priors, precision_cv_percent)
@@ -153,7 +153,7 @@ def _adult_scores(analysis: Analysis, bmd: float | None, sex: str | None, age: f
     if analysis.paediatric:
         caveats.append(f"the engine flagged open growth plates, but the patient is "
                        f"{age:.0f} years old: read as adult")
-    if sex_ref is None:
+    if sex is None or sex_ref is None:  # (no sex, no reference)
         reasons.append("T-score, Z-score, category, triage and relative risk not computed: "
                        "they need the patient's sex ('F' or 'M')")
         return _AdultScores()

@@ -145,7 +145,7 @@ def _parse_sex(entry: Any, key: str, fail) -> SexReference:
     rows = entry.get("age_matched")
     if not isinstance(rows, list) or len(rows) < 2:
         raise fail(f"{key}.age_matched must be a list of at least 2 points")
-    points = []
+    points: list[CurvePoint] = []
     for i, row in enumerate(rows):
         where = f"{key}.age_matched[{i}]"
         if not isinstance(row, dict):

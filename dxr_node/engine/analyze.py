@@ -26,6 +26,7 @@ from dxr_node.engine.result import (
     STATUS_REJECTED,
     Analysis,
     BoneMeasurement,
+    known_mm,
 )
 
 ALGORITHM = {"name": ALGORITHM_NAME, "version": __version__}
@@ -108,7 +109,7 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     spacing_source = radiograph.pixel_spacing_source
     if spacing is not None and bones:
         if _spacing_implausible(bones, location.paediatric):
-            widths = [b.width_mm for b in bones.values()]
+            widths = [known_mm(b.width_mm) for b in bones.values()]
             reasons.append(f"pixel spacing {spacing:.3f} mm ({spacing_source}) is implausible "
                            f"for this hand: outer widths {min(widths):.1f}-{max(widths):.1f} mm;"
                            f" millimetre values not reported")
@@ -169,7 +170,8 @@ def _measure_bones(pixels: np.ndarray, location: HandLocation, spacing: float | 
             reasons.append(f"{name} not found")
     # A shaft whose own blur fit fell back is re-measured with the image's blur, taken from
     # the bones that resolved it; the new measurement is kept only if it is sound.
-    blur = shared_blur_px(s.measurement for s in shafts.values() if s.problem is None)
+    blur = shared_blur_px(s.measurement for s in shafts.values()
+                         if s.problem is None and s.measurement is not None)
     for name, shaft in shafts.items():
         if (blur is not None and shaft.measurement is not None
                 and shaft.measurement.blur_source == "fallback"):
@@ -236,7 +238,7 @@ def _spacing_implausible(bones: dict[str, BoneMeasurement], paediatric: bool) ->
     """Every bone (two at least) too narrow or too wide alike: the spacing is wrong."""
     if len(bones) < 2:
         return False
-    widths = [b.width_mm for b in bones.values()]
+    widths = [known_mm(b.width_mm) for b in bones.values()]
     low, high = CHILD_MIN_WIDTH_MM if paediatric else WIDTH_RANGE_MM[0], WIDTH_RANGE_MM[1]
     return all(w < low for w in widths) or all(w > high for w in widths)
 
@@ -245,10 +247,11 @@ def _size_problems(bones: dict[str, BoneMeasurement], paediatric: bool) -> dict[
     low = CHILD_MIN_WIDTH_MM if paediatric else WIDTH_RANGE_MM[0]
     problems = {}
     for name, bone in bones.items():
-        if not low <= bone.width_mm <= WIDTH_RANGE_MM[1]:
-            problems[name] = f"implausible outer width {bone.width_mm:.2f} mm"
-        elif not THICKNESS_RANGE_MM[0] <= bone.cortical_thickness_mm <= THICKNESS_RANGE_MM[1]:
-            problems[name] = f"implausible cortical thickness {bone.cortical_thickness_mm:.2f} mm"
+        width, thickness = known_mm(bone.width_mm), known_mm(bone.cortical_thickness_mm)
+        if not low <= width <= WIDTH_RANGE_MM[1]:
+            problems[name] = f"implausible outer width {width:.2f} mm"
+        elif not THICKNESS_RANGE_MM[0] <= thickness <= THICKNESS_RANGE_MM[1]:
+            problems[name] = f"implausible cortical thickness {thickness:.2f} mm"
     return problems
 
 
@@ -261,6 +264,8 @@ def _without_mm(bone: BoneMeasurement) -> BoneMeasurement:
 def _bone_measurement(located: LocatedBone, measured: _Shaft, spacing: float | None,
                       radial: np.ndarray | None) -> BoneMeasurement:
     shaft = measured.measurement
+    if shaft is None:  # only shafts without a problem are turned into bones
+        raise ValueError(f"{located.name}: no shaft measurement to report")
     # Edge lines from the shaft fit's refined axis and centre; offsets are across-axis
     # distances (direction (cos a, sin a) in (row, col)) from the given centre.
     theta = math.radians(shaft.axis_angle_deg)
@@ -342,15 +347,16 @@ def _hand_indices(bones: dict[str, BoneMeasurement], spacing: float | None) -> d
     fields: dict = {"mci": fmean(b.mci for b in measured)}
     if spacing is None:
         return fields
-    vpa = fmean(b.vpa_mm for b in measured)
+    vpa = fmean(known_mm(b.vpa_mm) for b in measured)
     fields.update(
-        cortical_thickness_mm=fmean(b.cortical_thickness_mm for b in measured),
-        width_mm=fmean(b.width_mm for b in measured),
+        cortical_thickness_mm=fmean(known_mm(b.cortical_thickness_mm) for b in measured),
+        width_mm=fmean(known_mm(b.width_mm) for b in measured),
         vpa_mm=vpa,
         porosity=0.0,
         porosity_measured=False,
         dxr_bmd_g_cm2=indices.dxr_bmd_g_cm2(vpa, 0.0),
-        bhi=fmean(indices.bone_health_index(b.cortical_thickness_mm, b.width_mm, b.length_mm)
+        bhi=fmean(indices.bone_health_index(known_mm(b.cortical_thickness_mm),
+                                            known_mm(b.width_mm), known_mm(b.length_mm))
                   for b in measured),
     )
     return fields

@@ -316,7 +316,7 @@ class _Measurer:
 
         for _ in range(AXIS_REFINEMENTS):
             shift, slope = self.axis_correction(band, overall)
-            if shift is None or (abs(shift) < 0.05 and abs(slope) < 0.002):
+            if shift is None or slope is None or (abs(shift) < 0.05 and abs(slope) < 0.002):
                 break
             center = center + shift * _directions(angle)[1]
             angle -= math.degrees(math.atan(slope))
@@ -587,12 +587,12 @@ def _accept_groups(groups: list[TubeFit | None], group_t: list[float]) -> list[b
     a nutrient canal, an artefact)."""
     ok = [g is not None and g.success and g.cortex_amplitude > 0 and g.canal_amplitude < 0
           and not _degenerate(g) for g in groups]
-    good = [g for g, keep in zip(groups, ok, strict=True) if keep]
+    good = [g for g, keep in zip(groups, ok, strict=True) if keep and g is not None]
     if len(good) < MIN_GROUPS_ACCEPTED:
         return ok
     good_t = np.array([t for t, keep in zip(group_t, ok, strict=True) if keep])
 
-    def robust_ok(values: list[float], floor: float) -> np.ndarray:
+    def robust_ok(values: list[float] | np.ndarray, floor: float) -> np.ndarray:
         arr = np.asarray(values)
         spread = max(4 * 1.4826 * np.median(np.abs(arr - np.median(arr))), floor)
         return np.abs(arr - np.median(arr)) <= spread

@@ -50,6 +50,7 @@ from dxr_node.engine.result import (
     Analysis,
     BoneMeasurement,
     Point,
+    known_mm,
 )
 
 # A metacarpal's mid-shaft outer width is about 11-15 % of its length (adults and the
@@ -108,7 +109,7 @@ def remeasure_bone(pixels: np.ndarray, spacing_mm: float | None, name: str,
         if again is not None and (_problem(again) is None or _problem(shaft) is not None):
             shaft, fraction = again, again_fraction
     problem = "shaft fit failed" if shaft is None else _problem(shaft)
-    if problem:
+    if shaft is None or problem:
         raise RemeasureError(f"{name}: {problem}")
     bone = _bone_measurement(name, shaft, fraction, length_px, proximal_rc, distal_rc,
                              spacing_mm, radial_rc)
@@ -195,8 +196,8 @@ def _bone_measurement(name: str, shaft: ShaftMeasurement, fraction: float, lengt
         cortical_thickness_sd_mm=mm(shaft.thickness_sd_px), width_sd_mm=mm(shaft.width_sd_px),
         roi_rc=(outer_a[0], outer_a[1], outer_b[1], outer_b[0]),
         outer_edge_a_rc=outer_a, inner_edge_a_rc=inner_a, inner_edge_b_rc=inner_b,
-        outer_edge_b_rc=outer_b, proximal_rc=tuple(map(float, proximal_rc)),
-        distal_rc=tuple(map(float, distal_rc)), blur_sigma_px=shaft.blur_sigma_px,
+        outer_edge_b_rc=outer_b, proximal_rc=(float(proximal_rc[0]), float(proximal_rc[1])),
+        distal_rc=(float(distal_rc[0]), float(distal_rc[1])), blur_sigma_px=shaft.blur_sigma_px,
         reader_positioned=True,
     )
 
@@ -269,13 +270,14 @@ def _hand_indices(bones: dict[str, BoneMeasurement], spacing: float | None) -> d
     out: dict[str, Any] = {"mci": fmean(b.mci for b in measured)}
     if spacing is None:
         return out
-    vpa = fmean(b.vpa_mm for b in measured)
+    vpa = fmean(known_mm(b.vpa_mm) for b in measured)
     out.update(
-        cortical_thickness_mm=fmean(b.cortical_thickness_mm for b in measured),
-        width_mm=fmean(b.width_mm for b in measured),
+        cortical_thickness_mm=fmean(known_mm(b.cortical_thickness_mm) for b in measured),
+        width_mm=fmean(known_mm(b.width_mm) for b in measured),
         vpa_mm=vpa,
         dxr_bmd_g_cm2=indices.dxr_bmd_g_cm2(vpa, 0.0),
-        bhi=fmean(indices.bone_health_index(b.cortical_thickness_mm, b.width_mm, b.length_mm)
+        bhi=fmean(indices.bone_health_index(known_mm(b.cortical_thickness_mm),
+                                            known_mm(b.width_mm), known_mm(b.length_mm))
                   for b in measured),
     )
     return out

@@ -20,6 +20,14 @@ STATUS_ERROR = "error"
 Point = tuple[float, float]  # (row, col)
 
 
+def known_mm(value_mm: float | None) -> float:
+    """A millimetre field of a bone measured with a known pixel spacing: always set then
+    (None only without a spacing), so a None here is a bug, not an image problem."""
+    if value_mm is None:
+        raise ValueError("millimetre value missing although the pixel spacing is known")
+    return value_mm
+
+
 @dataclass(frozen=True)
 class BoneMeasurement:
     """Mid-shaft measurement of one metacarpal.

@@ -22,6 +22,7 @@ pixel aperture, Gaussian blur, optional unsharp masking, noise) to verify the fi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 from scipy import ndimage
@@ -60,6 +61,17 @@ def _chord_integrals(y: np.ndarray, radius: float,
     f1 = yc * root + r2 * angle
     f2_radius = 2 * radius * (root + yc * angle + np.pi * beyond)
     return f2, f1, f2_radius
+
+
+@overload
+def blurred_chord(x: np.ndarray, center: float, radius: float, sigma: float,
+                  derivatives: Literal[False] = False) -> np.ndarray: ...
+@overload
+def blurred_chord(x: np.ndarray, center: float, radius: float, sigma: float,
+                  derivatives: Literal[True]) -> tuple[np.ndarray, ...]: ...
+@overload
+def blurred_chord(x: np.ndarray, center: float, radius: float, sigma: float,
+                  derivatives: bool) -> tuple[np.ndarray, ...] | np.ndarray: ...
 
 
 def blurred_chord(x: np.ndarray, center: float, radius: float, sigma: float,
@@ -128,21 +140,22 @@ def _tube_columns(x: np.ndarray, edges: TubeEdges, sigma: float, unsharp: tuple[
     amount, radius = unsharp
     discs = ((edges.center, 0.5 * edges.width),
              (0.5 * (edges.inner_a + edges.inner_b), 0.5 * (edges.inner_b - edges.inner_a)))
-    out = []
+    out: list[tuple[np.ndarray, ...]] = []
     for center, disc_radius in discs:
-        sharp = blurred_chord(x, center, disc_radius, sigma, derivatives)
-        if amount == 0:
-            if derivatives:
-                zero = np.zeros_like(x)
-                out.append((*sharp, zero, zero))
-            else:
-                out.append((sharp,))
-            continue
         wide_sigma = float(np.hypot(sigma, radius))
-        wide = blurred_chord(x, center, disc_radius, wide_sigma, derivatives)
         if not derivatives:
-            out.append(((1 + amount) * sharp - amount * wide,))
+            value = blurred_chord(x, center, disc_radius, sigma)
+            if amount != 0:
+                value = (1 + amount) * value - amount * blurred_chord(x, center, disc_radius,
+                                                                      wide_sigma)
+            out.append((value,))
             continue
+        sharp = blurred_chord(x, center, disc_radius, sigma, True)
+        if amount == 0:
+            zero = np.zeros_like(x)
+            out.append((*sharp, zero, zero))
+            continue
+        wide = blurred_chord(x, center, disc_radius, wide_sigma, True)
         value = (1 + amount) * sharp[0] - amount * wide[0]
         d_center = (1 + amount) * sharp[1] - amount * wide[1]
         d_radius = (1 + amount) * sharp[2] - amount * wide[2]

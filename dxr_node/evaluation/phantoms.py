@@ -48,7 +48,7 @@ def on_bone(name: str, center_rc: Any, truth: dict) -> bool:
     distances = {n: _axis_distance(point, truth["bones"][n])[0] for n in CANDIDATES}
     distance, along = _axis_distance(point, truth["bones"][name])
     half_width_px = truth["bones"][name]["width_mm"] / 2 / spacing
-    return (min(distances, key=distances.get) == name and distance <= half_width_px
+    return (min(distances, key=distances.__getitem__) == name and distance <= half_width_px
             and SHAFT_SPAN[0] <= along <= SHAFT_SPAN[1])
 
 

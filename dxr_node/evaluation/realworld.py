@@ -196,6 +196,8 @@ TRANSFORMS: dict[str, Transform] = {
 
 def transformed(radiograph: Radiograph, name: str) -> tuple[Radiograph, np.ndarray]:
     """The radiograph with a transform applied, and the original -> new (row, col) map."""
+    if radiograph.pixel_spacing_mm is None:
+        raise ValueError(f"transform {name}: the image needs a pixel spacing")
     pixels, spacing, matrix = TRANSFORMS[name](radiograph.pixels, radiograph.pixel_spacing_mm)
     return replace(radiograph, pixels=pixels.astype(np.float32, copy=False),
                    pixel_spacing_mm=spacing), matrix
@@ -268,13 +270,15 @@ def landmark_check(record: dict, marks: dict) -> dict[str, Any]:
     ordered = [points[n] for n in BONE_NAMES if n in points]
     gaps = [float(np.linalg.norm(b - a)) for a, b in zip(ordered, ordered[1:], strict=False)]
     spacing = float(np.mean(gaps)) if gaps else float("inf")
-    on_bone, wrong, wrong_partial = {}, [], []
+    on_bone: dict[str, bool] = {}
+    wrong: list[str] = []
+    wrong_partial: list[str] = []
     for name, bone in record["bones"].items():
         centre = np.asarray(bone["center_rc"], float)
         distances = {n: float(np.linalg.norm(centre - p)) for n, p in points.items()}
         right = (name in distances
                  and distances[name] <= LANDMARK_SPACING_SHARE * spacing
-                 and min(distances, key=distances.get) == name)
+                 and min(distances, key=distances.__getitem__) == name)
         on_bone[name] = right
         if not right:
             (wrong if record["status"] == STATUS_OK else wrong_partial).append(name)

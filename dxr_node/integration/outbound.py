@@ -280,9 +280,9 @@ def deliver_due(config: NodeConfig, istore: IntegrationStore, destination: str,
         except Exception as exc:  # a bug must not leave the row in 'sending'
             log.exception("message dispatch error")
             outcome = Outcome(RETRY, None, f"internal error: {type(exc).__name__}: {exc}")
-        fields = {"message": item.id, "job": item.job_id, "kind": item.kind,
-                  "destination": destination, "control_id": item.control_id,
-                  "attempt": item.attempts}
+        fields: dict[str, Any] = {"message": item.id, "job": item.job_id, "kind": item.kind,
+                                  "destination": destination, "control_id": item.control_id,
+                                  "attempt": item.attempts}
         policy = config.dispatch
         if outcome.outcome == SENT:
             istore.sent(item.id, outcome.status or "")

@@ -31,6 +31,8 @@ from dxr_node.integration.config import FHIRConfig, HL7Config
 
 ENV_PREFIX = "DXR_NODE__"
 OBJECT_KINDS = ("SR", "SC", "GSPS", "PDF")
+ObjectKind = Literal["SR", "SC", "GSPS", "PDF"]
+DEFAULT_OBJECTS: tuple[ObjectKind, ...] = ("SR", "SC", "GSPS")
 
 # DICOM AE titles: 1-16 characters of the default repertoire, no backslash, not all spaces.
 _AET_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -180,9 +182,7 @@ class NodeConfig(BaseModel):
     workers: int = Field(default=0, ge=0)  # 0: one per core
     worker_max_attempts: int = Field(default=3, ge=1)  # claims before an image is failed
     destinations: list[Destination] = Field(default_factory=list)
-    send_objects: list[Literal["SR", "SC", "GSPS", "PDF"]] = Field(
-        default_factory=lambda: ["SR", "SC", "GSPS"]
-    )
+    send_objects: list[ObjectKind] = Field(default_factory=lambda: list(DEFAULT_OBJECTS))
     send_objects_for_rejected: bool = True  # rejected images still get an SR saying why
     # A site's own DXR-BMD reference table (JSON, the format of the packaged one);
     # None uses the packaged table (dxr_node/clinical/data/reference_v1.json).

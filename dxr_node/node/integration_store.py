@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dxr_node.node.rowid import inserted_id
 from dxr_node.node.store import Store
 
 SCHEMA_V4 = """
@@ -261,11 +262,11 @@ class IntegrationStore:
         if len(raw) > RAW_KEPT_CHARS:
             raw = raw[:RAW_KEPT_CHARS] + f"\n[... {len(raw) - RAW_KEPT_CHARS} more characters]"
         with self.store._transaction() as db:
-            return db.execute(
+            return inserted_id(db.execute(
                 "INSERT INTO hl7_inbound (received_at, peer, control_id, message_type,"
                 " ack_code, reason, raw) VALUES (?,?,?,?,?,?,?)",
                 (_now(), peer, control_id, message_type, ack_code, reason, raw),
-            ).lastrowid
+            ))
 
     def find_order(self, *, accession_number: str | None, patient_id: str | None,
                    issuer: str | None, study_date: str | None,

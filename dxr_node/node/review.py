@@ -85,7 +85,8 @@ def working(store: Store, job_id: int, config: NodeConfig | None = None) -> Work
     if review is not None and review["state"] != "draft":
         raise ReviewError(409, f"exam {job_id} was already {review['state']}")
     draft = review is not None and review["analysis"] is not None
-    analysis = analysis_from_dict(review["analysis"] if draft else exam["analysis"])
+    analysis = analysis_from_dict(review["analysis"] if review is not None and draft
+                                  else exam["analysis"])
     path = store._read("SELECT i.path FROM jobs j JOIN instances i ON i.id = j.instance_id"
                        " WHERE j.id = ?", (job_id,))[0][0]
     if exam["spool_deleted_at"] is not None or not Path(path).is_file():
@@ -212,9 +213,12 @@ def discard(store: Store, job_id: int, user: User) -> None:
     work = working(store, job_id)
     if not work.draft:
         raise ReviewError(409, f"exam {job_id} has no corrections to discard")
+    review = ReviewStore(store).review(job_id)
+    if review is None:  # a draft is a review row: gone only if deleted meanwhile
+        raise ReviewError(409, f"exam {job_id} has no corrections to discard")
     try:
         ReviewStore(store).discard_draft(job_id, user, summary(
-            work.analysis, ReviewStore(store).review(job_id)["interpretation"]))
+            work.analysis, review["interpretation"]))
     except (KeyError, ValueError) as exc:
         raise ReviewError(409, str(exc)) from None
 
@@ -226,7 +230,7 @@ def approve(config: NodeConfig, store: Store, job_id: int, user: User) -> dict[s
         raise ReviewError(409, "nothing was measured: place the bones by hand, or reject")
     interpretation = _interpret(config, store, work, work.analysis)
     signoff = _signoff(config, work, user)
-    kinds = list(config.send_objects)
+    kinds: list[str] = list(config.send_objects)
     return _issue(config, store, work, user, "approve", work.analysis, interpretation,
                   signoff, kinds, reason=None)
 
@@ -254,11 +258,14 @@ def _signoff(config: NodeConfig, work: Working, user: User):
     from dxr_node.reports.identity import DerivedIdentity
     from dxr_node.reports.review import ReplacedObject, SignOff
 
+    source = work.radiograph.dataset
+    if source is None:  # only DICOM exams (from the node's SCP) are reviewed
+        raise ReviewError(409, "the exam's image has no DICOM header to report against")
     replaces = []
     for obj in work.exam["objects"]:
         # Series UIDs are deterministic: the file (gone after retention) is not needed.
         series = _series_uid(obj["path"]) or DerivedIdentity.for_kind(
-            obj["kind"], work.radiograph.dataset, work.analysis).series_uid
+            obj["kind"], source, work.analysis).series_uid
         replaces.append(ReplacedObject(obj["kind"], obj["sop_class_uid"],
                                        obj["sop_instance_uid"], series))
     return SignOff(reader_name=user.display_name, organisation=config.review.organisation,

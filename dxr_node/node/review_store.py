@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dxr_node.node.rowid import inserted_id
 from dxr_node.node.store import ProducedObject, Store
 
 ROLES = ("viewer", "reviewer", "admin")
@@ -142,10 +143,10 @@ class ReviewStore:
         with self.store._transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
                 raise AccountError(f"user {username!r} exists")
-            user_id = db.execute(
+            user_id = inserted_id(db.execute(
                 "INSERT INTO users (username, display_name, role, password_hash, created_at,"
                 " updated_at) VALUES (?,?,?,?,?,?)",
-                (username, display[:64], role, hashed, now, now)).lastrowid
+                (username, display[:64], role, hashed, now, now)))
         return User(user_id, username, display[:64], role, False)
 
     def set_disabled(self, username: str, disabled: bool = True) -> bool:
@@ -305,11 +306,11 @@ class ReviewStore:
                 db.execute("UPDATE results SET dxr_bmd_g_cm2 = NULL WHERE job_id = ?",
                            (job_id,))
             for obj in objects:
-                object_id = db.execute(
+                object_id = inserted_id(db.execute(
                     "INSERT INTO objects (job_id, kind, sop_class_uid, sop_instance_uid, path,"
                     " created_at) VALUES (?,?,?,?,?,?)",
                     (job_id, obj.kind, obj.sop_class_uid, obj.sop_instance_uid, obj.path, now),
-                ).lastrowid
+                ))
                 for destination in destinations:
                     db.execute(
                         "INSERT INTO dispatches (object_id, destination, state,"
@@ -344,11 +345,11 @@ class ReviewStore:
         def dump(value: Any) -> str | None:
             return None if value is None else json.dumps(value)
 
-        return db.execute(
+        return inserted_id(db.execute(
             "INSERT INTO review_actions (job_id, action, username, display_name, at, bone,"
             " reason, before_json, after_json, objects_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (job_id, action, user.username, user.display_name, now, bone, reason,
-             dump(before), dump(after), dump(objects))).lastrowid
+             dump(before), dump(after), dump(objects))))
 
     # --- the queue ------------------------------------------------------------------
 
@@ -394,9 +395,9 @@ class ReviewStore:
         row = self.store._read(
             "SELECT COUNT(*), COALESCE(SUM(r.status != 'ok'), 0),"
             f" COALESCE(SUM(v.state = 'draft'), 0){self._QUEUE_JOINS}")[0]
-        final = dict(self.store._read(
+        final: dict[str, int] = {state: n for state, n in self.store._read(
             "SELECT 'approved', COUNT(*) FROM reviews WHERE state = 'approved' UNION ALL"
-            " SELECT 'rejected', COUNT(*) FROM reviews WHERE state = 'rejected'"))
+            " SELECT 'rejected', COUNT(*) FROM reviews WHERE state = 'rejected'")}
         return {"awaiting": row[0], "awaiting_qc_rejected": row[1], "drafts": row[2],
                 "approved": final.get("approved", 0), "rejected": final.get("rejected", 0)}
 

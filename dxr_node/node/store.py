@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dxr_node.clinical.result import PriorResult
+from dxr_node.node.rowid import inserted_id
 
 # Called inside finish_job's transaction with the job id (e.g. to queue HL7/FHIR
 # messages with the result they report).
@@ -337,7 +338,7 @@ class Store:
                 path = db.execute("SELECT path FROM instances WHERE id = ?",
                                   (row["id"],)).fetchone()[0]
                 return AddedInstance(row["id"], row["job_id"], True, path)
-            instance_id = db.execute(
+            instance_id = inserted_id(db.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
                 " study_instance_uid, series_instance_uid, patient_id, issuer_of_patient_id,"
                 " study_date, modality, calling_aet, source_ip, path, size_bytes,"
@@ -349,19 +350,19 @@ class Store:
                     info.issuer_of_patient_id, info.study_date, info.modality,
                     info.calling_aet, info.source_ip, info.path, info.size_bytes, now, now,
                 ),
-            ).lastrowid
+            ))
             if skip_reason is None:
-                job_id = db.execute(
+                job_id = inserted_id(db.execute(
                     "INSERT INTO jobs (instance_id, state, created_at, updated_at)"
                     " VALUES (?, 'queued', ?, ?)",
                     (instance_id, now, now),
-                ).lastrowid
+                ))
             else:
-                job_id = db.execute(
+                job_id = inserted_id(db.execute(
                     "INSERT INTO jobs (instance_id, state, error, created_at, updated_at,"
                     " finished_at) VALUES (?, 'skipped', ?, ?, ?, ?)",
                     (instance_id, skip_reason, now, now, now),
-                ).lastrowid
+                ))
             return AddedInstance(instance_id, job_id, False, info.path)
 
     # --- analysis jobs (workers) -----------------------------------------------------

@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from dxr_node.phantom.anatomy import quad
+
 SPACINGS_MM = (0.1, 0.1, 0.125, 0.139, 0.143, 0.148, 0.15, 0.16, 0.168, 0.175)
 # Field of view (rows mm, cols mm) per variant; the hand is positioned near its centre.
 FIELDS_MM = {"adult": (260.0, 210.0), "paediatric": (210.0, 170.0),
@@ -91,7 +93,7 @@ class Acquisition:
             detector_offset=float(rng.uniform(50, 300)),
             modality="CR" if rng.random() < 0.35 else "DX",
             photometric="MONOCHROME1" if rng.random() < 0.4 else "MONOCHROME2",
-            collimation_mm=tuple(float(m) for m in rng.uniform(3, 12, 4)) if collimated else None,
+            collimation_mm=quad(rng.uniform(3, 12, 4)) if collimated else None,
             collimation_angle_deg=float(rng.normal(0, 1.5)) if collimated else 0.0,
             marker=rng.random() < 0.9,
             burned_in_text=rng.random() < 0.6,
@@ -113,7 +115,7 @@ def repositioned(base: Acquisition, rng: np.random.Generator) -> Acquisition:
         rotation_deg=float(np.clip(base.rotation_deg + rng.normal(0, 5), -20, 20)),
         offset_mm=(float(rng.normal(0, 5)), float(rng.normal(0, 5))),
         counts_per_mm2=base.counts_per_mm2 * float(np.exp(rng.normal(0, 0.2))),
-        collimation_mm=(tuple(float(m) for m in rng.uniform(3, 12, 4))
+        collimation_mm=(quad(rng.uniform(3, 12, 4))
                         if base.collimation_mm else None),
         noise_seed=int(rng.integers(0, 2**31)),
     )

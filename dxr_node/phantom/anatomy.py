@@ -27,6 +27,22 @@ MU_MARROW = 0.027
 MU_TRABECULAR = 0.065
 
 
+def pair(values) -> tuple[float, float]:
+    """Two numbers (an array, a sequence) as the typed (x, y) the dataclasses hold."""
+    x, y = values
+    return float(x), float(y)
+
+
+def triple(values) -> tuple[float, float, float]:
+    a, b, c = values
+    return float(a), float(b), float(c)
+
+
+def quad(values) -> tuple[float, float, float, float]:
+    a, b, c, d = values
+    return float(a), float(b), float(c), float(d)
+
+
 @dataclass(frozen=True)
 class LongBone:
     """A tubular bone from its proximal end to its distal end (canonical frame, mm)."""
@@ -296,15 +312,15 @@ def _forearm(rng: np.random.Generator, scale: float, cortical_factor: float,
              child: bool) -> list[LongBone]:
     """Distal radius and ulna: long shafts from below the image with flared distal ends."""
     bones = []
-    for name, end, width, flare, depth, physis_gap in (
+    for name, end_at, width, flare, depth, physis_gap in (
         ("radius", (-8.5, -38.5), 16.0, 1.75, 0.62, 2.2),
         ("ulna", (15.5, -42.0), 11.0, 1.2, 0.85, 2.0),
     ):
-        end = np.array(end) * scale
+        end = np.array(end_at) * scale
         width *= scale * (1 + rng.normal(0.0, 0.04))
         angle = 92.0 + rng.normal(0.0, 1.5)
         bones.append(LongBone(
-            name, tuple(end - 230.0 * _unit(angle)), tuple(end), width / 2,
+            name, pair(end - 230.0 * _unit(angle)), pair(end), width / 2,
             width / 2 - 2.0 * scale * cortical_factor,
             base_flare=1.0, head_flare=flare, base_cap_mm=1.0, head_cap_mm=3.0 * scale,
             shaft_start=0.05, shaft_end=0.78, end_shell_mm=0.5 * scale,
@@ -337,7 +353,7 @@ def _carpals(rng: np.random.Generator, scale: float, variant: str) -> list[Blob]
         blobs.append(Blob(
             name,
             ((cx + rng.normal(0, 0.6)) * scale, (cy + rng.normal(0, 0.6)) * scale),
-            tuple(a * scale * size * float(rng.uniform(0.93, 1.07)) for a in axes),
+            triple(a * scale * size * float(rng.uniform(0.93, 1.07)) for a in axes),
             angle + float(rng.normal(0, 5)), 0.6 * scale, float(rng.uniform(2.4, 3.0))))
     return blobs
 

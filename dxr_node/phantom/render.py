@@ -236,7 +236,7 @@ def _tissue_grid() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _to_tissue_px(xy: np.ndarray) -> tuple[int, int]:
+def _to_tissue_px(xy: np.ndarray | tuple[float, float]) -> tuple[int, int]:
     return (round((xy[0] - _TISSUE_X_MM[0]) / _TISSUE_STEP_MM),
             round((_TISSUE_Y_MM[1] - xy[1]) / _TISSUE_STEP_MM))
 
@@ -458,6 +458,8 @@ def _detect(attenuation: np.ndarray, acquisition: Acquisition,
 
 def _collimation_factor(acquisition: Acquisition, rows: int, cols: int) -> np.ndarray:
     """1 inside the collimated field, scatter level outside, with a soft penumbra."""
+    if acquisition.collimation_mm is None:  # not collimated: the whole detector is exposed
+        return np.ones((rows, cols))
     top, bottom, left, right = acquisition.collimation_mm
     spacing = acquisition.pixel_spacing_mm
     center = ((top + (rows * spacing - bottom)) / 2 / spacing,

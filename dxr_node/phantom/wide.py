@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from dxr_node.phantom.acquisition import Acquisition
-from dxr_node.phantom.anatomy import Blob, HandAnatomy, LongBone, SoftTissue
+from dxr_node.phantom.anatomy import Blob, HandAnatomy, LongBone, SoftTissue, pair, quad
 from dxr_node.phantom.dicom import Patient, to_dataset
 from dxr_node.phantom.render import (
     MAX_VALUE,
@@ -95,12 +95,12 @@ class WideHand:
         spread = (rng.uniform(15, 30) if "spread" in features
                   else rng.uniform(0, 3) if "together" in features else rng.uniform(4, 15))
         return cls(
-            seed=seed, scale=scale, mc_length=tuple(lengths), mc_width=tuple(widths),
-            mc_mci=tuple(mcis),
+            seed=seed, scale=scale, mc_length=quad(lengths), mc_width=quad(widths),
+            mc_mci=quad(mcis),
             base_step_mm=float(rng.uniform(8.5, 13.0)) * scale,
             head_step_mm=float(rng.uniform(15.5, 22.0)) * scale,
             finger_spread_deg=float(spread),
-            flexed=tuple(flexed),
+            flexed=quad(flexed),
             crossing=int(rng.choice([3, 4])) if "crossing" in features else 0,
             thumb_mode=mode, thumb_angle_deg=float(thumb_angle),
             ulnar_deviation_deg=float(rng.uniform(10, 25)) if "ulnar" in features else 0.0,
@@ -144,7 +144,8 @@ def _unit(angle_deg: float) -> np.ndarray:
     return np.array([math.cos(a), math.sin(a)])
 
 
-def _rotate(point: np.ndarray, pivot: np.ndarray, angle_deg: float) -> np.ndarray:
+def _rotate(point: np.ndarray | tuple[float, float], pivot: np.ndarray,
+            angle_deg: float) -> np.ndarray:
     a = math.radians(angle_deg)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     return pivot + rot @ (np.asarray(point, float) - pivot)
@@ -156,7 +157,7 @@ def build_anatomy(hand: WideHand) -> HandAnatomy:
     s = hand.scale
     squeeze = math.cos(math.radians(hand.pronation_deg))  # pronation narrows the hand
     bones: list[LongBone] = []
-    metacarpals = {}
+    metacarpals: dict[str, LongBone] = {}
     for index, name in enumerate(("MC2", "MC3", "MC4", "MC5")):
         slot = index - 1  # MC2 = -1 (radial), MC3 = 0, ...
         base = np.array([slot * hand.base_step_mm * squeeze,
@@ -167,7 +168,7 @@ def build_anatomy(hand: WideHand) -> HandAnatomy:
         direction /= np.linalg.norm(direction)
         width = hand.mc_width[index]
         thickness = hand.mc_mci[index] * width / 2
-        bone = RoughBone(
+        bone: LongBone = RoughBone(
             name=name, proximal_xy=tuple(base), distal_xy=tuple(base + length * direction),
             outer_radius_mm=width / 2, inner_radius_mm=width / 2 - thickness,
             base_flare=float(rng.uniform(1.3, 1.6)), head_flare=float(rng.uniform(1.18, 1.4)),
@@ -213,18 +214,18 @@ def build_anatomy(hand: WideHand) -> HandAnatomy:
     bones += _forearm(hand, rng)
     if hand.ulnar_deviation_deg:
         pivot = np.array([0.0, -22.0 * s])
-        turned = []
+        turned: list[LongBone] = []
         for bone in bones:
             if bone.name in ("radius", "ulna"):
                 turned.append(bone)
                 continue
             turned.append(replace(
-                bone, proximal_xy=tuple(_rotate(bone.proximal_xy, pivot,
-                                                -hand.ulnar_deviation_deg)),
-                distal_xy=tuple(_rotate(bone.distal_xy, pivot, -hand.ulnar_deviation_deg))))
+                bone, proximal_xy=pair(_rotate(bone.proximal_xy, pivot,
+                                               -hand.ulnar_deviation_deg)),
+                distal_xy=pair(_rotate(bone.distal_xy, pivot, -hand.ulnar_deviation_deg))))
         bones = turned
-        blobs = [replace(b, center_xy=tuple(_rotate(b.center_xy, pivot,
-                                                    -hand.ulnar_deviation_deg * 0.6)),
+        blobs = [replace(b, center_xy=pair(_rotate(b.center_xy, pivot,
+                                                   -hand.ulnar_deviation_deg * 0.6)),
                          angle_deg=b.angle_deg - hand.ulnar_deviation_deg * 0.6) for b in blobs]
     soft = SoftTissue(finger_radius_mm=hand.finger_radius_mm,
                       palm_half_thickness_mm=float(rng.uniform(12, 17)) * s,
@@ -294,12 +295,12 @@ def _carpals(hand: WideHand, mc: dict[str, LongBone], rng: np.random.Generator) 
 def _forearm(hand: WideHand, rng: np.random.Generator) -> list[LongBone]:
     s = hand.scale
     bones = []
-    for name, end, width, flare, depth in (("radius", (-10.0, -37.0), 17.0, 1.7, 0.6),
-                                           ("ulna", (14.0, -41.0), 10.5, 1.25, 0.85)):
-        end = np.array(end) * s
+    for name, end_at, width, flare, depth in (("radius", (-10.0, -37.0), 17.0, 1.7, 0.6),
+                                              ("ulna", (14.0, -41.0), 10.5, 1.25, 0.85)):
+        end = np.array(end_at) * s
         width *= s * float(rng.normal(1, 0.04))
         angle = 90.0 + float(rng.normal(0, 2))
-        bones.append(LongBone(name, tuple(end - 230 * _unit(angle)), tuple(end), width / 2,
+        bones.append(LongBone(name, pair(end - 230 * _unit(angle)), pair(end), width / 2,
                               width / 2 - 2.1 * s, base_flare=1.0, head_flare=flare,
                               base_cap_mm=1.0, head_cap_mm=3.0 * s, shaft_start=0.05,
                               shaft_end=0.78, end_shell_mm=0.5 * s, depth_ratio=depth))

@@ -7,12 +7,14 @@ Public surface: ``build_reports``, ``render_overlay``, ``write_objects``.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -189,7 +191,10 @@ def write_objects(datasets: Iterable[pydicom.Dataset], outdir: Path) -> list[Pat
     for dataset in datasets:
         path = outdir / f"{dataset.SOPInstanceUID}.dcm"
         partial = outdir / f".{dataset.SOPInstanceUID}.{os.getpid()}.part"
-        write_durably(path, partial,
-                      lambda handle, ds=dataset: ds.save_as(handle, enforce_file_format=True))
+        write_durably(path, partial, functools.partial(_save, dataset))
         paths.append(path)
     return paths
+
+
+def _save(dataset: pydicom.Dataset, handle: BinaryIO) -> None:
+    dataset.save_as(handle, enforce_file_format=True)

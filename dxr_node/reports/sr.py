@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeGuard
 
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 
 from dxr_node.clinical.result import Interpretation
@@ -70,7 +72,7 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     ))
 
     observer = hd.sr.ObserverContext(
-        observer_type=pydicom.sr.codedict.codes.DCM.Device,
+        observer_type=dicom_codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=identity.uid("device"), name=identity.algorithm_name,
             manufacturer_name=identity.manufacturer, model_name=identity.algorithm_name,
@@ -79,7 +81,7 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     person = None
     if signoff is not None:
         person = hd.sr.ObserverContext(
-            observer_type=pydicom.sr.codedict.codes.DCM.Person,
+            observer_type=dicom_codes.DCM.Person,
             observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
                 name=signoff.reader_name,
                 organization_name=verifying_organisation(source, signoff)))
@@ -264,7 +266,7 @@ def _hand_measurements(analysis: Analysis, interpretation: Interpretation | None
             for name, value, unit in values if _finite(value)]
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     """Numbers that can be stated (a NaN from a failed fit is left out, not written)."""
     return value is not None and math.isfinite(value)
 
@@ -312,7 +314,7 @@ def _remarks_container(analysis: Analysis, interpretation: Interpretation | None
         if text:
             items.append(hd.sr.TextContentItem(name=name, value=_sr_text(text),
                                                relationship_type=contains))
-    container.ContentSequence = items
+    container.ContentSequence = pydicom.Sequence(items)
     return container
 
 

@@ -96,7 +96,7 @@ def overview(store: Store, config: NodeConfig, now: float | None = None) -> dict
     now = time.time() if now is None else now
     counts = store.counts()
     durations = sorted(store.analysis_durations(since=now - 86400))
-    spool = store.spool_usage()
+    spool: dict[str, int | None] = {**store.spool_usage()}
     try:
         disk = shutil.disk_usage(config.spool_path)
         spool.update(disk_free_bytes=disk.free, disk_total_bytes=disk.total)

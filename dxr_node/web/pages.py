@@ -7,7 +7,7 @@ import io
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -27,7 +27,7 @@ TEMPLATES = Environment(
 )
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     """False for None and for fields a result lacks (Jinja's Undefined)."""
     return isinstance(value, int | float)
 
@@ -72,10 +72,11 @@ def _study_date(value: str | None) -> str:
 def _bytes(value: int | None) -> str:
     if not _is_number(value):
         return "—"
+    size: float = value
     for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
     return ""
 
 
@@ -113,7 +114,7 @@ def exams_page(
     date_to: str | None = None,
     page: int = Query(1, ge=1),
 ) -> HTMLResponse:
-    filters = {"status": status or "", "patient_id": (patient_id or "").strip(),
+    filters: dict[str, Any] = {"status": status or "", "patient_id": (patient_id or "").strip(),
                "date_from": date_from or "", "date_to": date_to or ""}
     data = api.exam_page(request.app.state.store, page=page, **filters)
     query = {k: v for k, v in filters.items() if v}

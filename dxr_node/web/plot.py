@@ -11,6 +11,8 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 16, 14, 34
 
 
 def _day(study_date: str | None) -> date | None:
+    if study_date is None:
+        return None
     try:
         return date(int(study_date[:4]), int(study_date[4:6]), int(study_date[6:8]))
     except (TypeError, ValueError):
@@ -20,8 +22,8 @@ def _day(study_date: str | None) -> date | None:
 def bmd_history_svg(history: list[dict[str, Any]], current_job_id: int) -> str:
     """DXR-BMD (g/cm2) against study date; the current exam's point is highlighted.
     Results without a valid study date are left out."""
-    points = [(_day(h["study_date"]), h["dxr_bmd_g_cm2"], h) for h in history]
-    points = [p for p in points if p[0] is not None]
+    dated = [(_day(h["study_date"]), h["dxr_bmd_g_cm2"], h) for h in history]
+    points = [(day, value, h) for day, value, h in dated if day is not None]
     if not points:
         return ""
     days = [p[0].toordinal() for p in points]

@@ -73,8 +73,9 @@ def review_detail(request: Request, job_id: int) -> dict[str, Any]:
         "state": state["state"] if state else ("waiting" if exam["analysis"] else "none"),
         "finished_at": state["finished_at"] if state else None,
         "finished_by": state["finished_by"] if state else None,
-        "analysis": state["analysis"] if working else exam["analysis"],
-        "interpretation": state["interpretation"] if working else exam["interpretation"],
+        "analysis": state["analysis"] if working and state else exam["analysis"],
+        "interpretation": (state["interpretation"] if working and state
+                           else exam["interpretation"]),
         "actions": accounts.actions(job_id),
         "bones": list(BONE_NAMES),
     }

@@ -66,9 +66,9 @@ async def login(request: Request) -> Response:
                                  fields.get("password", "")[:1024])
     if user is None:
         token = secrets.token_urlsafe(24)
-        response = pages.render(request, "login.html", 401, title="Sign in", next=target,
-                                login_token=token, error="Wrong username or password, or "
-                                                        "the account is disabled.")
+        response: Response = pages.render(
+            request, "login.html", 401, title="Sign in", next=target, login_token=token,
+            error="Wrong username or password, or the account is disabled.")
         response.set_cookie(LOGIN_COOKIE, token, max_age=1800, **_cookie_flags(request))
         return response
     session_token, _ = accounts.open_session(user)
@@ -94,7 +94,7 @@ def queue_page(request: Request, status: str | None = None,
                patient_id: str | None = Query(None, max_length=64),
                date_from: str | None = None, date_to: str | None = None,
                page: int = Query(1, ge=1)) -> HTMLResponse:
-    filters = {"status": status or "", "patient_id": (patient_id or "").strip(),
+    filters: dict[str, Any] = {"status": status or "", "patient_id": (patient_id or "").strip(),
                "date_from": date_from or "", "date_to": date_to or ""}
     data = review_api.queue_page(request, page=page, **filters)
     query = {k: v for k, v in filters.items() if v}

@@ -12,6 +12,8 @@ import pytest
 
 from dxr_node.engine.analyze import analyze_path
 
+pytestmark = pytest.mark.slow  # full analyses of real radiographs, several seconds each
+
 LANDMARKS = json.loads((Path(__file__).parents[1] / "data" / "realdata_landmarks.json")
                        .read_text())
 ANNOTATED = sorted(name for name in LANDMARKS if not name.startswith("_"))

@@ -373,6 +373,7 @@ def test_damaged_files_never_raise_anything_but_image_load_error(phantom, tmp_pa
     assert failed > 10 and loaded > 10  # both outcomes were exercised
 
 
+@pytest.mark.slow
 def test_phantom_set_loads_with_true_spacing_laterality_and_bright_bone(tmp_path):
     from dxr_node.phantom.generate import write_phantom_set
 

@@ -7,6 +7,7 @@ eye-annotated mid-shaft centres (tests/data/realdata_landmarks.json) and skip wh
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import replace
@@ -16,7 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
+from dxr_node.engine import image
 from dxr_node.engine.locate import LocateError, locate_metacarpals
+from dxr_node.phantom import generate
+
+# The module (the package re-exports its `render` function under the same name).
+render = importlib.import_module("dxr_node.phantom.render")
 
 REPO = Path(__file__).resolve().parents[2]
 REALDATA = REPO / ".." / "shared" / "realdata"
@@ -30,8 +36,7 @@ KNOWN_MISSES: dict[str, tuple[str, ...]] = {}
 
 
 def _phantom_modules():
-    return (pytest.importorskip("dxr_node.phantom.generate"),
-            pytest.importorskip("dxr_node.phantom.render"))
+    return generate, render
 
 
 def _render(seed: int, index: int, variant: str = "adult", **changes):
@@ -89,10 +94,10 @@ def test_phantom_bones_found_at_their_true_place(rotation_deg, fingers, laterali
     assert not found.paediatric
 
 
+@pytest.mark.slow
 def test_phantom_set_from_dicom_files(tmp_path):
     """A mixed set as the generator writes it (MONOCHROME1/2, DX/CR, edge enhancement)."""
     generate, _ = _phantom_modules()
-    image = pytest.importorskip("dxr_node.engine.image")
     truth = generate.write_phantom_set(tmp_path, n=8, seed=5)
     centre_errors = []
     for name, record in truth.items():
@@ -230,12 +235,12 @@ def test_real_fused_physes_are_not_paediatric(name):
     assert not locate_metacarpals(_real(name)).paediatric
 
 
+@pytest.mark.slow
 def test_phantom_precision_set_spread_hand_is_outlined_on_the_skin(tmp_path):
     """One spread hand imaged repeatedly (bench_engine's precision set): a threshold between
     soft tissue and bone also shows five smooth rays; the hand's outline must win, or
     the bones are taken for fingers and MC3/MC4 are lost."""
     generate, _ = _phantom_modules()
-    image = pytest.importorskip("dxr_node.engine.image")
     truth = generate.write_phantom_set(tmp_path, n=4, seed=100, same_anatomy=True)
     for name, record in truth.items():
         found = locate_metacarpals(image.load_radiograph(tmp_path / name).pixels)
@@ -319,11 +324,11 @@ def test_real_image_base_overlapping_the_carpus_keeps_its_length():
     assert found.bones["MC2"].length_px >= 0.95 * found.bones["MC3"].length_px
 
 
+@pytest.mark.slow
 def test_phantom_for_processing_bases_end_at_the_carpus(tmp_path):
     """"For processing" images (linear, no edge enhancement): MC2 bases were cut up to 18 %
     short and an MC4 ran 29 % into the carpus (images 0, 2 and 3 of this set)."""
     generate, _ = _phantom_modules()
-    image = pytest.importorskip("dxr_node.engine.image")
     truth = generate.write_phantom_set(tmp_path, n=4, seed=8, for_processing=True)
     for name, record in truth.items():
         found = locate_metacarpals(image.load_radiograph(tmp_path / name).pixels)

@@ -9,6 +9,7 @@ centre 2 px off and an axis 3 degrees off unless a test says otherwise.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -17,6 +18,10 @@ from scipy import ndimage
 
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
 from dxr_node.engine.tube_model import blurred_chord, render_tube_image
+from dxr_node.phantom import generate
+
+# The module (the package re-exports its `render` function under the same name).
+render = importlib.import_module("dxr_node.phantom.render")
 
 OUTER_MM, INNER_MM = 4.0, 2.5
 TRUE_T_MM, TRUE_W_MM = OUTER_MM - INNER_MM, 2 * OUTER_MM
@@ -66,6 +71,7 @@ def max_gradient_width(image: np.ndarray, center: tuple, angle: float, outer: fl
     return fall - rise
 
 
+@pytest.mark.slow
 def test_blurred_chord_matches_a_numerical_convolution():
     fine = np.arange(-60, 60, 0.002)
     x = np.linspace(-30, 30, 121)
@@ -78,6 +84,7 @@ def test_blurred_chord_matches_a_numerical_convolution():
         assert np.max(np.abs(blurred_chord(x, 1.3, 20.0, sigma) - reference)) < 0.01
 
 
+@pytest.mark.slow
 def test_accuracy_over_spacing_blur_and_edge_enhancement():
     rows, errors_t, errors_w = [], [], []
     # Edge enhancement: none, a 3 mm mask, and a 1 mm mask (near the cortical thickness,
@@ -283,8 +290,6 @@ def test_phantom_hands_against_their_truth(index):
     """Started 3 px / 3 degrees off the truth, sized as the engine's analysis does."""
     from dataclasses import replace
 
-    generate = pytest.importorskip("dxr_node.phantom.generate")
-    render = pytest.importorskip("dxr_node.phantom.render")
     anatomy, acquisition, _ = generate.image_specs(7, index)
     pixels, truth = render.render(anatomy, replace(acquisition, photometric="MONOCHROME2"))
     image, spacing = pixels.astype(np.float32), truth["pixel_spacing_mm"]
@@ -314,8 +319,6 @@ def test_phantom_hands_against_their_truth(index):
 def test_a_band_reaching_the_flaring_metaphysis_is_flagged():
     from dataclasses import replace
 
-    generate = pytest.importorskip("dxr_node.phantom.generate")
-    render = pytest.importorskip("dxr_node.phantom.render")
     anatomy, acquisition, _ = generate.image_specs(7, 3)
     pixels, truth = render.render(anatomy, replace(acquisition, photometric="MONOCHROME2"))
     spacing, bone = truth["pixel_spacing_mm"], truth["bones"]["MC3"]

@@ -15,6 +15,7 @@ renders profile plots.
 from __future__ import annotations
 
 import csv
+import importlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +26,12 @@ import pytest
 from scipy import ndimage
 
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
+from dxr_node.phantom import generate
+
+pytestmark = pytest.mark.slow  # real-like exports of whole phantom hands: tens of seconds each
+
+# The module (the package re-exports its `render` function under the same name).
+render = importlib.import_module("dxr_node.phantom.render")
 
 REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata"
 BONES = ("MC2", "MC3", "MC4")
@@ -77,8 +84,6 @@ def measure_phantom_bones(seed: int, index: int, export: Export,
                           rng: np.random.Generator) -> list[dict]:
     """MC2-4 of one phantom, exported real-like, measured from a start 2 px / 3 degrees
     off the truth and sized as the engine's analysis sizes them."""
-    generate = pytest.importorskip("dxr_node.phantom.generate")
-    render = pytest.importorskip("dxr_node.phantom.render")
     anatomy, acquisition, _ = generate.image_specs(seed, index)
     acquisition = replace(acquisition, photometric="MONOCHROME2", burned_in_text=False,
                           pixel_spacing_mm=0.1)

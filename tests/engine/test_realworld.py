@@ -22,6 +22,9 @@ from dxr_node.evaluation import realworld as rw
 
 REPO = Path(__file__).resolve().parents[2]
 FOLDERS = (REPO.parent / "shared" / "realdata", REPO.parent / "shared" / "realdata-2")
+# Every test here needs the whole real set analysed (~90 images): minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 LANDMARK_FILES = (REPO / "tests" / "data" / "realdata_landmarks.json",
                   REPO / "tests" / "data" / "realdata2_landmarks.json")
 MEASURED_SHARE_GOAL = 0.9  # issue 9: >= 90 % of the real corpus measured

@@ -16,6 +16,8 @@ import pytest
 from dxr_node.evaluation import phantoms
 from dxr_node.phantom.wide import wide_case
 
+pytestmark = pytest.mark.slow  # renders and analyses a set of wide-variety phantoms
+
 SEED = 77  # not the seed scripts/bench_wide reports (2026)
 N = 6
 T_TOLERANCE_MM = 0.08

@@ -290,6 +290,7 @@ def test_dispatch_to_a_destination_no_longer_configured_fails(tmp_path):
     assert failure["reason"] == "destination 'OLDPACS' is not configured"
 
 
+@pytest.mark.slow
 def test_a_hung_destination_does_not_hold_back_the_others(tmp_path):
     hung = socket.socket()  # accepts TCP connections (backlog) but never answers
     hung.bind(("127.0.0.1", 0))

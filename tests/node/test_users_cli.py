@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from dxr_node.node.review_store import ReviewStore
 from dxr_node.node.store import Store
 
@@ -20,6 +22,7 @@ def _user(data_dir, *args: str, password: str | None = None) -> subprocess.Compl
                           capture_output=True, timeout=60, env=env)
 
 
+@pytest.mark.slow
 def test_add_list_disable_enable(tmp_path):
     added = _user(tmp_path, "add", "ann", "--role", "reviewer", "--name", "Reader^Ann",
                   "--password-stdin", password=PASSWORD + "\n")

@@ -99,6 +99,7 @@ def test_running_jobs_claimed_by_names_only_that_workers_running_jobs(tmp_path):
         assert store.running_jobs_claimed_by("worker-9-999") == []
 
 
+@pytest.mark.slow
 def test_run_job_records_result_objects_and_dispatches(tmp_path, phantoms):
     config = _config(tmp_path)
     with Store(config.database_path) as store:
@@ -116,6 +117,7 @@ def test_run_job_records_result_objects_and_dispatches(tmp_path, phantoms):
     assert counts["jobs"]["done"] == 1
 
 
+@pytest.mark.slow
 def test_laterality_recorded_for_follow_up_follows_the_clinical_rule(tmp_path, phantoms):
     """Header and image agree: that hand. They disagree: unknown (no comparison)."""
     header = dcmread(phantoms[0])
@@ -145,6 +147,7 @@ def test_unreadable_image_fails_at_once_with_the_reason(tmp_path, phantoms):
     assert job["error"].startswith("unreadable image:")
 
 
+@pytest.mark.slow
 def test_pool_drains_the_queue_past_a_broken_image(tmp_path, phantoms):
     config = _config(tmp_path, workers=2)
     stop = threading.Event()
@@ -162,6 +165,7 @@ def test_pool_drains_the_queue_past_a_broken_image(tmp_path, phantoms):
         assert store.counts()["dispatches"]["pending"] == len(good) * 3 * 2
 
 
+@pytest.mark.slow
 def test_image_that_keeps_killing_its_worker_is_failed_and_the_queue_moves_on(tmp_path,
                                                                            phantoms):
     config = _config(tmp_path, workers=1, worker_max_attempts=2)
@@ -185,6 +189,7 @@ def test_image_that_keeps_killing_its_worker_is_failed_and_the_queue_moves_on(tm
     assert job["error"] == "worker died (signal SIGKILL) while analysing"
 
 
+@pytest.mark.slow
 def test_job_that_hangs_is_killed_after_the_timeout(tmp_path, phantoms):
     config = _config(tmp_path, workers=1, worker_max_attempts=1)
     stop = threading.Event()
@@ -201,6 +206,7 @@ def test_job_that_hangs_is_killed_after_the_timeout(tmp_path, phantoms):
     assert "without finishing" in job["error"]
 
 
+@pytest.mark.slow
 def test_graceful_stop_lets_the_running_analysis_finish(tmp_path, phantoms):
     config = _config(tmp_path, workers=1)
     stop = threading.Event()

@@ -142,6 +142,7 @@ def test_dicom_is_valid(tmp_path, kind):
         assert float(back.PixelSpacing[0]) == pytest.approx(0.175, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_phantom_sets_are_reproducible(tmp_path):
     first = write_phantom_set(tmp_path / "a", n=1, seed=4)
     second = write_phantom_set(tmp_path / "b", n=1, seed=4)
@@ -155,6 +156,7 @@ def test_phantom_sets_are_reproducible(tmp_path):
         assert a.SOPInstanceUID == b.SOPInstanceUID
 
 
+@pytest.mark.slow
 def test_cli_writes_files_and_truth(tmp_path, capsys):
     assert main(["phantom", str(tmp_path), "--n", "2", "--seed", "2"]) == 0
     truth = json.loads((tmp_path / "truth.json").read_text())

@@ -6,7 +6,7 @@ import argparse
 import getpass
 import sys
 
-from dxr_node.node.cli import _config, _fail
+from dxr_node.commands.node import _config, _fail
 from dxr_node.node.config import ConfigError
 from dxr_node.node.review_store import AccountError, ReviewStore
 from dxr_node.node.store import Store, StoreError

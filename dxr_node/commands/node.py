@@ -225,7 +225,8 @@ def send(args: argparse.Namespace) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         return _fail(f"no such file: {', '.join(missing)}")
-    deliveries = send_files(destination, paths, calling_aet=calling)
+    # The port is given here; the config model has it optional (DICOMweb destinations).
+    deliveries = send_files(destination, paths, calling_aet=calling)  # type: ignore[arg-type]
     for d in deliveries:
         status = "-" if d.status is None else f"0x{d.status:04X}"
         print(f"{d.outcome:<6} {status}  {d.path}  {d.reason}")
