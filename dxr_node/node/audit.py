@@ -207,6 +207,7 @@ class AuditTrail:
         return str(len(body)).encode() + b" " + body  # RFC 6587 octet counting
 
     def _send(self, message: str) -> None:
+        assert self._syslog is not None  # only called with a syslog host configured
         last: Exception | None = None
         for _ in range(2):  # once more on a fresh connection if the old one broke
             try:

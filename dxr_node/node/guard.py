@@ -48,6 +48,7 @@ class _Guarded:
     received_at_mark: int  # ``received`` when the current DIMSE message began
     cut_reason: str | None
     subject_checked: bool  # TLS: the client certificate was checked after the handshake
+    fileno: Callable[[], int]  # from the socket class it is mixed into
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if self.cut_reason is not None:
@@ -75,7 +76,7 @@ class GuardedSocket(_Guarded, socket.socket):
     """An accepted plain TCP connection."""
 
 
-class GuardedSSLSocket(_Guarded, ssl.SSLSocket):
+class GuardedSSLSocket(_Guarded, ssl.SSLSocket):  # type: ignore[misc]  # recv widened
     """An accepted DICOM TLS connection (made by the server context's wrap_socket)."""
 
 
@@ -93,7 +94,7 @@ class ConnectionGuard:
         self.network_timeout_s = network_timeout_s
         self.max_per_peer = max_per_peer
         self.max_message_bytes = max_message_bytes
-        self._live: set[GuardedSocket] = set()
+        self._live: set[_Guarded] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="scp-guard", daemon=True)

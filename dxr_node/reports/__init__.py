@@ -121,7 +121,7 @@ def _normalised_source(source: pydicom.Dataset) -> pydicom.Dataset:
         value = str(completed.get(keyword, "") or "").strip()
         if value and not _legal(value, vr):
             del completed[keyword]
-            completed.add_new(pydicom.datadict.tag_for_keyword(keyword), vr, "")
+            setattr(completed, keyword, "")  # Type 2: present and empty
     if str(completed.get("PatientSex", "") or "").strip().upper() not in ("", "M", "F", "O"):
         completed.PatientSex = ""
     modality = str(completed.get("Modality", "") or "").strip()
@@ -173,7 +173,7 @@ def _as_numbers(value: object) -> list[float]:
     if value is None or value == "":
         return []
     items = value if isinstance(value, pydicom.multival.MultiValue | list) else [value]
-    numbers = [float(v) for v in items]
+    numbers = [float(str(v)) for v in items]  # DS/IS strings, numbers or MultiValue items
     if not all(math.isfinite(v) for v in numbers):
         raise ValueError("not finite")
     return numbers

@@ -210,8 +210,8 @@ def test_reviewer_corrects_a_misplaced_bone_and_pacs_gets_the_verified_sr(node, 
                 assert abs(dragged["distal_rc"][1] - target[1]) < 3
                 assert dragged["proximal_rc"] == pytest.approx(mc2["proximal_rc"], abs=1e-6)
 
-            with page.expect_navigation():
-                page.click("button.approve", timeout=120_000)  # builds and signs 4 objects
+            with page.expect_navigation(timeout=120_000):  # builds and signs 4 objects
+                page.click("button.approve", timeout=120_000)
             assert "Approved: 4 final object(s) issued" in page.content()
             _wait(lambda: len(list(node["pacs"].iterdir())) >= 4, 90, "the final objects")
             page.reload()
