@@ -828,29 +828,10 @@ def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarr
     start = 0.5 * (base + tip)
     to_base = float(np.linalg.norm(base - start))
     path = _track_ray(ridge, start, base - tip, to_base + 4.2 * radius)
-    profile = _path_profile(smooth, path, 0.04 * radius)
-    valleys = _valley_strength(profile, int(0.08 * radius))
-    arc = np.arange(len(path), dtype=np.float64)
     # The MCP joint lies within a proximal phalanx of the finger's base (the forearm
     # lies further).
-    usable = (arc >= to_base - 0.6 * radius) & (arc <= to_base + 1.8 * radius)
-    if not usable.any() or valleys[usable].max() <= 0:
-        return []
-    local_max = (valleys >= np.roll(valleys, 1)) & (valleys >= np.roll(valleys, -1))
-    strongest = valleys[usable].max()
-    ridge_along = _sample(ridge, path[:, 0], path[:, 1])
-    scored = []
-    for index in np.flatnonzero(usable & local_max & (valleys >= 0.25 * strongest)):
-        inner = valleys[int(index + 0.12 * radius): int(index + 1.1 * radius)]
-        if len(inner) >= 0.9 * radius:
-            scored.append(((valleys[index] - 2.0 * inner.max()) / strongest, int(index)))
-    scored.sort(reverse=True)
-    bones = []
-    for score, distal_i in scored[:4]:
-        bone = _bone_from_gap(smooth, ridge, path, profile, valleys, local_max, ridge_along,
-                              distal_i)
-        bones.append(replace(bone, score=score))
-    return bones
+    return _candidates_along(smooth, ridge, path, to_base - 0.6 * radius,
+                             to_base + 1.8 * radius)
 
 
 def _shaft_candidates(smooth: np.ndarray, ridge: np.ndarray, point: np.ndarray
@@ -864,10 +845,19 @@ def _shaft_candidates(smooth: np.ndarray, ridge: np.ndarray, point: np.ndarray
         direction = -direction  # proximal is +y, fingers up
     reach = 1.7 * radius
     path = centre + np.arange(-reach, reach, 1.0)[:, None] * direction  # distal first
+    return _candidates_along(smooth, ridge, path, reach - 1.3 * radius, reach - 0.3 * radius)
+
+
+def _candidates_along(smooth: np.ndarray, ridge: np.ndarray, path: np.ndarray,
+                      first: float, last: float) -> list[_CanonicalBone]:
+    """Metacarpals along a path (distal to proximal, one pixel a step) whose MCP gap lies
+    between arc lengths ``first`` and ``last``, best first: a clear gap followed by a
+    long run without one (the metacarpal is the ray's longest bone)."""
+    radius = PALM_RADIUS_PX
     profile = _path_profile(smooth, path, 0.04 * radius)
     valleys = _valley_strength(profile, int(0.08 * radius))
     arc = np.arange(len(path), dtype=np.float64)
-    usable = (arc >= reach - 1.3 * radius) & (arc <= reach - 0.3 * radius)
+    usable = (arc >= first) & (arc <= last)
     if valleys[usable].max(initial=0.0) <= 0:
         return []
     local_max = (valleys >= np.roll(valleys, 1)) & (valleys >= np.roll(valleys, -1))
