@@ -4,7 +4,7 @@ close to the truth on every measured bone, DXR-BMD close to the BMD the true geo
 gives; and most cases measured.
 
 Goals, not the current engine's figures: where the current engine misses one, the test is
-xfail(strict=False) with the baseline as its reason (see /work/notes/issue-9-eval.md).
+xfail(strict=False) with the engine's figure as its reason (scripts/bench_wide).
 """
 
 from __future__ import annotations
