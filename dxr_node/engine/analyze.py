@@ -120,13 +120,13 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
                 reasons.append(f"{name}: {problem}")
                 del bones[name]
     if len(bones) >= 2:  # a partial result is checked as strictly as a complete one
-        inconsistency = _hand_inconsistency(bones)
+        inconsistency = hand_inconsistency(bones)
         if inconsistency:
             reasons.append(f"measurements internally inconsistent: {inconsistency}")
             bones = {}
 
     complete = not fatal and len(bones) == len(BONE_NAMES)
-    fields = _hand_indices(bones, spacing) if complete else {}
+    fields = hand_indices(bones, spacing) if complete else {}
     return Analysis(
         source=radiograph.source,
         status=STATUS_OK if complete else STATUS_REJECTED,
@@ -318,7 +318,8 @@ def _bone_measurement(located: LocatedBone, measured: _Shaft, spacing: float | N
     )
 
 
-def _hand_inconsistency(bones: dict[str, BoneMeasurement]) -> str | None:
+def hand_inconsistency(bones: dict[str, BoneMeasurement]) -> str | None:
+    """Why bones of one hand cannot all be metacarpals II-IV measured right, or None."""
     def spread(values: list[float]) -> float:
         return max(values) / min(values)
 
@@ -342,7 +343,8 @@ def _radial_direction(located: dict[str, LocatedBone]) -> np.ndarray | None:
     return vector / norm if norm > 0 else None
 
 
-def _hand_indices(bones: dict[str, BoneMeasurement], spacing: float | None) -> dict:
+def hand_indices(bones: dict[str, BoneMeasurement], spacing: float | None) -> dict:
+    """The whole-hand fields of an Analysis from its measured bones."""
     measured = list(bones.values())
     fields: dict = {"mci": fmean(b.mci for b in measured)}
     if spacing is None:

@@ -8,9 +8,9 @@ problems, MCI and size ranges) and, for the hand, the same cross-bone consistenc
 and whole-hand indices.
 
 The pieces of ``analyze.py`` this needs are private there (and that module is being
-reworked), so the small ones are restated here: ``_hand_indices``, the size checks and
-the edge-segment geometry of ``_bone_measurement``; the limits are imported so that both
-paths always share them.
+reworked), so the size checks and the edge-segment geometry of ``_bone_measurement`` are
+restated here; the limits, the whole-hand indices and the cross-bone check are imported
+so that both paths always share them.
 
 Pure, like the rest of the engine: pixels in, numbers out.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, fields, replace
-from statistics import fmean
 from typing import Any
 
 import numpy as np
@@ -33,14 +32,13 @@ from dxr_node.engine import indices
 from dxr_node.engine.analyze import (
     BAND_FRACTION,
     CHILD_MIN_WIDTH_MM,
-    MAX_LENGTH_RATIO,
-    MAX_MCI_RATIO,
     MAX_SPACING_MM,
-    MAX_WIDTH_RATIO,
     MCI_RANGE,
     SHORT_BAND_FRACTION,
     THICKNESS_RANGE_MM,
     WIDTH_RANGE_MM,
+    hand_inconsistency,
+    hand_indices,
 )
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft
 from dxr_node.engine.result import (
@@ -50,7 +48,6 @@ from dxr_node.engine.result import (
     Analysis,
     BoneMeasurement,
     Point,
-    known_mm,
 )
 
 # A metacarpal's mid-shaft outer width is about 11-15 % of its length (adults and the
@@ -230,15 +227,15 @@ def with_bones(analysis: Analysis, bones: dict[str, BoneMeasurement],
     reasons += [f"{name}: {EXCLUDED_NOTE}" for name in excluded]
     ordered = {name: bones[name] for name in BONE_NAMES if name in bones}
     if len(ordered) >= 2:
-        inconsistency = _hand_inconsistency(ordered)
+        inconsistency = hand_inconsistency(ordered)
         if inconsistency:
             reasons.append(f"measurements internally inconsistent: {inconsistency}")
     complete = len(ordered) == len(BONE_NAMES) and not any(
         r.startswith("measurements internally inconsistent") for r in reasons)
-    hand = _hand_indices(ordered, analysis.pixel_spacing_mm) if complete else {}
+    hand = hand_indices(ordered, analysis.pixel_spacing_mm) if complete else {}
     cleared = dict.fromkeys(("cortical_thickness_mm", "width_mm", "mci", "vpa_mm",
                              "dxr_bmd_g_cm2", "bhi"))
-    return replace(analysis, **{**cleared, **hand}, porosity=0.0, porosity_measured=False,
+    return replace(analysis, **{**cleared, **hand, "porosity": 0.0, "porosity_measured": False},
                    bones=ordered, reasons=tuple(reasons),
                    status=STATUS_OK if complete else STATUS_REJECTED)
 
@@ -251,36 +248,6 @@ def _fatal(reason: str) -> bool:
     """Engine conclusions that a reader's placement of the bones overrides."""
     return (reason.startswith(("measurements internally inconsistent", "not a hand"))
             or reason.endswith(" not found"))
-
-
-def _hand_inconsistency(bones: dict[str, BoneMeasurement]) -> str | None:
-    measured = list(bones.values())
-    checks = (("outer width", [b.width_px for b in measured], MAX_WIDTH_RATIO),
-              ("length", [b.length_px for b in measured], MAX_LENGTH_RATIO),
-              ("metacarpal index", [b.mci for b in measured], MAX_MCI_RATIO))
-    for label, values, limit in checks:
-        if max(values) / min(values) > limit:
-            listed = ", ".join(f"{b.name} {v:.2f}" for b, v in zip(measured, values, strict=True))
-            return f"{label} differs too much between bones ({listed})"
-    return None
-
-
-def _hand_indices(bones: dict[str, BoneMeasurement], spacing: float | None) -> dict[str, Any]:
-    measured = list(bones.values())
-    out: dict[str, Any] = {"mci": fmean(b.mci for b in measured)}
-    if spacing is None:
-        return out
-    vpa = fmean(known_mm(b.vpa_mm) for b in measured)
-    out.update(
-        cortical_thickness_mm=fmean(known_mm(b.cortical_thickness_mm) for b in measured),
-        width_mm=fmean(known_mm(b.width_mm) for b in measured),
-        vpa_mm=vpa,
-        dxr_bmd_g_cm2=indices.dxr_bmd_g_cm2(vpa, 0.0),
-        bhi=fmean(indices.bone_health_index(known_mm(b.cortical_thickness_mm),
-                                            known_mm(b.width_mm), known_mm(b.length_mm))
-                  for b in measured),
-    )
-    return out
 
 
 # --- the stored JSON form back to dataclasses -------------------------------------------
