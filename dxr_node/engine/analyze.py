@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean
+from typing import Any
 
 import numpy as np
 
@@ -266,13 +267,23 @@ def _bone_measurement(located: LocatedBone, measured: _Shaft, spacing: float | N
     shaft = measured.measurement
     if shaft is None:  # only shafts without a problem are turned into bones
         raise ValueError(f"{located.name}: no shaft measurement to report")
+    return bone_from_shaft(located.name, shaft, measured.band_fraction, located.length_px,
+                           located.proximal_rc, located.distal_rc, spacing, radial)
+
+
+def bone_from_shaft(name: str, shaft: ShaftMeasurement, band_fraction: float,
+                    length_px: float, proximal_rc: tuple[float, float],
+                    distal_rc: tuple[float, float], spacing: float | None,
+                    radial: Any = None, reader_positioned: bool = False) -> BoneMeasurement:
+    """A bone's measurement from its shaft fit (shared by the automatic path and a
+    reader's re-measurement). ``radial``: (d_row, d_col) towards the thumb, or None."""
     # Edge lines from the shaft fit's refined axis and centre; offsets are across-axis
     # distances (direction (cos a, sin a) in (row, col)) from the given centre.
     theta = math.radians(shaft.axis_angle_deg)
     along = np.array([-math.sin(theta), math.cos(theta)])  # (d_row, d_col), distal
     across = np.array([math.cos(theta), math.sin(theta)])
     center = np.asarray(shaft.center_rc, float)
-    half = measured.band_fraction * located.length_px / 2
+    half = band_fraction * length_px / 2
 
     def segment(offset: float) -> tuple[tuple[float, float], tuple[float, float]]:
         middle = center + (offset - shaft.center_offset_px) * across
@@ -284,21 +295,20 @@ def _bone_measurement(located: LocatedBone, measured: _Shaft, spacing: float | N
     if radial is not None and float(np.dot(across, radial)) > 0:
         edges.reverse()  # side "a" is the radial (thumb) side
     outer_a, inner_a, inner_b, outer_b = edges
-    roi = (outer_a[0], outer_a[1], outer_b[1], outer_b[0])
 
     def mm(px: float) -> float | None:
         return px * spacing if spacing is not None else None
 
     t_px, w_px = shaft.cortical_thickness_px, shaft.width_px
     return BoneMeasurement(
-        name=located.name,
+        name=name,
         cortical_thickness_px=t_px,
         width_px=w_px,
-        length_px=located.length_px,
+        length_px=length_px,
         cortical_thickness_mm=mm(t_px),
         width_mm=mm(w_px),
         medullary_width_mm=mm(shaft.medullary_width_px),
-        length_mm=mm(located.length_px),
+        length_mm=mm(length_px),
         mci=indices.metacarpal_index(t_px, w_px),
         vpa_mm=indices.vpa_mm(t_px * spacing, w_px * spacing) if spacing else None,
         center_rc=(float(center[0]), float(center[1])),
@@ -307,14 +317,15 @@ def _bone_measurement(located: LocatedBone, measured: _Shaft, spacing: float | N
         n_rejected_profiles=shaft.n_rejected,
         cortical_thickness_sd_mm=mm(shaft.thickness_sd_px),
         width_sd_mm=mm(shaft.width_sd_px),
-        roi_rc=roi,
+        roi_rc=(outer_a[0], outer_a[1], outer_b[1], outer_b[0]),
         outer_edge_a_rc=outer_a,
         inner_edge_a_rc=inner_a,
         inner_edge_b_rc=inner_b,
         outer_edge_b_rc=outer_b,
-        proximal_rc=located.proximal_rc,
-        distal_rc=located.distal_rc,
+        proximal_rc=(float(proximal_rc[0]), float(proximal_rc[1])),
+        distal_rc=(float(distal_rc[0]), float(distal_rc[1])),
         blur_sigma_px=shaft.blur_sigma_px,
+        reader_positioned=reader_positioned,
     )
 
 

@@ -8,9 +8,9 @@ problems, MCI and size ranges) and, for the hand, the same cross-bone consistenc
 and whole-hand indices.
 
 The pieces of ``analyze.py`` this needs are private there (and that module is being
-reworked), so the size checks and the edge-segment geometry of ``_bone_measurement`` are
-restated here; the limits, the whole-hand indices and the cross-bone check are imported
-so that both paths always share them.
+reworked), so the per-bone size checks are restated here; the limits, the bone's
+measurement from its shaft fit, the whole-hand indices and the cross-bone check are
+imported so that both paths always share them.
 
 Pure, like the rest of the engine: pixels in, numbers out.
 """
@@ -37,6 +37,7 @@ from dxr_node.engine.analyze import (
     SHORT_BAND_FRACTION,
     THICKNESS_RANGE_MM,
     WIDTH_RANGE_MM,
+    bone_from_shaft,
     hand_inconsistency,
     hand_indices,
 )
@@ -108,8 +109,8 @@ def remeasure_bone(pixels: np.ndarray, spacing_mm: float | None, name: str,
     problem = "shaft fit failed" if shaft is None else _problem(shaft)
     if shaft is None or problem:
         raise RemeasureError(f"{name}: {problem}")
-    bone = _bone_measurement(name, shaft, fraction, length_px, proximal_rc, distal_rc,
-                             spacing_mm, radial_rc)
+    bone = bone_from_shaft(name, shaft, fraction, length_px, proximal_rc, distal_rc,
+                           spacing_mm, radial_rc, reader_positioned=True)
     size = _size_problem(bone, paediatric)
     if size:
         raise RemeasureError(f"{name}: {size}")
@@ -156,47 +157,6 @@ def _size_problem(bone: BoneMeasurement, paediatric: bool) -> str | None:
     if not THICKNESS_RANGE_MM[0] <= bone.cortical_thickness_mm <= THICKNESS_RANGE_MM[1]:
         return f"implausible cortical thickness {bone.cortical_thickness_mm:.2f} mm"
     return None
-
-
-def _bone_measurement(name: str, shaft: ShaftMeasurement, fraction: float, length_px: float,
-                      proximal_rc: Point, distal_rc: Point, spacing: float | None,
-                      radial: Point | None) -> BoneMeasurement:
-    theta = math.radians(shaft.axis_angle_deg)
-    along = np.array([-math.sin(theta), math.cos(theta)])
-    across = np.array([math.cos(theta), math.sin(theta)])
-    center = np.asarray(shaft.center_rc, float)
-    half = fraction * length_px / 2
-
-    def segment(offset: float) -> tuple[Point, Point]:
-        middle = center + (offset - shaft.center_offset_px) * across
-        a, b = middle - half * along, middle + half * along
-        return (float(a[0]), float(a[1])), (float(b[0]), float(b[1]))
-
-    edges = [segment(o) for o in (shaft.outer_a_px, shaft.inner_a_px,
-                                  shaft.inner_b_px, shaft.outer_b_px)]
-    if radial is not None and float(np.dot(across, radial)) > 0:
-        edges.reverse()  # side "a" is the radial (thumb) side
-    outer_a, inner_a, inner_b, outer_b = edges
-
-    def mm(px: float) -> float | None:
-        return px * spacing if spacing is not None else None
-
-    t_px, w_px = shaft.cortical_thickness_px, shaft.width_px
-    return BoneMeasurement(
-        name=name, cortical_thickness_px=t_px, width_px=w_px, length_px=length_px,
-        cortical_thickness_mm=mm(t_px), width_mm=mm(w_px),
-        medullary_width_mm=mm(shaft.medullary_width_px), length_mm=mm(length_px),
-        mci=indices.metacarpal_index(t_px, w_px),
-        vpa_mm=indices.vpa_mm(t_px * spacing, w_px * spacing) if spacing else None,
-        center_rc=(float(center[0]), float(center[1])), axis_angle_deg=shaft.axis_angle_deg,
-        n_profiles=shaft.n_profiles, n_rejected_profiles=shaft.n_rejected,
-        cortical_thickness_sd_mm=mm(shaft.thickness_sd_px), width_sd_mm=mm(shaft.width_sd_px),
-        roi_rc=(outer_a[0], outer_a[1], outer_b[1], outer_b[0]),
-        outer_edge_a_rc=outer_a, inner_edge_a_rc=inner_a, inner_edge_b_rc=inner_b,
-        outer_edge_b_rc=outer_b, proximal_rc=(float(proximal_rc[0]), float(proximal_rc[1])),
-        distal_rc=(float(distal_rc[0]), float(distal_rc[1])), blur_sigma_px=shaft.blur_sigma_px,
-        reader_positioned=True,
-    )
 
 
 def radial_direction(analysis: Analysis) -> Point | None:
