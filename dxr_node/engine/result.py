@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 BONE_NAMES: tuple[str, ...] = ("MC2", "MC3", "MC4")
@@ -18,6 +19,85 @@ STATUS_REJECTED = "rejected"
 STATUS_ERROR = "error"
 
 Point = tuple[float, float]  # (row, col)
+
+
+class Severity(StrEnum):
+    """A rejection keeps the hand (or the bone it names) from being measured; a note
+    accompanies a result and changes nothing about it."""
+
+    REJECTION = "rejection"
+    NOTE = "note"
+
+
+class ProblemCode(StrEnum):
+    """Why a radiograph (or one bone of it) was rejected, or what a result comes with.
+
+    The values are stable identifiers (the JSON, the console, ``/metrics`` and the SR's
+    coded QC items use them; 16 characters at most, a DICOM code value). The table in
+    docs/method.md ("Quality control") lists every code and is tested against this enum.
+    """
+
+    # rejections of the whole image
+    UNREADABLE = "unreadable"  # the file could not be read or analysed (status "error")
+    NOT_A_HAND = "not_a_hand"
+    FINGER_RAYS = "finger_rays"  # rays found, but not five arranged like a hand's
+    IDENTITY_UNCERTAIN = "bone_identity"  # "bone identity uncertain: ..."
+    TODDLER = "toddler"
+    COARSE_SPACING = "coarse_spacing"
+    INCONSISTENT = "inconsistent"  # the bones disagree: one was mislocated
+    READER_REJECTED = "reader_rejected"
+    # rejections of one bone (the hand is then incomplete)
+    BONE_NOT_FOUND = "bone_not_found"
+    BONE_CUT = "bone_cut"  # shaft cut by the field edge
+    SHAFT_UNMEASURED = "shaft_unmeasured"  # the shaft fit's own problem
+    IMPLAUSIBLE_MCI = "implausible_mci"
+    IMPLAUSIBLE_SIZE = "implausible_size"  # outer width or cortical thickness in mm
+    READER_EXCLUDED = "reader_excluded"
+    # notes
+    PAEDIATRIC = "paediatric"
+    LATERALITY = "laterality"  # image and header laterality disagree
+    CENTRAL_BAND = "central_band"  # measured over the central 10 % of the bone
+    NO_SPACING = "no_spacing"  # no usable pixel spacing (or one given was ignored)
+    SPACING_MISMATCH = "spacing_mismatch"  # spacing implausible for this hand
+    RATIO_ONLY = "ratio_only"  # millimetre values not reported
+
+    @property
+    def severity(self) -> Severity:
+        return Severity.NOTE if self in _NOTE_CODES else Severity.REJECTION
+
+
+_NOTE_CODES = frozenset({ProblemCode.PAEDIATRIC, ProblemCode.LATERALITY,
+                         ProblemCode.CENTRAL_BAND, ProblemCode.NO_SPACING,
+                         ProblemCode.SPACING_MISMATCH, ProblemCode.RATIO_ONLY})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One QC finding: a typed ``code`` for counting and coding, the ``bone`` it concerns
+    (None: the whole image) and the human ``text`` shown to readers."""
+
+    code: ProblemCode
+    bone: str | None
+    severity: Severity
+    text: str
+
+    @classmethod
+    def of(cls, code: ProblemCode, text: str, bone: str | None = None) -> Problem:
+        return cls(code, bone, code.severity, text)
+
+    @property
+    def rejection(self) -> bool:
+        return self.severity is Severity.REJECTION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code.value, "bone": self.bone, "severity": self.severity.value,
+                "text": self.text}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Problem:
+        code = ProblemCode(data["code"])
+        return cls(code, data.get("bone"), Severity(data.get("severity") or code.severity),
+                   str(data["text"]))
 
 
 def known_mm(value_mm: float | None) -> float:
@@ -79,7 +159,7 @@ class Analysis:
 
     source: str
     status: str  # "ok" | "rejected" | "error"
-    reasons: tuple[str, ...]
+    problems: tuple[Problem, ...]  # rejections and notes, in the order found
     laterality: str | None  # "L" | "R" detected from the image (thumb side)
     laterality_tag: str | None  # from the DICOM header, if any
     pixel_spacing_mm: float | None
@@ -104,10 +184,27 @@ class Analysis:
     def ok(self) -> bool:
         return self.status == STATUS_OK
 
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The problems' texts (the JSON's ``reasons``, as before problems were typed)."""
+        return tuple(problem.text for problem in self.problems)
+
+    @property
+    def rejections(self) -> tuple[Problem, ...]:
+        return tuple(problem for problem in self.problems if problem.rejection)
+
+    def has(self, code: ProblemCode, bone: str | None = None) -> bool:
+        """Whether a problem with this code (about this bone, if given) was found."""
+        return any(p.code is code and (bone is None or p.bone == bone) for p in self.problems)
+
     def to_dict(self) -> dict[str, Any]:
-        out = _clean(asdict(self))
+        out: dict[str, Any] = {}
+        for key, value in _clean(asdict(self)).items():
+            if key == "problems":  # "reasons" where it always was, then the typed form
+                out["reasons"] = list(self.reasons)
+                value = [problem.to_dict() for problem in self.problems]
+            out[key] = value
         out["bones"] = {name: bone.to_dict() for name, bone in self.bones.items()}
-        out["reasons"] = list(self.reasons)
         return out
 
 
