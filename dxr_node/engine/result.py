@@ -65,10 +65,37 @@ class ProblemCode(StrEnum):
     def severity(self) -> Severity:
         return Severity.NOTE if self in _NOTE_CODES else Severity.REJECTION
 
+    @property
+    def meaning(self) -> str:
+        """A short description (the SR's code meaning, at most 64 characters)."""
+        return _MEANINGS[self]
+
 
 _NOTE_CODES = frozenset({ProblemCode.PAEDIATRIC, ProblemCode.LATERALITY,
                          ProblemCode.CENTRAL_BAND, ProblemCode.NO_SPACING,
                          ProblemCode.SPACING_MISMATCH, ProblemCode.RATIO_ONLY})
+_MEANINGS = {
+    ProblemCode.UNREADABLE: "Image unreadable or analysis failed",
+    ProblemCode.NOT_A_HAND: "Not a hand radiograph",
+    ProblemCode.FINGER_RAYS: "Finger rays not arranged like a hand",
+    ProblemCode.IDENTITY_UNCERTAIN: "Bone identity uncertain",
+    ProblemCode.TODDLER: "Bones too small to measure (toddler)",
+    ProblemCode.COARSE_SPACING: "Resolution too coarse",
+    ProblemCode.INCONSISTENT: "Measurements inconsistent between bones",
+    ProblemCode.READER_REJECTED: "Rejected by the reader",
+    ProblemCode.BONE_NOT_FOUND: "Metacarpal not found",
+    ProblemCode.BONE_CUT: "Metacarpal shaft cut by the field edge",
+    ProblemCode.SHAFT_UNMEASURED: "Metacarpal shaft not measurable",
+    ProblemCode.IMPLAUSIBLE_MCI: "Implausible metacarpal index",
+    ProblemCode.IMPLAUSIBLE_SIZE: "Implausible outer width or cortical thickness",
+    ProblemCode.READER_EXCLUDED: "Metacarpal excluded by the reader",
+    ProblemCode.PAEDIATRIC: "Open growth plates (paediatric)",
+    ProblemCode.LATERALITY: "Image and header laterality disagree",
+    ProblemCode.CENTRAL_BAND: "Measured over the central 10 % of the bone",
+    ProblemCode.NO_SPACING: "No usable pixel spacing",
+    ProblemCode.SPACING_MISMATCH: "Pixel spacing implausible for this hand",
+    ProblemCode.RATIO_ONLY: "Millimetre values not reported",
+}
 
 
 @dataclass(frozen=True)

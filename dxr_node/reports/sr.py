@@ -5,8 +5,9 @@ Layout of the content tree:
   finding site (metacarpal, with laterality), numeric measurements with UCUM units, each
   carrying its image coordinates (ROI band, edge lines, bone axis) and the algorithm;
 - one TID 1501 group for the whole hand: indices, scores, category, analysis status;
-- the TID 1500 "Qualitative Evaluations" container: analysis status, QC reasons and
-  clinical remarks as text.
+- the TID 1500 "Qualitative Evaluations" container: analysis status, each QC finding
+  coded (rejection or note, valued from the private scheme 99DXRQC, its text attached)
+  and clinical remarks as text.
 A rejected analysis keeps the groups of the metacarpals that passed their own QC (a
 partial result: their tracking identifiers say so), but its whole-hand group has no
 numbers, only the status; a failed analysis has only the status and the reasons.
@@ -25,7 +26,7 @@ from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 
 from dxr_node.clinical.result import Interpretation
-from dxr_node.engine.result import Analysis, BoneMeasurement, Point
+from dxr_node.engine.result import Analysis, BoneMeasurement, Point, Problem
 from dxr_node.reports import codes
 from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
 from dxr_node.reports.review import SignOff
@@ -111,7 +112,7 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
         manufacturer=identity.manufacturer,
         is_complete=True,
         series_description=SR_SERIES_DESCRIPTION,
-        coding_schemes=[codes.CODING_SCHEME],
+        coding_schemes=codes.CODING_SCHEMES,
         specific_character_set=identity.character_set,
         software_versions=identity.software_version,
     )
@@ -291,8 +292,9 @@ def _hand_evaluations(analysis: Analysis, interpretation: Interpretation | None,
 
 def _remarks_container(analysis: Analysis, interpretation: Interpretation | None,
                        signoff: SignOff | None = None) -> hd.sr.ContainerContentItem:
-    """TID 1500 row "Qualitative Evaluations": the analysis status, the QC reasons, the
-    triage and the interpretation's remarks, as CODE and TEXT items."""
+    """TID 1500 row "Qualitative Evaluations": the analysis status, each QC finding (a
+    CODE rejection or note with its text as a property), the triage and the
+    interpretation's remarks, as CODE and TEXT items."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
@@ -300,7 +302,8 @@ def _remarks_container(analysis: Analysis, interpretation: Interpretation | None
     status = codes.STATUS_VALUES.get(analysis.status, codes.STATUS_VALUES["error"])
     items: list[pydicom.Dataset] = [hd.sr.CodeContentItem(
         name=codes.ANALYSIS_STATUS, value=status, relationship_type=contains)]
-    texts = [(codes.QC_REASON, reason) for reason in analysis.reasons]
+    items += [_finding(problem) for problem in analysis.problems]
+    texts: list[tuple[Code, str]] = []
     if signoff is not None:
         texts += [(codes.REVIEW_REMARK, text) for text in review_remarks(analysis, signoff)]
     if interpretation is not None:
@@ -316,6 +319,16 @@ def _remarks_container(analysis: Analysis, interpretation: Interpretation | None
                                                relationship_type=contains))
     container.ContentSequence = pydicom.Sequence(items)
     return container
+
+
+def _finding(problem: Problem) -> hd.sr.CodeContentItem:
+    item = hd.sr.CodeContentItem(name=codes.QC_FINDING[problem.severity],
+                                 value=codes.problem_code(problem.code),
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    item.ContentSequence = pydicom.Sequence([hd.sr.TextContentItem(
+        name=codes.QC_REASON, value=_sr_text(problem.text) or problem.code.meaning,
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)])
+    return item
 
 
 def review_remarks(analysis: Analysis, signoff: SignOff) -> list[str]:
