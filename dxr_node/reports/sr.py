@@ -29,17 +29,19 @@ from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis, BoneMeasurement, Point, Problem
 from dxr_node.reports import codes
 from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
-from dxr_node.reports.review import SignOff
+from dxr_node.reports.review import ReplacedObject, SignOff
 
 SR_SERIES_DESCRIPTION = "DXR measurements (SR)"
 
 
 def build_sr(source: pydicom.Dataset, analysis: Analysis,
              interpretation: Interpretation | None,
-             identity: DerivedIdentity, signoff: SignOff | None = None
-             ) -> hd.sr.ComprehensiveSR:
+             identity: DerivedIdentity, signoff: SignOff | None = None,
+             replaces: Sequence[ReplacedObject] = ()) -> hd.sr.ComprehensiveSR:
     """Build the measurement report; `identity` gives UIDs and common attributes;
-    `signoff` makes it the reader-verified final version."""
+    `signoff` makes it the reader-verified final version. Its Predecessor Documents are
+    the sign-off's SRs and those of its own series (this image and algorithm version)
+    among `replaces`, other than itself: the earlier results it replaces."""
     algorithm = hd.sr.AlgorithmIdentification(
         name=identity.algorithm_name, version=identity.algorithm_version)
     region_ref = hd.sr.SourceImageForRegion.from_source_image(source)
@@ -122,6 +124,11 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     copy_patient_study(source, sr)
     if signoff is not None:
         _verify(sr, source, signoff)
+    earlier = [r for r in replaces if r.series_instance_uid == identity.series_uid]
+    predecessors = [r for r in (*(signoff.replaces if signoff else ()), *earlier)
+                    if r.kind == "SR" and r.sop_instance_uid != identity.sop_instance_uid]
+    if predecessors:
+        sr.PredecessorDocumentsSequence = [_study_reference(source, predecessors)]
     if requests := referenced_requests(source):
         sr.ReferencedRequestSequence = requests
     return sr
@@ -145,22 +152,26 @@ def _verify(sr: pydicom.Dataset, source: pydicom.Dataset, signoff: SignOff) -> N
     observer.VerifyingOrganization = verifying_organisation(source, signoff)
     observer.VerificationDateTime = signoff.at.strftime("%Y%m%d%H%M%S")
     sr.VerifyingObserverSequence = [observer]
+
+
+def _study_reference(source: pydicom.Dataset,
+                     objects: Sequence[ReplacedObject]) -> pydicom.Dataset:
+    """A Predecessor Documents Sequence item (SOP Instance Reference Macro by series)."""
     series: dict[str, list[pydicom.Dataset]] = {}
-    for replaced in signoff.replaced("SR"):
+    for replaced in objects:
         item = pydicom.Dataset()
         item.ReferencedSOPClassUID = replaced.sop_class_uid
         item.ReferencedSOPInstanceUID = replaced.sop_instance_uid
         series.setdefault(replaced.series_instance_uid, []).append(item)
-    if series:
-        study = pydicom.Dataset()
-        study.StudyInstanceUID = source.StudyInstanceUID
-        study.ReferencedSeriesSequence = []
-        for series_uid, items in series.items():
-            entry = pydicom.Dataset()
-            entry.SeriesInstanceUID = series_uid
-            entry.ReferencedSOPSequence = items
-            study.ReferencedSeriesSequence.append(entry)
-        sr.PredecessorDocumentsSequence = [study]
+    study = pydicom.Dataset()
+    study.StudyInstanceUID = source.StudyInstanceUID
+    study.ReferencedSeriesSequence = []
+    for series_uid, items in series.items():
+        entry = pydicom.Dataset()
+        entry.SeriesInstanceUID = series_uid
+        entry.ReferencedSOPSequence = items
+        study.ReferencedSeriesSequence.append(entry)
+    return study
 
 
 
