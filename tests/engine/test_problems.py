@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +116,28 @@ def test_a_stored_error_reads_back_as_unreadable():
     stored = error_analysis("x.dcm", "internal error: boom").to_dict()
     del stored["problems"]
     assert analysis_from_dict(stored).problems[0].code is ProblemCode.UNREADABLE
+
+
+METHOD = Path(__file__).resolve().parents[2] / "docs" / "method.md"
+
+
+def _qc_table() -> dict[str, str]:
+    """code -> severity, from the rows of method.md's QC table."""
+    text = METHOD.read_text(encoding="utf-8")
+    table = text[text.index("<!-- QC codes:"):].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines()[3:]:  # the marker, the heading, the rule
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(cells) == 3 and cells[0].startswith("`"), line
+        code = cells[0].strip("`")
+        assert code not in rows, f"{code} listed twice"
+        rows[code] = cells[1]
+    return rows
+
+
+def test_method_md_lists_every_problem_code_with_its_severity():
+    table = _qc_table()
+    codes = {code.value: code.severity.value for code in ProblemCode}
+    assert sorted(set(codes) - set(table)) == [], "codes missing from docs/method.md"
+    assert sorted(set(table) - set(codes)) == [], "docs/method.md names codes that do not exist"
+    assert table == codes
