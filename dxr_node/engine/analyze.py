@@ -105,6 +105,7 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
         view = " (AP view)" if expected != radiograph.laterality_tag else ""
         reasons.append(f"laterality disagreement: image shows {location.laterality}, "
                        f"header says {radiograph.laterality_tag}{view}")
+        fatal = True  # the bones were named for the other hand: never measured as they are
 
     bones = {} if fatal else _measure_bones(pixels, location, spacing, reasons)
     spacing_source = radiograph.pixel_spacing_source
