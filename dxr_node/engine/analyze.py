@@ -113,6 +113,7 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
         reasons.append(Problem.of(Code.LATERALITY,
                                   f"laterality disagreement: image shows {location.laterality}, "
                                   f"header says {radiograph.laterality_tag}{view}"))
+        fatal = True  # the bones were named for the other hand: never measured as they are
 
     bones = {} if fatal else _measure_bones(pixels, location, spacing, reasons)
     spacing_source = radiograph.pixel_spacing_source

@@ -157,6 +157,13 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
         # Thumb last in clockwise order = thumb on the image right with fingers up = left.
         laterality = "L" if thumb is fingers[-1] else "R"
+        if expected_laterality in ("L", "R") and laterality != expected_laterality:
+            # The header names the other hand: an adducted thumb can look like the little
+            # finger. Only the reading with the header's thumb end may be measured; the
+            # image's own reading is never reported against the header.
+            laterality = expected_laterality
+            long_fingers = fingers[-2::-1][:4] if laterality == "L" else fingers[1:5]
+            thumb_evidence = -thumb_evidence
         failed = _locate_rays(image, pixel_spacing_mm, work_scale, long_fingers, laterality)
         failed.details["thumb_evidence"] = float(thumb_evidence)
         if not failed.problems or any(p.code is Code.TODDLER for p in failed.problems):

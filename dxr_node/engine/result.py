@@ -46,6 +46,7 @@ class ProblemCode(StrEnum):
     COARSE_SPACING = "coarse_spacing"
     INCONSISTENT = "inconsistent"  # the bones disagree: one was mislocated
     READER_REJECTED = "reader_rejected"
+    LATERALITY = "laterality"  # image and header disagree: bones named for the other hand
     # rejections of one bone (the hand is then incomplete)
     BONE_NOT_FOUND = "bone_not_found"
     BONE_CUT = "bone_cut"  # shaft cut by the field edge
@@ -55,7 +56,6 @@ class ProblemCode(StrEnum):
     READER_EXCLUDED = "reader_excluded"
     # notes
     PAEDIATRIC = "paediatric"
-    LATERALITY = "laterality"  # image and header laterality disagree
     CENTRAL_BAND = "central_band"  # measured over the central 10 % of the bone
     NO_SPACING = "no_spacing"  # no usable pixel spacing (or one given was ignored)
     SPACING_MISMATCH = "spacing_mismatch"  # spacing implausible for this hand
@@ -71,9 +71,9 @@ class ProblemCode(StrEnum):
         return _MEANINGS[self]
 
 
-_NOTE_CODES = frozenset({ProblemCode.PAEDIATRIC, ProblemCode.LATERALITY,
-                         ProblemCode.CENTRAL_BAND, ProblemCode.NO_SPACING,
-                         ProblemCode.SPACING_MISMATCH, ProblemCode.RATIO_ONLY})
+_NOTE_CODES = frozenset({ProblemCode.PAEDIATRIC, ProblemCode.CENTRAL_BAND,
+                         ProblemCode.NO_SPACING, ProblemCode.SPACING_MISMATCH,
+                         ProblemCode.RATIO_ONLY})
 _MEANINGS = {
     ProblemCode.UNREADABLE: "Image unreadable or analysis failed",
     ProblemCode.NOT_A_HAND: "Not a hand radiograph",

@@ -28,6 +28,7 @@ from typing import Any
 import pydicom
 
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.database import Connection
 from dxr_node.node.dispatch import FAILED, RETRY, SENT
 from dxr_node.node.integration_store import (
     ClaimedMessage,
@@ -122,12 +123,12 @@ class WorkerHooks:
             item.ReasonForRequestedProcedureCodeSequence = codes
 
     def queue_with_result(self, result: Any,
-                          objects: Sequence[Any]) -> Callable[[sqlite3.Connection, int], None]:
+                          objects: Sequence[Any]) -> Callable[[Connection, int], None]:
         """The ``also`` of ``Store.finish_job``: link the order, queue the messages."""
         messages = self._messages(result, objects)
         order_id = self.order.id if self.order is not None else None
 
-        def also(db: sqlite3.Connection, job_id: int) -> None:
+        def also(db: Connection, job_id: int) -> None:
             IntegrationStore.queue_in(db, job_id, messages, order_id)
 
         return also

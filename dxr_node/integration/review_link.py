@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,6 +30,7 @@ from dxr_node.engine.result import Analysis
 from dxr_node.integration.outbound import WorkerHooks, build_messages, enabled
 from dxr_node.integration.values import ReportedValue, reported_values
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.database import Connection
 from dxr_node.node.integration_store import IntegrationStore, OutboundMessage
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Store
@@ -103,7 +103,7 @@ def review_messages(config: NodeConfig, store: Store, exam: dict[str, Any],
     return build_messages(config, context, charge=charge), order.id if order else None
 
 
-def queue_in(db: sqlite3.Connection, job_id: int, messages: Sequence[OutboundMessage],
+def queue_in(db: Connection, job_id: int, messages: Sequence[OutboundMessage],
              order_id: int | None) -> None:
     """The ``also`` of ``ReviewStore.finish``: queue the verdict's messages. A final
     supersedes a preliminary that has not gone out yet (receiver down): it is dropped,

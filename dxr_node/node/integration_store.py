@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dxr_node.node.rowid import inserted_id
+from dxr_node.node.database import Connection, inserted_id
 from dxr_node.node.store import Store
 
+# Schema step 4 (dxr_node.node.schema).
 SCHEMA_V4 = """
 CREATE TABLE IF NOT EXISTS orders (
     id                   INTEGER PRIMARY KEY,
@@ -93,13 +94,6 @@ CREATE INDEX IF NOT EXISTS outbound_state ON outbound_messages (state, next_atte
 
 
 RAW_KEPT_CHARS = 65536
-
-
-def migrate_v4(db: sqlite3.Connection) -> None:
-    """Create the interface tables (idempotent; runs inside the store's migration)."""
-    for statement in SCHEMA_V4.split(";"):
-        if statement.strip():
-            db.execute(statement)
 
 
 def _now() -> float:
@@ -202,7 +196,7 @@ class IntegrationStore:
         return self.record_orders([order], control_id, peer)[0]
 
     @staticmethod
-    def _record(db: sqlite3.Connection, order: Order, control_id: str, peer: str) -> int:
+    def _record(db: Connection, order: Order, control_id: str, peer: str) -> int:
         now = _now()
         if order.order_control in ("CA", "DC", "OC"):
             row = db.execute(
@@ -264,7 +258,7 @@ class IntegrationStore:
         with self.store._transaction() as db:
             return inserted_id(db.execute(
                 "INSERT INTO hl7_inbound (received_at, peer, control_id, message_type,"
-                " ack_code, reason, raw) VALUES (?,?,?,?,?,?,?)",
+                " ack_code, reason, raw) VALUES (?,?,?,?,?,?,?) RETURNING id",
                 (_now(), peer, control_id, message_type, ack_code, reason, raw),
             ))
 
@@ -283,8 +277,9 @@ class IntegrationStore:
         if not patient_id:
             return None
         rows = self.store._read(
-            "SELECT * FROM orders WHERE patient_id = ? AND issuer_of_patient_id IS ?"
-            " AND status = 'open' ORDER BY id DESC", (patient_id, issuer or None))
+            "SELECT * FROM orders WHERE patient_id = ?"
+            " AND issuer_of_patient_id IS NOT DISTINCT FROM ? AND status = 'open'"
+            " ORDER BY id DESC", (patient_id, issuer or None))
         for row in rows:
             if _within(row["requested_date"], study_date, window_days):
                 return _order_from_row(row)
@@ -322,27 +317,29 @@ class IntegrationStore:
     # --- outbound (queued by the worker with the result) -----------------------------
 
     @staticmethod
-    def queue_in(db: sqlite3.Connection, job_id: int, messages: Sequence[OutboundMessage],
+    def queue_in(db: Connection, job_id: int, messages: Sequence[OutboundMessage],
                  order_id: int | None) -> None:
         """Inside ``Store.finish_job``'s transaction: link the matched order and queue the
         messages (a message already queued for this job, kind and status is kept)."""
         now = _now()
         if order_id is not None:
-            db.execute("INSERT OR REPLACE INTO order_matches (job_id, order_id, matched_at)"
-                       " VALUES (?,?,?)", (job_id, order_id, now))
+            db.execute("INSERT INTO order_matches (job_id, order_id, matched_at) VALUES (?,?,?)"
+                       " ON CONFLICT (job_id) DO UPDATE SET order_id = excluded.order_id,"
+                       " matched_at = excluded.matched_at", (job_id, order_id, now))
             db.execute("UPDATE orders SET status = 'matched', updated_at = ?"
                        " WHERE id = ? AND status = 'open'", (now, order_id))
         for m in messages:
             db.execute(
-                "INSERT OR IGNORE INTO outbound_messages (job_id, kind, result_status,"
+                "INSERT INTO outbound_messages (job_id, kind, result_status,"
                 " destination, control_id, payload, state, next_attempt_at, created_at,"
-                " updated_at) VALUES (?,?,?,?,?,?, 'pending', ?,?,?)",
+                " updated_at) VALUES (?,?,?,?,?,?, 'pending', ?,?,?)"
+                " ON CONFLICT DO NOTHING",
                 (job_id, m.kind, m.result_status, m.destination, m.control_id, m.payload,
                  now, now, now),
             )
 
     @staticmethod
-    def drop_unsent(db: sqlite3.Connection, job_id: int, statuses: Sequence[str]) -> int:
+    def drop_unsent(db: Connection, job_id: int, statuses: Sequence[str]) -> int:
         """Inside a transaction: forget messages of these result statuses of a job that
         were not sent (pending or failed; one in flight is left to finish): a final
         supersedes a preliminary that has not gone out yet."""

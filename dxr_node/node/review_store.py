@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dxr_node.node.rowid import inserted_id
+from dxr_node.node.database import Connection, inserted_id
 from dxr_node.node.store import ProducedObject, Store
 
 ROLES = ("viewer", "reviewer", "admin")
 SESSION_LIFETIME_S = 12 * 3600.0  # one working day; a reader signs in again after that
 ACTIONS = ("correct", "exclude", "approve", "reject", "discard")
 
+# Schema step 3 (dxr_node.node.schema).
 REVIEW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     id            INTEGER PRIMARY KEY,
@@ -79,12 +80,6 @@ CREATE TABLE IF NOT EXISTS review_actions (
 );
 CREATE INDEX IF NOT EXISTS review_actions_job ON review_actions (job_id, id)
 """
-
-
-def create_review_tables(db: sqlite3.Connection) -> None:
-    """Schema step 3 (idempotent): called by ``Store._migrate``."""
-    for statement in REVIEW_SCHEMA.split(";"):
-        db.execute(statement)
 
 
 class AccountError(ValueError):
@@ -145,7 +140,7 @@ class ReviewStore:
                 raise AccountError(f"user {username!r} exists")
             user_id = inserted_id(db.execute(
                 "INSERT INTO users (username, display_name, role, password_hash, created_at,"
-                " updated_at) VALUES (?,?,?,?,?,?)",
+                " updated_at) VALUES (?,?,?,?,?,?) RETURNING id",
                 (username, display[:64], role, hashed, now, now)))
         return User(user_id, username, display[:64], role, False)
 
@@ -272,7 +267,7 @@ class ReviewStore:
                bmd: float | None, objects: Sequence[ProducedObject],
                destinations: Sequence[str], reason: str | None,
                before: dict[str, Any], after: dict[str, Any],
-               also: Callable[[sqlite3.Connection, int], None] | None = None) -> int:
+               also: Callable[[Connection, int], None] | None = None) -> int:
         """Approve or reject, in one transaction: the review becomes final, the result
         row takes the verified values (approve), the new objects are recorded and queued
         to every destination, and the action is audited. ``also`` runs in the same
@@ -308,7 +303,7 @@ class ReviewStore:
             for obj in objects:
                 object_id = inserted_id(db.execute(
                     "INSERT INTO objects (job_id, kind, sop_class_uid, sop_instance_uid, path,"
-                    " created_at) VALUES (?,?,?,?,?,?)",
+                    " created_at) VALUES (?,?,?,?,?,?) RETURNING id",
                     (job_id, obj.kind, obj.sop_class_uid, obj.sop_instance_uid, obj.path, now),
                 ))
                 for destination in destinations:
@@ -325,7 +320,7 @@ class ReviewStore:
                                      "sop_instance_uid": o.sop_instance_uid} for o in objects])
 
     @staticmethod
-    def _check_open(db: sqlite3.Connection, job_id: int) -> None:
+    def _check_open(db: Connection, job_id: int) -> None:
         row = db.execute(
             "SELECT j.state, r.job_id AS result, v.state AS review FROM jobs j"
             " LEFT JOIN results r ON r.job_id = j.id LEFT JOIN reviews v ON v.job_id = j.id"
@@ -338,7 +333,7 @@ class ReviewStore:
             raise ValueError(f"exam {job_id} was already {row['review']}")
 
     @staticmethod
-    def _action(db: sqlite3.Connection, job_id: int, user: User, action: str, now: float,
+    def _action(db: Connection, job_id: int, user: User, action: str, now: float,
                 *, bone: str | None = None, reason: str | None = None,
                 before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
                 objects: list[dict[str, Any]] | None = None) -> int:
@@ -347,7 +342,8 @@ class ReviewStore:
 
         return inserted_id(db.execute(
             "INSERT INTO review_actions (job_id, action, username, display_name, at, bone,"
-            " reason, before_json, after_json, objects_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " reason, before_json, after_json, objects_json)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (job_id, action, user.username, user.display_name, now, bone, reason,
              dump(before), dump(after), dump(objects))))
 
@@ -379,13 +375,15 @@ class ReviewStore:
         rows = self.store._read(
             "SELECT j.id AS job_id, i.patient_id, i.study_date, i.modality, i.received_at,"
             " r.status AS result_status, COALESCE(v.state, 'waiting') AS review_state,"
-            " r.dxr_bmd_g_cm2, json_extract(r.analysis_json, '$.reasons') AS reasons"
+            " r.dxr_bmd_g_cm2,"
+            f" {self.store.dialect.json_get('r.analysis_json', 'reasons')} AS reasons"
             f"{self._QUEUE_JOINS}{clause} ORDER BY i.id DESC LIMIT ? OFFSET ?",
             [*params, limit, offset])
         out = []
         for row in rows:
             item = dict(row)
-            item["reasons"] = json.loads(item["reasons"]) if item["reasons"] else []
+            reasons = item["reasons"]  # JSON text (SQLite) or already decoded (PostgreSQL)
+            item["reasons"] = json.loads(reasons) if isinstance(reasons, str) else reasons or []
             out.append(item)
         return out, total
 
@@ -393,8 +391,9 @@ class ReviewStore:
         """Exams awaiting review (of which QC-rejected, and with a draft), approved and
         rejected by readers."""
         row = self.store._read(
-            "SELECT COUNT(*), COALESCE(SUM(r.status != 'ok'), 0),"
-            f" COALESCE(SUM(v.state = 'draft'), 0){self._QUEUE_JOINS}")[0]
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN r.status != 'ok' THEN 1 ELSE 0 END), 0),"
+            " COALESCE(SUM(CASE WHEN v.state = 'draft' THEN 1 ELSE 0 END), 0)"
+            f"{self._QUEUE_JOINS}")[0]
         final: dict[str, int] = {state: n for state, n in self.store._read(
             "SELECT 'approved', COUNT(*) FROM reviews WHERE state = 'approved' UNION ALL"
             " SELECT 'rejected', COUNT(*) FROM reviews WHERE state = 'rejected'")}

@@ -55,7 +55,6 @@ def create_app(config: NodeConfig, store: Store, scp_listening: ScpListening | N
                analysis_problem: AnalysisProblem | None = None) -> FastAPI:
     """The console over ``store``; ``scp_listening`` feeds /healthz (None: not ready)."""
     check_console_access(config.web, accounts=ReviewStore(store).has_users())
-    store.ensure_console_indexes()
     # No /docs or /redoc: FastAPI loads Swagger UI from a CDN, and the console must work
     # without internet. The API is described at /openapi.json (guarded, below).
     app = FastAPI(title="dxr-node console", version=__version__, docs_url=None,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from dxr_node import __version__
-from dxr_node.node.store import DISPATCH_STATES, Store
+from dxr_node.node.states import DispatchState
+from dxr_node.node.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -67,7 +68,7 @@ def render_metrics(store: Store) -> str:
     lines += _family("dxr_dispatches", "gauge", "Dispatches by destination and state.",
                      [_sample("dxr_dispatches", d[state] or 0, destination=d["destination"],
                               state=state)
-                      for d in destinations for state in DISPATCH_STATES])
+                      for d in destinations for state in DispatchState])
     # A gauge, not a counter: an operator retry resets a dispatch's attempts to 0.
     lines += _family("dxr_dispatch_attempts", "gauge",
                      "C-STORE attempts of the current dispatches by destination (an "

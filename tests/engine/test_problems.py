@@ -13,8 +13,8 @@ from dxr_node.engine.image import Radiograph
 from dxr_node.engine.remeasure import analysis_from_dict, legacy_problem
 from dxr_node.engine.result import Problem, ProblemCode, Severity
 
-NOTES = {ProblemCode.PAEDIATRIC, ProblemCode.LATERALITY, ProblemCode.CENTRAL_BAND,
-         ProblemCode.NO_SPACING, ProblemCode.SPACING_MISMATCH, ProblemCode.RATIO_ONLY}
+NOTES = {ProblemCode.PAEDIATRIC, ProblemCode.CENTRAL_BAND, ProblemCode.NO_SPACING,
+         ProblemCode.SPACING_MISMATCH, ProblemCode.RATIO_ONLY}
 
 
 def test_codes_are_short_unique_identifiers():

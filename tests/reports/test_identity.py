@@ -55,7 +55,7 @@ def _changed_contents():
     return {
         "a measurement": (replace(analysis, bones={**analysis.bones, "MC3": moved}),
                           interpretation),
-        "a QC note": (replace(analysis, problems=(
+        "a QC finding": (replace(analysis, problems=(
             Problem.of(ProblemCode.LATERALITY, "laterality disagreement: ..."),)),
             interpretation),
         "a reader's placement": (replace(analysis, bones={

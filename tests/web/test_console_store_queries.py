@@ -12,7 +12,6 @@ def _plan(store: Store, sql: str, params: tuple = ()) -> str:
 
 
 def test_exam_filters_use_indexes(store):
-    store.ensure_console_indexes()
     joins = ("SELECT i.id FROM instances i JOIN jobs j ON j.instance_id = i.id"
              " LEFT JOIN results r ON r.job_id = j.id")
     by_patient = _plan(store, f"{joins} WHERE i.patient_id = ? ORDER BY i.id DESC", ("P",))
