@@ -45,6 +45,7 @@ from dxr_node.engine.analyze import (
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft
 from dxr_node.engine.result import (
     BONE_NAMES,
+    EXCLUDED_NOTE,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_REJECTED,
@@ -52,6 +53,7 @@ from dxr_node.engine.result import (
     BoneMeasurement,
     Point,
     Problem,
+    legacy_problem,
 )
 from dxr_node.engine.result import ProblemCode as Code
 
@@ -60,7 +62,6 @@ from dxr_node.engine.result import ProblemCode as Code
 WIDTH_PER_LENGTH = 0.14
 MIN_LENGTH_PX = 40.0  # two clicks closer than this are a slip, not a bone
 READER_NOTE = "positioned by the reader"
-EXCLUDED_NOTE = "excluded by the reader: not measurable"
 # Engine conclusions that a reader's placement of the bones overrides.
 OVERRIDDEN_BY_READER = frozenset({Code.NOT_A_HAND, Code.FINGER_RAYS, Code.BONE_NOT_FOUND,
                                   Code.INCONSISTENT})
@@ -225,50 +226,6 @@ def analysis_from_dict(data: dict[str, Any]) -> Analysis:
     values["bones"] = {name: bone_from_dict(b) for name, b in (data.get("bones") or {}).items()}
     values["algorithm"] = dict(values.get("algorithm") or {})
     return Analysis(**values)
-
-
-# Results stored before problems were typed have only their texts: each wording below is
-# the one the engine produced for that code (first match wins). Used for that JSON only.
-_LEGACY_PREFIXES: tuple[tuple[str, Code], ...] = (
-    ("no hand found", Code.NOT_A_HAND),
-    ("not a hand radiograph or bone identity uncertain", Code.FINGER_RAYS),
-    ("not a hand radiograph: the rays", Code.FINGER_RAYS),
-    ("not a hand radiograph", Code.NOT_A_HAND),
-    ("bone identity uncertain", Code.IDENTITY_UNCERTAIN),
-    ("bones too small to measure", Code.TODDLER),
-    ("resolution too coarse", Code.COARSE_SPACING),
-    ("measurements internally inconsistent", Code.INCONSISTENT),
-    ("rejected by the reader", Code.READER_REJECTED),
-    ("paediatric", Code.PAEDIATRIC),
-    ("laterality disagreement", Code.LATERALITY),
-    ("millimetre values not reported", Code.RATIO_ONLY),
-    ("pixel spacing ", Code.SPACING_MISMATCH),
-)
-_LEGACY_BONE_PREFIXES: tuple[tuple[str, Code], ...] = (
-    (" shaft cut by the field edge", Code.BONE_CUT),
-    (" not found", Code.BONE_NOT_FOUND),
-    (f": {EXCLUDED_NOTE}", Code.READER_EXCLUDED),
-    (": implausible metacarpal index", Code.IMPLAUSIBLE_MCI),
-    (": implausible", Code.IMPLAUSIBLE_SIZE),
-    (": measured over the central", Code.CENTRAL_BAND),
-    (":", Code.SHAFT_UNMEASURED),
-)
-
-
-def legacy_problem(text: str, error: bool = False) -> Problem:
-    """The typed problem of a reason text stored without its code."""
-    if error:
-        return Problem.of(Code.UNREADABLE, text)
-    for name in BONE_NAMES:
-        for suffix, code in _LEGACY_BONE_PREFIXES:
-            if text.startswith(name + suffix):
-                return Problem.of(code, text, name)
-    if text.startswith("not a hand radiograph: ") and " finger rays found" in text:
-        return Problem.of(Code.FINGER_RAYS, text)
-    for prefix, code in _LEGACY_PREFIXES:
-        if text.startswith(prefix):
-            return Problem.of(code, text)
-    return Problem.of(Code.NO_SPACING, text)  # the loader's wordings of a spacing problem
 
 
 def bone_from_dict(data: dict[str, Any]) -> BoneMeasurement:

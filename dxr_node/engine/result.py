@@ -19,6 +19,8 @@ STATUS_REJECTED = "rejected"
 STATUS_ERROR = "error"
 
 Point = tuple[float, float]  # (row, col)
+# A reader's exclusion of a bone (review), as its problem's text says it.
+EXCLUDED_NOTE = "excluded by the reader: not measurable"
 
 
 class Severity(StrEnum):
@@ -133,6 +135,50 @@ def known_mm(value_mm: float | None) -> float:
     if value_mm is None:
         raise ValueError("millimetre value missing although the pixel spacing is known")
     return value_mm
+
+
+# Results stored before problems were typed have only their texts: each wording below is
+# the one the engine produced for that code (first match wins). Used for that JSON only.
+_LEGACY_PREFIXES: tuple[tuple[str, ProblemCode], ...] = (
+    ("no hand found", ProblemCode.NOT_A_HAND),
+    ("not a hand radiograph or bone identity uncertain", ProblemCode.FINGER_RAYS),
+    ("not a hand radiograph: the rays", ProblemCode.FINGER_RAYS),
+    ("not a hand radiograph", ProblemCode.NOT_A_HAND),
+    ("bone identity uncertain", ProblemCode.IDENTITY_UNCERTAIN),
+    ("bones too small to measure", ProblemCode.TODDLER),
+    ("resolution too coarse", ProblemCode.COARSE_SPACING),
+    ("measurements internally inconsistent", ProblemCode.INCONSISTENT),
+    ("rejected by the reader", ProblemCode.READER_REJECTED),
+    ("paediatric", ProblemCode.PAEDIATRIC),
+    ("laterality disagreement", ProblemCode.LATERALITY),
+    ("millimetre values not reported", ProblemCode.RATIO_ONLY),
+    ("pixel spacing ", ProblemCode.SPACING_MISMATCH),
+)
+_LEGACY_BONE_PREFIXES: tuple[tuple[str, ProblemCode], ...] = (
+    (" shaft cut by the field edge", ProblemCode.BONE_CUT),
+    (" not found", ProblemCode.BONE_NOT_FOUND),
+    (f": {EXCLUDED_NOTE}", ProblemCode.READER_EXCLUDED),
+    (": implausible metacarpal index", ProblemCode.IMPLAUSIBLE_MCI),
+    (": implausible", ProblemCode.IMPLAUSIBLE_SIZE),
+    (": measured over the central", ProblemCode.CENTRAL_BAND),
+    (":", ProblemCode.SHAFT_UNMEASURED),
+)
+
+
+def legacy_problem(text: str, error: bool = False) -> Problem:
+    """The typed problem of a reason text stored without its code."""
+    if error:
+        return Problem.of(ProblemCode.UNREADABLE, text)
+    for name in BONE_NAMES:
+        for suffix, code in _LEGACY_BONE_PREFIXES:
+            if text.startswith(name + suffix):
+                return Problem.of(code, text, name)
+    if text.startswith("not a hand radiograph: ") and " finger rays found" in text:
+        return Problem.of(ProblemCode.FINGER_RAYS, text)
+    for prefix, code in _LEGACY_PREFIXES:
+        if text.startswith(prefix):
+            return Problem.of(code, text)
+    return Problem.of(ProblemCode.NO_SPACING, text)  # the loader's wordings of a spacing problem
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import pytest
 
 from dxr_node.engine.analyze import analyze, error_analysis
 from dxr_node.engine.image import Radiograph
-from dxr_node.engine.remeasure import analysis_from_dict, legacy_problem
-from dxr_node.engine.result import Problem, ProblemCode, Severity
+from dxr_node.engine.remeasure import analysis_from_dict
+from dxr_node.engine.result import Problem, ProblemCode, Severity, legacy_problem
 
 NOTES = {ProblemCode.PAEDIATRIC, ProblemCode.CENTRAL_BAND, ProblemCode.NO_SPACING,
          ProblemCode.SPACING_MISMATCH, ProblemCode.RATIO_ONLY}
