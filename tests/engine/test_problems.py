@@ -22,6 +22,8 @@ def test_codes_are_short_unique_identifiers():
     assert len(set(values)) == len(values)
     # a DICOM code value (SH) holds 16 characters
     assert all(len(v) <= 16 and v.isascii() and v == v.lower() for v in values), values
+    # the SR's code meaning (LO) holds 64
+    assert all(0 < len(code.meaning) <= 64 for code in ProblemCode)
 
 
 def test_notes_and_rejections_are_told_apart():

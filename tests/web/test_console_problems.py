@@ -80,3 +80,11 @@ def test_metrics_count_results_by_problem_code(client, store, filled):
                      'code="bone_not_found",severity="rejection"': "1",
                      'code="toddler",severity="rejection"': "1",
                      'code="paediatric",severity="note"': "2"}
+
+
+def test_the_exam_page_names_each_finding_with_its_severity_and_code(client, store, filled):
+    job = _rejected(store, 5, _typed(IDENTITY, PAEDIATRIC))
+    page = client.get(f"/exams/{job}").text
+    assert ("bone identity uncertain: two labels on one shaft "
+            '<span class="muted mono">rejection · bone_identity</span>') in page
+    assert 'paediatric <span class="muted mono">note · paediatric</span>' in page
