@@ -222,7 +222,7 @@ def judge(files: list[Path], summary: Summary, timeout_s: float, describe: dict[
         unbuilt = [r for r in reasons if str(r).startswith("report objects not")]
         if unbuilt:  # a reason, not a crash; but a measurable image should have objects
             summary.objects_not_built.append(f"{label}: {unbuilt[0]}")
-        if any(str(r).startswith("internal error") for r in reasons):
+        if any(p.get("code") == "internal_error" for p in record.get("problems") or []):
             summary.internal_errors.append(f"{label}: {reasons[0]}")
         elif record["status"] != "ok" and not reasons:
             summary.without_reason.append(label)

@@ -22,7 +22,7 @@ import pydicom
 
 from dxr_node.engine.analyze import error_analysis
 from dxr_node.engine.image import ImageLoadError, to_display_uint8
-from dxr_node.engine.result import STATUS_ERROR, STATUS_OK
+from dxr_node.engine.result import STATUS_ERROR, STATUS_OK, ProblemCode
 from dxr_node.fileio import write_durably
 from dxr_node.node.store import Store, StoreError
 from dxr_node.pipeline import HistorySource, PipelineResult, process_file, result_json
@@ -91,7 +91,8 @@ def _analyze_one(source: str, args: argparse.Namespace, history: HistorySource |
     except Exception as exc:  # a bug must not stop the other images
         log.debug("analysis of %s failed", source, exc_info=True)  # DXR_NODE_DEBUG=1
         reason = f"internal error: {type(exc).__name__}: {exc}"
-        return PipelineResult(error_analysis(source, reason, started), None, []), []
+        return PipelineResult(error_analysis(source, reason, started,
+                                             ProblemCode.INTERNAL_ERROR), None, []), []
     written: list[Path] = []
     if out_dir is not None:
         from dxr_node.reports import render_overlay, write_objects

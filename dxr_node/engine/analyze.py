@@ -64,10 +64,11 @@ def analyze_path(path: str | Path, pixel_spacing_mm: float | None = None,
     return analyze(radiograph, started=started), radiograph
 
 
-def error_analysis(source: str, reason: str, started: float | None = None) -> Analysis:
+def error_analysis(source: str, reason: str, started: float | None = None,
+                   code: Code = Code.UNREADABLE) -> Analysis:
     elapsed = (time.perf_counter() - started) * 1000 if started is not None else 0.0
     return Analysis(source=source, status=STATUS_ERROR,
-                    problems=(Problem.of(Code.UNREADABLE, reason),), laterality=None,
+                    problems=(Problem.of(code, reason),), laterality=None,
                     laterality_tag=None, pixel_spacing_mm=None, pixel_spacing_source=None,
                     image_rows=0, image_cols=0, algorithm=dict(ALGORITHM), elapsed_ms=elapsed)
 

@@ -40,7 +40,8 @@ class ProblemCode(StrEnum):
     """
 
     # rejections of the whole image
-    UNREADABLE = "unreadable"  # the file could not be read or analysed (status "error")
+    UNREADABLE = "unreadable"  # the file could not be read (status "error")
+    INTERNAL_ERROR = "internal_error"  # the analysis failed on a bug (status "error")
     NOT_A_HAND = "not_a_hand"
     FINGER_RAYS = "finger_rays"  # rays found, but not five arranged like a hand's
     IDENTITY_UNCERTAIN = "bone_identity"  # "bone identity uncertain: ..."
@@ -77,7 +78,8 @@ _NOTE_CODES = frozenset({ProblemCode.PAEDIATRIC, ProblemCode.CENTRAL_BAND,
                          ProblemCode.NO_SPACING, ProblemCode.SPACING_MISMATCH,
                          ProblemCode.RATIO_ONLY})
 _MEANINGS = {
-    ProblemCode.UNREADABLE: "Image unreadable or analysis failed",
+    ProblemCode.UNREADABLE: "Image unreadable",
+    ProblemCode.INTERNAL_ERROR: "Analysis failed (internal error)",
     ProblemCode.NOT_A_HAND: "Not a hand radiograph",
     ProblemCode.FINGER_RAYS: "Finger rays not arranged like a hand",
     ProblemCode.IDENTITY_UNCERTAIN: "Bone identity uncertain",
@@ -168,7 +170,9 @@ _LEGACY_BONE_PREFIXES: tuple[tuple[str, ProblemCode], ...] = (
 def legacy_problem(text: str, error: bool = False) -> Problem:
     """The typed problem of a reason text stored without its code."""
     if error:
-        return Problem.of(ProblemCode.UNREADABLE, text)
+        internal = text.startswith("internal error")
+        return Problem.of(ProblemCode.INTERNAL_ERROR if internal else ProblemCode.UNREADABLE,
+                          text)
     for name in BONE_NAMES:
         for suffix, code in _LEGACY_BONE_PREFIXES:
             if text.startswith(name + suffix):

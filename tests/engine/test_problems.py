@@ -114,10 +114,13 @@ def test_results_stored_before_problems_were_typed_read_back_with_their_codes(te
     assert legacy_problem(text) == Problem.of(code, text, bone)
 
 
-def test_a_stored_error_reads_back_as_unreadable():
-    stored = error_analysis("x.dcm", "internal error: boom").to_dict()
+@pytest.mark.parametrize(("text", "code"), [
+    ("x.dcm: not a DICOM file", ProblemCode.UNREADABLE),
+    ("internal error: ValueError: boom", ProblemCode.INTERNAL_ERROR)])
+def test_a_stored_error_reads_back_with_its_code(text, code):
+    stored = error_analysis("x.dcm", text).to_dict()
     del stored["problems"]
-    assert analysis_from_dict(stored).problems[0].code is ProblemCode.UNREADABLE
+    assert analysis_from_dict(stored).problems[0].code is code
 
 
 METHOD = Path(__file__).resolve().parents[2] / "docs" / "method.md"
