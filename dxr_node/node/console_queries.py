@@ -268,22 +268,23 @@ class ConsoleQueries(Database):
             out["received"] += row[1]
         return out
 
-    def problem_counts(self, since: float | None = None) -> dict[str, dict[str, int]]:
-        """Results (created since ``since``, else all) carrying each problem code, by
-        severity: {"rejection": {code: n}, "note": {code: n}}, most frequent first. A
-        result counts once per code. Results stored before problems were typed are
-        read from their reasons' wording."""
+    def rejection_counts(self, since: float | None = None) -> dict[str, int]:
+        """Results (created since ``since``, else all) rejected for each cause (problem
+        code of severity rejection), most frequent first; a result counts once per code.
+        Only results that are not ``ok`` can carry a rejection, so only those are read.
+        Results stored before problems were typed are read from their reasons' wording."""
         problems, reasons = (self.dialect.json_get("analysis_json", key)
                              for key in ("problems", "reasons"))
-        where, params = ("WHERE created_at >= ?", (since,)) if since is not None else ("", ())
-        tally: dict[str, dict[str, int]] = {s.value: {} for s in Severity}
+        where, params = "status <> 'ok'", []
+        if since is not None:
+            where += " AND created_at >= ?"
+            params.append(since)
+        tally: dict[str, int] = {}
         for status, typed, texts in self._read(
-                f"SELECT status, {problems}, {reasons} FROM results {where}", params):
-            for code, severity in _codes(status, typed, texts):
-                counts = tally.setdefault(severity, {})
-                counts[code] = counts.get(code, 0) + 1
-        return {severity: dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-                for severity, counts in tally.items()}
+                f"SELECT status, {problems}, {reasons} FROM results WHERE {where}", params):
+            for code in _rejection_codes(status, typed, texts):
+                tally[code] = tally.get(code, 0) + 1
+        return dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def analysis_durations(self, since: float) -> list[float]:
         """Seconds from claim to result of the jobs done since ``since``."""
@@ -333,13 +334,14 @@ class ConsoleQueries(Database):
         return out
 
 
-def _codes(status: str, typed: Any, texts: Any) -> set[tuple[str, str]]:
-    """(code, severity) of one stored result's problems; ``typed``/``texts`` are the
-    JSON's arrays as text (SQLite) or decoded (PostgreSQL), None when absent."""
+def _rejection_codes(status: str, typed: Any, texts: Any) -> set[str]:
+    """The rejection codes of one stored result; ``typed``/``texts`` are the JSON's arrays
+    as text (SQLite) or decoded (PostgreSQL), None when absent."""
     def decoded(value: Any) -> list[Any]:
         return (json.loads(value) if isinstance(value, str) else value) or []
 
     if typed is not None:  # as stored (a code this version does not know still counts)
-        return {(str(p.get("code")), str(p.get("severity"))) for p in decoded(typed)}
+        return {str(p.get("code")) for p in decoded(typed)
+                if p.get("severity") == Severity.REJECTION}
     found = [legacy_problem(str(t), status == STATUS_ERROR) for t in decoded(texts)]
-    return {(p.code.value, p.severity.value) for p in found}
+    return {p.code.value for p in found if p.rejection}

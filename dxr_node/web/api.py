@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from dxr_node import __version__
-from dxr_node.engine.result import ProblemCode, Severity
+from dxr_node.engine.result import ProblemCode
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.review_store import ReviewStore
@@ -131,8 +131,8 @@ def overview(store: Store, config: NodeConfig, now: float | None = None) -> dict
 def rejection_causes(store: Store, since: float | None = None) -> list[dict[str, Any]]:
     """Results rejected for each cause (problem code), most frequent first; a result with
     two causes counts under both."""
-    counts = store.problem_counts(since)[Severity.REJECTION]
-    return [{"code": code, "meaning": _meaning(code), "results": n} for code, n in counts.items()]
+    return [{"code": code, "meaning": _meaning(code), "results": n}
+            for code, n in store.rejection_counts(since).items()]
 
 
 def _meaning(code: str) -> str:

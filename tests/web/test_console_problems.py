@@ -40,14 +40,12 @@ def _three_rejections(store: Store) -> None:
     _rejected(store, 4, {"reasons": ["bones too small to measure (toddler)", "paediatric"]})
 
 
-def test_results_are_counted_once_per_code_by_severity(store, filled):
+def test_rejected_results_are_counted_once_per_cause(store, filled):
     _three_rejections(store)
-    counts = store.problem_counts()
-    assert counts["rejection"] == {"bone_cut": 3, "bone_identity": 1, "bone_not_found": 1,
-                                   "toddler": 1}
-    assert list(counts["rejection"])[0] == "bone_cut"  # most frequent first
-    assert counts["note"] == {"paediatric": 2}
-    assert store.problem_counts(since=time.time() + 60) == {"rejection": {}, "note": {}}
+    counts = store.rejection_counts()
+    assert counts == {"bone_cut": 3, "bone_identity": 1, "bone_not_found": 1, "toddler": 1}
+    assert list(counts)[0] == "bone_cut"  # most frequent first; notes are not causes
+    assert store.rejection_counts(since=time.time() + 60) == {}
 
 
 def test_the_overview_lists_rejections_by_cause(client, store, filled):
@@ -69,17 +67,14 @@ def test_no_rejection_says_so(client, filled):
     assert "No result rejected in the last 24 hours." in client.get("/").text
 
 
-def test_metrics_count_results_by_problem_code(client, store, filled):
+def test_metrics_count_rejected_results_by_cause(client, store, filled):
     _three_rejections(store)
     text = client.get("/metrics").text
-    assert "# TYPE dxr_results_by_problem gauge" in text
-    found = dict(re.findall(r'^dxr_results_by_problem\{(code="[^"]+",severity="[^"]+")\} '
-                            r"(\S+)$", text, flags=re.MULTILINE))
-    assert found == {'code="bone_cut",severity="rejection"': "3",
-                     'code="bone_identity",severity="rejection"': "1",
-                     'code="bone_not_found",severity="rejection"': "1",
-                     'code="toddler",severity="rejection"': "1",
-                     'code="paediatric",severity="note"': "2"}
+    assert "# TYPE dxr_rejections_by_cause gauge" in text
+    found = dict(re.findall(r'^dxr_rejections_by_cause\{code="([^"]+)"\} (\S+)$', text,
+                            flags=re.MULTILINE))
+    assert found == {"bone_cut": "3", "bone_identity": "1", "bone_not_found": "1",
+                     "toddler": "1"}
 
 
 def test_the_exam_page_names_each_finding_with_its_severity_and_code(client, store, filled):
