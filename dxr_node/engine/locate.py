@@ -47,6 +47,8 @@ from dxr_node.engine.identity import (
     continues_proximally,
     find_row,
 )
+from dxr_node.engine.result import Problem
+from dxr_node.engine.result import ProblemCode as Code
 
 WORK_SIZE = 512  # longest side of the copy used to find the hand
 PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
@@ -102,7 +104,7 @@ class HandLocation:
     laterality: str | None  # "L" | "R" from the thumb side
     rotation_deg: float | None  # fingers-up = 0, clockwise positive; None: no hand
     paediatric: bool  # open growth plates seen
-    problems: tuple[str, ...]
+    problems: tuple[Problem, ...]
     # For previews and diagnostics: hand outline and finger rays in input pixels.
     outline_rc: tuple[Point, ...] = ()
     rays_rc: tuple[tuple[Point, Point], ...] = ()
@@ -131,7 +133,7 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     work, exposed, scale, grey_range = _downscale(image)
     found = _hand_and_fingers(work, exposed)
     if found is None:
-        return _failed("no hand found: not a hand radiograph")
+        return _failed("no hand found: not a hand radiograph", code=Code.NOT_A_HAND)
     mask, palm_centre, palm_radius, fingers = found
     outline = _outline(mask, scale)
     work_scale = _WorkScale(scale, exposed, grey_range, mask, palm_centre, palm_radius)
@@ -148,16 +150,17 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
             return passed[0]
         if len(passed) == 2:
             return _failed("bone identity uncertain: four finger rays and either end could be "
-                           "the index", outline)
-        why = min(tries, key=lambda t: len(t.problems)).problems[0]
+                           "the index", outline, code=Code.IDENTITY_UNCERTAIN)
+        why = min(tries, key=lambda t: len(t.problems)).problems[0].text
         failed = _failed("not a hand radiograph or bone identity uncertain: four finger rays "
-                         f"and no row of metacarpals beside them ({why})", outline)
+                         f"and no row of metacarpals beside them ({why})", outline,
+                         code=Code.FINGER_RAYS)
     elif len(fingers) != 5:
         failed = _failed(f"not a hand radiograph: {len(fingers)} finger rays found, need 5",
-                         outline)
+                         outline, code=Code.FINGER_RAYS)
     elif not _hand_like(fingers):
         failed = _failed("not a hand radiograph: the rays are not arranged like fingers",
-                         outline)
+                         outline, code=Code.FINGER_RAYS)
     else:
         thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
         # Thumb last in clockwise order = thumb on the image right with fingers up = left.
@@ -171,7 +174,7 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
             thumb_evidence = -thumb_evidence
         failed = _locate_rays(image, pixel_spacing_mm, work_scale, long_fingers, laterality)
         failed.details["thumb_evidence"] = float(thumb_evidence)
-        if not failed.problems or "bones too small to measure (toddler)" in failed.problems:
+        if not failed.problems or any(p.code is Code.TODDLER for p in failed.problems):
             return failed
     # The rays did not give metacarpals that hold: look for the row of metacarpal shafts
     # itself across the palm, in the direction most rays point.
@@ -180,7 +183,8 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     if from_row is not None and not from_row.problems:
         if expected_laterality in ("L", "R") and from_row.laterality != expected_laterality:
             return _failed("bone identity uncertain: the row of metacarpals puts the thumb on "
-                           "the side the header laterality does not", outline)
+                           "the side the header laterality does not", outline,
+                           code=Code.IDENTITY_UNCERTAIN)
         return from_row
     return failed
 
@@ -285,7 +289,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     inside = cv2.warpAffine(work.exposed, to_frame, frame.image.shape[::-1],
                             flags=cv2.INTER_NEAREST)
 
-    problems: list[str] = []
+    problems: list[Problem] = []
     bones: dict[str, LocatedBone] = {}
     canonical_bones: dict[str, _CanonicalBone] = {}
     rays = []
@@ -300,20 +304,24 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             candidates[name] = _metacarpal_candidates(smooth, ridge, base, tip)
     for name, bone in sorted(_even_out_lengths(_choose_consistent(candidates)).items()):
         if not _inside(inside, bone):
-            problems.append(f"{name} shaft cut by the field edge")
+            problems.append(Problem.of(Code.BONE_CUT, f"{name} shaft cut by the field edge",
+                                       name))
             continue
         canonical_bones[name] = bone
         bones[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
-    problems.extend(f"{name} not found" for name in candidates if not candidates[name])
+    problems.extend(Problem.of(Code.BONE_NOT_FOUND, f"{name} not found", name)
+                    for name in candidates if not candidates[name])
 
     # Maturity from all bones chosen: medians stand one misplaced bone.
     paediatric, toddler, features = _maturity(image, smooth, inside, canonical_bones, bones,
                                               pixel_spacing_mm)
     for name in _inconsistent(canonical_bones):
-        problems.append(f"{name} not found (out of line with the other metacarpals)")
+        problems.append(Problem.of(
+            Code.BONE_NOT_FOUND, f"{name} not found (out of line with the other metacarpals)",
+            name))
         del canonical_bones[name], bones[name]
     if toddler:
-        problems.insert(0, "bones too small to measure (toddler)")
+        problems.insert(0, Problem.of(Code.TODDLER, "bones too small to measure (toddler)"))
     hand = cv2.warpAffine(mask, to_frame, frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
     if canonical_bones:
         identity = _check_identity(ridge, hand, canonical_bones, laterality, thumb_seen)
@@ -322,21 +330,23 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         features["thumb_side_margin"] = identity.thumb_side_margin
         features["identity_confidence"] = identity.confidence
         for name in identity.dropped:
-            problems.append(f"{name} not found (no shaft where the row of metacarpals puts it)")
+            problems.append(Problem.of(Code.BONE_NOT_FOUND, f"{name} not found (no shaft "
+                                       "where the row of metacarpals puts it)", name))
             del bones[name], canonical_bones[name]
         if identity.problem and not toddler:
-            problems.insert(0, identity.problem)
+            problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, identity.problem))
         elif not toddler and continues_proximally(frame.image, {
                 name: (*frame.from_input(np.array([b.proximal_rc[::-1], b.distal_rc[::-1]])),
                        b.width_estimate_px * zoom) for name, b in bones.items()
         }) > MAX_PROXIMAL_CONTINUATION:
-            problems.insert(0, "bone identity uncertain: the bones run on proximally into "
-                               "further long bones (phalanges taken for metacarpals?)")
+            problems.insert(0, Problem.of(
+                Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the bones run on "
+                "proximally into further long bones (phalanges taken for metacarpals?)"))
         elif not toddler and _mc2_shorter_than_mc4(bones, thumb_seen):
             # MC2 is the longest metacarpal, MC4 about 15 % shorter: labels read from the
             # wrong side of the hand would make "MC2" (then MC5) the shorter one.
-            problems.insert(0, "bone identity uncertain: MC2 is not longer than MC4 "
-                               "(thumb side in doubt)")
+            problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: "
+                                          "MC2 is not longer than MC4 (thumb side in doubt)"))
     features["palm_radius_px"] = palm_radius / scale
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
@@ -381,9 +391,9 @@ def _check_identity(ridge: np.ndarray, hand: np.ndarray, bones: dict[str, _Canon
                      PALM_RADIUS_PX, thumb_seen)
 
 
-def _failed(reason: str, outline: tuple[Point, ...] = ()) -> HandLocation:
+def _failed(reason: str, outline: tuple[Point, ...] = (), *, code: Code) -> HandLocation:
     return HandLocation(bones={}, laterality=None, rotation_deg=None, paediatric=False,
-                        problems=(reason,), outline_rc=outline)
+                        problems=(Problem.of(code, reason),), outline_rc=outline)
 
 
 def _rc(xy: np.ndarray) -> Point:
