@@ -60,6 +60,9 @@ TODDLER_MC3_LENGTH_MM = 38.0
 # Metacarpal length per outer width (median of the bones): toddlers' are stubby (real
 # toddlers seen 4.2-5.4, adults and adolescents 6.1-11).
 TODDLER_LENGTH_PER_WIDTH = 5.6
+# Stubbier than this is no metacarpal, even a toddler's (seen: toddlers 4.2-5.4, adults
+# 6.1-11; mislocations in the carpus or forearm 2.8-3.7).
+MIN_LENGTH_PER_WIDTH = 3.9
 CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
 # A growth plate: a second dark band beside the deepest one at the MCP joint, at least
 # this share of its depth, from PHYSIS_CLEARANCE beyond its extent to PHYSIS_REACH from
@@ -322,6 +325,13 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         del canonical_bones[name], bones[name]
     if toddler:
         problems.insert(0, Problem.of(Code.TODDLER, "bones too small to measure (toddler)"))
+    elif features.get("length_per_width", math.inf) < MIN_LENGTH_PER_WIDTH:
+        problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the "
+                                      "bones found are too stubby for metacarpals"))
+    elif features.get("mc3_length_mm", math.inf) < TODDLER_MC3_LENGTH_MM:
+        problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: MC3 "
+                                      "is too short for an adult's at the header's spacing "
+                                      "and not stubby like a toddler's"))
     hand = cv2.warpAffine(mask, to_frame, frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
     if canonical_bones:
         identity = _check_identity(ridge, hand, canonical_bones, laterality, thumb_seen)
@@ -1202,12 +1212,17 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     }
     # Small for the hand AND stubby: a wrist film's large palm disc alone makes an adult's
     # metacarpals look short for the hand, but not short for their own width.
-    toddler = (features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
-               and (features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
-                    or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS))
     if pixel_spacing_mm and "MC3" in bones:
         features["mc3_length_mm"] = bones["MC3"].length_px * pixel_spacing_mm
-        toddler = toddler or features["mc3_length_mm"] < TODDLER_MC3_LENGTH_MM
+    # Stubby, as a toddler's metacarpals are (but not stubbier than any metacarpal: that
+    # is a mislocation), and small for the hand or, with a header spacing, in millimetres;
+    # or, whatever their shape, short in millimetres beside a carpus still cartilage.
+    cartilage = features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
+    short_mm = features.get("mc3_length_mm", math.inf) < TODDLER_MC3_LENGTH_MM
+    toddler = (MIN_LENGTH_PER_WIDTH <= features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
+               and (cartilage or short_mm
+                    or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS)
+               ) or (short_mm and cartilage)
     # Open growth plates must be seen on two bones before anything else may call the hand
     # a child's: the physes of MC2-MC5 close together, while dark bands near one head or a
     # pale carpus also come from an adult's joint texture or a mislocated bone, and an
