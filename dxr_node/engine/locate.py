@@ -60,7 +60,18 @@ TODDLER_MC3_LENGTH_MM = 38.0
 # Metacarpal length per outer width (median of the bones): toddlers' are stubby (real
 # toddlers seen 4.2-5.4, adults and adolescents 6.1-11).
 TODDLER_LENGTH_PER_WIDTH = 5.6
+# Stubbier than this is no metacarpal, even a toddler's (seen: toddlers 4.2-5.4, adults
+# 6.1-11; mislocations in the carpus or forearm 2.8-3.7).
+MIN_LENGTH_PER_WIDTH = 3.9
 CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
+# A growth plate: a second dark band beside the deepest one at the MCP joint, at least
+# this share of its depth, from PHYSIS_CLEARANCE beyond its extent to PHYSIS_REACH from
+# its centre (bone widths).
+PHYSIS_DEPTH = 0.5
+PHYSIS_CLEARANCE = 0.1
+PHYSIS_REACH = 1.5
+PHYSIS_LINE_UP = 0.06  # widths: the band at the same place across the bone
+PHYSIS_MIN_BONES = 2
 MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
 OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
 WIDER_PALM = 1.25  # palm radius of a hand mask around a mask of the bones
@@ -314,6 +325,13 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         del canonical_bones[name], bones[name]
     if toddler:
         problems.insert(0, Problem.of(Code.TODDLER, "bones too small to measure (toddler)"))
+    elif features.get("length_per_width", math.inf) < MIN_LENGTH_PER_WIDTH:
+        problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the "
+                                      "bones found are too stubby for metacarpals"))
+    elif features.get("mc3_length_mm", math.inf) < TODDLER_MC3_LENGTH_MM:
+        problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: MC3 "
+                                      "is too short for an adult's at the header's spacing "
+                                      "and not stubby like a toddler's"))
     hand = cv2.warpAffine(mask, to_frame, frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
     if canonical_bones:
         identity = _check_identity(ridge, hand, canonical_bones, laterality, thumb_seen)
@@ -1194,15 +1212,79 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     }
     # Small for the hand AND stubby: a wrist film's large palm disc alone makes an adult's
     # metacarpals look short for the hand, but not short for their own width.
-    toddler = (features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
-               and (features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
-                    or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS))
     if pixel_spacing_mm and "MC3" in bones:
         features["mc3_length_mm"] = bones["MC3"].length_px * pixel_spacing_mm
-        toddler = toddler or features["mc3_length_mm"] < TODDLER_MC3_LENGTH_MM
-    paediatric = (features["gaps_near_head"] >= 2 or toddler
-                  or features["carpal_bone_fraction"] < CHILD_CARPAL_BONE_FRACTION)
+    # Stubby, as a toddler's metacarpals are (but not stubbier than any metacarpal: that
+    # is a mislocation), and small for the hand or, with a header spacing, in millimetres;
+    # or, whatever their shape, short in millimetres beside a carpus still cartilage.
+    cartilage = features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
+    short_mm = features.get("mc3_length_mm", math.inf) < TODDLER_MC3_LENGTH_MM
+    toddler = (MIN_LENGTH_PER_WIDTH <= features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
+               and (cartilage or short_mm
+                    or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS)
+               ) or (short_mm and cartilage)
+    # Open growth plates must be seen on two bones before anything else may call the hand
+    # a child's: the physes of MC2-MC5 close together, while dark bands near one head or a
+    # pale carpus also come from an adult's joint texture or a mislocated bone, and an
+    # adult is never to be called a child.
+    physes = [name for name, bone in bones.items() if _open_physis(image, bone)]
+    features["open_physes"] = physes
+    paediatric = toddler or (len(physes) >= PHYSIS_MIN_BONES and (
+        features["gaps_near_head"] >= 2
+        or features["carpal_bone_fraction"] < CHILD_CARPAL_BONE_FRACTION))
     return paediatric, toddler, features
+
+
+def _open_physis(image: np.ndarray, bone: LocatedBone) -> bool:
+    """A growth plate seen at this bone's MCP joint: beside the deepest dark band there (the
+    joint gap, or a physis deeper than it), a second band across the whole width, within
+    1.5 bone widths (the metacarpal head or the base of the proximal phalanx), at least
+    PHYSIS_DEPTH of the deepest one's depth and at the same place in 3 of 4 strips along
+    the bone (an adult's trabecular texture does not line up across the bone)."""
+    distal = np.array(bone.distal_rc[::-1])
+    direction = (distal - np.array(bone.proximal_rc[::-1])) / max(bone.length_px, 1e-6)
+    normal = np.array([-direction[1], direction[0]])
+    width = max(bone.width_estimate_px, 4.0)
+    step = max(0.5, width / 80)
+    along = np.arange(-0.35 * bone.length_px, 0.35 * bone.length_px, step) / width
+    edges = np.linspace(-0.3, 0.3, 5) * width
+    strips = []
+    for start, end in zip(edges[:-1], edges[1:], strict=True):
+        across = np.linspace(start, end, 5)
+        points = (distal + along[:, None, None] * width * direction
+                  + across[None, :, None] * normal)
+        strip = _sample(image.astype(np.float32, copy=False), points[..., 0],
+                        points[..., 1]).mean(axis=1)
+        strips.append(cv2.GaussianBlur(strip.reshape(-1, 1), (0, 0),
+                                       max(0.7, width / 60 / step)).ravel())
+    profiles = np.array(strips)
+    reach = max(2, int(0.3 * width / step))
+    mean = profiles.mean(axis=0)
+    valleys = _valley_strength(mean, reach)
+    near_head = np.abs(along) < 0.25 * bone.length_px / width
+    deepest = int(np.argmax(np.where(near_head, valleys, -1.0)))
+    depth = valleys[deepest]
+    if depth <= 0:
+        return False
+    # The deepest band's own extent (a joint gap can be wide) is not a second band.
+    dark = mean < mean[deepest] + 0.5 * depth
+    first = last = deepest
+    while first > 0 and dark[first - 1]:
+        first -= 1
+    while last < len(mean) - 1 and dark[last + 1]:
+        last += 1
+    beside = (((along > along[last] + PHYSIS_CLEARANCE) & (along < along[deepest] + PHYSIS_REACH)),
+              ((along < along[first] - PHYSIS_CLEARANCE) & (along > along[deepest] - PHYSIS_REACH)))
+    strip_valleys = [_valley_strength(profile, reach) for profile in profiles]
+    for window in beside:
+        if not window.any():
+            continue
+        places = np.array([along[np.argmax(np.where(window, v, -1.0))] for v in strip_valleys])
+        depths = np.array([np.max(v[window]) / depth for v in strip_valleys])
+        lined_up = (np.abs(places - np.median(places)) < PHYSIS_LINE_UP) & (depths > 0.05)
+        if np.median(depths) >= PHYSIS_DEPTH and lined_up.sum() >= 3:
+            return True
+    return False
 
 
 def _gaps_near_head(image: np.ndarray, bone: LocatedBone) -> int:
