@@ -134,12 +134,27 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     if not np.isfinite(image).all():
         raise LocateError("the image holds NaN or infinite pixel values")
     work, exposed, scale, grey_range = _downscale(image)
-    found = _hand_and_fingers(work, exposed)
-    if found is None:
+    readings = _hand_and_fingers(work, exposed)
+    if not readings:
         return _failed("no hand found: not a hand radiograph", code=Code.NOT_A_HAND)
-    mask, palm_centre, palm_radius, fingers = found
+    tried = []
+    for mask, palm_centre, palm_radius, fingers in readings:
+        location = _locate_in_reading(
+            image, pixel_spacing_mm, expected_laterality,
+            _WorkScale(scale, exposed, grey_range, mask, palm_centre, palm_radius), fingers)
+        if not location.problems or any(p.code is Code.TODDLER for p in location.problems):
+            return location
+        tried.append(location)
+    return tried[0]  # why the best reading failed
+
+
+def _locate_in_reading(image: np.ndarray, pixel_spacing_mm: float | None,
+                       expected_laterality: str | None, work_scale: _WorkScale,
+                       fingers: list[_Finger]) -> HandLocation:
+    """The metacarpals of one reading of the hand (its mask, palm and finger rays)."""
+    scale, mask = work_scale.scale, work_scale.mask
+    palm_centre, palm_radius = work_scale.palm_centre, work_scale.palm_radius
     outline = _outline(mask, scale)
-    work_scale = _WorkScale(scale, exposed, grey_range, mask, palm_centre, palm_radius)
     if len(fingers) == 4 and _side_by_side(fingers):
         # Four rays side by side: the thumb is out of the field or lies along the index.
         # Both ends are tried as the index; the row of metacarpals must say which.
@@ -517,10 +532,10 @@ def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0, 1).astype(np.float32)
 
 
-def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
-    """(mask, palm centre, palm radius, fingers) for the soft-tissue threshold that shows
-    five fingers with the smoothest outline, else the one showing most fingers; None
-    when nothing is found.
+def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
+    """Readings of the hand, best first, each (mask, palm centre, palm radius, fingers):
+    the soft-tissue threshold that shows five fingers with the smoothest outline, else
+    the one showing most fingers; empty when nothing is found.
 
     Backgrounds differ (dark, grey, graded, edge-enhanced), so several classical
     thresholds are tried, on the image and on its background-flattened copy.
@@ -553,7 +568,7 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
                            -ragged, palm_radius)
                     found.append((key, contrast, (mask, palm_centre, palm_radius, fingers)))
     if not found:
-        return None
+        return []
     key, contrast, best = max(found, key=lambda entry: entry[0])
     # A threshold between soft tissue and bone outlines the bones of a spread hand, which
     # also shows five rays like a hand, smoothly: its outline lies on soft tissue and its
@@ -565,8 +580,16 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
                  and entry[2][2] >= WIDER_PALM * best[2]
                  and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
         if wider:
-            best = max(wider, key=lambda entry: entry[0])[2]
-    return best
+            return [max(wider, key=lambda entry: entry[0])[2]]
+        # Fingers held together show fewer rays on the whole hand's mask: it is tried when
+        # the bones' own outline gives no metacarpals that hold.
+        whole_hand = [entry for entry in found
+                      if entry[1] <= OUTLINE_ON_BACKGROUND
+                      and entry[2][2] >= WIDER_PALM * best[2]
+                      and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
+        if whole_hand:
+            return [best, max(whole_hand, key=lambda entry: entry[0])[2]]
+    return [best]
 
 
 def _palm_candidates(dist: np.ndarray) -> list[tuple[np.ndarray, float]]:
