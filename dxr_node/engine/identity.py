@@ -174,6 +174,9 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     # The thumb side: beyond MC2 the hand goes on (thenar, the thumb), beyond MC5 it ends
     # within about one shaft spacing. Judged in shaft spacings, from the mask.
     mc2_index = first
+    if mc2_index >= len(shafts):  # MC2 itself not labelled, and no shaft where it belongs
+        return IdentityCheck("bone identity uncertain: no shaft where MC2 should be", {},
+                             **result)
     radial_extent = (across[high] - shafts[mc2_index]) / spacing
     ulnar_extent = (shafts[mc5] - across[low]) / spacing
     result["thumb_side_margin"] = float(radial_extent - ulnar_extent)
