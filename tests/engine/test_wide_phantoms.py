@@ -79,3 +79,14 @@ def test_adducted_thumb_taken_for_the_little_finger_is_not_reported_as_the_other
     record = phantoms.run_case(wide_case(2026, 2))
     assert not record["wrong"], record["wrong"]
     assert record["status"] == "ok", record["cause"]
+
+
+@pytest.mark.parametrize("index", [
+    9,  # fingers held together: the bones' own outline won as "the hand" (five rays that
+    #     were MC1-MC5) and the palm was the carpus; the whole hand's mask finds them
+    17,  # flexed fingers: the proximal phalanges were taken for the metacarpals
+])
+def test_hands_found_on_a_second_reading_are_measured_on_the_right_bones(index):
+    record = phantoms.run_case(wide_case(2026, index))
+    assert not record["wrong"], record["wrong"]
+    assert record["status"] == "ok", record["cause"]
