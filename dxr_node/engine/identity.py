@@ -20,6 +20,7 @@ The margin by which the count holds gives each bone a confidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -89,7 +90,7 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     ``thumb_seen``: the thumb side came from the thumb itself; the hand's extent beyond
     the row must then not contradict it. Without it, the extent must confirm the side.
     """
-    names = [n for n in ("MC2", "MC3", "MC4") if n in centres]
+    names: list[str] = [n for n in ("MC2", "MC3", "MC4") if n in centres]
     if len(names) < 2:
         return IdentityCheck("bone identity uncertain: fewer than two metacarpals found", {})
     normal = np.array([axis[1], -axis[0]])  # perpendicular to the axis
@@ -105,9 +106,10 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     labelled = {n: float(np.dot(centres[n] - origin, normal) / palm_radius) for n in names}
     # The run of the hand containing the labelled bones (a second hand is another run).
     middle = int(np.argmin(np.abs(across - np.mean(list(labelled.values())))))
-    low, high = _run_around(inside, middle)
-    if low is None:
+    run = _run_around(inside, middle)
+    if run is None:
         return IdentityCheck("bone identity uncertain: the bones lie outside the hand", {})
+    low, high = run
     bone_level = float(np.median([strength[_index(across, s)] for s in labelled.values()]))
     if bone_level <= 0:
         return IdentityCheck("bone identity uncertain: no shaft ridge at the bones", {})
@@ -126,8 +128,9 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
         k = int(np.argmin(np.abs(shafts - position)))
         if abs(shafts[k] - position) <= reach:
             matched[name] = k
-    result = dict(shafts=tuple(f"{s:.2f}:{h:.2f}" for s, h in zip(shafts, heights, strict=True)),
-                  labelled=tuple(labelled[n] for n in names))
+    result: dict[str, Any] = {
+        "shafts": tuple(f"{s:.2f}:{h:.2f}" for s, h in zip(shafts, heights, strict=True)),
+        "labelled": tuple(labelled[n] for n in names)}
     missing = [n for n in names if n not in matched]
     dropped: tuple[str, ...] = ()
     if (len(missing) == 1 and len(names) == 3 and missing[0] != "MC3"
@@ -188,7 +191,7 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     # weak the shafts beyond MC5 are.
     valleys = _valley_depths(strength, peaks, bone_level)
     extra = max([heights[k] for k in range(mc5)], default=0.0)
-    confidence = {}
+    confidence: dict[str, float] = {}
     for name in names:
         clear = float(np.clip(valleys[matched[name]] / 0.5, 0.0, 1.0))
         confidence[name] = round(float(np.clip(clear * (1.0 - 0.5 * extra), 0.0, 1.0)), 3)
@@ -230,9 +233,9 @@ def _index(across: np.ndarray, position: float) -> int:
     return int(np.argmin(np.abs(across - position)))
 
 
-def _run_around(inside: np.ndarray, index: int) -> tuple[int | None, int | None]:
+def _run_around(inside: np.ndarray, index: int) -> tuple[int, int] | None:
     if not inside[index]:
-        return None, None
+        return None
     low = index
     while low > 0 and inside[low - 1]:
         low -= 1

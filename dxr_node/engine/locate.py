@@ -35,6 +35,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -114,7 +115,7 @@ class HandLocation:
     # For previews and diagnostics: hand outline and finger rays in input pixels.
     outline_rc: tuple[Point, ...] = ()
     rays_rc: tuple[tuple[Point, Point], ...] = ()
-    details: dict[str, float] = dataclasses.field(default_factory=dict)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class LocateError(ValueError):
@@ -186,16 +187,23 @@ def _locate_in_reading(image: np.ndarray, pixel_spacing_mm: float | None,
         thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
         # Thumb last in clockwise order = thumb on the image right with fingers up = left.
         laterality = "L" if thumb is fingers[-1] else "R"
-        if expected_laterality in ("L", "R") and laterality != expected_laterality:
-            # The header names the other hand: an adducted thumb can look like the little
-            # finger. Only the reading with the header's thumb end may be measured; the
-            # image's own reading is never reported against the header.
-            laterality = expected_laterality
-            long_fingers = fingers[-2::-1][:4] if laterality == "L" else fingers[1:5]
-            thumb_evidence = -thumb_evidence
         failed = _locate_rays(image, pixel_spacing_mm, work_scale, long_fingers, laterality)
         failed.details["thumb_evidence"] = float(thumb_evidence)
-        if not failed.problems or any(p.code is Code.TODDLER for p in failed.problems):
+        if expected_laterality in ("L", "R") and laterality != expected_laterality:
+            # The header names the other hand. An adducted thumb can look like the little
+            # finger, and a header can be wrong: read from either end the row may hold.
+            # Only a hand that reads the header's way alone is measured.
+            header_fingers = fingers[-2::-1][:4] if expected_laterality == "L" else fingers[1:5]
+            by_header = _locate_rays(image, pixel_spacing_mm, work_scale, header_fingers,
+                                     expected_laterality)
+            if not by_header.problems and failed.problems:
+                return by_header
+            # The hand the image shows is kept: image and header then disagree (unknown).
+            failed = replace(_failed("bone identity uncertain: the thumb the image shows is "
+                                     "on the side the header's laterality does not put it",
+                                     outline, code=Code.IDENTITY_UNCERTAIN),
+                             laterality=laterality)
+        elif not failed.problems or any(p.code is Code.TODDLER for p in failed.problems):
             return failed
     # The rays did not give metacarpals that hold: look for the row of metacarpal shafts
     # itself across the palm, in the direction most rays point.
@@ -203,9 +211,9 @@ def _locate_in_reading(image: np.ndarray, pixel_spacing_mm: float | None,
                                 expected_laterality)
     if from_row is not None and not from_row.problems:
         if expected_laterality in ("L", "R") and from_row.laterality != expected_laterality:
-            return _failed("bone identity uncertain: the row of metacarpals puts the thumb on "
-                           "the side the header laterality does not", outline,
-                           code=Code.IDENTITY_UNCERTAIN)
+            return replace(_failed("bone identity uncertain: the row of metacarpals puts the "
+                                   "thumb on the side the header laterality does not", outline,
+                                   code=Code.IDENTITY_UNCERTAIN), laterality=from_row.laterality)
         return from_row
     return failed
 
@@ -319,7 +327,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     candidates: dict[str, list[_CanonicalBone]] = {}
     for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=False):
         name = BONE_FOR_FINGER[finger_name]
-        rays.append(tuple(_rc(p) for p in (finger.base / scale, finger.tip / scale)))
+        rays.append((_rc(finger.base / scale), _rc(finger.tip / scale)))
         if name != "MC5" and shafts is not None:
             candidates[name] = _shaft_candidates(smooth, ridge, shafts[name])
         elif name != "MC5":
@@ -661,7 +669,7 @@ def _hand_like(fingers: list[_Finger]) -> bool:
 def _hand_mask(foreground: np.ndarray, field: np.ndarray) -> np.ndarray | None:
     """Largest foreground component inside the field, holes filled, or None."""
     # Stay clear of the field edge, whose blurred rim would join the hand.
-    mask = foreground.astype(np.uint8) & cv2.erode(field, _disc(3))
+    mask = cv2.bitwise_and(foreground.astype(np.uint8), cv2.erode(field, _disc(3)))
     # Break thin bright lines (plate edges, collimator seams) that would join the hand.
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(3))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
@@ -957,8 +965,8 @@ def _bone_from_gap(smooth: np.ndarray, ridge: np.ndarray, path: np.ndarray,
     radius = PALM_RADIUS_PX
     # The shaft's ridge fades where the base widens into the carpus: the CMC joint. A
     # clear gap before that (as strong as half the MCP gap) ends the bone earlier.
-    shaft = slice(int(distal_i + 0.3 * radius), int(distal_i + 0.8 * radius))
-    shaft_ridge, shaft_level = np.median(ridge_along[shaft]), np.median(profile[shaft])
+    mid_shaft = slice(int(distal_i + 0.3 * radius), int(distal_i + 0.8 * radius))
+    shaft_ridge, shaft_level = np.median(ridge_along[mid_shaft]), np.median(profile[mid_shaft])
     proximal_i = min(int(distal_i + 2.0 * radius), len(path) - 1)
     clear_gap = local_max & (valleys >= 0.5 * valleys[distal_i])
     for index in range(int(distal_i + 0.8 * radius), proximal_i):
@@ -1091,9 +1099,8 @@ def _inside(field: np.ndarray, bone: _CanonicalBone) -> bool:
     axis = bone.distal - bone.proximal
     normal = np.array([-axis[1], axis[0]]) / max(np.linalg.norm(axis), 1e-6)
     steps = np.linspace(-0.15, 1.15, 27)[:, None]
-    points = [bone.proximal + steps * axis + side * 0.5 * bone.width * normal
-              for side in (-1, 0, 1)]
-    points = np.concatenate(points)
+    points = np.concatenate([bone.proximal + steps * axis + side * 0.5 * bone.width * normal
+                             for side in (-1, 0, 1)])
     return bool((_sample(field.astype(np.float32), points[:, 0], points[:, 1]) > 0.5).all())
 
 
@@ -1165,7 +1172,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
                       np.array(image.shape[::-1]) - 1).astype(int)
     crop = np.ascontiguousarray(image[low[1]: high[1] + 1, low[0]: high[0] + 1],
                                 dtype=np.float32)
-    crop = cv2.GaussianBlur(crop, (0, 0), max(1.0, width / 20))
+    crop = np.asarray(cv2.GaussianBlur(crop, (0, 0), max(1.0, width / 20)), dtype=np.float32)
     proximal, distal = proximal - low, distal - low
     direction = (distal - proximal) / length
     normal = np.array([-direction[1], direction[0]])
@@ -1234,7 +1241,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
 
 def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
               canonical: dict[str, _CanonicalBone], bones: dict[str, LocatedBone],
-              pixel_spacing_mm: float | None) -> tuple[bool, bool, dict[str, float]]:
+              pixel_spacing_mm: float | None) -> tuple[bool, bool, dict[str, Any]]:
     """(paediatric, toddler, features).
 
     Paediatric: besides the MCP joint, growth plates show as further dark bands across
@@ -1244,7 +1251,7 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     if not canonical:
         return False, False, {}
     lengths = [np.linalg.norm(b.distal - b.proximal) for b in canonical.values()]
-    features = {
+    features: dict[str, Any] = {
         "gaps_near_head": float(np.median([_gaps_near_head(image, b) for b in bones.values()])),
         "carpal_bone_fraction": _carpal_bone_fraction(smooth, field, canonical),
         "length_per_palm_radius": float(np.median(lengths)) / PALM_RADIUS_PX,
