@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N")
     p.add_argument("--destination", action="append", metavar="AET@HOST:PORT", default=None)
     p.add_argument("--allow-aet", action="append", metavar="AET", default=None)
+    p.add_argument("--node-name", metavar="NAME",
+                   help="this node's name in a cluster (default: the host name)")
+    p.add_argument("--no-scp", action="store_true", help="do not receive images")
+    p.add_argument("--no-workers", action="store_true", help="do not analyse images")
+    p.add_argument("--no-dispatch", action="store_true", help="do not send results")
     p.set_defaults(func=_delegate("dxr_node.commands.node:serve"))
 
     p = sub.add_parser("status", help="queue counts, recent results and failures")

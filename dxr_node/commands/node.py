@@ -37,6 +37,8 @@ def _config(args: argparse.Namespace, **overrides: Any) -> NodeConfig:
 
 
 def _open_existing_store(config: NodeConfig) -> Store:
+    if config.database_url:
+        return Store(config.database_url)
     path = config.database_path
     if not path.is_file():
         raise StoreError(f"no node database at {path} (has `dxr-node serve` run with this "
@@ -82,7 +84,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = _config(args, **cli_overrides(
             host=args.host, port=args.port, ae_title=args.ae_title, workers=args.workers,
-            destinations=args.destination, allow_aets=args.allow_aet))
+            destinations=args.destination, allow_aets=args.allow_aet, no_scp=args.no_scp,
+            no_workers=args.no_workers, no_dispatch=args.no_dispatch,
+            node_name=args.node_name))
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(config.log_level)
@@ -117,7 +121,7 @@ def _number(value: float | None, digits: int = 3) -> str:
 def collect_status(store: Store, *, limit: int = 10) -> dict[str, Any]:
     """Everything `dxr-node status` shows, as one JSON-ready dict."""
     return {
-        "database": str(store.path),
+        "database": store.location,
         "instances": store.instance_count(),
         **store.counts(),
         "destinations": store.destination_health(),

@@ -131,9 +131,9 @@ class Node:
                 _make_private(Path(directory))  # made by an older version, or by hand
             except OSError as exc:
                 raise ServiceError(f"cannot create {directory}: {exc.strerror}") from None
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm") if config.database_url is None else ():
             _make_private(Path(f"{config.database_path}{suffix}"))
-        self.store = Store(config.database_path)
+        self.store = Store(config.database_target)
         try:
             self.audit = open_audit_trail(config)
         except TlsConfigError as exc:

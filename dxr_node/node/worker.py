@@ -32,7 +32,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 
 from dxr_node.clinical import ReferenceTable, exam_laterality, load_reference
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.database import DATABASE_ERRORS
 from dxr_node.node.logs import configure_logging, log_event
 from dxr_node.node.store import Job, ProducedObject, Store
 
@@ -62,6 +62,11 @@ _SOP_CLASS_KINDS = {
 
 class ResourceProblem(Exception):
     """The node cannot record or write results now (disk full); the job was handed back."""
+
+
+# Trouble a worker or the supervisor outlives: a full disk, a database it cannot write.
+_UNWRITABLE: tuple[type[Exception], ...] = (OSError, *DATABASE_ERRORS)
+_BLOCKED: tuple[type[Exception], ...] = (ResourceProblem, *_UNWRITABLE)
 
 
 def object_kind(sop_class_uid: str) -> str:
@@ -199,7 +204,7 @@ def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
         os.environ.setdefault(var, "1")  # one core per worker process
     import dxr_node.pipeline  # noqa: F401  (load the heavy modules before the first job)
 
-    with Store(config.database_path) as store:
+    with Store(config.database_target) as store:
         held: Job | None = None  # claimed, but its outcome could not be recorded
         while not stop.is_set() and os.getppid() == parent_pid:
             job = None
@@ -215,7 +220,7 @@ def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
                 job_started.value = time.time()
                 state = run_job(config, store, job)
                 trouble.value = b""
-            except (ResourceProblem, sqlite3.Error, OSError) as exc:
+            except _BLOCKED as exc:
                 # Disk full (or a database that cannot be written): the worker lives on,
                 # says so (the pool reports it on /healthz), and tries again later.
                 held = None if isinstance(exc, ResourceProblem) else job
@@ -285,7 +290,7 @@ class WorkerPool:
 
     def start(self) -> WorkerPool:
         # Opened here so that a database problem is raised to the caller.
-        store = Store(self.config.database_path)
+        store = Store(self.config.database_target)
         self._supervisor = threading.Thread(target=self._supervise, args=(store,),
                                             name="worker-supervisor", daemon=True)
         self._supervisor.start()
@@ -319,7 +324,7 @@ class WorkerPool:
                 try:
                     self._supervise_once(store)
                     self._trouble = None
-                except (sqlite3.Error, OSError) as exc:
+                except _UNWRITABLE as exc:
                     # Disk full while handing a dead worker's job back: the supervisor must
                     # outlive it (the slot is handled again on the next round).
                     self._trouble = f"the worker supervisor cannot update the database: {exc}"
