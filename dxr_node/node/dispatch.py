@@ -310,7 +310,9 @@ def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike,
                 audit: AuditTrail | None = None) -> int:
     """Claim the due dispatches of one destination (up to BATCH_SIZE), send them over
     one association and record each outcome. Returns how many were handled."""
-    batch = store.claim_dispatches(destination.name, BATCH_SIZE)
+    batch = store.claim_dispatches(destination.name, BATCH_SIZE,
+                                   node=config.cluster.node_name,
+                                   lease_s=config.cluster.lease_s)
     if not batch:
         return 0
     try:
