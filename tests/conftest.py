@@ -60,7 +60,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def postgres_server():
     """One PostgreSQL server for the session (skipped when it is not installed)."""
-    from postgres_server import PostgresServer
+    from dxr_node.evaluation.postgres import PostgresServer
 
     try:
         server = PostgresServer().start()

@@ -1,4 +1,4 @@
-"""A throw-away PostgreSQL server for tests and benchmarks (Debian's package).
+"""A throw-away PostgreSQL server for the tests and scripts/bench_cluster (Debian's package).
 
 ``initdb`` and ``pg_ctl`` refuse to run as root (CI runs as root), so they run as the
 ``postgres`` user that the Debian package creates, in a temporary folder it owns. The
