@@ -365,7 +365,8 @@ class IntegrationStore:
                 "  WHERE m.state = 'pending' AND m.destination = ? AND m.next_attempt_at <= ?"
                 "  AND NOT EXISTS (SELECT 1 FROM outbound_messages e WHERE e.job_id = m.job_id"
                 "   AND e.kind = m.kind AND e.id < m.id AND e.state != 'sent')"
-                "  ORDER BY m.next_attempt_at, m.id LIMIT ?)"
+                f"  ORDER BY m.next_attempt_at, m.id LIMIT ?{self.store.dialect.skip_locked})"
+                " AND state = 'pending'"  # several nodes: only what nobody claimed meanwhile
                 " RETURNING id, job_id, kind, destination, control_id, payload, attempts",
                 (now, destination, now, limit),
             ).fetchall()

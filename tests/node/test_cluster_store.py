@@ -101,5 +101,6 @@ def test_console_queries_run_on_each_engine(store):
     assert ReviewStore(store).queue()[1] == 1
     assert IntegrationStore(store).find_order(accession_number=None, patient_id="P1",
                                               issuer=None, study_date="20240101") is None
+    assert IntegrationStore(store).claim("RIS", 10) == []
     assert store.retry_all_failures() == {"dispatches": 1, "jobs": 0}
     assert store.is_writable()
