@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sex", choices=["F", "M"], help="override the header's PatientSex")
     p.add_argument("--age", type=_positive_float, metavar="YEARS",
                    help="override the age from the header")
-    p.add_argument("--history", metavar="DB", help="node database with prior results")
+    p.add_argument("--history", metavar="DB",
+                   help="node database with prior results (a file, or postgresql://...)")
     p.set_defaults(func=_delegate("dxr_node.commands.analyze:run"))
 
     p = sub.add_parser("phantom", help="write synthetic hand radiographs with known geometry")

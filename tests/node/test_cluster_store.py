@@ -104,3 +104,23 @@ def test_console_queries_run_on_each_engine(store):
     assert IntegrationStore(store).claim("RIS", 10) == []
     assert store.retry_all_failures() == {"dispatches": 1, "jobs": 0}
     assert store.is_writable()
+
+
+def test_read_only_postgresql_store_gives_priors_and_refuses_writes(postgres_url):
+    import psycopg
+
+    with Store(postgres_url) as store:
+        store.add_instance(_info("5.1"))
+        _finish(store, store.claim_job("w"))
+    with Store(postgres_url, read_only=True) as history:  # `analyze --history URL`
+        assert [p.dxr_bmd_g_cm2 for p in history.priors("P1", None, "9.9")] == [0.5]
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            history.add_instance(_info("5.2"))
+        assert "***" not in history.location  # no password in this URL to hide
+
+
+def test_a_database_that_cannot_be_reached_is_a_clear_error():
+    from dxr_node.node.store import StoreError
+
+    with pytest.raises(StoreError, match="cannot use database postgresql://dxr:\\*\\*\\*@"):
+        Store("postgresql://dxr:secret@127.0.0.1:1/dxr", timeout_s=2)

@@ -26,3 +26,10 @@ def test_nodes_and_who_holds_which_job(database, tmp_path):
         page = client.get("/nodes")
         assert page.status_code == 200
         assert "node-b/worker-0-12" in page.text and "node-a" in page.text
+        # The console's other read models on this engine too.
+        overview = client.get("/api/overview")
+        assert overview.status_code == 200, overview.text
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "dxr_queue_depth" in metrics.text
+        for path in ("/", "/exams", f"/exams/{job.id}", "/failures", "/api/exams"):
+            assert client.get(path).status_code == 200, path
