@@ -124,3 +124,31 @@ def test_a_database_that_cannot_be_reached_is_a_clear_error():
 
     with pytest.raises(StoreError, match="cannot use database postgresql://dxr:\\*\\*\\*@"):
         Store("postgresql://dxr:secret@127.0.0.1:1/dxr", timeout_s=2)
+
+
+def test_review_and_interface_writes_on_each_engine(store):
+    from dxr_node.node.integration_store import OutboundMessage
+
+    reviews = ReviewStore(store)
+    user = reviews.add_user("reader1", "Dr Reader", "reviewer", "long-enough-password")
+    assert reviews.authenticate("reader1", "long-enough-password").id == user.id
+    token, session = reviews.open_session(user)
+    assert reviews.session(token).user.username == "reader1"
+    store.add_instance(_info("6.1"))
+    job = store.claim_job("w")
+    _finish(store, job)
+    reviews.save_draft(job.id, user, "correct", analysis={"dxr_bmd_g_cm2": 0.6},
+                       interpretation=None, bone="MC2", reason="edge", before={}, after={})
+    reviews.finish(job.id, user, "approve", status="ok", analysis={"dxr_bmd_g_cm2": 0.6},
+                   interpretation=None, bmd=0.6, reason=None, before={}, after={},
+                   objects=[ProducedObject("SR", "1.2.840.10008.5.1.4.1.1.88.33", "6.1.f",
+                                           "/o/f.dcm")], destinations=["PACS"])
+    assert reviews.review(job.id)["state"] == "approved"
+    assert [a["action"] for a in reviews.actions(job.id)] == ["correct", "approve"]
+    assert store.priors("P1", None, "x")[0].dxr_bmd_g_cm2 == 0.6
+    interfaces = IntegrationStore(store)
+    interfaces.queue(job.id, [OutboundMessage("ORU", "F", "RIS", "C1", "MSH|...")])
+    interfaces.queue(job.id, [OutboundMessage("ORU", "F", "RIS", "C1", "MSH|...")])  # once
+    (claimed,) = interfaces.claim("RIS", 10)
+    interfaces.sent(claimed.id, "AA")
+    assert interfaces.counts()["sent"] == 1
