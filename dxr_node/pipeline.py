@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pydicom
 
@@ -25,6 +25,9 @@ from dxr_node.engine.image import (
     to_display_uint8,
 )
 from dxr_node.engine.result import Analysis
+
+if TYPE_CHECKING:
+    from dxr_node.reports.review import ReplacedObject
 
 DEFAULT_KINDS = ("SR", "SC", "GSPS")
 
@@ -51,11 +54,13 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
                  age_years: float | None = None,
                  reference: ReferenceTable | None = None,
                  amend_header: Callable[[pydicom.Dataset], None] | None = None,
-                 limits: DecodeLimits = DEFAULT_LIMITS) -> PipelineResult:
+                 limits: DecodeLimits = DEFAULT_LIMITS,
+                 replaces: Sequence[ReplacedObject] = ()) -> PipelineResult:
     """Analyse one image and build its report objects.
 
     ``amend_header`` completes the image header before it is interpreted and reported
-    (the node's matched HL7 order: indication, sex, birth date).
+    (the node's matched HL7 order: indication, sex, birth date). ``replaces``: objects
+    written before, which may hold an earlier result of this image (``build_reports``).
 
     Raises ImageLoadError only for unreadable input; everything else is in the result.
     """
@@ -75,7 +80,8 @@ def process_file(path: str | Path, *, kinds: Collection[str] = DEFAULT_KINDS,
 
         try:
             objects = build_reports(header, analysis, interpretation,
-                                    to_display_uint8(radiograph.pixels), kinds=kinds)
+                                    to_display_uint8(radiograph.pixels), kinds=kinds,
+                                    replaces=replaces)
         except ValueError as exc:  # a header the objects cannot reference (no study UID)
             report_problem = f"report objects not built: {exc}"
     return PipelineResult(analysis, interpretation, objects, radiograph, report_problem)

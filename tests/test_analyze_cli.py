@@ -13,8 +13,9 @@ import pydicom
 import pytest
 
 REQUIRED_KEYS = {
-    "source", "status", "reasons", "laterality", "pixel_spacing_mm", "pixel_spacing_source",
-    "bones", "cortical_thickness_mm", "width_mm", "mci", "dxr_bmd_g_cm2", "bhi", "algorithm",
+    "source", "status", "reasons", "problems", "laterality", "pixel_spacing_mm",
+    "pixel_spacing_source", "bones", "cortical_thickness_mm", "width_mm", "mci",
+    "dxr_bmd_g_cm2", "bhi", "algorithm",
     "elapsed_ms", "t_score", "z_score", "category", "relative_risk", "age_years", "sex",
     "reference", "prior",
 }
@@ -106,6 +107,32 @@ def test_png_without_spacing_reports_ratios_only(tmp_path, phantom_set):
     assert with_mm["pixel_spacing_source"] == "command line"
     if with_mm["status"] == "ok":
         assert with_mm["width_mm"] is not None
+
+
+@pytest.mark.slow
+def test_a_rerun_keeps_its_uids_and_a_changed_result_names_the_one_it_replaces(tmp_path,
+                                                                            phantom_set):
+    folder, truth = phantom_set
+    image, out = str(folder / next(iter(truth))), tmp_path / "out"
+
+    def sr_of(*options: str) -> pydicom.Dataset:
+        (record,) = json_lines(run_cli("analyze", "--json", "--out", str(out), *options,
+                                       image).stdout)
+        [sr] = [d for d in map(pydicom.dcmread, record["objects"]) if d.Modality == "SR"]
+        return sr
+
+    first = sr_of("--sex", "F", "--age", "60")
+    files = sorted(out.iterdir())
+    again = sr_of("--sex", "F", "--age", "60")
+    assert again.SOPInstanceUID == first.SOPInstanceUID and sorted(out.iterdir()) == files
+    assert "PredecessorDocumentsSequence" not in again
+    older = sr_of("--sex", "F", "--age", "75")  # other Z-score: other content
+    assert older.SOPInstanceUID != first.SOPInstanceUID
+    assert older.SeriesInstanceUID == first.SeriesInstanceUID
+    [study] = older.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    assert [s.ReferencedSOPInstanceUID for s in series.ReferencedSOPSequence] == [
+        first.SOPInstanceUID]
 
 
 @pytest.mark.slow

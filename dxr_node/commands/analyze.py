@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 
 from dxr_node.engine.analyze import error_analysis
 from dxr_node.engine.image import ImageLoadError, to_display_uint8
@@ -26,6 +27,7 @@ from dxr_node.fileio import write_durably
 from dxr_node.node.database import is_postgres_url
 from dxr_node.node.store import Store, StoreError
 from dxr_node.pipeline import HistorySource, PipelineResult, process_file, result_json
+from dxr_node.reports.review import ReplacedObject
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dxr-node: --out {out_dir}: {exc.strerror or exc}", file=sys.stderr)
             return 2
+    earlier = _written_srs(out_dir) if out_dir is not None else []
     statuses = []
     for source in args.paths:
-        result, written = _analyze_one(source, args, history, out_dir)
+        result, written = _analyze_one(source, args, history, out_dir, earlier)
         statuses.append(result.analysis.status)
         record = result_json(result, source, written)
         if args.json:
@@ -59,14 +62,31 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(s == STATUS_OK for s in statuses) else 1
 
 
+def _written_srs(out_dir: Path) -> list[ReplacedObject]:
+    """The SRs already in ``--out``: a re-analysed image's new SR names its earlier one
+    (same series, other content) as its predecessor."""
+    found = []
+    for path in sorted(out_dir.glob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+                "Modality", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"])
+            if ds.get("Modality") == "SR":
+                found.append(ReplacedObject("SR", str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                            str(ds.SeriesInstanceUID)))
+        except (OSError, AttributeError, pydicom.errors.InvalidDicomError):
+            continue  # not one of ours, or unreadable: nothing it could replace
+    return found
+
+
 def _analyze_one(source: str, args: argparse.Namespace, history: HistorySource | None,
-                 out_dir: Path | None) -> tuple[PipelineResult, list[Path]]:
+                 out_dir: Path | None, earlier: list[ReplacedObject]
+                 ) -> tuple[PipelineResult, list[Path]]:
     kinds = ("SR", "SC", "GSPS", "PDF") if out_dir else ()
     started = time.perf_counter()
     try:
         result = process_file(source, kinds=kinds, history=history,
                               pixel_spacing_mm=args.pixel_spacing, sex=args.sex,
-                              age_years=args.age)
+                              age_years=args.age, replaces=earlier)
     except ImageLoadError as exc:
         return PipelineResult(error_analysis(source, str(exc), started), None, []), []
     except Exception as exc:  # a bug must not stop the other images

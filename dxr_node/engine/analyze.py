@@ -27,8 +27,10 @@ from dxr_node.engine.result import (
     STATUS_REJECTED,
     Analysis,
     BoneMeasurement,
+    Problem,
     known_mm,
 )
+from dxr_node.engine.result import ProblemCode as Code
 
 ALGORITHM = {"name": ALGORITHM_NAME, "version": __version__}
 
@@ -64,7 +66,8 @@ def analyze_path(path: str | Path, pixel_spacing_mm: float | None = None,
 
 def error_analysis(source: str, reason: str, started: float | None = None) -> Analysis:
     elapsed = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-    return Analysis(source=source, status=STATUS_ERROR, reasons=(reason,), laterality=None,
+    return Analysis(source=source, status=STATUS_ERROR,
+                    problems=(Problem.of(Code.UNREADABLE, reason),), laterality=None,
                     laterality_tag=None, pixel_spacing_mm=None, pixel_spacing_source=None,
                     image_rows=0, image_cols=0, algorithm=dict(ALGORITHM), elapsed_ms=elapsed)
 
@@ -73,17 +76,20 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     started = time.perf_counter() if started is None else started
     pixels = radiograph.pixels
     spacing = radiograph.pixel_spacing_mm
-    reasons: list[str] = []
+    reasons: list[Problem] = []
     fatal = False
 
     if spacing is None:
-        reasons.append(radiograph.spacing_problem or "no pixel spacing")
-        reasons.append("millimetre values not reported: ratio measures only")
-    elif radiograph.spacing_problem:
-        reasons.append(radiograph.spacing_problem)  # e.g. an ignored --pixel-spacing
+        reasons.append(Problem.of(Code.NO_SPACING,
+                                  radiograph.spacing_problem or "no pixel spacing"))
+        reasons.append(Problem.of(Code.RATIO_ONLY,
+                                  "millimetre values not reported: ratio measures only"))
+    elif radiograph.spacing_problem:  # e.g. an ignored --pixel-spacing
+        reasons.append(Problem.of(Code.NO_SPACING, radiograph.spacing_problem))
     if spacing is not None and spacing > MAX_SPACING_MM:
-        reasons.append(f"resolution too coarse: pixel spacing {spacing:.3f} mm "
-                       f"> {MAX_SPACING_MM} mm")
+        reasons.append(Problem.of(Code.COARSE_SPACING,
+                                  f"resolution too coarse: pixel spacing {spacing:.3f} mm "
+                                  f"> {MAX_SPACING_MM} mm"))
         fatal = True
 
     # Only a header spacing is trusted for the locator's absolute size check: one typed on
@@ -93,37 +99,42 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     try:
         location = locate_metacarpals(pixels, header_spacing, expected)
     except LocateError as exc:
-        location = HandLocation(bones={}, laterality=None, rotation_deg=None, paediatric=False,
-                                problems=(f"not a hand radiograph: {exc}",))
+        location = HandLocation(
+            bones={}, laterality=None, rotation_deg=None, paediatric=False,
+            problems=(Problem.of(Code.NOT_A_HAND, f"not a hand radiograph: {exc}"),))
     for problem in location.problems:
         reasons.append(problem)
         # "MC4 shaft cut by the field edge" loses one bone; anything else, the hand.
-        fatal = fatal or not problem.startswith(BONE_NAMES)
+        fatal = fatal or (problem.rejection and problem.bone is None)
     if location.paediatric:
-        reasons.append(PAEDIATRIC)
+        reasons.append(Problem.of(Code.PAEDIATRIC, PAEDIATRIC))
     if location.laterality and expected and location.laterality != expected:
         view = " (AP view)" if expected != radiograph.laterality_tag else ""
-        reasons.append(f"laterality disagreement: image shows {location.laterality}, "
-                       f"header says {radiograph.laterality_tag}{view}")
+        reasons.append(Problem.of(Code.LATERALITY,
+                                  f"laterality disagreement: image shows {location.laterality}, "
+                                  f"header says {radiograph.laterality_tag}{view}"))
+        fatal = True  # the bones were named for the other hand: never measured as they are
 
     bones = {} if fatal else _measure_bones(pixels, location, spacing, reasons)
     spacing_source = radiograph.pixel_spacing_source
     if spacing is not None and bones:
         if _spacing_implausible(bones, location.paediatric):
             widths = [known_mm(b.width_mm) for b in bones.values()]
-            reasons.append(f"pixel spacing {spacing:.3f} mm ({spacing_source}) is implausible "
-                           f"for this hand: outer widths {min(widths):.1f}-{max(widths):.1f} mm;"
-                           f" millimetre values not reported")
+            reasons.append(Problem.of(
+                Code.SPACING_MISMATCH,
+                f"pixel spacing {spacing:.3f} mm ({spacing_source}) is implausible for this "
+                f"hand: outer widths {min(widths):.1f}-{max(widths):.1f} mm; millimetre "
+                f"values not reported"))
             bones = {name: _without_mm(bone) for name, bone in bones.items()}
             spacing = spacing_source = None
         else:
-            for name, problem in _size_problems(bones, location.paediatric).items():
-                reasons.append(f"{name}: {problem}")
+            for name, why in _size_problems(bones, location.paediatric).items():
+                reasons.append(Problem.of(Code.IMPLAUSIBLE_SIZE, f"{name}: {why}", name))
                 del bones[name]
     if len(bones) >= 2:  # a partial result is checked as strictly as a complete one
         inconsistency = hand_inconsistency(bones)
         if inconsistency:
-            reasons.append(f"measurements internally inconsistent: {inconsistency}")
+            reasons.append(inconsistency_problem(inconsistency))
             bones = {}
 
     complete = not fatal and len(bones) == len(BONE_NAMES)
@@ -131,7 +142,7 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     return Analysis(
         source=radiograph.source,
         status=STATUS_OK if complete else STATUS_REJECTED,
-        reasons=tuple(reasons),
+        problems=tuple(reasons),
         laterality=location.laterality,
         laterality_tag=radiograph.laterality_tag,
         pixel_spacing_mm=spacing,
@@ -162,13 +173,13 @@ def _image_laterality(radiograph: Radiograph) -> str | None:
 
 
 def _measure_bones(pixels: np.ndarray, location: HandLocation, spacing: float | None,
-                   reasons: list[str]) -> dict[str, BoneMeasurement]:
+                   reasons: list[Problem]) -> dict[str, BoneMeasurement]:
     shafts: dict[str, _Shaft] = {}
     for name in BONE_NAMES:
         if name in location.bones:
             shafts[name] = _measure_shaft(pixels, location.bones[name])
-        elif not any(problem.startswith(name) for problem in location.problems):
-            reasons.append(f"{name} not found")
+        elif not any(problem.bone == name for problem in location.problems):
+            reasons.append(Problem.of(Code.BONE_NOT_FOUND, f"{name} not found", name))
     # A shaft whose own blur fit fell back is re-measured with the image's blur, taken from
     # the bones that resolved it; the new measurement is kept only if it is sound.
     blur = shared_blur_px(s.measurement for s in shafts.values()
@@ -183,10 +194,11 @@ def _measure_bones(pixels: np.ndarray, location: HandLocation, spacing: float | 
     bones = {}
     for name, shaft in shafts.items():
         if shaft.problem:
-            reasons.append(f"{name}: {shaft.problem}")
+            code = Code.IMPLAUSIBLE_MCI if shaft.implausible_mci else Code.SHAFT_UNMEASURED
+            reasons.append(Problem.of(code, f"{name}: {shaft.problem}", name))
             continue
         if shaft.note:
-            reasons.append(f"{name}: {shaft.note}")
+            reasons.append(Problem.of(Code.CENTRAL_BAND, f"{name}: {shaft.note}", name))
         bones[name] = _bone_measurement(location.bones[name], shaft, spacing, radial)
     return bones
 
@@ -197,6 +209,7 @@ class _Shaft:
     problem: str | None  # why the measurement cannot be used
     band_fraction: float  # band length used, as a fraction of the bone length
     note: str | None = None  # how it was measured, when not the standard way
+    implausible_mci: bool = False  # the problem is the plausibility check, not the fit
 
 
 def _measure_shaft(pixels: np.ndarray, located: LocatedBone,
@@ -224,8 +237,10 @@ def _fit_band(pixels: np.ndarray, located: LocatedBone, fraction: float,
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
         # A numerically degenerate shaft is a measurement failure, not a crash.
         return _Shaft(None, f"shaft fit failed ({type(exc).__name__}: {exc})", fraction)
-    problem = measurement.problem or _consistency_problem(measurement)
-    return _Shaft(measurement, problem, fraction)
+    if measurement.problem:
+        return _Shaft(measurement, measurement.problem, fraction)
+    problem = _consistency_problem(measurement)
+    return _Shaft(measurement, problem, fraction, implausible_mci=problem is not None)
 
 
 def _consistency_problem(shaft: ShaftMeasurement) -> str | None:
@@ -327,6 +342,11 @@ def bone_from_shaft(name: str, shaft: ShaftMeasurement, band_fraction: float,
         blur_sigma_px=shaft.blur_sigma_px,
         reader_positioned=reader_positioned,
     )
+
+
+def inconsistency_problem(inconsistency: str) -> Problem:
+    return Problem.of(Code.INCONSISTENT,
+                      f"measurements internally inconsistent: {inconsistency}")
 
 
 def hand_inconsistency(bones: dict[str, BoneMeasurement]) -> str | None:

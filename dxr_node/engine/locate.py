@@ -47,6 +47,8 @@ from dxr_node.engine.identity import (
     continues_proximally,
     find_row,
 )
+from dxr_node.engine.result import Problem
+from dxr_node.engine.result import ProblemCode as Code
 
 WORK_SIZE = 512  # longest side of the copy used to find the hand
 PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
@@ -58,7 +60,18 @@ TODDLER_MC3_LENGTH_MM = 38.0
 # Metacarpal length per outer width (median of the bones): toddlers' are stubby (real
 # toddlers seen 4.2-5.4, adults and adolescents 6.1-11).
 TODDLER_LENGTH_PER_WIDTH = 5.6
+# Stubbier than this is no metacarpal, even a toddler's (seen: toddlers 4.2-5.4, adults
+# 6.1-11; mislocations in the carpus or forearm 2.8-3.7).
+MIN_LENGTH_PER_WIDTH = 3.9
 CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
+# A growth plate: a second dark band beside the deepest one at the MCP joint, at least
+# this share of its depth, from PHYSIS_CLEARANCE beyond its extent to PHYSIS_REACH from
+# its centre (bone widths).
+PHYSIS_DEPTH = 0.5
+PHYSIS_CLEARANCE = 0.1
+PHYSIS_REACH = 1.5
+PHYSIS_LINE_UP = 0.06  # widths: the band at the same place across the bone
+PHYSIS_MIN_BONES = 2
 MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
 OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
 WIDER_PALM = 1.25  # palm radius of a hand mask around a mask of the bones
@@ -94,7 +107,7 @@ class HandLocation:
     laterality: str | None  # "L" | "R" from the thumb side
     rotation_deg: float | None  # fingers-up = 0, clockwise positive; None: no hand
     paediatric: bool  # open growth plates seen
-    problems: tuple[str, ...]
+    problems: tuple[Problem, ...]
     # For previews and diagnostics: hand outline and finger rays in input pixels.
     outline_rc: tuple[Point, ...] = ()
     rays_rc: tuple[tuple[Point, Point], ...] = ()
@@ -121,12 +134,27 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     if not np.isfinite(image).all():
         raise LocateError("the image holds NaN or infinite pixel values")
     work, exposed, scale, grey_range = _downscale(image)
-    found = _hand_and_fingers(work, exposed)
-    if found is None:
-        return _failed("no hand found: not a hand radiograph")
-    mask, palm_centre, palm_radius, fingers = found
+    readings = _hand_and_fingers(work, exposed)
+    if not readings:
+        return _failed("no hand found: not a hand radiograph", code=Code.NOT_A_HAND)
+    tried = []
+    for mask, palm_centre, palm_radius, fingers in readings:
+        location = _locate_in_reading(
+            image, pixel_spacing_mm, expected_laterality,
+            _WorkScale(scale, exposed, grey_range, mask, palm_centre, palm_radius), fingers)
+        if not location.problems or any(p.code is Code.TODDLER for p in location.problems):
+            return location
+        tried.append(location)
+    return tried[0]  # why the best reading failed
+
+
+def _locate_in_reading(image: np.ndarray, pixel_spacing_mm: float | None,
+                       expected_laterality: str | None, work_scale: _WorkScale,
+                       fingers: list[_Finger]) -> HandLocation:
+    """The metacarpals of one reading of the hand (its mask, palm and finger rays)."""
+    scale, mask = work_scale.scale, work_scale.mask
+    palm_centre, palm_radius = work_scale.palm_centre, work_scale.palm_radius
     outline = _outline(mask, scale)
-    work_scale = _WorkScale(scale, exposed, grey_range, mask, palm_centre, palm_radius)
     if len(fingers) == 4 and _side_by_side(fingers):
         # Four rays side by side: the thumb is out of the field or lies along the index.
         # Both ends are tried as the index; the row of metacarpals must say which.
@@ -140,23 +168,31 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
             return passed[0]
         if len(passed) == 2:
             return _failed("bone identity uncertain: four finger rays and either end could be "
-                           "the index", outline)
-        why = min(tries, key=lambda t: len(t.problems)).problems[0]
+                           "the index", outline, code=Code.IDENTITY_UNCERTAIN)
+        why = min(tries, key=lambda t: len(t.problems)).problems[0].text
         failed = _failed("not a hand radiograph or bone identity uncertain: four finger rays "
-                         f"and no row of metacarpals beside them ({why})", outline)
+                         f"and no row of metacarpals beside them ({why})", outline,
+                         code=Code.FINGER_RAYS)
     elif len(fingers) != 5:
         failed = _failed(f"not a hand radiograph: {len(fingers)} finger rays found, need 5",
-                         outline)
+                         outline, code=Code.FINGER_RAYS)
     elif not _hand_like(fingers):
         failed = _failed("not a hand radiograph: the rays are not arranged like fingers",
-                         outline)
+                         outline, code=Code.FINGER_RAYS)
     else:
         thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
         # Thumb last in clockwise order = thumb on the image right with fingers up = left.
         laterality = "L" if thumb is fingers[-1] else "R"
+        if expected_laterality in ("L", "R") and laterality != expected_laterality:
+            # The header names the other hand: an adducted thumb can look like the little
+            # finger. Only the reading with the header's thumb end may be measured; the
+            # image's own reading is never reported against the header.
+            laterality = expected_laterality
+            long_fingers = fingers[-2::-1][:4] if laterality == "L" else fingers[1:5]
+            thumb_evidence = -thumb_evidence
         failed = _locate_rays(image, pixel_spacing_mm, work_scale, long_fingers, laterality)
         failed.details["thumb_evidence"] = float(thumb_evidence)
-        if not failed.problems or "bones too small to measure (toddler)" in failed.problems:
+        if not failed.problems or any(p.code is Code.TODDLER for p in failed.problems):
             return failed
     # The rays did not give metacarpals that hold: look for the row of metacarpal shafts
     # itself across the palm, in the direction most rays point.
@@ -165,7 +201,8 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     if from_row is not None and not from_row.problems:
         if expected_laterality in ("L", "R") and from_row.laterality != expected_laterality:
             return _failed("bone identity uncertain: the row of metacarpals puts the thumb on "
-                           "the side the header laterality does not", outline)
+                           "the side the header laterality does not", outline,
+                           code=Code.IDENTITY_UNCERTAIN)
         return from_row
     return failed
 
@@ -270,7 +307,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     inside = cv2.warpAffine(work.exposed, to_frame, frame.image.shape[::-1],
                             flags=cv2.INTER_NEAREST)
 
-    problems: list[str] = []
+    problems: list[Problem] = []
     bones: dict[str, LocatedBone] = {}
     canonical_bones: dict[str, _CanonicalBone] = {}
     rays = []
@@ -285,20 +322,31 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             candidates[name] = _metacarpal_candidates(smooth, ridge, base, tip)
     for name, bone in sorted(_even_out_lengths(_choose_consistent(candidates)).items()):
         if not _inside(inside, bone):
-            problems.append(f"{name} shaft cut by the field edge")
+            problems.append(Problem.of(Code.BONE_CUT, f"{name} shaft cut by the field edge",
+                                       name))
             continue
         canonical_bones[name] = bone
         bones[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
-    problems.extend(f"{name} not found" for name in candidates if not candidates[name])
+    problems.extend(Problem.of(Code.BONE_NOT_FOUND, f"{name} not found", name)
+                    for name in candidates if not candidates[name])
 
     # Maturity from all bones chosen: medians stand one misplaced bone.
     paediatric, toddler, features = _maturity(image, smooth, inside, canonical_bones, bones,
                                               pixel_spacing_mm)
     for name in _inconsistent(canonical_bones):
-        problems.append(f"{name} not found (out of line with the other metacarpals)")
+        problems.append(Problem.of(
+            Code.BONE_NOT_FOUND, f"{name} not found (out of line with the other metacarpals)",
+            name))
         del canonical_bones[name], bones[name]
     if toddler:
-        problems.insert(0, "bones too small to measure (toddler)")
+        problems.insert(0, Problem.of(Code.TODDLER, "bones too small to measure (toddler)"))
+    elif features.get("length_per_width", math.inf) < MIN_LENGTH_PER_WIDTH:
+        problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the "
+                                      "bones found are too stubby for metacarpals"))
+    elif features.get("mc3_length_mm", math.inf) < TODDLER_MC3_LENGTH_MM:
+        problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: MC3 "
+                                      "is too short for an adult's at the header's spacing "
+                                      "and not stubby like a toddler's"))
     hand = cv2.warpAffine(mask, to_frame, frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
     if canonical_bones:
         identity = _check_identity(ridge, hand, canonical_bones, laterality, thumb_seen)
@@ -307,21 +355,23 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         features["thumb_side_margin"] = identity.thumb_side_margin
         features["identity_confidence"] = identity.confidence
         for name in identity.dropped:
-            problems.append(f"{name} not found (no shaft where the row of metacarpals puts it)")
+            problems.append(Problem.of(Code.BONE_NOT_FOUND, f"{name} not found (no shaft "
+                                       "where the row of metacarpals puts it)", name))
             del bones[name], canonical_bones[name]
         if identity.problem and not toddler:
-            problems.insert(0, identity.problem)
+            problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, identity.problem))
         elif not toddler and continues_proximally(frame.image, {
                 name: (*frame.from_input(np.array([b.proximal_rc[::-1], b.distal_rc[::-1]])),
                        b.width_estimate_px * zoom) for name, b in bones.items()
         }) > MAX_PROXIMAL_CONTINUATION:
-            problems.insert(0, "bone identity uncertain: the bones run on proximally into "
-                               "further long bones (phalanges taken for metacarpals?)")
+            problems.insert(0, Problem.of(
+                Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the bones run on "
+                "proximally into further long bones (phalanges taken for metacarpals?)"))
         elif not toddler and _mc2_shorter_than_mc4(bones, thumb_seen):
             # MC2 is the longest metacarpal, MC4 about 15 % shorter: labels read from the
             # wrong side of the hand would make "MC2" (then MC5) the shorter one.
-            problems.insert(0, "bone identity uncertain: MC2 is not longer than MC4 "
-                               "(thumb side in doubt)")
+            problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: "
+                                          "MC2 is not longer than MC4 (thumb side in doubt)"))
     features["palm_radius_px"] = palm_radius / scale
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
@@ -366,9 +416,9 @@ def _check_identity(ridge: np.ndarray, hand: np.ndarray, bones: dict[str, _Canon
                      PALM_RADIUS_PX, thumb_seen)
 
 
-def _failed(reason: str, outline: tuple[Point, ...] = ()) -> HandLocation:
+def _failed(reason: str, outline: tuple[Point, ...] = (), *, code: Code) -> HandLocation:
     return HandLocation(bones={}, laterality=None, rotation_deg=None, paediatric=False,
-                        problems=(reason,), outline_rc=outline)
+                        problems=(Problem.of(code, reason),), outline_rc=outline)
 
 
 def _rc(xy: np.ndarray) -> Point:
@@ -482,10 +532,10 @@ def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0, 1).astype(np.float32)
 
 
-def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
-    """(mask, palm centre, palm radius, fingers) for the soft-tissue threshold that shows
-    five fingers with the smoothest outline, else the one showing most fingers; None
-    when nothing is found.
+def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
+    """Readings of the hand, best first, each (mask, palm centre, palm radius, fingers):
+    the soft-tissue threshold that shows five fingers with the smoothest outline, else
+    the one showing most fingers; empty when nothing is found.
 
     Backgrounds differ (dark, grey, graded, edge-enhanced), so several classical
     thresholds are tried, on the image and on its background-flattened copy.
@@ -518,7 +568,7 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
                            -ragged, palm_radius)
                     found.append((key, contrast, (mask, palm_centre, palm_radius, fingers)))
     if not found:
-        return None
+        return []
     key, contrast, best = max(found, key=lambda entry: entry[0])
     # A threshold between soft tissue and bone outlines the bones of a spread hand, which
     # also shows five rays like a hand, smoothly: its outline lies on soft tissue and its
@@ -530,8 +580,16 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
                  and entry[2][2] >= WIDER_PALM * best[2]
                  and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
         if wider:
-            best = max(wider, key=lambda entry: entry[0])[2]
-    return best
+            return [max(wider, key=lambda entry: entry[0])[2]]
+        # Fingers held together show fewer rays on the whole hand's mask: it is tried when
+        # the bones' own outline gives no metacarpals that hold.
+        whole_hand = [entry for entry in found
+                      if entry[1] <= OUTLINE_ON_BACKGROUND
+                      and entry[2][2] >= WIDER_PALM * best[2]
+                      and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
+        if whole_hand:
+            return [best, max(whole_hand, key=lambda entry: entry[0])[2]]
+    return [best]
 
 
 def _palm_candidates(dist: np.ndarray) -> list[tuple[np.ndarray, float]]:
@@ -1177,15 +1235,79 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     }
     # Small for the hand AND stubby: a wrist film's large palm disc alone makes an adult's
     # metacarpals look short for the hand, but not short for their own width.
-    toddler = (features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
-               and (features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
-                    or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS))
     if pixel_spacing_mm and "MC3" in bones:
         features["mc3_length_mm"] = bones["MC3"].length_px * pixel_spacing_mm
-        toddler = toddler or features["mc3_length_mm"] < TODDLER_MC3_LENGTH_MM
-    paediatric = (features["gaps_near_head"] >= 2 or toddler
-                  or features["carpal_bone_fraction"] < CHILD_CARPAL_BONE_FRACTION)
+    # Stubby, as a toddler's metacarpals are (but not stubbier than any metacarpal: that
+    # is a mislocation), and small for the hand or, with a header spacing, in millimetres;
+    # or, whatever their shape, short in millimetres beside a carpus still cartilage.
+    cartilage = features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
+    short_mm = features.get("mc3_length_mm", math.inf) < TODDLER_MC3_LENGTH_MM
+    toddler = (MIN_LENGTH_PER_WIDTH <= features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
+               and (cartilage or short_mm
+                    or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS)
+               ) or (short_mm and cartilage)
+    # Open growth plates must be seen on two bones before anything else may call the hand
+    # a child's: the physes of MC2-MC5 close together, while dark bands near one head or a
+    # pale carpus also come from an adult's joint texture or a mislocated bone, and an
+    # adult is never to be called a child.
+    physes = [name for name, bone in bones.items() if _open_physis(image, bone)]
+    features["open_physes"] = physes
+    paediatric = toddler or (len(physes) >= PHYSIS_MIN_BONES and (
+        features["gaps_near_head"] >= 2
+        or features["carpal_bone_fraction"] < CHILD_CARPAL_BONE_FRACTION))
     return paediatric, toddler, features
+
+
+def _open_physis(image: np.ndarray, bone: LocatedBone) -> bool:
+    """A growth plate seen at this bone's MCP joint: beside the deepest dark band there (the
+    joint gap, or a physis deeper than it), a second band across the whole width, within
+    1.5 bone widths (the metacarpal head or the base of the proximal phalanx), at least
+    PHYSIS_DEPTH of the deepest one's depth and at the same place in 3 of 4 strips along
+    the bone (an adult's trabecular texture does not line up across the bone)."""
+    distal = np.array(bone.distal_rc[::-1])
+    direction = (distal - np.array(bone.proximal_rc[::-1])) / max(bone.length_px, 1e-6)
+    normal = np.array([-direction[1], direction[0]])
+    width = max(bone.width_estimate_px, 4.0)
+    step = max(0.5, width / 80)
+    along = np.arange(-0.35 * bone.length_px, 0.35 * bone.length_px, step) / width
+    edges = np.linspace(-0.3, 0.3, 5) * width
+    strips = []
+    for start, end in zip(edges[:-1], edges[1:], strict=True):
+        across = np.linspace(start, end, 5)
+        points = (distal + along[:, None, None] * width * direction
+                  + across[None, :, None] * normal)
+        strip = _sample(image.astype(np.float32, copy=False), points[..., 0],
+                        points[..., 1]).mean(axis=1)
+        strips.append(cv2.GaussianBlur(strip.reshape(-1, 1), (0, 0),
+                                       max(0.7, width / 60 / step)).ravel())
+    profiles = np.array(strips)
+    reach = max(2, int(0.3 * width / step))
+    mean = profiles.mean(axis=0)
+    valleys = _valley_strength(mean, reach)
+    near_head = np.abs(along) < 0.25 * bone.length_px / width
+    deepest = int(np.argmax(np.where(near_head, valleys, -1.0)))
+    depth = valleys[deepest]
+    if depth <= 0:
+        return False
+    # The deepest band's own extent (a joint gap can be wide) is not a second band.
+    dark = mean < mean[deepest] + 0.5 * depth
+    first = last = deepest
+    while first > 0 and dark[first - 1]:
+        first -= 1
+    while last < len(mean) - 1 and dark[last + 1]:
+        last += 1
+    beside = (((along > along[last] + PHYSIS_CLEARANCE) & (along < along[deepest] + PHYSIS_REACH)),
+              ((along < along[first] - PHYSIS_CLEARANCE) & (along > along[deepest] - PHYSIS_REACH)))
+    strip_valleys = [_valley_strength(profile, reach) for profile in profiles]
+    for window in beside:
+        if not window.any():
+            continue
+        places = np.array([along[np.argmax(np.where(window, v, -1.0))] for v in strip_valleys])
+        depths = np.array([np.max(v[window]) / depth for v in strip_valleys])
+        lined_up = (np.abs(places - np.median(places)) < PHYSIS_LINE_UP) & (depths > 0.05)
+        if np.median(depths) >= PHYSIS_DEPTH and lined_up.sum() >= 3:
+            return True
+    return False
 
 
 def _gaps_near_head(image: np.ndarray, bone: LocatedBone) -> int:

@@ -40,23 +40,31 @@ from dxr_node.engine.analyze import (
     bone_from_shaft,
     hand_inconsistency,
     hand_indices,
+    inconsistency_problem,
 )
 from dxr_node.engine.profile import ShaftMeasurement, measure_shaft
 from dxr_node.engine.result import (
     BONE_NAMES,
+    EXCLUDED_NOTE,
+    STATUS_ERROR,
     STATUS_OK,
     STATUS_REJECTED,
     Analysis,
     BoneMeasurement,
     Point,
+    Problem,
+    legacy_problem,
 )
+from dxr_node.engine.result import ProblemCode as Code
 
 # A metacarpal's mid-shaft outer width is about 11-15 % of its length (adults and the
 # phantoms): the first guess that sizes the profile search before the fit measures it.
 WIDTH_PER_LENGTH = 0.14
 MIN_LENGTH_PX = 40.0  # two clicks closer than this are a slip, not a bone
 READER_NOTE = "positioned by the reader"
-EXCLUDED_NOTE = "excluded by the reader: not measurable"
+# Engine conclusions that a reader's placement of the bones overrides.
+OVERRIDDEN_BY_READER = frozenset({Code.NOT_A_HAND, Code.FINGER_RAYS, Code.BONE_NOT_FOUND,
+                                  Code.INCONSISTENT})
 
 
 class RemeasureError(ValueError):
@@ -183,31 +191,23 @@ def with_bones(analysis: Analysis, bones: dict[str, BoneMeasurement],
     measured and mutually consistent, as in the automatic path.
     """
     touched = {name for name, bone in bones.items() if bone.reader_positioned} | set(excluded)
-    reasons = [r for r in analysis.reasons if not _about(r, touched) and not _fatal(r)]
-    reasons += [f"{name}: {EXCLUDED_NOTE}" for name in excluded]
+    problems = [p for p in analysis.problems
+                if p.bone not in touched and p.code not in OVERRIDDEN_BY_READER]
+    problems += [Problem.of(Code.READER_EXCLUDED, f"{name}: {EXCLUDED_NOTE}", name)
+                 for name in excluded]
     ordered = {name: bones[name] for name in BONE_NAMES if name in bones}
     if len(ordered) >= 2:
         inconsistency = hand_inconsistency(ordered)
         if inconsistency:
-            reasons.append(f"measurements internally inconsistent: {inconsistency}")
+            problems.append(inconsistency_problem(inconsistency))
     complete = len(ordered) == len(BONE_NAMES) and not any(
-        r.startswith("measurements internally inconsistent") for r in reasons)
+        p.code is Code.INCONSISTENT for p in problems)
     hand = hand_indices(ordered, analysis.pixel_spacing_mm) if complete else {}
     cleared = dict.fromkeys(("cortical_thickness_mm", "width_mm", "mci", "vpa_mm",
                              "dxr_bmd_g_cm2", "bhi"))
     return replace(analysis, **{**cleared, **hand, "porosity": 0.0, "porosity_measured": False},
-                   bones=ordered, reasons=tuple(reasons),
+                   bones=ordered, problems=tuple(problems),
                    status=STATUS_OK if complete else STATUS_REJECTED)
-
-
-def _about(reason: str, names: set[str]) -> bool:
-    return any(reason.startswith(f"{name}") for name in names)
-
-
-def _fatal(reason: str) -> bool:
-    """Engine conclusions that a reader's placement of the bones overrides."""
-    return (reason.startswith(("measurements internally inconsistent", "not a hand"))
-            or reason.endswith(" not found"))
 
 
 # --- the stored JSON form back to dataclasses -------------------------------------------
@@ -217,7 +217,12 @@ def analysis_from_dict(data: dict[str, Any]) -> Analysis:
     """Inverse of ``Analysis.to_dict`` (the form the node's store keeps)."""
     known = {f.name for f in fields(Analysis)}
     values = {k: v for k, v in data.items() if k in known}
-    values["reasons"] = tuple(values.get("reasons") or ())
+    if "problems" in data:
+        values["problems"] = tuple(Problem.from_dict(p) for p in data["problems"] or ())
+    else:
+        error = data.get("status") == STATUS_ERROR
+        values["problems"] = tuple(legacy_problem(str(text), error)
+                                   for text in data.get("reasons") or ())
     values["bones"] = {name: bone_from_dict(b) for name, b in (data.get("bones") or {}).items()}
     values["algorithm"] = dict(values.get("algorithm") or {})
     return Analysis(**values)

@@ -22,7 +22,7 @@ import numpy as np
 
 from dxr_node.engine.analyze import analyze
 from dxr_node.engine.image import Radiograph, load_radiograph, to_display_uint8
-from dxr_node.engine.result import BONE_NAMES, STATUS_OK, Analysis
+from dxr_node.engine.result import BONE_NAMES, STATUS_OK, Analysis, ProblemCode
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Spacing assumed per source (mm): atlas and RSNA scans ~0.1 mm; adult wrist/RA/MURA
@@ -41,8 +41,6 @@ MCI_TOLERANCE = 0.01
 # annotated inter-metacarpal spacing and nearer to it than to the neighbouring ones.
 LANDMARK_SPACING_SHARE = 0.5
 PREVIEW_SIDE = 1000
-# Notes that accompany a measurement; the cause of a rejection is the first other reason.
-_NOTES = ("paediatric", "measured over the central", "laterality disagreement")
 
 
 def source_prefix(name: str) -> str:
@@ -85,30 +83,16 @@ def list_images(folders: Iterable[Path], only: str | None = None) -> list[Path]:
 
 
 def is_paediatric(analysis: Analysis) -> bool:
-    return bool(getattr(analysis, "paediatric", False)) or any(
-        "paediatric" in reason for reason in analysis.reasons)
+    return analysis.paediatric or analysis.has(ProblemCode.PAEDIATRIC)
 
 
 def rejection_cause(analysis: Analysis) -> str | None:
-    """Why an analysis was not ``ok``: its typed problem code when the engine gives one,
-    else its first reason that is not a note, with numbers replaced by ``#``."""
+    """Why an analysis was not ``ok``: the code of its first rejection (the status when it
+    has none)."""
     if analysis.status == STATUS_OK:
         return None
-    for attribute in ("problem_code", "rejection_code", "cause"):
-        code = getattr(analysis, attribute, None)
-        if code:
-            return str(getattr(code, "value", code))
-    problems = getattr(analysis, "problems", None)
-    if problems:
-        first = problems[0]
-        code = getattr(first, "code", None) or (first.get("code") if isinstance(first, dict)
-                                                else None)
-        if code:
-            return str(getattr(code, "value", code))
-    for reason in analysis.reasons:
-        if not any(reason.startswith(note) or note in reason[:40] for note in _NOTES):
-            return re.sub(r"\d+(\.\d+)?", "#", reason)
-    return analysis.reasons[0] if analysis.reasons else analysis.status
+    rejections = analysis.rejections
+    return rejections[0].code.value if rejections else analysis.status
 
 
 # --- transforms -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from dxr_node.engine.result import STATUS_ERROR, Severity, legacy_problem
 from dxr_node.node.database import Database
 from dxr_node.node.states import DispatchState, JobState
 
@@ -267,6 +268,23 @@ class ConsoleQueries(Database):
             out["received"] += row[1]
         return out
 
+    def problem_counts(self, since: float | None = None) -> dict[str, dict[str, int]]:
+        """Results (created since ``since``, else all) carrying each problem code, by
+        severity: {"rejection": {code: n}, "note": {code: n}}, most frequent first. A
+        result counts once per code. Results stored before problems were typed are
+        read from their reasons' wording."""
+        problems, reasons = (self.dialect.json_get("analysis_json", key)
+                             for key in ("problems", "reasons"))
+        where, params = ("WHERE created_at >= ?", (since,)) if since is not None else ("", ())
+        tally: dict[str, dict[str, int]] = {s.value: {} for s in Severity}
+        for status, typed, texts in self._read(
+                f"SELECT status, {problems}, {reasons} FROM results {where}", params):
+            for code, severity in _codes(status, typed, texts):
+                counts = tally.setdefault(severity, {})
+                counts[code] = counts.get(code, 0) + 1
+        return {severity: dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+                for severity, counts in tally.items()}
+
     def analysis_durations(self, since: float) -> list[float]:
         """Seconds from claim to result of the jobs done since ``since``."""
         return [r[0] for r in self._read(
@@ -313,3 +331,15 @@ class ConsoleQueries(Database):
             item["last_failure_reason"] = last[0]["error"] if last else None
             out.append(item)
         return out
+
+
+def _codes(status: str, typed: Any, texts: Any) -> set[tuple[str, str]]:
+    """(code, severity) of one stored result's problems; ``typed``/``texts`` are the
+    JSON's arrays as text (SQLite) or decoded (PostgreSQL), None when absent."""
+    def decoded(value: Any) -> list[Any]:
+        return (json.loads(value) if isinstance(value, str) else value) or []
+
+    if typed is not None:  # as stored (a code this version does not know still counts)
+        return {(str(p.get("code")), str(p.get("severity"))) for p in decoded(typed)}
+    found = [legacy_problem(str(t), status == STATUS_ERROR) for t in decoded(texts)]
+    return {(p.code.value, p.severity.value) for p in found}

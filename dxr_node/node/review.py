@@ -30,14 +30,20 @@ from dxr_node.clinical import interpret
 from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph, to_display_uint8
 from dxr_node.engine.remeasure import (
-    EXCLUDED_NOTE,
     RemeasureError,
     analysis_from_dict,
     radial_direction,
     remeasure_bone,
     with_bones,
 )
-from dxr_node.engine.result import BONE_NAMES, STATUS_REJECTED, Analysis, Point
+from dxr_node.engine.result import (
+    BONE_NAMES,
+    STATUS_REJECTED,
+    Analysis,
+    Point,
+    Problem,
+    ProblemCode,
+)
 from dxr_node.integration.review_link import amend_header, queue_in, review_messages
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
@@ -150,7 +156,7 @@ def _round(value: Any, digits: int = 4) -> Any:
 
 
 def _excluded(analysis: Analysis) -> list[str]:
-    return [n for n in BONE_NAMES if f"{n}: {EXCLUDED_NOTE}" in analysis.reasons]
+    return [n for n in BONE_NAMES if analysis.has(ProblemCode.READER_EXCLUDED, n)]
 
 
 def _before(store: Store, work: Working) -> dict[str, Any]:
@@ -244,7 +250,8 @@ def reject(config: NodeConfig, store: Store, job_id: int, user: User, reason: st
     why = REJECT_REASONS[reason] + (f": {text}" if text else "")
     work = working(store, job_id, config)
     no_result = replace(work.analysis, status=STATUS_REJECTED, bones={},
-                        reasons=(f"rejected by the reader: {why}",),
+                        problems=(Problem.of(ProblemCode.READER_REJECTED,
+                                             f"rejected by the reader: {why}"),),
                         cortical_thickness_mm=None, width_mm=None, mci=None, vpa_mm=None,
                         dxr_bmd_g_cm2=None, bhi=None)
     interpretation = _interpret(config, store, work, no_result)

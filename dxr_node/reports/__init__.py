@@ -11,7 +11,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
@@ -23,24 +23,29 @@ from dxr_node.clinical.result import Interpretation
 from dxr_node.engine.result import Analysis
 from dxr_node.fileio import write_durably
 from dxr_node.reports.overlay import render_overlay
-from dxr_node.reports.review import SignOff
+from dxr_node.reports.review import ReplacedObject, SignOff
 
 KINDS = ("SR", "SC", "GSPS", "PDF")
 REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
                               "SeriesInstanceUID", "Rows", "Columns")
 
-__all__ = ["KINDS", "SignOff", "build_reports", "render_overlay", "write_objects"]
+__all__ = ["KINDS", "ReplacedObject", "SignOff", "build_reports", "render_overlay",
+           "write_objects"]
 
 
 def build_reports(source: pydicom.Dataset, analysis: Analysis,
                   interpretation: Interpretation | None, display: np.ndarray,
                   kinds: Collection[str] = KINDS,
-                  signoff: SignOff | None = None) -> list[pydicom.Dataset]:
+                  signoff: SignOff | None = None,
+                  replaces: Sequence[ReplacedObject] = ()) -> list[pydicom.Dataset]:
     """Build the requested report objects (in the order SR, SC, GSPS, PDF).
 
     `source` is the analysed image's header (PixelData not needed); `display` is its
     image as uint8, bone bright, in source pixel geometry (used by the SC overlay).
-    `signoff` makes them the final, reader-verified (or rejected) versions.
+    `signoff` makes them the final, reader-verified (or rejected) versions. `replaces`:
+    objects that may hold an earlier result of this image (a re-analysis): the SR names
+    those of its own series as its predecessors. Instance UIDs hash the content
+    (reports.uids): an identical re-run gives the same UIDs, a changed result new ones.
     """
     # Imported here so that `render_overlay` users (the console) skip highdicom and fpdf.
     from dxr_node.reports.gsps import build_gsps
@@ -64,7 +69,8 @@ def build_reports(source: pydicom.Dataset, analysis: Analysis,
         if signoff is not None:
             identity = replace(identity, revision=signoff.revision)
         if kind == "SR":
-            objects.append(build_sr(source, analysis, interpretation, identity, signoff))
+            objects.append(build_sr(source, analysis, interpretation, identity, signoff,
+                                    replaces))
         elif kind == "SC":
             overlay = render_overlay(display, analysis, interpretation, signoff)
             objects.append(build_sc(source, overlay, identity, signoff))

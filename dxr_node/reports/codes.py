@@ -13,13 +13,24 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from dxr_node.engine.result import ProblemCode, Severity
+
 LOCAL_SCHEME = "99DXR"
+# The engine's QC findings (ProblemCode): a scheme of their own, so that its values (the
+# codes' identifiers) never clash with the concepts above.
+PROBLEM_SCHEME = "99DXRQC"
 
 CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(
     designator=LOCAL_SCHEME,
     name="dxr-node local codes for digital X-ray radiogrammetry",
     responsible_organization="dxr-node project",
 )
+PROBLEM_CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(
+    designator=PROBLEM_SCHEME,
+    name="dxr-node quality control findings (rejections and notes)",
+    responsible_organization="dxr-node project",
+)
+CODING_SCHEMES = [CODING_SCHEME, PROBLEM_CODING_SCHEME]
 
 
 def _local(value: str, meaning: str) -> Code:
@@ -74,6 +85,17 @@ STATUS_VALUES = {
     "error": _local("ERR", "Analysis failed"),
 }
 QC_REASON = _local("REASON", "DXR quality control reason")
+# Each engine finding: a CODE item named by its severity, valued by its ProblemCode.
+QC_FINDING = {
+    Severity.REJECTION: _local("QCREJ", "DXR quality control rejection"),
+    Severity.NOTE: _local("QCNOTE", "DXR quality control note"),
+}
+
+
+def problem_code(code: ProblemCode) -> Code:
+    return Code(code.value, PROBLEM_SCHEME, code.meaning)
+
+
 CATEGORY = _local("CAT", "DXR-BMD category")
 CATEGORY_VALUES = {
     "normal": _local("NORMAL", "Normal"),

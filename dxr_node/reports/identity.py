@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import pydicom
@@ -36,6 +38,7 @@ class DerivedIdentity:
     # A reader's re-issue ("" for the preliminary objects): a new instance UID, same
     # series and tracking UIDs (the same findings, tracked across the versions).
     revision: str = ""
+    content: str = ""  # content_digest of what the object states (in the instance UID)
 
     @classmethod
     def for_kind(cls, kind: str, source: pydicom.Dataset, analysis: Analysis,
@@ -46,6 +49,7 @@ class DerivedIdentity:
             algorithm_name=analysis.algorithm.get("name") or "dxr-node",
             algorithm_version=analysis.algorithm.get("version") or "unknown",
             laterality=hand_laterality(analysis, interpretation),
+            content=content_digest(source, analysis, interpretation),
         )
 
     def uid(self, role: str) -> str:
@@ -53,9 +57,9 @@ class DerivedIdentity:
 
     @property
     def sop_instance_uid(self) -> str:
-        if self.revision:
-            return self.uid(f"instance-{self.revision}")
-        return self.uid("instance")
+        role = f"instance-{self.revision}" if self.revision else "instance"
+        return derived_uid(self.source_sop_instance_uid, self.algorithm_version, self.kind,
+                           role, self.content)
 
     @property
     def series_uid(self) -> str:
@@ -68,6 +72,23 @@ class DerivedIdentity:
     @property
     def software_version(self) -> str:
         return f"{self.algorithm_name} {self.algorithm_version}"
+
+
+# Fields of the Analysis that describe the run, not the result.
+_RUN_FIELDS = ("source", "elapsed_ms")
+
+
+def content_digest(source: pydicom.Dataset, analysis: Analysis,
+                   interpretation: Interpretation | None) -> str:
+    """A digest of everything a derived object states: the analysis (measurements, QC
+    findings, algorithm), the interpretation (scores, the reference table's name, version
+    and values used, the priors compared) and the patient/study attributes copied from
+    the source. The run's file path and duration are left out."""
+    result = {k: v for k, v in analysis.to_dict().items() if k not in _RUN_FIELDS}
+    clinical = interpretation.to_dict() if interpretation is not None else None
+    header = {k: str(source[k].value) for k in PATIENT_STUDY_ATTRIBUTES if k in source}
+    text = json.dumps([result, clinical, header], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def hand_laterality(analysis: Analysis, interpretation: Interpretation | None) -> str | None:

@@ -5,8 +5,9 @@ Layout of the content tree:
   finding site (metacarpal, with laterality), numeric measurements with UCUM units, each
   carrying its image coordinates (ROI band, edge lines, bone axis) and the algorithm;
 - one TID 1501 group for the whole hand: indices, scores, category, analysis status;
-- the TID 1500 "Qualitative Evaluations" container: analysis status, QC reasons and
-  clinical remarks as text.
+- the TID 1500 "Qualitative Evaluations" container: analysis status, each QC finding
+  coded (rejection or note, valued from the private scheme 99DXRQC, its text attached)
+  and clinical remarks as text.
 A rejected analysis keeps the groups of the metacarpals that passed their own QC (a
 partial result: their tracking identifiers say so), but its whole-hand group has no
 numbers, only the status; a failed analysis has only the status and the reasons.
@@ -25,20 +26,22 @@ from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 
 from dxr_node.clinical.result import Interpretation
-from dxr_node.engine.result import Analysis, BoneMeasurement, Point
+from dxr_node.engine.result import Analysis, BoneMeasurement, Point, Problem
 from dxr_node.reports import codes
 from dxr_node.reports.identity import DerivedIdentity, copy_patient_study
-from dxr_node.reports.review import SignOff
+from dxr_node.reports.review import ReplacedObject, SignOff
 
 SR_SERIES_DESCRIPTION = "DXR measurements (SR)"
 
 
 def build_sr(source: pydicom.Dataset, analysis: Analysis,
              interpretation: Interpretation | None,
-             identity: DerivedIdentity, signoff: SignOff | None = None
-             ) -> hd.sr.ComprehensiveSR:
+             identity: DerivedIdentity, signoff: SignOff | None = None,
+             replaces: Sequence[ReplacedObject] = ()) -> hd.sr.ComprehensiveSR:
     """Build the measurement report; `identity` gives UIDs and common attributes;
-    `signoff` makes it the reader-verified final version."""
+    `signoff` makes it the reader-verified final version. Its Predecessor Documents are
+    the sign-off's SRs and those of its own series (this image and algorithm version)
+    among `replaces`, other than itself: the earlier results it replaces."""
     algorithm = hd.sr.AlgorithmIdentification(
         name=identity.algorithm_name, version=identity.algorithm_version)
     region_ref = hd.sr.SourceImageForRegion.from_source_image(source)
@@ -111,7 +114,7 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
         manufacturer=identity.manufacturer,
         is_complete=True,
         series_description=SR_SERIES_DESCRIPTION,
-        coding_schemes=[codes.CODING_SCHEME],
+        coding_schemes=codes.CODING_SCHEMES,
         specific_character_set=identity.character_set,
         software_versions=identity.software_version,
     )
@@ -121,6 +124,11 @@ def build_sr(source: pydicom.Dataset, analysis: Analysis,
     copy_patient_study(source, sr)
     if signoff is not None:
         _verify(sr, source, signoff)
+    earlier = [r for r in replaces if r.series_instance_uid == identity.series_uid]
+    predecessors = [r for r in (*(signoff.replaces if signoff else ()), *earlier)
+                    if r.kind == "SR" and r.sop_instance_uid != identity.sop_instance_uid]
+    if predecessors:
+        sr.PredecessorDocumentsSequence = [_study_reference(source, predecessors)]
     if requests := referenced_requests(source):
         sr.ReferencedRequestSequence = requests
     return sr
@@ -144,22 +152,26 @@ def _verify(sr: pydicom.Dataset, source: pydicom.Dataset, signoff: SignOff) -> N
     observer.VerifyingOrganization = verifying_organisation(source, signoff)
     observer.VerificationDateTime = signoff.at.strftime("%Y%m%d%H%M%S")
     sr.VerifyingObserverSequence = [observer]
+
+
+def _study_reference(source: pydicom.Dataset,
+                     objects: Sequence[ReplacedObject]) -> pydicom.Dataset:
+    """A Predecessor Documents Sequence item (SOP Instance Reference Macro by series)."""
     series: dict[str, list[pydicom.Dataset]] = {}
-    for replaced in signoff.replaced("SR"):
+    for replaced in objects:
         item = pydicom.Dataset()
         item.ReferencedSOPClassUID = replaced.sop_class_uid
         item.ReferencedSOPInstanceUID = replaced.sop_instance_uid
         series.setdefault(replaced.series_instance_uid, []).append(item)
-    if series:
-        study = pydicom.Dataset()
-        study.StudyInstanceUID = source.StudyInstanceUID
-        study.ReferencedSeriesSequence = []
-        for series_uid, items in series.items():
-            entry = pydicom.Dataset()
-            entry.SeriesInstanceUID = series_uid
-            entry.ReferencedSOPSequence = items
-            study.ReferencedSeriesSequence.append(entry)
-        sr.PredecessorDocumentsSequence = [study]
+    study = pydicom.Dataset()
+    study.StudyInstanceUID = source.StudyInstanceUID
+    study.ReferencedSeriesSequence = []
+    for series_uid, items in series.items():
+        entry = pydicom.Dataset()
+        entry.SeriesInstanceUID = series_uid
+        entry.ReferencedSOPSequence = items
+        study.ReferencedSeriesSequence.append(entry)
+    return study
 
 
 
@@ -291,8 +303,9 @@ def _hand_evaluations(analysis: Analysis, interpretation: Interpretation | None,
 
 def _remarks_container(analysis: Analysis, interpretation: Interpretation | None,
                        signoff: SignOff | None = None) -> hd.sr.ContainerContentItem:
-    """TID 1500 row "Qualitative Evaluations": the analysis status, the QC reasons, the
-    triage and the interpretation's remarks, as CODE and TEXT items."""
+    """TID 1500 row "Qualitative Evaluations": the analysis status, each QC finding (a
+    CODE rejection or note with its text as a property), the triage and the
+    interpretation's remarks, as CODE and TEXT items."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
@@ -300,7 +313,8 @@ def _remarks_container(analysis: Analysis, interpretation: Interpretation | None
     status = codes.STATUS_VALUES.get(analysis.status, codes.STATUS_VALUES["error"])
     items: list[pydicom.Dataset] = [hd.sr.CodeContentItem(
         name=codes.ANALYSIS_STATUS, value=status, relationship_type=contains)]
-    texts = [(codes.QC_REASON, reason) for reason in analysis.reasons]
+    items += [_finding(problem) for problem in analysis.problems]
+    texts: list[tuple[Code, str]] = []
     if signoff is not None:
         texts += [(codes.REVIEW_REMARK, text) for text in review_remarks(analysis, signoff)]
     if interpretation is not None:
@@ -316,6 +330,16 @@ def _remarks_container(analysis: Analysis, interpretation: Interpretation | None
                                                relationship_type=contains))
     container.ContentSequence = pydicom.Sequence(items)
     return container
+
+
+def _finding(problem: Problem) -> hd.sr.CodeContentItem:
+    item = hd.sr.CodeContentItem(name=codes.QC_FINDING[problem.severity],
+                                 value=codes.problem_code(problem.code),
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    item.ContentSequence = pydicom.Sequence([hd.sr.TextContentItem(
+        name=codes.QC_REASON, value=_sr_text(problem.text) or problem.code.meaning,
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)])
+    return item
 
 
 def review_remarks(analysis: Analysis, signoff: SignOff) -> list[str]:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from dxr_node import __version__
+from dxr_node.engine.result import ProblemCode, Severity
 from dxr_node.node.config import NodeConfig
 from dxr_node.node.logs import log_event
 from dxr_node.node.review_store import ReviewStore
@@ -109,6 +110,7 @@ def overview(store: Store, config: NodeConfig, now: float | None = None) -> dict
         "now": now,
         "last_hour": store.exam_status_counts(now - 3600),
         "last_day": store.exam_status_counts(now - 86400),
+        "rejections_last_day": rejection_causes(store, since=now - 86400),
         "queue": {
             "analysis_queued": counts["jobs"]["queued"],
             "analysis_running": counts["jobs"]["running"],
@@ -124,6 +126,20 @@ def overview(store: Store, config: NodeConfig, now: float | None = None) -> dict
         "destinations": destination_health(store, config),
         "review": {"mode": config.review.mode, **ReviewStore(store).counts()},
     }
+
+
+def rejection_causes(store: Store, since: float | None = None) -> list[dict[str, Any]]:
+    """Results rejected for each cause (problem code), most frequent first; a result with
+    two causes counts under both."""
+    counts = store.problem_counts(since)[Severity.REJECTION]
+    return [{"code": code, "meaning": _meaning(code), "results": n} for code, n in counts.items()]
+
+
+def _meaning(code: str) -> str:
+    try:
+        return ProblemCode(code).meaning
+    except ValueError:  # stored by another version of the node
+        return code
 
 
 def destination_health(store: Store, config: NodeConfig) -> list[dict[str, Any]]:

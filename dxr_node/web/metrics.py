@@ -92,6 +92,13 @@ def render_metrics(store: Store) -> str:
     lines += _family("dxr_review_actions_total", "counter", "Reader review actions by kind.",
                      [_sample("dxr_review_actions_total", n, action=action)
                       for action, n in review.review_actions_total().items()])
+    by_problem = store.problem_counts()
+    lines += _family("dxr_results_by_problem", "gauge",
+                     "Analysis results carrying each QC finding (problem code), by severity "
+                     "(rejection or note); a result counts once per code.",
+                     [_sample("dxr_results_by_problem", n, code=code, severity=severity)
+                      for severity, counts in by_problem.items()
+                      for code, n in counts.items()])
     spool = store.spool_usage()
     lines += _family("dxr_spool_bytes", "gauge", "Bytes of received images in the spool.",
                      [_sample("dxr_spool_bytes", spool["bytes"])])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom import Dataset
 
-from dxr_node.engine.result import BONE_NAMES, Analysis, BoneMeasurement
+from dxr_node.engine.result import BONE_NAMES, Analysis, BoneMeasurement, Problem
 
 
 def make_bone(name: str) -> BoneMeasurement:
@@ -25,9 +25,9 @@ def make_bone(name: str) -> BoneMeasurement:
 def make_analysis(bmd: float | None = 0.5, *, status: str = "ok", bones: int = 3,
                   laterality: str | None = "L", laterality_tag: str | None = None,
                   paediatric: bool = False,
-                  reasons: tuple[str, ...] = ()) -> Analysis:
+                  problems: tuple[Problem, ...] = ()) -> Analysis:
     return Analysis(
-        source="test.dcm", status=status, reasons=reasons, laterality=laterality,
+        source="test.dcm", status=status, problems=problems, laterality=laterality,
         laterality_tag=laterality_tag, pixel_spacing_mm=0.1, pixel_spacing_source="PixelSpacing",
         image_rows=2000, image_cols=1600,
         bones={name: make_bone(name) for name in BONE_NAMES[:bones]},

@@ -10,6 +10,7 @@ import pytest
 
 from dxr_node.clinical import billing_modifier, exam_laterality, interpret, load_reference
 from dxr_node.clinical.reference import DEFAULT_REFERENCE_PATH
+from dxr_node.engine.result import Problem, ProblemCode
 
 TABLE = json.loads(DEFAULT_REFERENCE_PATH.read_text())
 
@@ -189,7 +190,8 @@ def test_age_beyond_table_gives_null_z_with_reason(analysis_factory, header_fact
 
 @pytest.mark.parametrize("status", ["rejected", "error"])
 def test_no_result_gives_no_scores_and_modifier_53(analysis_factory, header_factory, status):
-    analysis = analysis_factory(None, status=status, bones=0, reasons=("no hand found",))
+    analysis = analysis_factory(None, status=status, bones=0, problems=(
+        Problem.of(ProblemCode.NOT_A_HAND, "no hand found"),))
     result = interpret(analysis, header_factory(age="065Y"))
     assert result.billing_modifier == "53"
     assert result.t_score is None and result.category is None

@@ -27,7 +27,7 @@ def test_band_functions_at_their_edges():
 
 
 def _analysis(bmd: float) -> Analysis:
-    return Analysis(source="h.dcm", status="ok", reasons=(), laterality="L",
+    return Analysis(source="h.dcm", status="ok", problems=(), laterality="L",
                     laterality_tag=None, pixel_spacing_mm=0.1, pixel_spacing_source="tag",
                     image_rows=10, image_cols=10, dxr_bmd_g_cm2=bmd)
 

@@ -18,7 +18,7 @@ from dxr_node.engine.remeasure import (
     remeasure_bone,
     with_bones,
 )
-from dxr_node.engine.result import STATUS_OK, STATUS_REJECTED
+from dxr_node.engine.result import STATUS_OK, STATUS_REJECTED, Problem, ProblemCode
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_the_hand_is_rebuilt_and_an_excluded_bone_makes_it_partial(hand):
     # A result whose MC3 the engine lost: the reader's placement completes the hand.
     lost = replace(analysis, status=STATUS_REJECTED, dxr_bmd_g_cm2=None,
                    bones={k: v for k, v in analysis.bones.items() if k != "MC3"},
-                   reasons=("MC3 not found",))
+                   problems=(Problem.of(ProblemCode.BONE_NOT_FOUND, "MC3 not found", "MC3"),))
     rebuilt = with_bones(lost, {**lost.bones, "MC3": moved})
     assert rebuilt.status == STATUS_OK and rebuilt.reasons == ()
     assert rebuilt.dxr_bmd_g_cm2 == pytest.approx(analysis.dxr_bmd_g_cm2, rel=0.01)
@@ -89,6 +89,7 @@ def test_the_hand_is_rebuilt_and_an_excluded_bone_makes_it_partial(hand):
                          excluded=("MC4",))
     assert partial.status == STATUS_REJECTED and partial.dxr_bmd_g_cm2 is None
     assert f"MC4: {EXCLUDED_NOTE}" in partial.reasons
+    assert partial.has(ProblemCode.READER_EXCLUDED, "MC4")
 
 
 def test_the_stored_json_reads_back_to_the_same_analysis(hand):

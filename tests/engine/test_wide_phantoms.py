@@ -69,3 +69,13 @@ def test_most_cases_are_measured(records):
     measured = [r for r in records if r["status"] == "ok"]
     rejected = {r["name"]: (r["cause"], r["features"]) for r in records if r["status"] != "ok"}
     assert len(measured) >= MEASURED_GOAL, rejected
+
+
+def test_adducted_thumb_taken_for_the_little_finger_is_not_reported_as_the_other_hand():
+    """wide_2026_002 (scripts/bench_wide): the thumb lies along the index, so the ray set
+    apart by the wider gap is the little finger; read from that end, MC2 and MC4 swapped
+    and the result was reported ok with a laterality disagreement. The header's
+    laterality now picks the thumb end, and no reading against it is ever measured."""
+    record = phantoms.run_case(wide_case(2026, 2))
+    assert not record["wrong"], record["wrong"]
+    assert record["status"] == "ok", record["cause"]

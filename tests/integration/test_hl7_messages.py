@@ -10,6 +10,7 @@ import hl7
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
+from dxr_node.engine.result import Problem, ProblemCode
 from dxr_node.integration.config import HL7Config
 from dxr_node.integration.hl7 import build_dft, build_oru, charge_modifiers, read_ack
 from dxr_node.integration.outbound import build_messages
@@ -35,7 +36,9 @@ def test_oru_embeds_the_pdf_where_configured(context):
 
 def test_rejected_image_reports_why_and_bills_53_or_nothing(context):
     rejected = replace(context, analysis=replace(context.analysis, status="rejected",
-                                                 reasons=("hand rotated by 40 degrees",)))
+                                                 problems=(Problem.of(
+                                                     ProblemCode.NOT_A_HAND,
+                                                     "hand rotated by 40 degrees"),)))
     oru = _strict(build_oru(rejected, HL7Config(), "C3"), "ORU_R01")
     subs = {(str(obx[4]), str(obx[3][0][0])) for obx in oru.segments("OBX")}
     assert ("HAND", "BMD") not in subs and ("HAND", "REASON") in subs  # as in the SR

@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dxr_node.clinical.reference import load_reference
 from dxr_node.clinical.result import Interpretation, PriorComparison, ReferenceInfo
-from dxr_node.engine.result import Analysis, BoneMeasurement
+from dxr_node.engine.result import Analysis, BoneMeasurement, Problem, ProblemCode
 
 SPACING_MM = 0.1
 ROWS, COLS = 2000, 1600
@@ -173,7 +173,7 @@ def make_analysis(bone_names: tuple[str, ...] = ("MC2", "MC3", "MC4"),
                   spacing_mm: float | None = SPACING_MM, laterality: str = "L") -> Analysis:
     bones = {name: make_bone(name, spacing_mm) for name in bone_names}
     mci = sum(b.mci for b in bones.values()) / len(bones)
-    common = dict(source="test.dcm", status="ok", reasons=(), laterality=laterality,
+    common = dict(source="test.dcm", status="ok", problems=(), laterality=laterality,
                   laterality_tag=laterality, pixel_spacing_source="ImagerPixelSpacing",
                   image_rows=ROWS, image_cols=COLS, bones=bones, mci=mci,
                   algorithm={"name": "dxr-node", "version": "0.1.0"}, elapsed_ms=812.0)
@@ -188,8 +188,9 @@ def make_analysis(bone_names: tuple[str, ...] = ("MC2", "MC3", "MC4"),
                     **common)
 
 
-def make_rejected(reason: str = "hand not found: image is mostly empty") -> Analysis:
-    return Analysis(source="test.dcm", status="rejected", reasons=(reason,),
+def make_rejected(reason: str = "hand not found: image is mostly empty",
+                  code: ProblemCode = ProblemCode.NOT_A_HAND) -> Analysis:
+    return Analysis(source="test.dcm", status="rejected", problems=(Problem.of(code, reason),),
                     laterality=None, laterality_tag="L", pixel_spacing_mm=SPACING_MM,
                     pixel_spacing_source="ImagerPixelSpacing", image_rows=ROWS,
                     image_cols=COLS, algorithm={"name": "dxr-node", "version": "0.1.0"})

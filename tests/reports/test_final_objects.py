@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from conftest import make_analysis, make_interpretation, make_source
 
+from dxr_node.engine.result import Problem, ProblemCode
 from dxr_node.reports import SignOff, build_reports, write_objects
 from dxr_node.reports.review import ReplacedObject
 
@@ -50,7 +51,8 @@ def final(request, tmp_path, display):
     if request.param == "rejected":
         analysis = replace(analysis, status="rejected", bones={}, dxr_bmd_g_cm2=None,
                            mci=None, bhi=None, vpa_mm=None, cortical_thickness_mm=None,
-                           width_mm=None, reasons=("rejected by the reader",))
+                           width_mm=None, problems=(Problem.of(
+                               ProblemCode.READER_REJECTED, "rejected by the reader"),))
     objects = build_reports(source, analysis, interpretation, display, signoff=signoff)
     paths = write_objects(objects, tmp_path)
     written = {pydicom.dcmread(p, stop_before_pixels=True).Modality: p for p in paths}

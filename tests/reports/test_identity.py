@@ -8,7 +8,8 @@ import pydicom
 import pytest
 from conftest import make_analysis, make_interpretation, make_source
 
-from dxr_node.reports import KINDS, build_reports, write_objects
+from dxr_node.engine.result import Problem, ProblemCode
+from dxr_node.reports import KINDS, ReplacedObject, build_reports, write_objects
 
 
 def _uids(objects) -> list[tuple[str, str]]:
@@ -33,6 +34,70 @@ def test_new_algorithm_version_or_source_gives_new_uids(display):
     other = make_source(laterality="R")
     assert _uids(build_reports(source, newer, None, display, kinds=("SR", "GSPS"))) != base
     assert _uids(build_reports(other, analysis, None, display, kinds=("SR", "GSPS"))) != base
+
+
+def _sr(objects) -> pydicom.Dataset:
+    [sr] = [o for o in objects if o.Modality == "SR"]
+    return sr
+
+
+def _predecessors(sr) -> list[str]:
+    return [sop.ReferencedSOPInstanceUID for study in sr.get("PredecessorDocumentsSequence", [])
+            for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence]
+
+
+def _changed_contents():
+    """Each a change of what the objects state, as a re-analysis could bring."""
+    analysis, interpretation = make_analysis(), make_interpretation()
+    bone = analysis.bones["MC3"]
+    moved = replace(bone, cortical_thickness_mm=bone.cortical_thickness_mm + 0.01)
+    other_table = replace(interpretation.reference, version="2")
+    return {
+        "a measurement": (replace(analysis, bones={**analysis.bones, "MC3": moved}),
+                          interpretation),
+        "a QC finding": (replace(analysis, problems=(
+            Problem.of(ProblemCode.LATERALITY, "laterality disagreement: ..."),)),
+            interpretation),
+        "a reader's placement": (replace(analysis, bones={
+            **analysis.bones, "MC3": replace(bone, reader_positioned=True)}), interpretation),
+        "the reference table": (analysis, replace(interpretation, reference=other_table)),
+        "a score from other priors": (analysis, replace(interpretation, prior=None)),
+        "the algorithm version": (replace(analysis, algorithm={"name": "dxr-node",
+                                                               "version": "0.2.0"}),
+                                  interpretation),
+    }
+
+
+@pytest.mark.parametrize("change", list(_changed_contents()))
+def test_changed_content_gets_new_instance_uids_and_the_sr_names_its_predecessor(display,
+                                                                                  change):
+    source = make_source()
+    before = build_reports(source, make_analysis(), make_interpretation(), display)
+    analysis, interpretation = _changed_contents()[change]
+    replaces = [ReplacedObject(o.Modality if o.Modality == "SR" else "other",
+                               str(o.SOPClassUID), str(o.SOPInstanceUID),
+                               str(o.SeriesInstanceUID)) for o in before]
+    after = build_reports(source, analysis, interpretation, display, replaces=replaces)
+    assert not {o.SOPInstanceUID for o in before} & {o.SOPInstanceUID for o in after}
+    if change != "the algorithm version":  # the same series: the versions of one result
+        assert [o.SeriesInstanceUID for o in after] == [o.SeriesInstanceUID for o in before]
+        assert _predecessors(_sr(after)) == [_sr(before).SOPInstanceUID]
+        assert (_sr(after).PredecessorDocumentsSequence[0].StudyInstanceUID
+                == source.StudyInstanceUID)
+    else:  # a new algorithm starts a series of its own and replaces nothing in it
+        assert _predecessors(_sr(after)) == []
+
+
+def test_an_identical_rerun_keeps_its_uids_and_is_no_predecessor_of_itself(display):
+    source = make_source()
+    first = build_reports(source, make_analysis(), make_interpretation(), display)
+    replaces = [ReplacedObject("SR", str(o.SOPClassUID), str(o.SOPInstanceUID),
+                               str(o.SeriesInstanceUID)) for o in first if o.Modality == "SR"]
+    # The run's own duration and file path are not content.
+    again = replace(make_analysis(), elapsed_ms=1.0, source="elsewhere/test.dcm")
+    second = build_reports(source, again, make_interpretation(), display, replaces=replaces)
+    assert _uids(second) == _uids(first)
+    assert "PredecessorDocumentsSequence" not in _sr(second)
 
 
 def test_rewriting_replaces_the_files(tmp_path, display):

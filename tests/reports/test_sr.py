@@ -9,6 +9,7 @@ import highdicom as hd
 import pytest
 from conftest import make_analysis, make_interpretation, make_rejected, make_source
 
+from dxr_node.engine.result import Problem, ProblemCode
 from dxr_node.reports import build_reports, write_objects
 
 BONE_FIELDS = {  # SR concept meaning -> BoneMeasurement field
@@ -162,10 +163,37 @@ def test_change_since_prior_is_coded_with_lsc_cv_and_significance(tmp_path, disp
             for q in groups["DXR"].get_qualitative_evaluations()}["CHGSIG"] == "NOTSIG"
 
 
-def _qc_texts(sr) -> list[str]:
+def _qc_findings(sr) -> list[tuple[str, str, str, str]]:
+    """(finding name, code value, scheme, text) of each coded QC finding."""
     [container] = [i for i in sr.ContentSequence
                    if i.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
-    return [i.TextValue for i in container.ContentSequence if i.ValueType == "TEXT"]
+    out = []
+    for item in container.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue in ("QCREJ", "QCNOTE"):
+            [text] = item.ContentSequence
+            assert text.RelationshipType == "HAS PROPERTIES"
+            assert text.ConceptNameCodeSequence[0].CodeValue == "REASON"
+            code = item.ConceptCodeSequence[0]
+            out.append((item.ConceptNameCodeSequence[0].CodeValue, code.CodeValue,
+                        code.CodingSchemeDesignator, text.TextValue))
+    return out
+
+
+def _qc_texts(sr) -> list[str]:
+    return [text for *_, text in _qc_findings(sr)]
+
+
+def test_each_finding_is_coded_in_the_declared_qc_scheme(tmp_path, display):
+    analysis = replace(make_rejected(), problems=(
+        Problem.of(ProblemCode.BONE_CUT, "MC4 shaft cut by the field edge", "MC4"),
+        Problem.of(ProblemCode.PAEDIATRIC, "paediatric")))
+    sr = _read_sr(tmp_path, make_source(), analysis, None, display)
+    assert _qc_findings(sr) == [
+        ("QCREJ", "bone_cut", "99DXRQC", "MC4 shaft cut by the field edge"),
+        ("QCNOTE", "paediatric", "99DXRQC", "paediatric")]
+    schemes = {item.CodingSchemeDesignator: item.CodingSchemeName
+               for item in sr.CodingSchemeIdentificationSequence}
+    assert schemes["99DXRQC"] == "dxr-node quality control findings (rejections and notes)"
 
 
 def _all_value_types(items) -> set[str]:

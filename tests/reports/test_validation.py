@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from conftest import make_analysis, make_interpretation, make_rejected, make_source
 
+from dxr_node.engine.result import ProblemCode
 from dxr_node.reports import build_reports, write_objects
 
 SOURCES = [
@@ -84,7 +85,8 @@ def written(request, tmp_path, display):
         analysis = replace(make_analysis(), laterality="R")
         return _write(tmp_path, make_source(), analysis, None, display)
     if request.param == "error":
-        failed = replace(make_rejected("internal error: decoder failed"), status="error",
+        failed = replace(make_rejected("internal error: decoder failed",
+                                       ProblemCode.UNREADABLE), status="error",
                          laterality_tag=None)
         return _write(tmp_path, _bare_source(), failed, None, display)
     modality, photometric, side = request.param
