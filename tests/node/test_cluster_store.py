@@ -97,6 +97,8 @@ def test_console_queries_run_on_each_engine(store):
     assert n == 1 and counts[-1] == 1 and total_s >= 0
     assert [r["job_id"] for r in store.patient_results("P1", None)] == [job.id]
     assert store.spool_usage()["files"] == 2 and store.received_total() == 2
+    problems = store.problem_counts()  # JSON arrays read back on each engine
+    assert set(problems) == {"rejection", "note"} and sum(problems["note"].values()) == 1
     assert ReviewStore(store).counts()["awaiting"] == 1
     assert ReviewStore(store).queue()[1] == 1
     assert IntegrationStore(store).find_order(accession_number=None, patient_id="P1",
