@@ -129,6 +129,7 @@ def collect_status(store: Store, *, limit: int = 10) -> dict[str, Any]:
         "recent_results": store.recent_results(limit),
         "failures": store.open_failures(limit),  # the console's list, the same rule
         "skipped": store.skipped(limit),
+        "nodes": store.nodes(),  # the nodes sharing this database (one, on SQLite)
     }
 
 
@@ -168,6 +169,14 @@ def render_status(status: dict[str, Any]) -> str:
                    else f"sop {f['sop_instance_uid']}")
         lines.append(f"  {f['what']} {f['id']}{target}  {_when(f['updated_at'])}  attempts "
                      f"{f['attempts']}{waiting}  {subject}: {f['reason']}")
+    if len(status["nodes"]) > 1:
+        lines.append("")
+        lines.append("nodes")
+        for n in status["nodes"]:
+            state = f"stopped {_when(n['stopped_at'])}" if n["stopped_at"] \
+                else f"heartbeat {_when(n['heartbeat_at'])}"
+            lines.append(f"  {n['name']:<16} {n['host']}  {n['roles']}  {state}  "
+                         f"analysing {n['running_jobs']}  sending {n['sending_dispatches']}")
     if status["skipped"]:
         lines.append("")
         lines.append("skipped (not analysed)")

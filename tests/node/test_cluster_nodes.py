@@ -157,7 +157,9 @@ def test_three_nodes_one_killed_every_image_once(tmp_path, images, postgres_url)
     assert any(f"id={job_id}" in text and "from_node=node-b" in text
                for job_id in held for text in logs.values() if "event=taken_over" in text)
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["jobs"]["done"] == IMAGES  # `status` reads PostgreSQL
+    report = json.loads(status.stdout)  # `dxr-node status` reads PostgreSQL
+    assert report["jobs"]["done"] == IMAGES
+    assert {n["name"] for n in report["nodes"]} == {"node-a", "node-b", "node-c"}
 
     # At the PACS: per acknowledged image exactly one SR, SC and GSPS (by SOP Instance
     # UID); a second delivery of an object (node-b died while sending) is the same bytes.

@@ -154,3 +154,13 @@ def test_review_and_interface_writes_on_each_engine(store):
     (claimed,) = interfaces.claim("RIS", 10)
     interfaces.sent(claimed.id, "AA")
     assert interfaces.counts()["sent"] == 1
+
+
+def test_status_lists_the_nodes_of_a_cluster(store):
+    from dxr_node.commands.node import collect_status, render_status
+
+    store.register_node("dxr-1", host="h1", version="0.1.0", pid=1, roles="scp,workers")
+    store.register_node("dxr-2", host="h2", version="0.1.0", pid=2, roles="workers")
+    store.node_stopped("dxr-2")
+    text = render_status(collect_status(store))
+    assert "nodes" in text and "dxr-1" in text and "dxr-2" in text and "stopped" in text
