@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also re-queue failed analysis jobs (e.g. after a fix)")
     p.set_defaults(func=_delegate("dxr_node.commands.node:retry"))
 
+    p = sub.add_parser("copy-db", help="copy a node database into a new one (e.g. SQLite "
+                       "to PostgreSQL, to start a cluster)")
+    p.add_argument("source", metavar="FROM", help="a database file or postgresql:// URL")
+    p.add_argument("target", metavar="TO", help="a new database file or postgresql:// URL")
+    p.set_defaults(func=_delegate("dxr_node.commands.node:copy_db"))
+
     p = sub.add_parser("send", help="push DICOM files to a node or PACS (C-STORE)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--to", required=True, metavar="HOST:PORT")

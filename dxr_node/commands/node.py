@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dxr_node.node.config import ConfigError, NodeConfig, cli_overrides, load_config
+from dxr_node.node.database import DATABASE_ERRORS
 from dxr_node.node.integration_store import IntegrationStore
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Store, StoreError
@@ -212,6 +213,27 @@ def retry(args: argparse.Namespace) -> int:
     print(f"re-queued {done['dispatches']} failed or waiting dispatch(es)"
           + (f" and {done['jobs']} failed analysis job(s)" if with_jobs else "")
           + " (a running node picks them up; otherwise at its next start)")
+    return 0
+
+
+# --- copy-db -----------------------------------------------------------------------------
+
+def copy_db(args: argparse.Namespace) -> int:
+    """Copy a stopped node's database into a new, empty one (SQLite <-> PostgreSQL)."""
+    from dxr_node.node.database import is_postgres_url
+    from dxr_node.node.transfer import copy_database
+
+    if not is_postgres_url(args.source) and not Path(args.source).is_file():
+        return _fail(f"no node database at {args.source}")
+    try:
+        with Store(args.source) as source, Store(args.target) as target:
+            copied = copy_database(source, target)
+    except StoreError as exc:
+        return _fail(str(exc))
+    except DATABASE_ERRORS as exc:  # e.g. the target's server went away mid-copy
+        return _fail(f"copy failed, nothing was copied: {str(exc).strip().splitlines()[0]}")
+    print(f"copied {sum(copied.values())} rows ("
+          + ", ".join(f"{table} {n}" for table, n in copied.items() if n) + ")")
     return 0
 
 

@@ -147,6 +147,10 @@ class _PostgresConnection:
         self.raw = conn
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        # As sqlite3 does (callers turn it into "bad request"): psycopg would send such a
+        # number as NUMERIC and simply find no row.
+        if any(isinstance(p, int) and not -2**63 <= p < 2**63 for p in parameters):
+            raise OverflowError("integer parameter outside 64 bits")
         cursor = self.raw.cursor(row_factory=_row_factory)
         cursor.execute(postgres_sql(sql), tuple(parameters))
         return cursor

@@ -164,3 +164,30 @@ def test_status_lists_the_nodes_of_a_cluster(store):
     store.node_stopped("dxr-2")
     text = render_status(collect_status(store))
     assert "nodes" in text and "dxr-1" in text and "dxr-2" in text and "stopped" in text
+
+
+def test_copy_db_moves_a_sqlite_node_to_postgresql_and_back(tmp_path, postgres_url, capsys):
+    from dxr_node.cli import main
+
+    sqlite = tmp_path / "node.sqlite"
+    with Store(sqlite) as store:
+        store.add_instance(_info("7.1"))
+        _finish(store, store.claim_job("w"))
+        store.add_instance(_info("7.2"))
+        ReviewStore(store).add_user("admin1", "Admin", "admin", "long-enough-password")
+    assert main(["copy-db", str(sqlite), postgres_url]) == 0
+    assert "instances 2" in capsys.readouterr().out
+    with Store(postgres_url) as cluster:
+        assert cluster.counts()["jobs"] == {"queued": 1, "running": 0, "done": 1,
+                                            "failed": 0, "skipped": 0}
+        assert cluster.priors("P1", None, "x")[0].dxr_bmd_g_cm2 == 0.5
+        assert ReviewStore(cluster).authenticate("admin1", "long-enough-password")
+        # New rows continue after the copied ids.
+        assert cluster.add_instance(_info("7.3")).job_id == 3
+    assert main(["copy-db", str(sqlite), postgres_url]) == 2  # never over existing rows
+    assert "is not empty" in capsys.readouterr().err
+    back = tmp_path / "back.sqlite"
+    assert main(["copy-db", postgres_url, str(back)]) == 0
+    with Store(back) as store:
+        assert store.instance_count() == 3 and store.recent_results()[0]["objects"] == 1
+    assert main(["copy-db", str(tmp_path / "missing.sqlite"), str(back)]) == 2
