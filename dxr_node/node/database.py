@@ -68,6 +68,11 @@ class Dialect:
         itself, an array or object as JSON text (SQLite) or decoded (PostgreSQL)."""
         return f"json_extract({column}, '$.{key}')"
 
+    def json_array_agg(self, expression: str) -> str:
+        """SQL aggregating ``expression`` into a JSON array (``[]`` for no rows): JSON text
+        (SQLite) or decoded (PostgreSQL)."""
+        return f"json_group_array({expression})"
+
 
 SQLITE = Dialect()
 
@@ -93,6 +98,9 @@ class PostgresDialect(Dialect):
 
     def json_get(self, column: str, key: str) -> str:
         return f"({column}::jsonb -> '{key}')"
+
+    def json_array_agg(self, expression: str) -> str:
+        return f"COALESCE(json_agg({expression}), '[]'::json)"
 
 
 def postgres_sql(sql: str) -> str:

@@ -137,6 +137,11 @@ class Order:
         }
 
 
+def _decoded(value: Any) -> Any:
+    """A JSON value read back: text on SQLite, already decoded on PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _order_from_row(row: sqlite3.Row) -> Order:
     return Order(
         id=row["id"], placer_order_number=row["placer_order_number"],
@@ -294,11 +299,12 @@ class IntegrationStore:
     def orders(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
         rows = self.store._read(
-            "SELECT *, (SELECT json_group_array(m.job_id) FROM order_matches m"
+            f"SELECT *, (SELECT {self.store.dialect.json_array_agg('m.job_id')}"
+            " FROM order_matches m"
             f" WHERE m.order_id = orders.id) AS job_ids FROM orders {where}"
             " ORDER BY id DESC LIMIT ?", [*params, limit])
         return [_order_from_row(r).to_dict() | {"received_at": r["received_at"],
-                                                "job_ids": json.loads(r["job_ids"])}
+                                                "job_ids": _decoded(r["job_ids"])}
                 for r in rows]
 
     def images_without_order(self, limit: int = 100) -> list[dict[str, Any]]:
