@@ -30,8 +30,12 @@ MIN_SHAFT_SEPARATION = 0.17
 MAX_SHAFT_SPACING = 0.75
 # A shaft is a ridge peak at least this share of the labelled bones' median ridge.
 SHAFT_LEVEL = 0.30
-# A labelled bone must lie on a peak within this distance (palm radii).
+# A labelled bone must lie on a peak within this distance (palm radii), or within this
+# share of the labelled bones' spacing on a widely spaced row (a spread hand's oblique
+# shafts blur their peaks across the averaged band): nearer to it than to any neighbour.
 MATCH_DISTANCE = 0.12
+MATCH_SPACING_SHARE = 0.3
+ROW_INDEX = {"MC2": 0, "MC3": 1, "MC4": 2}  # place in the row from the thumb side
 # MC5 is thinner than MC4: its ridge is at least this share of MC4's.
 MC5_LEVEL = 0.5
 SIXTH_LEVEL = 0.45  # a shaft beyond MC5 this strong (share of MC2-MC4) is a metacarpal
@@ -113,11 +117,14 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     heights = strength[peaks] / bone_level
     # Each label on its own shaft.
     matched: dict[str, int] = {}
+    positions = [labelled[n] for n in names]
+    spacing = abs(positions[0] - positions[-1]) / (ROW_INDEX[names[-1]] - ROW_INDEX[names[0]])
+    reach = max(MATCH_DISTANCE, MATCH_SPACING_SHARE * spacing)
     for name, position in labelled.items():
         if not len(shafts):
             break
         k = int(np.argmin(np.abs(shafts - position)))
-        if abs(shafts[k] - position) <= MATCH_DISTANCE:
+        if abs(shafts[k] - position) <= reach:
             matched[name] = k
     result = dict(shafts=tuple(f"{s:.2f}:{h:.2f}" for s, h in zip(shafts, heights, strict=True)),
                   labelled=tuple(labelled[n] for n in names))
@@ -141,10 +148,9 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     if len(set(indices)) < len(indices):
         return IdentityCheck("bone identity uncertain: two labels on one shaft", {}, **result)
     # Labels in order from the thumb side (+) to the ulnar side (-), as neighbours.
-    expected = {"MC2": 0, "MC3": 1, "MC4": 2}
-    first = matched[names[0]] + expected[names[0]]  # index of MC2's shaft
+    first = matched[names[0]] + ROW_INDEX[names[0]]  # index of MC2's shaft
     for name in names:
-        if matched[name] != first - expected[name]:
+        if matched[name] != first - ROW_INDEX[name]:
             return IdentityCheck("bone identity uncertain: the labelled bones are not "
                                  "neighbouring shafts in order", {}, **result)
     mc4_index = first - 2
@@ -168,6 +174,9 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     # The thumb side: beyond MC2 the hand goes on (thenar, the thumb), beyond MC5 it ends
     # within about one shaft spacing. Judged in shaft spacings, from the mask.
     mc2_index = first
+    if mc2_index >= len(shafts):  # MC2 itself not labelled, and no shaft where it belongs
+        return IdentityCheck("bone identity uncertain: no shaft where MC2 should be", {},
+                             **result)
     radial_extent = (across[high] - shafts[mc2_index]) / spacing
     ulnar_extent = (shafts[mc5] - across[low]) / spacing
     result["thumb_side_margin"] = float(radial_extent - ulnar_extent)

@@ -63,6 +63,9 @@ TODDLER_LENGTH_PER_WIDTH = 5.6
 # Stubbier than this is no metacarpal, even a toddler's (seen: toddlers 4.2-5.4, adults
 # 6.1-11; mislocations in the carpus or forearm 2.8-3.7).
 MIN_LENGTH_PER_WIDTH = 3.9
+# Where phalanges were taken for metacarpals, the MCP joint is looked for this far
+# (palm radii) beyond the finger's base instead of 1.8.
+DEEPER_MCP_REACH = 3.0
 CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
 # A growth plate: a second dark band beside the deepest one at the MCP joint, at least
 # this share of its depth, from PHYSIS_CLEARANCE beyond its extent to PHYSIS_REACH from
@@ -288,9 +291,11 @@ def _common_direction(fingers: list[_Finger]) -> np.ndarray | None:
 
 def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkScale,
                  long_fingers: list[_Finger], laterality: str, thumb_seen: bool = True,
-                 shafts: dict[str, np.ndarray] | None = None) -> HandLocation:
+                 shafts: dict[str, np.ndarray] | None = None,
+                 beyond: dict[str, float] | None = None) -> HandLocation:
     """MC2-MC4 along the rays of the index, middle, ring (and little) fingers; with
-    ``shafts`` (canonical-frame points on MC2-MC4 from the row of shafts), from there."""
+    ``shafts`` (canonical-frame points on MC2-MC4 from the row of shafts), from there;
+    with ``beyond`` (canonical y per bone), only bones whose head lies proximal of it."""
     scale, mask = work.scale, work.mask
     palm_centre, palm_radius = work.palm_centre, work.palm_radius
     outline = _outline(mask, scale)
@@ -319,7 +324,11 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             candidates[name] = _shaft_candidates(smooth, ridge, shafts[name])
         elif name != "MC5":
             base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
-            candidates[name] = _metacarpal_candidates(smooth, ridge, base, tip)
+            candidates[name] = _metacarpal_candidates(
+                smooth, ridge, base, tip, 1.8 if beyond is None else DEEPER_MCP_REACH)
+    if beyond is not None:
+        candidates = {name: [c for c in found if c.distal[1] >= beyond.get(name, -math.inf)]
+                      for name, found in candidates.items()}
     for name, bone in sorted(_even_out_lengths(_choose_consistent(candidates)).items()):
         if not _inside(inside, bone):
             problems.append(Problem.of(Code.BONE_CUT, f"{name} shaft cut by the field edge",
@@ -349,6 +358,18 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
                                       "and not stubby like a toddler's"))
     hand = cv2.warpAffine(mask, to_frame, frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
     if canonical_bones:
+        continuation = 0.0 if toddler else continues_proximally(frame.image, {
+            name: (*frame.from_input(np.array([b.proximal_rc[::-1], b.distal_rc[::-1]])),
+                   b.width_estimate_px * zoom) for name, b in bones.items()})
+        if continuation > MAX_PROXIMAL_CONTINUATION and beyond is None:
+            # Phalanges taken for metacarpals (long or flexed fingers): the metacarpals
+            # lie beyond them. Looked for once more there, under the same checks.
+            deeper = {name: 0.5 * (bone.proximal[1] + bone.distal[1])
+                      for name, bone in canonical_bones.items()}
+            retry = _locate_rays(image, pixel_spacing_mm, work, long_fingers, laterality,
+                                 thumb_seen, shafts, deeper)
+            if not retry.problems:
+                return retry
         identity = _check_identity(ridge, hand, canonical_bones, laterality, thumb_seen)
         features["identity_shafts"] = identity.shafts
         features["identity_labelled"] = identity.labelled
@@ -360,10 +381,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             del bones[name], canonical_bones[name]
         if identity.problem and not toddler:
             problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, identity.problem))
-        elif not toddler and continues_proximally(frame.image, {
-                name: (*frame.from_input(np.array([b.proximal_rc[::-1], b.distal_rc[::-1]])),
-                       b.width_estimate_px * zoom) for name, b in bones.items()
-        }) > MAX_PROXIMAL_CONTINUATION:
+        elif continuation > MAX_PROXIMAL_CONTINUATION:
             problems.insert(0, Problem.of(
                 Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the bones run on "
                 "proximally into further long bones (phalanges taken for metacarpals?)"))
@@ -874,7 +892,7 @@ class _CanonicalBone:
 
 
 def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
-                           tip: np.ndarray) -> list[_CanonicalBone]:
+                           tip: np.ndarray, mcp_reach: float = 1.8) -> list[_CanonicalBone]:
     """Possible metacarpals continuing a finger proximally (canonical frame), best first.
 
     The ray is tracked from the middle of the finger into the carpus; joint gaps (and
@@ -889,7 +907,7 @@ def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarr
     # The MCP joint lies within a proximal phalanx of the finger's base (the forearm
     # lies further).
     return _candidates_along(smooth, ridge, path, to_base - 0.6 * radius,
-                             to_base + 1.8 * radius)
+                             to_base + mcp_reach * radius)
 
 
 def _shaft_candidates(smooth: np.ndarray, ridge: np.ndarray, point: np.ndarray
