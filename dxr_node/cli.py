@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sex", choices=["F", "M"], help="override the header's PatientSex")
     p.add_argument("--age", type=_positive_float, metavar="YEARS",
                    help="override the age from the header")
-    p.add_argument("--history", metavar="DB", help="node database with prior results")
+    p.add_argument("--history", metavar="DB",
+                   help="node database with prior results (a file, or postgresql://...)")
     p.set_defaults(func=_delegate("dxr_node.commands.analyze:run"))
 
     p = sub.add_parser("phantom", help="write synthetic hand radiographs with known geometry")
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N")
     p.add_argument("--destination", action="append", metavar="AET@HOST:PORT", default=None)
     p.add_argument("--allow-aet", action="append", metavar="AET", default=None)
+    p.add_argument("--node-name", metavar="NAME",
+                   help="this node's name in a cluster (default: the host name)")
+    p.add_argument("--no-scp", action="store_true", help="do not receive images")
+    p.add_argument("--no-workers", action="store_true", help="do not analyse images")
+    p.add_argument("--no-dispatch", action="store_true", help="do not send results")
     p.set_defaults(func=_delegate("dxr_node.commands.node:serve"))
 
     p = sub.add_parser("status", help="queue counts, recent results and failures")
@@ -97,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", action="store_true",
                    help="also re-queue failed analysis jobs (e.g. after a fix)")
     p.set_defaults(func=_delegate("dxr_node.commands.node:retry"))
+
+    p = sub.add_parser("copy-db", help="copy a node database into a new one (e.g. SQLite "
+                       "to PostgreSQL, to start a cluster)")
+    p.add_argument("source", metavar="FROM", help="a database file or postgresql:// URL")
+    p.add_argument("target", metavar="TO", help="a new database file or postgresql:// URL")
+    p.set_defaults(func=_delegate("dxr_node.commands.node:copy_db"))
 
     p = sub.add_parser("send", help="push DICOM files to a node or PACS (C-STORE)")
     p.add_argument("files", nargs="+", metavar="FILE")

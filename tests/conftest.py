@@ -55,3 +55,30 @@ def pytest_runtest_makereport(item, call):
         if "not installed" in reason or "needs Debian" in reason:
             report.outcome = "failed"
             report.longrepr = f"required tool missing (DXR_REQUIRE_TOOLS=1): {reason}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session (skipped when it is not installed)."""
+    from dxr_node.evaluation.postgres import PostgresServer
+
+    try:
+        server = PostgresServer().start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A PostgreSQL URL whose search path is a new, empty schema (one per test)."""
+    return postgres_server.new_schema_url()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path) -> str | Path:
+    """Each backend in turn: a new SQLite file, then a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        return tmp_path / "node.sqlite"
+    return request.getfixturevalue("postgres_url")

@@ -77,3 +77,23 @@ def test_bench_realworld_runs_on_one_real_image():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrong bones reported ok: 0" in proc.stdout, proc.stdout
     assert "all" in proc.stdout and "/8 agree" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_cluster_small_run_figures_are_sane():
+    proc = subprocess.run([str(REPO / "scripts" / "bench_cluster"), "--images", "4",
+                           "--nodes", "1,2", "--senders", "2", "--store-images", "20",
+                           "--json"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0 and "not installed" in proc.stderr:
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    runs = [*report["postgresql_runs"], report["sqlite_run"]]
+    assert [r["nodes"] for r in report["postgresql_runs"]] == [1, 2]
+    for run in runs:  # every image acknowledged and its SR delivered, figures present
+        assert run["acknowledged"] == run["delivered_srs"] == run["images"] == 4
+        assert run["images_per_minute"] > 0
+        assert 0 < run["latency_median_s"] <= run["latency_p95_s"]
+    for backend in ("sqlite", "postgresql"):
+        assert report["store_cost"][backend]["ms_per_image"] > 0
+    assert report["postgresql_vs_sqlite"]["store_ms_ratio"] > 0

@@ -24,6 +24,7 @@ from dxr_node.engine.analyze import error_analysis
 from dxr_node.engine.image import ImageLoadError, to_display_uint8
 from dxr_node.engine.result import STATUS_ERROR, STATUS_OK, ProblemCode
 from dxr_node.fileio import write_durably
+from dxr_node.node.database import is_postgres_url
 from dxr_node.node.store import Store, StoreError
 from dxr_node.pipeline import HistorySource, PipelineResult, process_file, result_json
 from dxr_node.reports.review import ReplacedObject
@@ -124,7 +125,7 @@ def _write_overlay_png(result: PipelineResult, pixels: np.ndarray, source: str,
 
 
 def _open_history(path: str) -> HistorySource | None:
-    if not Path(path).is_file():
+    if not is_postgres_url(path) and not Path(path).is_file():
         print(f"dxr-node: --history {path}: no such database", file=sys.stderr)
         return None
     try:

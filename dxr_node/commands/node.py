@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dxr_node.node.config import ConfigError, NodeConfig, cli_overrides, load_config
+from dxr_node.node.database import DATABASE_ERRORS
 from dxr_node.node.integration_store import IntegrationStore
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Store, StoreError
@@ -37,6 +38,8 @@ def _config(args: argparse.Namespace, **overrides: Any) -> NodeConfig:
 
 
 def _open_existing_store(config: NodeConfig) -> Store:
+    if config.database_url:
+        return Store(config.database_url)
     path = config.database_path
     if not path.is_file():
         raise StoreError(f"no node database at {path} (has `dxr-node serve` run with this "
@@ -82,7 +85,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = _config(args, **cli_overrides(
             host=args.host, port=args.port, ae_title=args.ae_title, workers=args.workers,
-            destinations=args.destination, allow_aets=args.allow_aet))
+            destinations=args.destination, allow_aets=args.allow_aet, no_scp=args.no_scp,
+            no_workers=args.no_workers, no_dispatch=args.no_dispatch,
+            node_name=args.node_name))
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(config.log_level)
@@ -117,7 +122,7 @@ def _number(value: float | None, digits: int = 3) -> str:
 def collect_status(store: Store, *, limit: int = 10) -> dict[str, Any]:
     """Everything `dxr-node status` shows, as one JSON-ready dict."""
     return {
-        "database": str(store.path),
+        "database": store.location,
         "instances": store.instance_count(),
         **store.counts(),
         "destinations": store.destination_health(),
@@ -125,6 +130,7 @@ def collect_status(store: Store, *, limit: int = 10) -> dict[str, Any]:
         "recent_results": store.recent_results(limit),
         "failures": store.open_failures(limit),  # the console's list, the same rule
         "skipped": store.skipped(limit),
+        "nodes": store.nodes(),  # the nodes sharing this database (one, on SQLite)
     }
 
 
@@ -164,6 +170,14 @@ def render_status(status: dict[str, Any]) -> str:
                    else f"sop {f['sop_instance_uid']}")
         lines.append(f"  {f['what']} {f['id']}{target}  {_when(f['updated_at'])}  attempts "
                      f"{f['attempts']}{waiting}  {subject}: {f['reason']}")
+    if len(status["nodes"]) > 1:
+        lines.append("")
+        lines.append("nodes")
+        for n in status["nodes"]:
+            state = f"stopped {_when(n['stopped_at'])}" if n["stopped_at"] \
+                else f"heartbeat {_when(n['heartbeat_at'])}"
+            lines.append(f"  {n['name']:<16} {n['host']}  {n['roles']}  {state}  "
+                         f"analysing {n['running_jobs']}  sending {n['sending_dispatches']}")
     if status["skipped"]:
         lines.append("")
         lines.append("skipped (not analysed)")
@@ -199,6 +213,27 @@ def retry(args: argparse.Namespace) -> int:
     print(f"re-queued {done['dispatches']} failed or waiting dispatch(es)"
           + (f" and {done['jobs']} failed analysis job(s)" if with_jobs else "")
           + " (a running node picks them up; otherwise at its next start)")
+    return 0
+
+
+# --- copy-db -----------------------------------------------------------------------------
+
+def copy_db(args: argparse.Namespace) -> int:
+    """Copy a stopped node's database into a new, empty one (SQLite <-> PostgreSQL)."""
+    from dxr_node.node.database import is_postgres_url
+    from dxr_node.node.transfer import copy_database
+
+    if not is_postgres_url(args.source) and not Path(args.source).is_file():
+        return _fail(f"no node database at {args.source}")
+    try:
+        with Store(args.source) as source, Store(args.target) as target:
+            copied = copy_database(source, target)
+    except StoreError as exc:
+        return _fail(str(exc))
+    except DATABASE_ERRORS as exc:  # e.g. the target's server went away mid-copy
+        return _fail(f"copy failed, nothing was copied: {str(exc).strip().splitlines()[0]}")
+    print(f"copied {sum(copied.values())} rows ("
+          + ", ".join(f"{table} {n}" for table, n in copied.items() if n) + ")")
     return 0
 
 

@@ -26,7 +26,7 @@ def _password(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
-        with Store(config.database_path) as store:  # creates a fresh node's database
+        with Store(config.database_target) as store:  # creates a fresh node's database
             accounts = ReviewStore(store)
             if args.action == "list":
                 for user in accounts.users():

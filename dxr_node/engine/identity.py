@@ -20,6 +20,7 @@ The margin by which the count holds gives each bone a confidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,8 +31,12 @@ MIN_SHAFT_SEPARATION = 0.17
 MAX_SHAFT_SPACING = 0.75
 # A shaft is a ridge peak at least this share of the labelled bones' median ridge.
 SHAFT_LEVEL = 0.30
-# A labelled bone must lie on a peak within this distance (palm radii).
+# A labelled bone must lie on a peak within this distance (palm radii), or within this
+# share of the labelled bones' spacing on a widely spaced row (a spread hand's oblique
+# shafts blur their peaks across the averaged band): nearer to it than to any neighbour.
 MATCH_DISTANCE = 0.12
+MATCH_SPACING_SHARE = 0.3
+ROW_INDEX = {"MC2": 0, "MC3": 1, "MC4": 2}  # place in the row from the thumb side
 # MC5 is thinner than MC4: its ridge is at least this share of MC4's.
 MC5_LEVEL = 0.5
 SIXTH_LEVEL = 0.45  # a shaft beyond MC5 this strong (share of MC2-MC4) is a metacarpal
@@ -85,7 +90,7 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     ``thumb_seen``: the thumb side came from the thumb itself; the hand's extent beyond
     the row must then not contradict it. Without it, the extent must confirm the side.
     """
-    names = [n for n in ("MC2", "MC3", "MC4") if n in centres]
+    names: list[str] = [n for n in ("MC2", "MC3", "MC4") if n in centres]
     if len(names) < 2:
         return IdentityCheck("bone identity uncertain: fewer than two metacarpals found", {})
     normal = np.array([axis[1], -axis[0]])  # perpendicular to the axis
@@ -101,9 +106,10 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     labelled = {n: float(np.dot(centres[n] - origin, normal) / palm_radius) for n in names}
     # The run of the hand containing the labelled bones (a second hand is another run).
     middle = int(np.argmin(np.abs(across - np.mean(list(labelled.values())))))
-    low, high = _run_around(inside, middle)
-    if low is None:
+    run = _run_around(inside, middle)
+    if run is None:
         return IdentityCheck("bone identity uncertain: the bones lie outside the hand", {})
+    low, high = run
     bone_level = float(np.median([strength[_index(across, s)] for s in labelled.values()]))
     if bone_level <= 0:
         return IdentityCheck("bone identity uncertain: no shaft ridge at the bones", {})
@@ -113,14 +119,18 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     heights = strength[peaks] / bone_level
     # Each label on its own shaft.
     matched: dict[str, int] = {}
+    positions = [labelled[n] for n in names]
+    spacing = abs(positions[0] - positions[-1]) / (ROW_INDEX[names[-1]] - ROW_INDEX[names[0]])
+    reach = max(MATCH_DISTANCE, MATCH_SPACING_SHARE * spacing)
     for name, position in labelled.items():
         if not len(shafts):
             break
         k = int(np.argmin(np.abs(shafts - position)))
-        if abs(shafts[k] - position) <= MATCH_DISTANCE:
+        if abs(shafts[k] - position) <= reach:
             matched[name] = k
-    result = dict(shafts=tuple(f"{s:.2f}:{h:.2f}" for s, h in zip(shafts, heights, strict=True)),
-                  labelled=tuple(labelled[n] for n in names))
+    result: dict[str, Any] = {
+        "shafts": tuple(f"{s:.2f}:{h:.2f}" for s, h in zip(shafts, heights, strict=True)),
+        "labelled": tuple(labelled[n] for n in names)}
     missing = [n for n in names if n not in matched]
     dropped: tuple[str, ...] = ()
     if (len(missing) == 1 and len(names) == 3 and missing[0] != "MC3"
@@ -141,10 +151,9 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     if len(set(indices)) < len(indices):
         return IdentityCheck("bone identity uncertain: two labels on one shaft", {}, **result)
     # Labels in order from the thumb side (+) to the ulnar side (-), as neighbours.
-    expected = {"MC2": 0, "MC3": 1, "MC4": 2}
-    first = matched[names[0]] + expected[names[0]]  # index of MC2's shaft
+    first = matched[names[0]] + ROW_INDEX[names[0]]  # index of MC2's shaft
     for name in names:
-        if matched[name] != first - expected[name]:
+        if matched[name] != first - ROW_INDEX[name]:
             return IdentityCheck("bone identity uncertain: the labelled bones are not "
                                  "neighbouring shafts in order", {}, **result)
     mc4_index = first - 2
@@ -168,6 +177,9 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     # The thumb side: beyond MC2 the hand goes on (thenar, the thumb), beyond MC5 it ends
     # within about one shaft spacing. Judged in shaft spacings, from the mask.
     mc2_index = first
+    if mc2_index >= len(shafts):  # MC2 itself not labelled, and no shaft where it belongs
+        return IdentityCheck("bone identity uncertain: no shaft where MC2 should be", {},
+                             **result)
     radial_extent = (across[high] - shafts[mc2_index]) / spacing
     ulnar_extent = (shafts[mc5] - across[low]) / spacing
     result["thumb_side_margin"] = float(radial_extent - ulnar_extent)
@@ -179,7 +191,7 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     # weak the shafts beyond MC5 are.
     valleys = _valley_depths(strength, peaks, bone_level)
     extra = max([heights[k] for k in range(mc5)], default=0.0)
-    confidence = {}
+    confidence: dict[str, float] = {}
     for name in names:
         clear = float(np.clip(valleys[matched[name]] / 0.5, 0.0, 1.0))
         confidence[name] = round(float(np.clip(clear * (1.0 - 0.5 * extra), 0.0, 1.0)), 3)
@@ -221,9 +233,9 @@ def _index(across: np.ndarray, position: float) -> int:
     return int(np.argmin(np.abs(across - position)))
 
 
-def _run_around(inside: np.ndarray, index: int) -> tuple[int | None, int | None]:
+def _run_around(inside: np.ndarray, index: int) -> tuple[int, int] | None:
     if not inside[index]:
-        return None, None
+        return None
     low = index
     while low > 0 and inside[low - 1]:
         low -= 1

@@ -201,7 +201,7 @@ def _decode_isolated(ds: Dataset, name: str, syntax: UID) -> np.ndarray:
                 else:
                     head = json.dumps([stored.dtype.str, list(stored.shape)])
                     out.write(b"A" + head.encode() + b"\n")
-                    out.write(memoryview(stored).cast("B"))
+                    out.write(stored.data.cast("B"))
         except BaseException:
             status = 1
         finally:
@@ -213,14 +213,14 @@ def _decode_isolated(ds: Dataset, name: str, syntax: UID) -> np.ndarray:
     timer.start()
     try:
         with os.fdopen(read_fd, "rb") as pipe:
-            stored = _receive(pipe, name)
+            received = _receive(pipe, name)
     finally:
         timer.cancel()
         _, wait_status = os.waitpid(pid, 0)  # the child exits right after writing
         messages.seek(0)
         said = messages.read(4096).decode("utf-8", "replace").strip().splitlines()
         messages.close()
-    if stored is None:
+    if received is None:
         if overdue.is_set():
             raise ImageLoadError(f"{name}: pixel data could not be decoded ({syntax.name}: "
                                  f"the decoder did not finish within {DECODE_TIMEOUT_S:g} s)")
@@ -229,7 +229,7 @@ def _decode_isolated(ds: Dataset, name: str, syntax: UID) -> np.ndarray:
         detail = f": {_short(Exception(said[-1]))}" if said else ""
         raise ImageLoadError(f"{name}: pixel data could not be decoded ({syntax.name}: the "
                              f"decoder crashed, {how}{detail})")
-    return stored
+    return received
 
 
 def _kill_overdue(pid: int, overdue: threading.Event) -> None:
@@ -249,7 +249,7 @@ def _receive(pipe: Any, name: str) -> np.ndarray | None:
         return None
     dtype, shape = json.loads(pipe.readline())
     stored = np.empty(shape, dtype=np.dtype(dtype))
-    view = memoryview(stored).cast("B")
+    view = stored.data.cast("B")
     got = 0
     while got < len(view):
         n = pipe.readinto(view[got:])
@@ -344,7 +344,7 @@ def _header_spacing(ds: Dataset) -> tuple[float | None, str | None, str | None]:
     return None, None, problems[0] if problems else "no pixel spacing in the header"
 
 
-def _number(value: object) -> float | None:
+def _number(value: Any) -> float | None:
     try:
         return float(value) if value not in (None, "") else None
     except (TypeError, ValueError):
@@ -392,10 +392,9 @@ def _load_raster(path: Path, pixel_spacing_mm: float | None,
         image = cv2.cvtColor(image, code)
     if image.ndim != 2:
         raise ImageLoadError(f"{name}: unsupported image layout {image.shape}")
-    if pixel_spacing_mm is None:
-        spacing, source, problem = None, None, "no pixel spacing (give --pixel-spacing)"
-    else:
-        spacing, source, problem = _plausible([pixel_spacing_mm], "command line")
+    spacing, source, problem = (
+        (None, None, "no pixel spacing (give --pixel-spacing)") if pixel_spacing_mm is None
+        else _plausible([pixel_spacing_mm], "command line"))
     return Radiograph(image.astype(np.float32), spacing, source, problem, None, str(path), None)
 
 

@@ -35,6 +35,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -63,6 +64,9 @@ TODDLER_LENGTH_PER_WIDTH = 5.6
 # Stubbier than this is no metacarpal, even a toddler's (seen: toddlers 4.2-5.4, adults
 # 6.1-11; mislocations in the carpus or forearm 2.8-3.7).
 MIN_LENGTH_PER_WIDTH = 3.9
+# Where phalanges were taken for metacarpals, the MCP joint is looked for this far
+# (palm radii) beyond the finger's base instead of 1.8.
+DEEPER_MCP_REACH = 3.0
 CHILD_CARPAL_BONE_FRACTION = 0.57  # carpus partly cartilage
 # A growth plate: a second dark band beside the deepest one at the MCP joint, at least
 # this share of its depth, from PHYSIS_CLEARANCE beyond its extent to PHYSIS_REACH from
@@ -111,7 +115,7 @@ class HandLocation:
     # For previews and diagnostics: hand outline and finger rays in input pixels.
     outline_rc: tuple[Point, ...] = ()
     rays_rc: tuple[tuple[Point, Point], ...] = ()
-    details: dict[str, float] = dataclasses.field(default_factory=dict)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class LocateError(ValueError):
@@ -134,12 +138,27 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     if not np.isfinite(image).all():
         raise LocateError("the image holds NaN or infinite pixel values")
     work, exposed, scale, grey_range = _downscale(image)
-    found = _hand_and_fingers(work, exposed)
-    if found is None:
+    readings = _hand_and_fingers(work, exposed)
+    if not readings:
         return _failed("no hand found: not a hand radiograph", code=Code.NOT_A_HAND)
-    mask, palm_centre, palm_radius, fingers = found
+    tried = []
+    for mask, palm_centre, palm_radius, fingers in readings:
+        location = _locate_in_reading(
+            image, pixel_spacing_mm, expected_laterality,
+            _WorkScale(scale, exposed, grey_range, mask, palm_centre, palm_radius), fingers)
+        if not location.problems or any(p.code is Code.TODDLER for p in location.problems):
+            return location
+        tried.append(location)
+    return tried[0]  # why the best reading failed
+
+
+def _locate_in_reading(image: np.ndarray, pixel_spacing_mm: float | None,
+                       expected_laterality: str | None, work_scale: _WorkScale,
+                       fingers: list[_Finger]) -> HandLocation:
+    """The metacarpals of one reading of the hand (its mask, palm and finger rays)."""
+    scale, mask = work_scale.scale, work_scale.mask
+    palm_centre, palm_radius = work_scale.palm_centre, work_scale.palm_radius
     outline = _outline(mask, scale)
-    work_scale = _WorkScale(scale, exposed, grey_range, mask, palm_centre, palm_radius)
     if len(fingers) == 4 and _side_by_side(fingers):
         # Four rays side by side: the thumb is out of the field or lies along the index.
         # Both ends are tried as the index; the row of metacarpals must say which.
@@ -168,16 +187,23 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
         thumb, long_fingers, thumb_evidence = _split_thumb(fingers, palm_centre, palm_radius)
         # Thumb last in clockwise order = thumb on the image right with fingers up = left.
         laterality = "L" if thumb is fingers[-1] else "R"
-        if expected_laterality in ("L", "R") and laterality != expected_laterality:
-            # The header names the other hand: an adducted thumb can look like the little
-            # finger. Only the reading with the header's thumb end may be measured; the
-            # image's own reading is never reported against the header.
-            laterality = expected_laterality
-            long_fingers = fingers[-2::-1][:4] if laterality == "L" else fingers[1:5]
-            thumb_evidence = -thumb_evidence
         failed = _locate_rays(image, pixel_spacing_mm, work_scale, long_fingers, laterality)
         failed.details["thumb_evidence"] = float(thumb_evidence)
-        if not failed.problems or any(p.code is Code.TODDLER for p in failed.problems):
+        if expected_laterality in ("L", "R") and laterality != expected_laterality:
+            # The header names the other hand. An adducted thumb can look like the little
+            # finger, and a header can be wrong: read from either end the row may hold.
+            # Only a hand that reads the header's way alone is measured.
+            header_fingers = fingers[-2::-1][:4] if expected_laterality == "L" else fingers[1:5]
+            by_header = _locate_rays(image, pixel_spacing_mm, work_scale, header_fingers,
+                                     expected_laterality)
+            if not by_header.problems and failed.problems:
+                return by_header
+            # The hand the image shows is kept: image and header then disagree (unknown).
+            failed = replace(_failed("bone identity uncertain: the thumb the image shows is "
+                                     "on the side the header's laterality does not put it",
+                                     outline, code=Code.IDENTITY_UNCERTAIN),
+                             laterality=laterality)
+        elif not failed.problems or any(p.code is Code.TODDLER for p in failed.problems):
             return failed
     # The rays did not give metacarpals that hold: look for the row of metacarpal shafts
     # itself across the palm, in the direction most rays point.
@@ -185,9 +211,9 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
                                 expected_laterality)
     if from_row is not None and not from_row.problems:
         if expected_laterality in ("L", "R") and from_row.laterality != expected_laterality:
-            return _failed("bone identity uncertain: the row of metacarpals puts the thumb on "
-                           "the side the header laterality does not", outline,
-                           code=Code.IDENTITY_UNCERTAIN)
+            return replace(_failed("bone identity uncertain: the row of metacarpals puts the "
+                                   "thumb on the side the header laterality does not", outline,
+                                   code=Code.IDENTITY_UNCERTAIN), laterality=from_row.laterality)
         return from_row
     return failed
 
@@ -273,9 +299,11 @@ def _common_direction(fingers: list[_Finger]) -> np.ndarray | None:
 
 def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkScale,
                  long_fingers: list[_Finger], laterality: str, thumb_seen: bool = True,
-                 shafts: dict[str, np.ndarray] | None = None) -> HandLocation:
+                 shafts: dict[str, np.ndarray] | None = None,
+                 beyond: dict[str, float] | None = None) -> HandLocation:
     """MC2-MC4 along the rays of the index, middle, ring (and little) fingers; with
-    ``shafts`` (canonical-frame points on MC2-MC4 from the row of shafts), from there."""
+    ``shafts`` (canonical-frame points on MC2-MC4 from the row of shafts), from there;
+    with ``beyond`` (canonical y per bone), only bones whose head lies proximal of it."""
     scale, mask = work.scale, work.mask
     palm_centre, palm_radius = work.palm_centre, work.palm_radius
     outline = _outline(mask, scale)
@@ -299,12 +327,16 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     candidates: dict[str, list[_CanonicalBone]] = {}
     for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=False):
         name = BONE_FOR_FINGER[finger_name]
-        rays.append(tuple(_rc(p) for p in (finger.base / scale, finger.tip / scale)))
+        rays.append((_rc(finger.base / scale), _rc(finger.tip / scale)))
         if name != "MC5" and shafts is not None:
             candidates[name] = _shaft_candidates(smooth, ridge, shafts[name])
         elif name != "MC5":
             base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
-            candidates[name] = _metacarpal_candidates(smooth, ridge, base, tip)
+            candidates[name] = _metacarpal_candidates(
+                smooth, ridge, base, tip, 1.8 if beyond is None else DEEPER_MCP_REACH)
+    if beyond is not None:
+        candidates = {name: [c for c in found if c.distal[1] >= beyond.get(name, -math.inf)]
+                      for name, found in candidates.items()}
     for name, bone in sorted(_even_out_lengths(_choose_consistent(candidates)).items()):
         if not _inside(inside, bone):
             problems.append(Problem.of(Code.BONE_CUT, f"{name} shaft cut by the field edge",
@@ -334,6 +366,18 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
                                       "and not stubby like a toddler's"))
     hand = cv2.warpAffine(mask, to_frame, frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
     if canonical_bones:
+        continuation = 0.0 if toddler else continues_proximally(frame.image, {
+            name: (*frame.from_input(np.array([b.proximal_rc[::-1], b.distal_rc[::-1]])),
+                   b.width_estimate_px * zoom) for name, b in bones.items()})
+        if continuation > MAX_PROXIMAL_CONTINUATION and beyond is None:
+            # Phalanges taken for metacarpals (long or flexed fingers): the metacarpals
+            # lie beyond them. Looked for once more there, under the same checks.
+            deeper = {name: 0.5 * (bone.proximal[1] + bone.distal[1])
+                      for name, bone in canonical_bones.items()}
+            retry = _locate_rays(image, pixel_spacing_mm, work, long_fingers, laterality,
+                                 thumb_seen, shafts, deeper)
+            if not retry.problems:
+                return retry
         identity = _check_identity(ridge, hand, canonical_bones, laterality, thumb_seen)
         features["identity_shafts"] = identity.shafts
         features["identity_labelled"] = identity.labelled
@@ -345,10 +389,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             del bones[name], canonical_bones[name]
         if identity.problem and not toddler:
             problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, identity.problem))
-        elif not toddler and continues_proximally(frame.image, {
-                name: (*frame.from_input(np.array([b.proximal_rc[::-1], b.distal_rc[::-1]])),
-                       b.width_estimate_px * zoom) for name, b in bones.items()
-        }) > MAX_PROXIMAL_CONTINUATION:
+        elif continuation > MAX_PROXIMAL_CONTINUATION:
             problems.insert(0, Problem.of(
                 Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the bones run on "
                 "proximally into further long bones (phalanges taken for metacarpals?)"))
@@ -517,10 +558,10 @@ def _normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0, 1).astype(np.float32)
 
 
-def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
-    """(mask, palm centre, palm radius, fingers) for the soft-tissue threshold that shows
-    five fingers with the smoothest outline, else the one showing most fingers; None
-    when nothing is found.
+def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
+    """Readings of the hand, best first, each (mask, palm centre, palm radius, fingers):
+    the soft-tissue threshold that shows five fingers with the smoothest outline, else
+    the one showing most fingers; empty when nothing is found.
 
     Backgrounds differ (dark, grey, graded, edge-enhanced), so several classical
     thresholds are tried, on the image and on its background-flattened copy.
@@ -553,7 +594,7 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
                            -ragged, palm_radius)
                     found.append((key, contrast, (mask, palm_centre, palm_radius, fingers)))
     if not found:
-        return None
+        return []
     key, contrast, best = max(found, key=lambda entry: entry[0])
     # A threshold between soft tissue and bone outlines the bones of a spread hand, which
     # also shows five rays like a hand, smoothly: its outline lies on soft tissue and its
@@ -565,8 +606,16 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray):
                  and entry[2][2] >= WIDER_PALM * best[2]
                  and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
         if wider:
-            best = max(wider, key=lambda entry: entry[0])[2]
-    return best
+            return [max(wider, key=lambda entry: entry[0])[2]]
+        # Fingers held together show fewer rays on the whole hand's mask: it is tried when
+        # the bones' own outline gives no metacarpals that hold.
+        whole_hand = [entry for entry in found
+                      if entry[1] <= OUTLINE_ON_BACKGROUND
+                      and entry[2][2] >= WIDER_PALM * best[2]
+                      and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
+        if whole_hand:
+            return [best, max(whole_hand, key=lambda entry: entry[0])[2]]
+    return [best]
 
 
 def _palm_candidates(dist: np.ndarray) -> list[tuple[np.ndarray, float]]:
@@ -620,7 +669,7 @@ def _hand_like(fingers: list[_Finger]) -> bool:
 def _hand_mask(foreground: np.ndarray, field: np.ndarray) -> np.ndarray | None:
     """Largest foreground component inside the field, holes filled, or None."""
     # Stay clear of the field edge, whose blurred rim would join the hand.
-    mask = foreground.astype(np.uint8) & cv2.erode(field, _disc(3))
+    mask = cv2.bitwise_and(foreground.astype(np.uint8), cv2.erode(field, _disc(3)))
     # Break thin bright lines (plate edges, collimator seams) that would join the hand.
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(3))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
@@ -851,7 +900,7 @@ class _CanonicalBone:
 
 
 def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
-                           tip: np.ndarray) -> list[_CanonicalBone]:
+                           tip: np.ndarray, mcp_reach: float = 1.8) -> list[_CanonicalBone]:
     """Possible metacarpals continuing a finger proximally (canonical frame), best first.
 
     The ray is tracked from the middle of the finger into the carpus; joint gaps (and
@@ -866,7 +915,7 @@ def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarr
     # The MCP joint lies within a proximal phalanx of the finger's base (the forearm
     # lies further).
     return _candidates_along(smooth, ridge, path, to_base - 0.6 * radius,
-                             to_base + 1.8 * radius)
+                             to_base + mcp_reach * radius)
 
 
 def _shaft_candidates(smooth: np.ndarray, ridge: np.ndarray, point: np.ndarray
@@ -916,8 +965,8 @@ def _bone_from_gap(smooth: np.ndarray, ridge: np.ndarray, path: np.ndarray,
     radius = PALM_RADIUS_PX
     # The shaft's ridge fades where the base widens into the carpus: the CMC joint. A
     # clear gap before that (as strong as half the MCP gap) ends the bone earlier.
-    shaft = slice(int(distal_i + 0.3 * radius), int(distal_i + 0.8 * radius))
-    shaft_ridge, shaft_level = np.median(ridge_along[shaft]), np.median(profile[shaft])
+    mid_shaft = slice(int(distal_i + 0.3 * radius), int(distal_i + 0.8 * radius))
+    shaft_ridge, shaft_level = np.median(ridge_along[mid_shaft]), np.median(profile[mid_shaft])
     proximal_i = min(int(distal_i + 2.0 * radius), len(path) - 1)
     clear_gap = local_max & (valleys >= 0.5 * valleys[distal_i])
     for index in range(int(distal_i + 0.8 * radius), proximal_i):
@@ -1050,9 +1099,8 @@ def _inside(field: np.ndarray, bone: _CanonicalBone) -> bool:
     axis = bone.distal - bone.proximal
     normal = np.array([-axis[1], axis[0]]) / max(np.linalg.norm(axis), 1e-6)
     steps = np.linspace(-0.15, 1.15, 27)[:, None]
-    points = [bone.proximal + steps * axis + side * 0.5 * bone.width * normal
-              for side in (-1, 0, 1)]
-    points = np.concatenate(points)
+    points = np.concatenate([bone.proximal + steps * axis + side * 0.5 * bone.width * normal
+                             for side in (-1, 0, 1)])
     return bool((_sample(field.astype(np.float32), points[:, 0], points[:, 1]) > 0.5).all())
 
 
@@ -1124,7 +1172,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
                       np.array(image.shape[::-1]) - 1).astype(int)
     crop = np.ascontiguousarray(image[low[1]: high[1] + 1, low[0]: high[0] + 1],
                                 dtype=np.float32)
-    crop = cv2.GaussianBlur(crop, (0, 0), max(1.0, width / 20))
+    crop = np.asarray(cv2.GaussianBlur(crop, (0, 0), max(1.0, width / 20)), dtype=np.float32)
     proximal, distal = proximal - low, distal - low
     direction = (distal - proximal) / length
     normal = np.array([-direction[1], direction[0]])
@@ -1193,7 +1241,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
 
 def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
               canonical: dict[str, _CanonicalBone], bones: dict[str, LocatedBone],
-              pixel_spacing_mm: float | None) -> tuple[bool, bool, dict[str, float]]:
+              pixel_spacing_mm: float | None) -> tuple[bool, bool, dict[str, Any]]:
     """(paediatric, toddler, features).
 
     Paediatric: besides the MCP joint, growth plates show as further dark bands across
@@ -1203,7 +1251,7 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     if not canonical:
         return False, False, {}
     lengths = [np.linalg.norm(b.distal - b.proximal) for b in canonical.values()]
-    features = {
+    features: dict[str, Any] = {
         "gaps_near_head": float(np.median([_gaps_near_head(image, b) for b in bones.values()])),
         "carpal_bone_fraction": _carpal_bone_fraction(smooth, field, canonical),
         "length_per_palm_radius": float(np.median(lengths)) / PALM_RADIUS_PX,

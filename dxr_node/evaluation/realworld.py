@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from pydicom.dataset import Dataset
 
 from dxr_node.engine.analyze import analyze
 from dxr_node.engine.image import Radiograph, load_radiograph, to_display_uint8
@@ -51,6 +52,28 @@ def source_prefix(name: str) -> str:
 def assumed_spacing_mm(name: str) -> float:
     return (ADULT_FILM_SPACING_MM if source_prefix(name) in ADULT_FILM_PREFIXES
             else DEFAULT_SPACING_MM)
+
+
+_NAMED_SIDE = re.compile(r"^(?:scaph_\w+?_([LR])_\d|ra2_\w+?-([LR])H\.)")
+
+
+def header_for(name: str) -> tuple[str, str] | None:
+    """(ImageLaterality, ViewPosition) a DICOM header would carry for this film, from what
+    its file name says: scaphoid-series films are AP views (realdata-2 README), the RA
+    hands PA; None where the name does not tell the hand."""
+    match = _NAMED_SIDE.match(name)
+    if match is None:
+        return None
+    side = match.group(1) or match.group(2)
+    return side, "AP" if name.startswith("scaph_") else "PA"
+
+
+def with_header(radiograph: Radiograph, laterality: str, view: str) -> Radiograph:
+    """The radiograph as a DICOM with these two header values would load."""
+    header = Dataset()
+    header.ImageLaterality = laterality
+    header.ViewPosition = view
+    return replace(radiograph, laterality_tag=laterality, dataset=header)
 
 
 def scaph_age(name: str) -> int | None:
@@ -191,11 +214,15 @@ def transformed(radiograph: Radiograph, name: str) -> tuple[Radiograph, np.ndarr
 
 def run_image(path: Path, transform: str | None = None, spacing_mm: float | None = None,
               preview_dir: Path | None = None, landmarks: dict | None = None,
-              ) -> dict[str, Any]:
+              header: bool = False) -> dict[str, Any]:
     """Analyse one image (optionally transformed); a JSON-safe record whose bone centres
-    and widths are in the ORIGINAL image's pixel frame."""
+    and widths are in the ORIGINAL image's pixel frame. ``header``: with the laterality
+    and view the file name implies (``header_for``), as a DICOM would carry them."""
     spacing = spacing_mm if spacing_mm is not None else assumed_spacing_mm(path.name)
     radiograph = load_radiograph(path, spacing)
+    implied = header_for(path.name) if header else None
+    if implied is not None:
+        radiograph = with_header(radiograph, *implied)
     matrix = np.eye(3)
     if transform:
         radiograph, matrix = transformed(radiograph, transform)

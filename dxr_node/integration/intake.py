@@ -10,11 +10,11 @@ take (unparseable, another message type or version). Messages not accepted are k
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from dxr_node.integration.config import HL7Config
 from dxr_node.integration.hl7 import Inbound, OrderRejected, build_ack, parse_orders, read_header
 from dxr_node.integration.mllp import MLLPListener
+from dxr_node.node.database import DATABASE_ERRORS
 from dxr_node.node.integration_store import IntegrationStore
 from dxr_node.node.logs import log_event
 
@@ -43,7 +43,7 @@ class OrderIntake:
         except KeyError as exc:  # cancel of an unknown order
             return self._reject(header, text, peer, OrderRejected("AE", "103", str(exc.args[0]),
                                                                   "ORC^1^2"))
-        except sqlite3.Error as exc:
+        except DATABASE_ERRORS as exc:
             return self._reject(header, text, peer, OrderRejected(
                 "AE", "207", f"cannot store the order now ({exc}); send it again"))
         for order, order_id in zip(inbound.orders, ids, strict=True):
@@ -72,7 +72,7 @@ class OrderIntake:
                 message_type=f"{header.message_type}^{header.trigger}"
                 if header.message_type else None,
                 ack_code=ack, reason=reason, raw=text)
-        except sqlite3.Error as exc:
+        except DATABASE_ERRORS as exc:
             log_event(log, "order_not_kept", logging.ERROR, reason=str(exc))
 
 

@@ -17,7 +17,6 @@ console send it again).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 import pydicom
 
 from dxr_node.node.config import NodeConfig
-from dxr_node.node.database import Connection
+from dxr_node.node.database import DATABASE_ERRORS, Connection
 from dxr_node.node.dispatch import FAILED, RETRY, SENT
 from dxr_node.node.integration_store import (
     ClaimedMessage,
@@ -80,7 +79,7 @@ class WorkerHooks:
                 issuer=str(header.get("IssuerOfPatientID", "") or "") or None,
                 study_date=str(header.get("StudyDate", "") or "") or None,
                 window_days=config.hl7.match_window_days)
-        except sqlite3.Error as exc:  # e.g. locked: not the image's fault, claim it again
+        except DATABASE_ERRORS as exc:  # e.g. locked: not the image's fault, claim it again
             raise OSError(f"cannot look up the image's order: {exc}") from exc
         if hooks.order is not None:
             log_event(log, "order_matched", job=job_id, order=hooks.order.id,
@@ -263,7 +262,7 @@ def _serve(config: NodeConfig, istore: IntegrationStore, destination: str,
     while not stop_event.is_set():
         try:
             handled = deliver_due(config, istore, destination, send)
-        except sqlite3.Error as exc:
+        except DATABASE_ERRORS as exc:
             log_event(log, "dispatch_store_error", logging.ERROR, reason=str(exc))
             handled = 0
         if not handled:

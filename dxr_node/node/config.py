@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -126,6 +127,38 @@ class DispatchPolicy(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0)  # ACSE, DIMSE and network timeouts
 
 
+class ClusterConfig(BaseModel):
+    """Several nodes on one PostgreSQL database (``database = "postgresql://..."``).
+
+    Each node registers under ``node_name`` and renews, every ``heartbeat_s``, the
+    leases of the jobs and sends it holds; work whose lease has run out for
+    ``lease_s`` (its node died) is taken over by any other node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    lease_s: float = Field(default=60.0, gt=0)
+    heartbeat_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> ClusterConfig:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be shorter than lease_s (a live node's "
+                             "leases would expire between heartbeats)")
+        return self
+
+
+class RolesConfig(BaseModel):
+    """What this node does (`serve --no-scp | --no-workers | --no-dispatch`): a
+    receive-only or analysis-only node of a cluster turns the others off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scp: bool = True
+    workers: bool = True
+    dispatch: bool = True
+
+
 class WebConfig(BaseModel):
     """The operator console (``dxr_node.web``), served by ``dxr-node serve``."""
 
@@ -178,7 +211,8 @@ class NodeConfig(BaseModel):
     max_store_mb: int = Field(default=256, ge=1)  # larger C-STOREs are cut off (aborted)
     data_dir: Path = Path("data")
     spool_dir: Path | None = None  # default: <data_dir>/spool
-    database: Path | None = None  # default: <data_dir>/dxr-node.sqlite
+    # default: <data_dir>/dxr-node.sqlite; "postgresql://user@host/db" for a cluster
+    database: Path | str | None = None
     workers: int = Field(default=0, ge=0)  # 0: one per core
     worker_max_attempts: int = Field(default=3, ge=1)  # claims before an image is failed
     destinations: list[Destination] = Field(default_factory=list)
@@ -194,6 +228,8 @@ class NodeConfig(BaseModel):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_decoded_mb: int = Field(default=400, ge=1)
     dispatch: DispatchPolicy = Field(default_factory=DispatchPolicy)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    roles: RolesConfig = Field(default_factory=RolesConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     hl7: HL7Config = Field(default_factory=HL7Config)  # orders in, results/charges out
@@ -201,6 +237,13 @@ class NodeConfig(BaseModel):
     tls: TlsConfig = Field(default_factory=TlsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _database_file_or_url(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.startswith(("postgresql://", "postgres://")):
+            return Path(value)
+        return value
 
     @field_validator("reference_table")
     @classmethod
@@ -258,8 +301,21 @@ class NodeConfig(BaseModel):
             else self.data_dir / "audit" / "audit.log"
 
     @property
+    def database_url(self) -> str | None:
+        """The PostgreSQL database of a cluster, or None for the embedded SQLite file."""
+        return self.database if isinstance(self.database, str) else None
+
+    @property
     def database_path(self) -> Path:
-        return self.database if self.database is not None else self.data_dir / "dxr-node.sqlite"
+        """The SQLite database file (not used when ``database_url`` is set)."""
+        if isinstance(self.database, Path):
+            return self.database
+        return self.data_dir / "dxr-node.sqlite"
+
+    @property
+    def database_target(self) -> str | Path:
+        """What ``Store`` opens: the PostgreSQL URL, else the SQLite file."""
+        return self.database_url or self.database_path
 
     @property
     def worker_count(self) -> int:
@@ -378,6 +434,10 @@ def cli_overrides(
     workers: int | None = None,
     destinations: Sequence[str] | None = None,
     allow_aets: Sequence[str] | None = None,
+    no_scp: bool = False,
+    no_workers: bool = False,
+    no_dispatch: bool = False,
+    node_name: str | None = None,
 ) -> dict[str, Any]:
     """The ``dxr-node serve`` options as config keys (destinations replace the file's)."""
     return {
@@ -389,4 +449,8 @@ def cli_overrides(
         "destinations": None if destinations is None
         else [parse_destination(d) for d in destinations],
         "allowed_calling_aets": None if allow_aets is None else list(allow_aets),
+        # Only what the flags turn off: an unset flag leaves the file's value.
+        "roles": {k: False for k, off in (("scp", no_scp), ("workers", no_workers),
+                                          ("dispatch", no_dispatch)) if off} or None,
+        "cluster": {"node_name": node_name} if node_name else None,
     }

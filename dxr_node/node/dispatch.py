@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import ssl
 import threading
 import time
@@ -44,6 +43,7 @@ from pynetdicom.presentation import build_context
 
 from dxr_node.node.audit import AuditTrail
 from dxr_node.node.config import DispatchPolicy, NodeConfig
+from dxr_node.node.database import DATABASE_ERRORS
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import Dispatch, Store
 from dxr_node.node.tls import TlsConfigError, client_context
@@ -301,7 +301,7 @@ def _guarded(step: Any, *args: Any) -> int:
     and the step simply runs again on the next poll."""
     try:
         return step(*args)
-    except sqlite3.Error as exc:
+    except DATABASE_ERRORS as exc:
         log_event(log, "dispatch_store_error", logging.ERROR, reason=str(exc))
         return 0
 
@@ -310,7 +310,9 @@ def deliver_due(config: NodeConfig, store: Store, destination: DestinationLike,
                 audit: AuditTrail | None = None) -> int:
     """Claim the due dispatches of one destination (up to BATCH_SIZE), send them over
     one association and record each outcome. Returns how many were handled."""
-    batch = store.claim_dispatches(destination.name, BATCH_SIZE)
+    batch = store.claim_dispatches(destination.name, BATCH_SIZE,
+                                   node=config.cluster.node_name,
+                                   lease_s=config.cluster.lease_s)
     if not batch:
         return 0
     try:

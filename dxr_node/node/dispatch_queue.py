@@ -30,20 +30,23 @@ class Dispatch:
 class DispatchQueue(Database):
     """Claims and outcomes of sends to the configured destinations."""
 
-    def claim_dispatches(self, destination: str, limit: int, *,
-                         now: float | None = None) -> list[Dispatch]:
+    def claim_dispatches(self, destination: str, limit: int, *, now: float | None = None,
+                         node: str | None = None,
+                         lease_s: float | None = None) -> list[Dispatch]:
         """Atomically take up to ``limit`` due pending dispatches for one destination
         (oldest due first), so each destination is served on its own and a slow one
-        never holds back the others."""
+        never holds back the others. ``node`` holds them for ``lease_s`` seconds."""
         now = time.time() if now is None else now
         with self._transaction() as db:
             claimed = db.execute(
-                "UPDATE dispatches SET state = ?, attempts = attempts + 1, updated_at = ?"
+                "UPDATE dispatches SET state = ?, attempts = attempts + 1, updated_at = ?,"
+                " node = ?, lease_expires_at = ?"
                 " WHERE id IN (SELECT id FROM dispatches WHERE state = ?"
                 "   AND destination = ? AND next_attempt_at <= ?"
                 f"   ORDER BY next_attempt_at, id LIMIT ?{self.dialect.skip_locked})"
                 " RETURNING id, object_id, destination, attempts",
-                (SENDING, now, PENDING, destination, now, limit),
+                (SENDING, now, node, None if lease_s is None else now + lease_s, PENDING,
+                 destination, now, limit),
             ).fetchall()
             out = []
             for row in sorted(claimed, key=lambda r: r["id"]):

@@ -137,6 +137,11 @@ class Order:
         }
 
 
+def _decoded(value: Any) -> Any:
+    """A JSON value read back: text on SQLite, already decoded on PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _order_from_row(row: sqlite3.Row) -> Order:
     return Order(
         id=row["id"], placer_order_number=row["placer_order_number"],
@@ -294,11 +299,12 @@ class IntegrationStore:
     def orders(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
         rows = self.store._read(
-            "SELECT *, (SELECT json_group_array(m.job_id) FROM order_matches m"
+            f"SELECT *, (SELECT {self.store.dialect.json_array_agg('m.job_id')}"
+            " FROM order_matches m"
             f" WHERE m.order_id = orders.id) AS job_ids FROM orders {where}"
             " ORDER BY id DESC LIMIT ?", [*params, limit])
         return [_order_from_row(r).to_dict() | {"received_at": r["received_at"],
-                                                "job_ids": json.loads(r["job_ids"])}
+                                                "job_ids": _decoded(r["job_ids"])}
                 for r in rows]
 
     def images_without_order(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -365,7 +371,8 @@ class IntegrationStore:
                 "  WHERE m.state = 'pending' AND m.destination = ? AND m.next_attempt_at <= ?"
                 "  AND NOT EXISTS (SELECT 1 FROM outbound_messages e WHERE e.job_id = m.job_id"
                 "   AND e.kind = m.kind AND e.id < m.id AND e.state != 'sent')"
-                "  ORDER BY m.next_attempt_at, m.id LIMIT ?)"
+                f"  ORDER BY m.next_attempt_at, m.id LIMIT ?{self.store.dialect.skip_locked})"
+                " AND state = 'pending'"  # several nodes: only what nobody claimed meanwhile
                 " RETURNING id, job_id, kind, destination, control_id, payload, attempts",
                 (now, destination, now, limit),
             ).fetchall()

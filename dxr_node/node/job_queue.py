@@ -68,6 +68,11 @@ class ProducedObject:
     path: str
 
 
+class ClaimLost(Exception):
+    """The job is no longer this claim's: its lease ran out and another node took it
+    over (or an operator re-queued it). Nothing was recorded."""
+
+
 def _now() -> float:
     return time.time()
 
@@ -84,12 +89,28 @@ class JobQueue(Database):
         is recorded only if retention already deleted the first one."""
         now = _now()
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT i.id, i.path, j.id AS job_id FROM instances i "
-                "JOIN jobs j ON j.instance_id = i.id WHERE i.sop_instance_uid = ?",
-                (info.sop_instance_uid,),
-            ).fetchone()
-            if row is not None:
+            # Two nodes receiving the same instance at once: the second INSERT waits for
+            # the first's commit, then does nothing, and this is a duplicate.
+            inserted = db.execute(
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+                " study_instance_uid, series_instance_uid, patient_id, issuer_of_patient_id,"
+                " study_date, modality, calling_aet, source_ip, path, size_bytes,"
+                " received_at, last_received_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id",
+                (
+                    info.sop_instance_uid, info.sop_class_uid, info.transfer_syntax_uid,
+                    info.study_instance_uid, info.series_instance_uid, info.patient_id,
+                    info.issuer_of_patient_id, info.study_date, info.modality,
+                    info.calling_aet, info.source_ip, info.path, info.size_bytes, now, now,
+                ),
+            ).fetchall()
+            if not inserted:
+                row = db.execute(
+                    "SELECT i.id, i.path, j.id AS job_id FROM instances i "
+                    "JOIN jobs j ON j.instance_id = i.id WHERE i.sop_instance_uid = ?",
+                    (info.sop_instance_uid,),
+                ).fetchone()
                 # Once retention purged the first copy, the caller's new copy takes its
                 # place, so the next purge deletes that one too (else it is never purged).
                 db.execute(
@@ -102,19 +123,7 @@ class JobQueue(Database):
                 path = db.execute("SELECT path FROM instances WHERE id = ?",
                                   (row["id"],)).fetchone()[0]
                 return AddedInstance(row["id"], row["job_id"], True, path)
-            instance_id = inserted_id(db.execute(
-                "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-                " study_instance_uid, series_instance_uid, patient_id, issuer_of_patient_id,"
-                " study_date, modality, calling_aet, source_ip, path, size_bytes,"
-                " received_at, last_received_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
-                (
-                    info.sop_instance_uid, info.sop_class_uid, info.transfer_syntax_uid,
-                    info.study_instance_uid, info.series_instance_uid, info.patient_id,
-                    info.issuer_of_patient_id, info.study_date, info.modality,
-                    info.calling_aet, info.source_ip, info.path, info.size_bytes, now, now,
-                ),
-            ))
+            instance_id = int(inserted[0][0])
             if skip_reason is None:
                 job_id = inserted_id(db.execute(
                     "INSERT INTO jobs (instance_id, state, created_at, updated_at)"
@@ -129,17 +138,19 @@ class JobQueue(Database):
                 ))
             return AddedInstance(instance_id, job_id, False, info.path)
 
-    def claim_job(self, worker: str) -> Job | None:
-        """Atomically take the oldest queued job, or None when the queue is empty."""
+    def claim_job(self, worker: str, *, node: str | None = None,
+                  lease_s: float | None = None) -> Job | None:
+        """Atomically take the oldest queued job, or None when the queue is empty.
+        ``node`` holds it for ``lease_s`` seconds, renewed by its heartbeat (``registry``)."""
         now = _now()
         with self._transaction() as db:
             row = db.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, claimed_by = ?,"
-                " started_at = ?, updated_at = ?"
+                " node = ?, lease_expires_at = ?, started_at = ?, updated_at = ?"
                 " WHERE id = (SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1"
                 f"{self.dialect.skip_locked})"
                 " RETURNING id, instance_id, attempts",
-                (R, worker, now, now, Q),
+                (R, worker, node, None if lease_s is None else now + lease_s, now, now, Q),
             ).fetchone()
             if row is None:
                 return None
@@ -160,6 +171,7 @@ class JobQueue(Database):
         destinations: Sequence[str],
         laterality: str | None = None,
         also: InTransaction | None = None,
+        attempt: int | None = None,
     ) -> None:
         """Record a job's result and objects, and queue one dispatch per object and
         destination, all in one transaction (a crash leaves the job re-runnable).
@@ -167,9 +179,14 @@ class JobQueue(Database):
 
         ``laterality`` is the exam's hand by ``dxr_node.clinical.exam_laterality`` (None:
         unknown, e.g. header and image disagree): ``priors()`` compares like with like.
+
+        ``attempt`` (the claim's ``Job.attempts``) fences the finish: if the job is no
+        longer running under that claim, ``ClaimLost`` is raised and nothing is recorded.
         """
         now = _now()
         with self._transaction() as db:
+            if attempt is not None:
+                self._check_claim(db, job_id, attempt)
             inst = db.execute(
                 "SELECT i.id, i.sop_instance_uid, i.patient_id, i.issuer_of_patient_id,"
                 " i.study_date FROM jobs j JOIN instances i ON i.id = j.instance_id"
@@ -225,10 +242,20 @@ class JobQueue(Database):
                 (D, now, now, job_id),
             )
 
-    def fail_job(self, job_id: int, reason: str) -> None:
-        """Mark a job failed for good with a reason (e.g. unreadable image)."""
+    def _check_claim(self, db: Connection, job_id: int, attempt: int) -> None:
+        row = db.execute(
+            "SELECT state, attempts FROM jobs WHERE id = ?"
+            f"{' FOR UPDATE' if self.dialect.skip_locked else ''}", (job_id,)).fetchone()
+        if row is None or row["state"] != R or row["attempts"] != attempt:
+            raise ClaimLost(f"job {job_id} is no longer held by claim {attempt}")
+
+    def fail_job(self, job_id: int, reason: str, *, attempt: int | None = None) -> None:
+        """Mark a job failed for good with a reason (e.g. unreadable image); ``attempt``
+        fences it as in ``finish_job``."""
         now = _now()
         with self._transaction() as db:
+            if attempt is not None:
+                self._check_claim(db, job_id, attempt)
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, finished_at = ?, updated_at = ?"
                 " WHERE id = ?",

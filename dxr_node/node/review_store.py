@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dxr_node.node.database import Connection, inserted_id
-from dxr_node.node.store import ProducedObject, Store
+from dxr_node.node.store import ProducedObject, Store, StoreError
 
 ROLES = ("viewer", "reviewer", "admin")
 SESSION_LIFETIME_S = 12 * 3600.0  # one working day; a reader signs in again after that
@@ -408,9 +408,16 @@ class ReviewStore:
         return counts
 
 
-def database_has_users(path: Path) -> bool:
+def database_has_users(target: str | Path) -> bool:
     """Whether an existing node database has enabled accounts (False when it does not
     exist yet or predates them); opened read-only, so nothing is created."""
+    if isinstance(target, str):  # PostgreSQL
+        try:
+            with Store(target, read_only=True) as store:
+                return ReviewStore(store).has_users()
+        except StoreError:
+            return False
+    path = target
     if not path.is_file():
         return False
     try:

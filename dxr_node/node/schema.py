@@ -19,6 +19,8 @@ Tables (times are UTC seconds since the epoch):
   with deterministic UIDs never makes a second row; ``file_deleted_at`` once retention
   deleted the file after delivery.
 - ``dispatches``: one per (object, destination) (states: ``states.DispatchState``).
+- ``nodes`` (step 6): the nodes sharing the database, with their last heartbeat; a
+  running job's or a sending dispatch's ``node`` holds it until ``lease_expires_at``.
 - review (step 3, ``review_store``) and interfaces (step 4, ``integration_store``).
 """
 
@@ -121,6 +123,28 @@ CREATE INDEX IF NOT EXISTS dispatches_destination ON dispatches (destination, st
 """
 
 
+# Several nodes on one database: who holds a running job or a send, until when (renewed by
+# the holder's heartbeat; taken over by another node once past), and the nodes themselves.
+_CLUSTER_V6 = """
+ALTER TABLE jobs ADD COLUMN node TEXT;
+ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;
+ALTER TABLE dispatches ADD COLUMN node TEXT;
+ALTER TABLE dispatches ADD COLUMN lease_expires_at REAL;
+CREATE INDEX IF NOT EXISTS jobs_node ON jobs (node, state);
+CREATE INDEX IF NOT EXISTS dispatches_node ON dispatches (node, state);
+CREATE TABLE IF NOT EXISTS nodes (
+    name         TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    roles        TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    stopped_at   REAL
+)
+"""
+
+
 def run_script(db: Connection, dialect: Dialect, script: str) -> None:
     """Run ``;``-separated DDL statements (idempotent ones: IF NOT EXISTS)."""
     for statement in script.split(";"):
@@ -156,5 +180,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "reader review: users, sessions, reviews, review_actions", _review_tables),
     Migration(4, "interfaces: orders, hl7_inbound, outbound_messages", _interface_tables),
     Migration(5, "console indexes", lambda db, d: run_script(db, d, _CONSOLE_INDEXES_V5)),
+    Migration(6, "cluster: leases of jobs and sends, the nodes' registry",
+              lambda db, d: run_script(db, d, _CLUSTER_V6)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -15,7 +15,6 @@ import ipaddress
 import logging
 import re
 import shutil
-import sqlite3
 import time
 import uuid
 from io import BytesIO
@@ -30,6 +29,7 @@ from pynetdicom.transport import AssociationServer
 from dxr_node.fileio import write_durably
 from dxr_node.node.audit import AuditTrail
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.database import DATABASE_ERRORS
 from dxr_node.node.guard import ConnectionGuard, GuardedSSLSocket
 from dxr_node.node.logs import log_event
 from dxr_node.node.store import InstanceInfo, Store
@@ -224,7 +224,7 @@ class StorageSCP:
             log_event(log, "store_failed", logging.ERROR, **fields, status=f"0x{status:04X}",
                       reason=f"{type(exc).__name__}: {exc}")
             return status
-        except sqlite3.OperationalError as exc:
+        except DATABASE_ERRORS as exc:
             # Locked or unwritable database: transient, so the sender keeps it and retries.
             log_event(log, "store_failed", logging.ERROR, **fields, status="0xA700",
                       reason=f"database: {exc}")

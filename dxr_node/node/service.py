@@ -21,13 +21,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dxr_node import __version__
 from dxr_node.node.audit import AuditTrail, open_audit_trail
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.database import DATABASE_ERRORS
 from dxr_node.node.logs import log_event
 from dxr_node.node.scp import StorageSCP
 from dxr_node.node.store import Store
@@ -36,7 +39,14 @@ from dxr_node.node.tls import TlsConfigError
 log = logging.getLogger("dxr_node.node")
 
 HOUSEKEEPING_INTERVAL_S = 3600.0  # retention runs at start and then hourly
+PART_FILE_AGE_S = 3600.0  # a half-written file this old on shared storage is nobody's
 PRIVATE_UMASK = 0o077
+
+
+def _roles(config: NodeConfig) -> str:
+    roles = config.roles
+    return ",".join(name for name, on in (("scp", roles.scp), ("workers", roles.workers),
+                                          ("dispatch", roles.dispatch)) if on) or "none"
 
 
 class ServiceError(Exception):
@@ -76,12 +86,19 @@ def _make_private(path: Path) -> None:
         pass
 
 
-def remove_partial_files(config: NodeConfig) -> int:
+def remove_partial_files(config: NodeConfig, *, older_than_s: float = 0.0) -> int:
     """Delete the ``*.part`` files a killed SCP or worker left half-written (never
-    acknowledged, never recorded). Only at start, before anything writes."""
+    acknowledged, never recorded). Only at start, before anything writes; on storage
+    shared with other nodes only those older than ``older_than_s``."""
     removed = 0
+    cutoff = time.time() - older_than_s
     for folder in (config.spool_path / "incoming", config.objects_path):
         for leftover in folder.glob("*.part"):  # also ".<uid>.<pid>.part"
+            try:
+                if older_than_s and leftover.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             leftover.unlink(missing_ok=True)
             removed += 1
     if removed:
@@ -131,19 +148,25 @@ class Node:
                 _make_private(Path(directory))  # made by an older version, or by hand
             except OSError as exc:
                 raise ServiceError(f"cannot create {directory}: {exc.strerror}") from None
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm") if config.database_url is None else ():
             _make_private(Path(f"{config.database_path}{suffix}"))
-        self.store = Store(config.database_path)
+        self.store = Store(config.database_target)
         try:
             self.audit = open_audit_trail(config)
         except TlsConfigError as exc:
             self.store.close()
             raise ServiceError(str(exc)) from None
-        recovered = self.store.recover_interrupted(max_attempts=config.worker_max_attempts)
+        cluster = config.database_url is not None
+        recovered = self.store.recover_interrupted(
+            max_attempts=config.worker_max_attempts,
+            node=config.cluster.node_name if cluster else None)
         if recovered:
             log_event(log, "recovered", rows=recovered,
                       reason="work left running by a previous node was re-queued")
-        remove_partial_files(config)
+        self.store.register_node(config.cluster.node_name, host=socket.gethostname(),
+                                 version=__version__, pid=os.getpid(), roles=_roles(config))
+        # Shared storage: another node may be writing its own .part files right now.
+        remove_partial_files(config, older_than_s=PART_FILE_AGE_S if cluster else 0.0)
         if not config.allowed_calling_aets:
             log_event(log, "open_to_any_aet", logging.WARNING,
                       reason="allowed_calling_aets is empty: any calling AE title is accepted")
@@ -152,10 +175,13 @@ class Node:
                       reason="no destinations: results stay in the database")
         purge_spool(config, self.store)
 
-        self._workers = start_workers(config, self.stop_event)
-        self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event,
-                    self.audit)
+        if config.roles.workers:
+            self._workers = start_workers(config, self.stop_event)
+        if config.roles.dispatch:
+            self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event,
+                        self.audit)
         self._spawn("housekeeping", self._housekeeping)
+        self._spawn("heartbeat", self._heartbeat)
         from dxr_node.integration.service import Integration  # HL7/FHIR, off by default
 
         try:
@@ -164,8 +190,24 @@ class Node:
             self.stop()
             raise ServiceError(f"cannot listen for HL7 on {config.hl7.host}:"
                                f"{config.hl7.port}: {exc.strerror or exc}") from None
+        if config.roles.scp:
+            self._start_scp()
+        if self._start_console is not None:
+            self._start_console(self._listening, self.analysis_problem)
+        if self.audit is not None:
+            self.audit.application(started=True)
+        log_event(log, "ready", node=config.cluster.node_name, roles=_roles(config),
+                  ae_title=config.ae_title, host=self.address[0] if self.address else None,
+                  port=self.address[1] if self.address else None,
+                  workers=config.worker_count if config.roles.workers else 0,
+                  destinations=",".join(d.url or "" if d.kind == "stow"
+                                        else f"{d.ae_title}@{d.host}:{d.port}"
+                                        for d in config.destinations) or None,
+                  data_dir=config.data_dir, pid=os.getpid())
+
+    def _start_scp(self) -> None:
         try:
-            self.scp = StorageSCP(config, self.store, self.audit)
+            self.scp = StorageSCP(self.config, self.store, self.audit)
         except TlsConfigError as exc:
             self.stop()
             raise ServiceError(str(exc)) from None
@@ -173,28 +215,38 @@ class Node:
             self.address = self.scp.start()
         except OSError as exc:
             self.stop()
-            raise ServiceError(
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
-        if self._start_console is not None:
-            self._start_console(self._listening, self.analysis_problem)
-        if self.audit is not None:
-            self.audit.application(started=True)
-        log_event(log, "ready", ae_title=config.ae_title, host=self.address[0],
-                  port=self.address[1], workers=config.worker_count,
-                  destinations=",".join(d.url or "" if d.kind == "stow"
-                                        else f"{d.ae_title}@{d.host}:{d.port}"
-                                        for d in config.destinations) or None,
-                  data_dir=config.data_dir, pid=os.getpid())
+            raise ServiceError(f"cannot listen on {self.config.host}:{self.config.port}: "
+                               f"{exc.strerror or exc}") from None
 
     def _listening(self) -> bool:
-        """The SCP has bound its port and the node is not stopping (for /healthz)."""
-        return self.address is not None and not self.shutdown_requested.is_set()
+        """The SCP has bound its port (or this node does not receive: --no-scp) and the
+        node is not stopping (for /healthz)."""
+        bound = self.address is not None or not self.config.roles.scp
+        return bound and not self.shutdown_requested.is_set()
 
     def analysis_problem(self) -> str | None:
-        """Why images received now would not be analysed (disk full, a dead supervisor)."""
+        """Why images received now would not be analysed (disk full, a dead supervisor);
+        None on a node without workers (--no-workers): other nodes analyse."""
+        if not self.config.roles.workers:
+            return None
         if self._workers is None:
             return "the analysis workers are not running"
         return self._workers.problem()
+
+    def _heartbeat(self) -> None:
+        """Renew this node's leases, and take over the work of nodes whose leases ran
+        out (on SQLite too: harmless with one node, and it frees a stuck claim)."""
+        cluster = self.config.cluster
+        while not self.stop_event.wait(cluster.heartbeat_s):
+            assert self.store is not None
+            try:
+                self.store.heartbeat(cluster.node_name, cluster.lease_s)
+                for item in self.store.take_over_expired(
+                        max_attempts=self.config.worker_max_attempts):
+                    log_event(log, "taken_over", logging.WARNING, what=item["what"],
+                              id=item["id"], from_node=item["node"], state=item["state"])
+            except DATABASE_ERRORS as exc:
+                log_event(log, "heartbeat_failed", logging.ERROR, reason=str(exc))
 
     def _spawn(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -227,6 +279,10 @@ class Node:
         if self._integration is not None:
             self._integration.join(timeout=self.config.hl7.timeout_s + 5)
         if self.store is not None:
+            try:
+                self.store.node_stopped(self.config.cluster.node_name)
+            except DATABASE_ERRORS as exc:
+                log_event(log, "deregister_failed", logging.ERROR, reason=str(exc))
             self.store.close()
         if self.audit is not None:
             self.audit.application(started=False)

@@ -8,7 +8,8 @@
 - ``dispatch_queue``: produced objects to destinations (``DispatchState``);
 - ``history``: a patient's earlier results (the pipeline's ``HistorySource``);
 - ``retention``: which spooled and produced files may go;
-- ``console_queries``: the console's and `dxr-node status`'s read models.
+- ``console_queries``: the console's and `dxr-node status`'s read models;
+- ``registry``: the nodes sharing a database, heartbeats, take-over of expired leases.
 
 Every public method is one transaction. A ``Store`` may be shared by threads (calls are
 serialised by a lock); each process opens its own.
@@ -24,40 +25,47 @@ from dxr_node.node.dispatch_queue import Dispatch, DispatchQueue
 from dxr_node.node.history import History
 from dxr_node.node.job_queue import (
     AddedInstance,
+    ClaimLost,
     InstanceInfo,
     InTransaction,
     Job,
     JobQueue,
     ProducedObject,
 )
+from dxr_node.node.registry import NodeRegistry
 from dxr_node.node.retention import Retention
 from dxr_node.node.schema import SCHEMA_VERSION
 from dxr_node.node.states import DispatchState, JobState
 
 __all__ = [
-    "AddedInstance", "Dispatch", "InTransaction", "InstanceInfo", "Job", "ProducedObject",
-    "SCHEMA_VERSION", "Store", "StoreError",
+    "AddedInstance", "ClaimLost", "Dispatch", "InTransaction", "InstanceInfo", "Job",
+    "ProducedObject", "SCHEMA_VERSION", "Store", "StoreError",
 ]
 
 
-class Store(JobQueue, DispatchQueue, History, Retention, ConsoleQueries):
+class Store(JobQueue, DispatchQueue, History, Retention, ConsoleQueries, NodeRegistry):
     """Open (and create or migrate) the node database at ``path``; see ``Database``."""
 
     def __enter__(self) -> Store:
         return self
 
-    def recover_interrupted(self, *, max_attempts: int) -> int:
+    def recover_interrupted(self, *, max_attempts: int, node: str | None = None) -> int:
         """At start-up: jobs left ``running`` and dispatches left ``sending`` by a dead
         node go back to their queues (jobs past ``max_attempts`` fail). Returns how
-        many rows were recovered."""
+        many rows were recovered. With ``node`` (a cluster), only what that node held
+        (or nobody holds): the other nodes' work is theirs until their leases run out."""
         now = time.time()
         reason = "interrupted: the node stopped while this job was running"
+        mine, params = "", tuple[str, ...]()
+        if node is not None:
+            mine, params = " AND (node = ? OR node IS NULL)", (node,)
         with self._transaction() as db:
-            jobs = len(self._requeue_or_fail(db, "state = ?", (JobState.RUNNING,), reason,
+            jobs = len(self._requeue_or_fail(db, f"state = ?{mine}",
+                                             (JobState.RUNNING, *params), reason,
                                              max_attempts).fetchall())
             sends = db.execute(
                 "UPDATE dispatches SET state = ?, next_attempt_at = ?, updated_at = ?"
-                " WHERE state = ?",
-                (DispatchState.PENDING, now, now, DispatchState.SENDING),
+                f" WHERE state = ?{mine}",
+                (DispatchState.PENDING, now, now, DispatchState.SENDING, *params),
             ).rowcount
             return jobs + sends

@@ -32,7 +32,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -40,8 +39,9 @@ from typing import Any
 
 from dxr_node.clinical import ReferenceTable, exam_laterality, load_reference
 from dxr_node.node.config import NodeConfig
+from dxr_node.node.database import DATABASE_ERRORS
 from dxr_node.node.logs import configure_logging, log_event
-from dxr_node.node.store import Job, ProducedObject, Store
+from dxr_node.node.store import ClaimLost, Job, ProducedObject, Store
 
 log = logging.getLogger("dxr_node.node.worker")
 
@@ -62,6 +62,11 @@ _SOP_CLASS_KINDS = {
 
 class ResourceProblem(Exception):
     """The node cannot record or write results now (disk full); the job was handed back."""
+
+
+# Trouble a worker or the supervisor outlives: a full disk, a database it cannot write.
+_UNWRITABLE: tuple[type[Exception], ...] = (OSError, *DATABASE_ERRORS)
+_BLOCKED: tuple[type[Exception], ...] = (ResourceProblem, *_UNWRITABLE)
 
 
 def object_kind(sop_class_uid: str) -> str:
@@ -85,7 +90,8 @@ def write_object(directory: Path, dataset: Any) -> ProducedObject:
 
 
 def run_job(config: NodeConfig, store: Store, job: Job) -> str:
-    """Analyse one claimed job and record its outcome; returns the job's new state."""
+    """Analyse one claimed job and record its outcome; returns the job's new state
+    ("lost" when another node had taken the job over meanwhile)."""
     from dxr_node.engine.image import DecodeLimits, ImageLoadError
     from dxr_node.integration.outbound import WorkerHooks
     from dxr_node.pipeline import process_file
@@ -133,10 +139,19 @@ def run_job(config: NodeConfig, store: Store, job: Job) -> str:
             else exam_laterality(result.analysis)[0])
     # Held for a reader: the objects are kept, and only the final ones will be sent.
     held = config.review.mode == "hold-until-verified"
-    store.finish_job(job.id, status=result.analysis.status, analysis=result.analysis.to_dict(),
-                     interpretation=interpretation, objects=objects,
-                     destinations=[] if held else [d.name for d in config.destinations],
-                     laterality=side, also=also)
+    try:
+        store.finish_job(job.id, status=result.analysis.status,
+                         analysis=result.analysis.to_dict(), interpretation=interpretation,
+                         objects=objects,
+                         destinations=[] if held else [d.name for d in config.destinations],
+                         laterality=side, also=also, attempt=job.attempts)
+    except ClaimLost:
+        # Its lease ran out (this node was cut off) and another node took the job: that
+        # node records the result. The files written are the same objects (derived UIDs
+        # and content depend only on the image and the algorithm version).
+        log_event(log, "analysis_claim_lost", logging.WARNING, job=job.id,
+                  sop=job.sop_instance_uid)
+        return "lost"
     log_event(log, "analysis_done", job=job.id, sop=job.sop_instance_uid,
               status=result.analysis.status, objects=len(objects),
               seconds=round(time.perf_counter() - started, 2))
@@ -161,7 +176,12 @@ def _site_reference(path: Path | None) -> ReferenceTable | None:
 
 
 def _fail(store: Store, job: Job, reason: str) -> str:
-    store.fail_job(job.id, reason)
+    try:
+        store.fail_job(job.id, reason, attempt=job.attempts)
+    except ClaimLost:
+        log_event(log, "analysis_claim_lost", logging.WARNING, job=job.id,
+                  sop=job.sop_instance_uid)
+        return "lost"
     log_event(log, "analysis_failed", logging.ERROR, job=job.id, sop=job.sop_instance_uid,
               reason=reason)
     return "failed"
@@ -181,15 +201,21 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def worker_name(index: int, pid: int) -> str:
-    """The claim name of a worker process: unique, so a dead one's jobs can be found."""
-    return f"worker-{index}-{pid}"
+def worker_name(index: int, pid: int, node: str = "") -> str:
+    """The claim name of a worker process: unique (the node's name first: pids repeat
+    across machines), so a dead one's jobs can be found."""
+    return f"{node}/worker-{index}-{pid}" if node else f"worker-{index}-{pid}"
+
+
+def _claim_prefix(config: NodeConfig) -> str:
+    """The node's name in a cluster (one SQLite node keeps the plain worker names)."""
+    return config.cluster.node_name if config.database_url else ""
 
 
 def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
                  job_started: Any, trouble: Any) -> None:
     _die_with_parent(parent_pid)
-    name = worker_name(index, os.getpid())
+    name = worker_name(index, os.getpid(), _claim_prefix(config))
     # Ctrl-C (and a service manager's SIGTERM to the whole group) must not cut an
     # analysis short: the node decides, through the stop event, and kills if it must.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -199,7 +225,7 @@ def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
         os.environ.setdefault(var, "1")  # one core per worker process
     import dxr_node.pipeline  # noqa: F401  (load the heavy modules before the first job)
 
-    with Store(config.database_path) as store:
+    with Store(config.database_target) as store:
         held: Job | None = None  # claimed, but its outcome could not be recorded
         while not stop.is_set() and os.getppid() == parent_pid:
             job = None
@@ -207,7 +233,8 @@ def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
                 if held is not None:
                     store.return_job(held.id, "handed back after the database was unwritable")
                     held = None
-                job = store.claim_job(name)
+                job = store.claim_job(name, node=config.cluster.node_name,
+                                      lease_s=config.cluster.lease_s)
                 if job is None:
                     trouble.value = b""
                     stop.wait(IDLE_POLL_S)
@@ -215,7 +242,7 @@ def _worker_main(config: NodeConfig, index: int, parent_pid: int, stop: Any,
                 job_started.value = time.time()
                 state = run_job(config, store, job)
                 trouble.value = b""
-            except (ResourceProblem, sqlite3.Error, OSError) as exc:
+            except _BLOCKED as exc:
                 # Disk full (or a database that cannot be written): the worker lives on,
                 # says so (the pool reports it on /healthz), and tries again later.
                 held = None if isinstance(exc, ResourceProblem) else job
@@ -285,7 +312,7 @@ class WorkerPool:
 
     def start(self) -> WorkerPool:
         # Opened here so that a database problem is raised to the caller.
-        store = Store(self.config.database_path)
+        store = Store(self.config.database_target)
         self._supervisor = threading.Thread(target=self._supervise, args=(store,),
                                             name="worker-supervisor", daemon=True)
         self._supervisor.start()
@@ -319,7 +346,7 @@ class WorkerPool:
                 try:
                     self._supervise_once(store)
                     self._trouble = None
-                except (sqlite3.Error, OSError) as exc:
+                except _UNWRITABLE as exc:
                     # Disk full while handing a dead worker's job back: the supervisor must
                     # outlive it (the slot is handled again on the next round).
                     self._trouble = f"the worker supervisor cannot update the database: {exc}"
@@ -351,7 +378,7 @@ class WorkerPool:
                   slot.trouble),
         )
         slot.process.start()
-        slot.name = worker_name(slot.index, slot.process.pid)
+        slot.name = worker_name(slot.index, slot.process.pid, _claim_prefix(self.config))
         slot.last_spawn = time.monotonic()
         log_event(log, "worker_started", worker=slot.name)
 

@@ -242,6 +242,14 @@ def get_exam(request: Request, job_id: int) -> dict[str, Any]:
     return exam_detail(_store(request), job_id)
 
 
+@router.get("/nodes", summary="The nodes sharing this database, their last heartbeat, "
+            "what each holds, and every running job with its holder")
+def get_nodes(request: Request) -> dict[str, Any]:
+    store = _store(request)
+    return {"nodes": store.nodes(), "running_jobs": store.held_jobs(),
+            "queues": store.counts()}
+
+
 @router.get("/failures", summary="Failed jobs, failed dispatches and dispatches waiting "
                                   "for a retry")
 def get_failures(request: Request) -> list[dict[str, Any]]:

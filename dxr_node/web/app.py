@@ -162,10 +162,10 @@ class ConsoleServer:
         import uvicorn
 
         # Checked before anything is created: a refused console leaves no database.
-        check_console_access(config.web, accounts=database_has_users(config.database_path))
+        check_console_access(config.web, accounts=database_has_users(config.database_target))
         self.config = config
         self._socket = self._bind(config.web.host, config.web.port)
-        self._store = Store(config.database_path)
+        self._store = Store(config.database_target)
         self.address: tuple[str, int] = self._socket.getsockname()[:2]
         app = create_app(config, self._store, scp_listening, analysis_problem)
         # No access log: request lines can carry patient IDs (exam filters).

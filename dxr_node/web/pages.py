@@ -175,6 +175,13 @@ def failures_page(request: Request) -> HTMLResponse:
                   total=store.open_failure_count())
 
 
+@router.get("/nodes", response_class=HTMLResponse)
+def nodes_page(request: Request) -> HTMLResponse:
+    store = request.app.state.store
+    return render(request, "nodes.html", title="Nodes", nodes=store.nodes(),
+                  jobs=store.held_jobs(), counts=store.counts())
+
+
 def _back(back: str | None, default: str) -> str:
     """Only redirect within the console (never to another site)."""
     if back and back.startswith("/") and not back.startswith("//"):

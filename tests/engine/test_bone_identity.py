@@ -134,3 +134,13 @@ def test_a_rotated_real_film_whose_mask_fills_the_field_does_not_crash():
         pytest.skip(f"{film} absent")
     record = realworld.run_image(film, "rot12")
     assert record["status"] in ("ok", "rejected"), record
+
+
+def test_partial_labels_with_mc3_on_the_outermost_shaft_are_refused_without_crashing():
+    """MC2 not labelled and "MC3" on the last shaft of the row: MC2's shaft would lie
+    beyond the row (an IndexError before: analyze() must never raise)."""
+    ridge, hand, xs = _palm()
+    hand[:, :int(xs["MC4"] - 0.5 * SPACING)] = 0  # the row: three shafts, MC4 to MC2
+    centres = {"MC3": np.array([xs["MC2"], LEVEL]), "MC4": np.array([xs["MC3"], LEVEL])}
+    check = check_row(ridge, hand, centres, AXIS, 1.0, R)
+    assert check.problem is not None and "bone identity uncertain" in check.problem

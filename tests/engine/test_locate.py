@@ -114,6 +114,18 @@ def test_phantom_set_from_dicom_files(tmp_path):
     assert np.mean(centre_errors <= 3.0) >= 0.75, np.round(centre_errors, 1)
 
 
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_phantom_with_the_other_hands_header_is_never_measured_the_headers_way(index):
+    """A wrong header laterality (or AP/PA mix-up): the hand must not be read from the
+    thumb end the header implies (MC2 and MC4 swapped, MC5 on the thumb), nor measured
+    against the header; the image's hand is kept, so image and header disagree."""
+    pixels, truth = _render(11, index)
+    other = {"L": "R", "R": "L"}[truth["laterality"]]
+    found = locate_metacarpals(pixels, None, other)
+    assert found.problems, "measured against the header"
+    assert found.laterality in (None, truth["laterality"])
+
+
 def test_phantom_bones_cut_by_the_image_edge_are_reported():
     pixels, truth = _render(11, 0, fingers="up", rotation_deg=0.0)
     bottom = int(truth["bones"]["MC3"]["midshaft_center_rc"][0]) + 150  # through the bases

@@ -67,3 +67,25 @@ def test_agreement_notices_status_bones_position_and_mci():
 def test_sources_ages_and_assumed_spacing(name, adult, spacing):
     assert rw.is_adult(name) is adult
     assert rw.assumed_spacing_mm(name) == spacing
+
+
+@pytest.mark.parametrize(("name", "header"), [
+    ("scaph_19559003_L_30M.jpg", ("L", "AP")),  # the scaphoid series is AP (README)
+    ("scaph_182504260_R_28F.jpg", ("R", "AP")),
+    ("ra2_UAB001-LH.jpg", ("L", "PA")),
+    ("dha_3170.jpg", None),  # the name does not tell the hand
+    ("mura_aashish900_HAND.png", None),
+])
+def test_header_implied_by_the_file_name(name, header):
+    assert rw.header_for(name) == header
+
+
+def test_implied_header_reaches_the_engine_as_a_dicom_header_would():
+    from dxr_node.engine.analyze import _image_laterality
+    from dxr_node.engine.image import Radiograph
+
+    radiograph = Radiograph(np.zeros((64, 64), np.float32), None, None, None, None, "x", None)
+    ap_left = rw.with_header(radiograph, "L", "AP")
+    assert ap_left.laterality_tag == "L"
+    assert _image_laterality(ap_left) == "R"  # AP: the thumb lies where a PA right hand's does
+    assert _image_laterality(rw.with_header(radiograph, "L", "PA")) == "L"

@@ -74,8 +74,20 @@ def test_most_cases_are_measured(records):
 def test_adducted_thumb_taken_for_the_little_finger_is_not_reported_as_the_other_hand():
     """wide_2026_002 (scripts/bench_wide): the thumb lies along the index, so the ray set
     apart by the wider gap is the little finger; read from that end, MC2 and MC4 swapped
-    and the result was reported ok with a laterality disagreement. The header's
-    laterality now picks the thumb end, and no reading against it is ever measured."""
+    and the result was reported ok with a laterality disagreement. Now a hand whose
+    thumb and header disagree is measured only if it reads the header's way alone (here
+    it reads both ways, as a wrong header would also make it: rejected)."""
     record = phantoms.run_case(wide_case(2026, 2))
+    assert not record["wrong"], record["wrong"]
+    assert record["status"] == "ok" or record["cause"] == "bone_identity", record["cause"]
+
+
+@pytest.mark.parametrize("index", [
+    9,  # fingers held together: the bones' own outline won as "the hand" (five rays that
+    #     were MC1-MC5) and the palm was the carpus; the whole hand's mask finds them
+    17,  # flexed fingers: the proximal phalanges were taken for the metacarpals
+])
+def test_hands_found_on_a_second_reading_are_measured_on_the_right_bones(index):
+    record = phantoms.run_case(wide_case(2026, index))
     assert not record["wrong"], record["wrong"]
     assert record["status"] == "ok", record["cause"]

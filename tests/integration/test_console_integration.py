@@ -11,9 +11,10 @@ from dxr_node.node.store import InstanceInfo, Store
 from dxr_node.web.app import create_app
 
 
-def test_orders_images_and_messages_in_the_console(tmp_path):
-    config = load_config(environ={}, overrides={"data_dir": str(tmp_path)})
-    store = Store(config.database_path)
+def test_orders_images_and_messages_in_the_console(tmp_path, database):
+    config = load_config(environ={}, overrides={"data_dir": str(tmp_path),
+                                                "database": str(database)})
+    store = Store(config.database_target)
     istore = IntegrationStore(store)
     job = store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1", "1.2",
                                           str(tmp_path / "x.dcm"), 1, patient_id="P77",

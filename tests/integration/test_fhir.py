@@ -68,14 +68,14 @@ def test_bundle_validates_and_states_the_values(context):
     assert all("loinc" not in (c.system or "") for o in observations for c in o.code.coding)
 
 
-def test_bundle_posted_with_token_and_read_back(tmp_path, context):
+def test_bundle_posted_with_token_and_read_back(tmp_path, context, database):
     with fhir_server(TOKEN) as (base_url, server):
         config = load_config(environ={}, overrides={
-            "data_dir": str(tmp_path),
+            "data_dir": str(tmp_path), "database": str(database),
             "fhir": {"enabled": True, "base_url": base_url, "token": TOKEN},
             "dispatch": {"initial_backoff_s": 0.05, "max_backoff_s": 0.2}})
         payload = build_bundle(context, config.fhir, ["26"])
-        store = Store(config.database_path)
+        store = Store(config.database_target)
         job = store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1", "1.2",
                                               str(tmp_path / "x.dcm"), 1)).job_id
         IntegrationStore(store).queue(job, [OutboundMessage(

@@ -34,14 +34,15 @@ def _message(kind: str, control_id: str) -> OutboundMessage:
 
 
 @pytest.fixture
-def node(tmp_path):
-    """A store with one analysed job and the dispatcher running for an engine port."""
+def node(tmp_path, database):
+    """A store (each backend in turn) with one analysed job and the dispatcher running
+    for an engine port."""
     port = free_port()
     config = load_config(environ={}, overrides={
-        "data_dir": str(tmp_path), "hl7": {"outbound_host": "127.0.0.1", "outbound_port": port,
-                                           "timeout_s": 2},
+        "data_dir": str(tmp_path), "database": str(database),
+        "hl7": {"outbound_host": "127.0.0.1", "outbound_port": port, "timeout_s": 2},
         "dispatch": {"initial_backoff_s": 0.05, "max_backoff_s": 0.2, "max_attempts": 1000}})
-    store = Store(config.database_path)
+    store = Store(config.database_target)
     job = store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1", "1.2",
                                           str(tmp_path / "x.dcm"), 1)).job_id
     istore = IntegrationStore(store)

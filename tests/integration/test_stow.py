@@ -55,7 +55,7 @@ def _get(url: str):
         return json.loads(response.read())
 
 
-def test_stow_rs_destination_down_then_up(tmp_path):
+def test_stow_rs_destination_down_then_up(tmp_path, database):
     from dxr_node.phantom.generate import write_phantom_set
     from dxr_node.pipeline import process_file
 
@@ -63,11 +63,11 @@ def test_stow_rs_destination_down_then_up(tmp_path):
     image = sorted((tmp_path / "phantom").glob("*.dcm"))[0]
     http_port = free_port()
     config = load_config(environ={}, overrides={
-        "data_dir": str(tmp_path / "data"),
+        "data_dir": str(tmp_path / "data"), "database": str(database),
         "destinations": [{"name": "vna", "kind": "stow",
                           "url": f"http://127.0.0.1:{http_port}/dicom-web"}],
         "dispatch": {"initial_backoff_s": 0.05, "max_backoff_s": 0.1}})
-    store = Store(config.database_path)
+    store = Store(config.database_target)
     job = store.add_instance(InstanceInfo("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1", "1.2",
                                           str(image), 1)).job_id
     result = process_file(image, kinds=("SR", "SC", "GSPS", "PDF"))

@@ -155,3 +155,25 @@ def test_default_worker_count_is_the_cores_this_process_may_use():
                             capture_output=True, text=True, timeout=60)
     assert pinned.returncode == 0, pinned.stderr
     assert pinned.stdout.strip() == "1"
+
+
+def test_docker_cluster_example_configures_two_nodes_on_one_postgresql():
+    """docker/compose.cluster.yaml: each node's variables load into a cluster node of the
+    same database, under its own name, and Orthanc reaches the nodes through the balancer."""
+    docker = SHIPPED.parents[1] / "docker"
+    image_env = dict(re.findall(r"(DXR_NODE__\w+)=(\S+)", (docker / "Dockerfile").read_text()))
+    compose = (docker / "compose.cluster.yaml").read_text()
+    nodes = re.findall(r"^  (node-\d):\n    <<: \*node\n    environment:\n((?:      .+\n)+)",
+                       compose, flags=re.MULTILINE)
+    configs = []
+    for name, block in nodes:
+        env = {**image_env, **dict(re.findall(r"(DXR_NODE__\w+):\s*\"?([^\"\n]+)\"?", block))}
+        config = load_config(SHIPPED, environ=env)
+        assert config.cluster.node_name == name
+        configs.append(config)
+    assert len(configs) == 2
+    assert {c.database_url for c in configs} == {
+        "postgresql://dxr:dxr-demo-only@postgres:5432/dxr"}
+    assert all(c.data_dir == Path("/data") and c.roles.scp for c in configs)
+    assert '"dxrnode": ["DXRNODE", "dxr-lb", 11112]' in compose
+    assert "server node-1:11112" in compose and "server node-2:11112" in compose

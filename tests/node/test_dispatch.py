@@ -210,10 +210,10 @@ def _config(tmp_path: Path, *destinations: Destination, **policy) -> NodeConfig:
                       dispatch=DispatchPolicy(timeout_s=5, **policy))
 
 
-def test_dispatcher_sends_to_every_destination_and_records_sent(tmp_path):
+def test_dispatcher_sends_to_every_destination_and_records_sent(tmp_path, database):
     with storescp(tmp_path / "a", aet="PACSA") as port_a, \
             storescp(tmp_path / "b", aet="PACSB") as port_b, \
-            Store(tmp_path / "node.sqlite") as store:
+            Store(database) as store:
         config = _config(tmp_path, _pacs(port_a, "PACSA"), _pacs(port_b, "PACSB"))
         uids = _queue_objects(store, tmp_path, 3, ["PACSA", "PACSB"])
         assert dispatch_round(config, store) == 6
@@ -259,10 +259,10 @@ def _dispatch_rows(store: Store, destination: str = "%") -> list[sqlite3.Row]:
                           " WHERE destination LIKE ?", (destination,)).fetchall()
 
 
-def test_dispatcher_gives_up_after_max_attempts_with_the_reason(tmp_path):
+def test_dispatcher_gives_up_after_max_attempts_with_the_reason(tmp_path, database):
     config = _config(tmp_path, _pacs(free_port()), initial_backoff_s=0.01, max_backoff_s=0.02,
                      max_attempts=2)
-    with Store(tmp_path / "node.sqlite") as store:
+    with Store(database) as store:
         _queue_objects(store, tmp_path, 1, ["PACS"])
         deadline = time.monotonic() + 20
         while store.counts()["dispatches"]["failed"] == 0 and time.monotonic() < deadline:
@@ -273,17 +273,17 @@ def test_dispatcher_gives_up_after_max_attempts_with_the_reason(tmp_path):
     assert failure["reason"].startswith("gave up after 2 attempts: cannot reach PACS@")
 
 
-def test_dispatcher_fails_permanent_refusal_on_first_attempt(tmp_path):
+def test_dispatcher_fails_permanent_refusal_on_first_attempt(tmp_path, database):
     with storescp(tmp_path / "pacs", options=["--refuse"]) as port, \
-            Store(tmp_path / "node.sqlite") as store:
+            Store(database) as store:
         _queue_objects(store, tmp_path, 1, ["PACS"])
         dispatch_round(_config(tmp_path, _pacs(port)), store)
         (failure,) = store.open_failures()
     assert failure["attempts"] == 1 and "Rejected (Permanent)" in failure["reason"]
 
 
-def test_dispatch_to_a_destination_no_longer_configured_fails(tmp_path):
-    with Store(tmp_path / "node.sqlite") as store:
+def test_dispatch_to_a_destination_no_longer_configured_fails(tmp_path, database):
+    with Store(database) as store:
         _queue_objects(store, tmp_path, 1, ["OLDPACS"])
         dispatch_round(_config(tmp_path), store)
         (failure,) = store.open_failures()

@@ -69,16 +69,17 @@ def write_dx(path: Path, *, sop_class: str = DigitalXRayImageStorageForPresentat
 
 
 @pytest.fixture
-def node(tmp_path):
-    """A running SCP on a free port; yields a function to (re)start it with overrides."""
+def node(tmp_path, database):
+    """A running SCP on a free port (on each backend in turn); yields a function to
+    (re)start it with overrides."""
     running: list[StorageSCP] = []
     stores: list[Store] = []
 
     def start(**overrides) -> tuple[StorageSCP, Store, int]:
         config = load_config(environ={}, overrides={
             "data_dir": str(tmp_path / "data"), "port": free_port(),
-            "min_free_disk_mb": 1, **overrides})
-        store = Store(config.database_path)
+            "min_free_disk_mb": 1, "database": str(database), **overrides})
+        store = Store(config.database_target)
         scp = StorageSCP(config, store)
         _, port = scp.start()
         running.append(scp)

@@ -1,4 +1,5 @@
-"""The SQLite store: queue states, atomic claims, recovery, priors, reporting."""
+"""The store on both backends (SQLite, PostgreSQL): queue states, atomic claims,
+recovery, priors, reporting."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ def _objects(uid: str) -> list[ProducedObject]:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "node.sqlite") as s:
+def store(database):
+    with Store(database) as s:
         yield s
 
 
@@ -188,8 +189,8 @@ def _claim_all(path: str, out) -> None:
             out.put(job.id)
 
 
-def test_claims_from_several_processes_never_overlap(tmp_path):
-    path = tmp_path / "node.sqlite"
+def test_claims_from_several_processes_never_overlap(database):
+    path = database
     with Store(path) as s:
         for i in range(60):
             s.add_instance(_info(f"10.{i}"))

@@ -31,8 +31,11 @@ def phantoms(tmp_path_factory) -> list[Path]:
     return sorted(out.glob("*.dcm"))
 
 
-def _config(tmp_path: Path, **fields) -> NodeConfig:
-    return NodeConfig(data_dir=tmp_path / "data", destinations=[PACS, ARCHIVE], **fields)
+def _config(tmp_path: Path, database: str | Path | None = None, **fields) -> NodeConfig:
+    """A node's configuration; ``database`` (the ``database`` fixture: each backend in
+    turn) or the embedded SQLite file in the data folder."""
+    return NodeConfig(data_dir=tmp_path / "data", destinations=[PACS, ARCHIVE],
+                      database=database, **fields)
 
 
 def _queue(store: Store, tmp_path: Path, source: Path) -> int:
@@ -100,9 +103,9 @@ def test_running_jobs_claimed_by_names_only_that_workers_running_jobs(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_job_records_result_objects_and_dispatches(tmp_path, phantoms):
-    config = _config(tmp_path)
-    with Store(config.database_path) as store:
+def test_run_job_records_result_objects_and_dispatches(tmp_path, phantoms, database):
+    config = _config(tmp_path, database)
+    with Store(config.database_target) as store:
         job_id = _queue(store, tmp_path, phantoms[0])
         job = store.claim_job("test")
         assert run_job(config, store, job) == "done"
@@ -118,7 +121,8 @@ def test_run_job_records_result_objects_and_dispatches(tmp_path, phantoms):
 
 
 @pytest.mark.slow
-def test_laterality_recorded_for_follow_up_follows_the_clinical_rule(tmp_path, phantoms):
+def test_laterality_recorded_for_follow_up_follows_the_clinical_rule(tmp_path, phantoms,
+                                                                     database):
     """Header and image agree: that hand. They disagree: unknown (no comparison)."""
     header = dcmread(phantoms[0])
     flipped = dcmread(phantoms[0])
@@ -126,8 +130,8 @@ def test_laterality_recorded_for_follow_up_follows_the_clinical_rule(tmp_path, p
     other = {"L": "R", "R": "L"}[header.ImageLaterality]
     flipped.ImageLaterality = flipped.Laterality = other
     flipped.save_as(tmp_path / "flipped.dcm")
-    config = _config(tmp_path)
-    with Store(config.database_path) as store:
+    config = _config(tmp_path, database)
+    with Store(config.database_target) as store:
         for source in (phantoms[0], tmp_path / "flipped.dcm"):
             _queue(store, tmp_path, source)
             assert run_job(config, store, store.claim_job("test")) == "done"
@@ -136,9 +140,9 @@ def test_laterality_recorded_for_follow_up_follows_the_clinical_rule(tmp_path, p
     assert recorded[str(flipped.SOPInstanceUID)] is None
 
 
-def test_unreadable_image_fails_at_once_with_the_reason(tmp_path, phantoms):
-    config = _config(tmp_path)
-    with Store(config.database_path) as store:
+def test_unreadable_image_fails_at_once_with_the_reason(tmp_path, phantoms, database):
+    config = _config(tmp_path, database)
+    with Store(config.database_target) as store:
         broken = _corrupt_copy(phantoms[0], tmp_path / "broken.dcm")
         job_id = _queue(store, tmp_path, broken)
         assert run_job(config, store, store.claim_job("test")) == "failed"
@@ -148,10 +152,10 @@ def test_unreadable_image_fails_at_once_with_the_reason(tmp_path, phantoms):
 
 
 @pytest.mark.slow
-def test_pool_drains_the_queue_past_a_broken_image(tmp_path, phantoms):
-    config = _config(tmp_path, workers=2)
+def test_pool_drains_the_queue_past_a_broken_image(tmp_path, phantoms, database):
+    config = _config(tmp_path, database, workers=2)
     stop = threading.Event()
-    with Store(config.database_path) as store:
+    with Store(config.database_target) as store:
         broken = _queue(store, tmp_path, _corrupt_copy(phantoms[0], tmp_path / "broken.dcm"))
         good = [_queue(store, tmp_path, p) for p in phantoms[1:]]
         pool = WorkerPool(config, stop).start()
@@ -167,10 +171,11 @@ def test_pool_drains_the_queue_past_a_broken_image(tmp_path, phantoms):
 
 @pytest.mark.slow
 def test_image_that_keeps_killing_its_worker_is_failed_and_the_queue_moves_on(tmp_path,
-                                                                           phantoms):
-    config = _config(tmp_path, workers=1, worker_max_attempts=2)
+                                                                           phantoms,
+                                                                           database):
+    config = _config(tmp_path, database, workers=1, worker_max_attempts=2)
     stop = threading.Event()
-    with Store(config.database_path) as store:
+    with Store(config.database_target) as store:
         victim = _queue(store, tmp_path, phantoms[0])
         after = _queue(store, tmp_path, phantoms[1])
         pool = WorkerPool(config, stop).start()
@@ -193,7 +198,7 @@ def test_image_that_keeps_killing_its_worker_is_failed_and_the_queue_moves_on(tm
 def test_job_that_hangs_is_killed_after_the_timeout(tmp_path, phantoms):
     config = _config(tmp_path, workers=1, worker_max_attempts=1)
     stop = threading.Event()
-    with Store(config.database_path) as store:
+    with Store(config.database_target) as store:
         job_id = _queue(store, tmp_path, phantoms[0])
         # Loading and analysing a radiograph takes far longer than 0.05 s (the supervisor
         # then checks every 0.05 s), so this stands in for an analysis that never ends.
@@ -210,7 +215,7 @@ def test_job_that_hangs_is_killed_after_the_timeout(tmp_path, phantoms):
 def test_graceful_stop_lets_the_running_analysis_finish(tmp_path, phantoms):
     config = _config(tmp_path, workers=1)
     stop = threading.Event()
-    with Store(config.database_path) as store:
+    with Store(config.database_target) as store:
         job_id = _queue(store, tmp_path, phantoms[0])
         later = _queue(store, tmp_path, phantoms[1])
         pool = WorkerPool(config, stop).start()
@@ -228,7 +233,7 @@ def test_graceful_stop_lets_the_running_analysis_finish(tmp_path, phantoms):
 
 def test_file_system_error_hands_the_job_back_a_bounded_number_of_times(tmp_path, phantoms):
     config = _config(tmp_path, worker_max_attempts=2)
-    with Store(config.database_path) as store:
+    with Store(config.database_target) as store:
         job_id = _queue(store, tmp_path, phantoms[0])
         config.objects_path.write_bytes(b"")  # a file where the objects folder should be
         assert run_job(config, store, store.claim_job("test")) == "queued"

@@ -137,18 +137,26 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
                   newest["SC"], newest["GSPS"], patient_id)
 
 
-@pytest.fixture
-def node_config(filled: Filled, tmp_path: Path) -> NodeConfig:
-    """The filled node's config over a private copy of its database."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def node_config(request: pytest.FixtureRequest, filled: Filled, tmp_path: Path) -> NodeConfig:
+    """The filled node's config over a private copy of its database: on SQLite, then
+    copied into a new PostgreSQL schema (`dxr-node copy-db`'s function)."""
     copy = tmp_path / "dxr-node.sqlite"
     with sqlite3.connect(filled.database) as source, sqlite3.connect(copy) as target:
         source.backup(target)
-    return filled.config.model_copy(update={"database": copy})
+    if request.param == "sqlite":
+        return filled.config.model_copy(update={"database": copy})
+    from dxr_node.node.transfer import copy_database
+
+    url = request.getfixturevalue("postgres_url")
+    with Store(copy) as source, Store(url) as target:
+        copy_database(source, target)
+    return filled.config.model_copy(update={"database": url})
 
 
 @pytest.fixture
 def store(node_config: NodeConfig):
-    with Store(node_config.database_path) as opened:
+    with Store(node_config.database_target) as opened:
         yield opened
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from dxr_node.node.store import InstanceInfo, Store
 
 
@@ -12,6 +14,8 @@ def _plan(store: Store, sql: str, params: tuple = ()) -> str:
 
 
 def test_exam_filters_use_indexes(store):
+    if store.dialect.name != "sqlite":
+        pytest.skip("SQLite's query planner (EXPLAIN QUERY PLAN)")
     joins = ("SELECT i.id FROM instances i JOIN jobs j ON j.instance_id = i.id"
              " LEFT JOIN results r ON r.job_id = j.id")
     by_patient = _plan(store, f"{joins} WHERE i.patient_id = ? ORDER BY i.id DESC", ("P",))
