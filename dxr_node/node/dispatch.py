@@ -125,12 +125,12 @@ def send_files(
 
     Never raises for network or peer trouble: every path gets an outcome.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    files = [Path(p) for p in paths]
+    if not files:
         return []
     headers: dict[Path, tuple[str, str, str]] = {}
     deliveries: dict[Path, Delivery] = {}
-    for path in paths:
+    for path in files:
         try:
             headers[path] = _read_header(path)
         except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
@@ -139,15 +139,15 @@ def send_files(
     contexts = _contexts_for(headers.values())
     if len(contexts) > _MAX_CONTEXTS:
         # Too many distinct classes/syntaxes for one association: split the batch.
-        half = len(paths) // 2
-        return send_files(destination, paths[:half], calling_aet=calling_aet,
+        half = len(files) // 2
+        return send_files(destination, files[:half], calling_aet=calling_aet,
                           timeout_s=timeout_s, tls=tls) + send_files(
-            destination, paths[half:], calling_aet=calling_aet, timeout_s=timeout_s, tls=tls)
+            destination, files[half:], calling_aet=calling_aet, timeout_s=timeout_s, tls=tls)
 
     if headers:
         deliveries.update(_send_over_association(destination, headers, contexts,
                                                  calling_aet, timeout_s, tls))
-    return [deliveries[path] for path in paths]
+    return [deliveries[path] for path in files]
 
 
 def _read_header(path: Path) -> tuple[str, str, str]:
@@ -367,7 +367,7 @@ def fail_unconfigured(config: NodeConfig, store: Store) -> int:
 
 
 def _record(store: Store, policy: DispatchPolicy, item: Dispatch, delivery: Delivery) -> None:
-    fields = {"dispatch": item.id, "sop": item.sop_instance_uid, "kind": item.kind,
+    fields: dict[str, Any] = {"dispatch": item.id, "sop": item.sop_instance_uid, "kind": item.kind,
               "destination": item.destination, "attempt": item.attempts}
     if delivery.outcome == SENT:
         store.dispatch_sent(item.id, delivery.status or 0)

@@ -19,10 +19,12 @@ import time
 import uuid
 from io import BytesIO
 from pathlib import Path
+from typing import Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationServer
 
@@ -96,7 +98,8 @@ class StorageSCP:
         self._incoming.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.config.ae_title)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            if context.abstract_syntax is not None:  # always set in pynetdicom's list
+                ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         # AllStoragePresentationContexts lacks Verification; without it C-ECHO fails.
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         ae.maximum_associations = self.config.max_associations
@@ -107,7 +110,7 @@ class StorageSCP:
         ae.network_timeout = self.config.network_timeout_s
         if self.config.allowed_calling_aets:
             ae.require_calling_aet = list(self.config.allowed_calling_aets)
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_PDU_RECV, self._on_pdu),
@@ -118,6 +121,7 @@ class StorageSCP:
         ]
         server = ae.start_server((self.config.host, self.config.port), block=False,
                                  evt_handlers=handlers)
+        assert server is not None  # non-blocking: the server is returned
         # pynetdicom has no IP allow list nor per-peer limit; socketserver closes a
         # connection whose verify_request is False before any association is read.
         server.verify_request = self._verify_source  # type: ignore[method-assign]
@@ -169,7 +173,7 @@ class StorageSCP:
                     self.audit.security_alert(client_address[0], None,
                                               "source address not in allowed_source_ips")
                 return False
-        return self.guard.admit(request)  # type: ignore[arg-type]
+        return self.guard.admit(request)
 
     # --- handlers --------------------------------------------------------------------
 
@@ -208,7 +212,7 @@ class StorageSCP:
 
     def _on_store_guarded(self, event: evt.Event) -> int | Dataset:
         assoc = event.assoc
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
         fields = {"assoc": assoc.name, "calling_aet": assoc.requestor.ae_title,
                   "sop_instance_uid": sop_uid}
         try:
@@ -240,7 +244,7 @@ class StorageSCP:
         return free < self.config.min_free_disk_mb * 1024 * 1024
 
     def _store(self, event: evt.Event, sop_uid: str, fields: dict) -> int | Dataset:
-        data = event.request.DataSet
+        data = cast(C_STORE, event.request).DataSet
         if data is None or (hasattr(data, "getbuffer") and not data.getbuffer().nbytes):
             # CommandDataSetType "no data set": nothing to store, not a Success
             return _refuse(fields, STATUS_CANNOT_UNDERSTAND, "C-STORE request without a data set")
@@ -248,7 +252,7 @@ class StorageSCP:
         sop_class = str(event.request.AffectedSOPClassUID)
         transfer_syntax = str(event.context.transfer_syntax)
         try:
-            header = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            header: Dataset = dcmread(BytesIO(encoded), stop_before_pixels=True)
             # Everything downstream (duplicates, result UIDs, files) is keyed by the
             # command's UID: a data set naming another instance could overwrite its results.
             if str(header.get("SOPInstanceUID", "") or "").strip() not in ("", sop_uid):

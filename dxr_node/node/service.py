@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dxr_node import __version__
 from dxr_node.node.audit import AuditTrail, open_audit_trail
@@ -35,6 +36,10 @@ from dxr_node.node.logs import log_event
 from dxr_node.node.scp import StorageSCP
 from dxr_node.node.store import Store
 from dxr_node.node.tls import TlsConfigError
+
+if TYPE_CHECKING:
+    from dxr_node.integration.service import Integration
+    from dxr_node.node.worker import WorkerPool
 
 log = logging.getLogger("dxr_node.node")
 
@@ -128,8 +133,8 @@ class Node:
         self.scp: StorageSCP | None = None
         self.audit: AuditTrail | None = None
         self._threads: list[threading.Thread] = []
-        self._workers = None
-        self._integration = None
+        self._workers: WorkerPool | None = None
+        self._integration: Integration | None = None
         self.address: tuple[str, int] | None = None
         self._start_console = start_console
         self._stop_console = stop_console
@@ -150,20 +155,20 @@ class Node:
                 raise ServiceError(f"cannot create {directory}: {exc.strerror}") from None
         for suffix in ("", "-wal", "-shm") if config.database_url is None else ():
             _make_private(Path(f"{config.database_path}{suffix}"))
-        self.store = Store(config.database_target)
+        store = self.store = Store(config.database_target)
         try:
             self.audit = open_audit_trail(config)
         except TlsConfigError as exc:
-            self.store.close()
+            store.close()
             raise ServiceError(str(exc)) from None
         cluster = config.database_url is not None
-        recovered = self.store.recover_interrupted(
+        recovered = store.recover_interrupted(
             max_attempts=config.worker_max_attempts,
             node=config.cluster.node_name if cluster else None)
         if recovered:
             log_event(log, "recovered", rows=recovered,
                       reason="work left running by a previous node was re-queued")
-        self.store.register_node(config.cluster.node_name, host=socket.gethostname(),
+        store.register_node(config.cluster.node_name, host=socket.gethostname(),
                                  version=__version__, pid=os.getpid(), roles=_roles(config))
         # Shared storage: another node may be writing its own .part files right now.
         remove_partial_files(config, older_than_s=PART_FILE_AGE_S if cluster else 0.0)
@@ -173,19 +178,19 @@ class Node:
         if not config.destinations:
             log_event(log, "no_destinations", logging.WARNING,
                       reason="no destinations: results stay in the database")
-        purge_spool(config, self.store)
+        purge_spool(config, store)
 
         if config.roles.workers:
             self._workers = start_workers(config, self.stop_event)
         if config.roles.dispatch:
-            self._spawn("dispatcher", run_dispatcher, config, self.store, self.stop_event,
+            self._spawn("dispatcher", run_dispatcher, config, store, self.stop_event,
                         self.audit)
         self._spawn("housekeeping", self._housekeeping)
         self._spawn("heartbeat", self._heartbeat)
         from dxr_node.integration.service import Integration  # HL7/FHIR, off by default
 
         try:
-            self._integration = Integration(config, self.store, self.stop_event).start()
+            self._integration = Integration(config, store, self.stop_event).start()
         except OSError as exc:
             self.stop()
             raise ServiceError(f"cannot listen for HL7 on {config.hl7.host}:"
@@ -206,6 +211,7 @@ class Node:
                   data_dir=config.data_dir, pid=os.getpid())
 
     def _start_scp(self) -> None:
+        assert self.store is not None  # opened by start() before the SCP
         try:
             self.scp = StorageSCP(self.config, self.store, self.audit)
         except TlsConfigError as exc:
@@ -254,6 +260,7 @@ class Node:
         self._threads.append(thread)
 
     def _housekeeping(self) -> None:
+        assert self.store is not None  # opened by start() before the thread
         while not self.stop_event.wait(HOUSEKEEPING_INTERVAL_S):
             try:
                 purge_spool(self.config, self.store)
