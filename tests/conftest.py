@@ -76,9 +76,10 @@ def postgres_url(postgres_server) -> str:
     return postgres_server.new_schema_url()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def database(request, tmp_path) -> str | Path:
-    """Each backend in turn: a new SQLite file, then a new PostgreSQL schema."""
+    """Each backend in turn: a new SQLite file, then a new PostgreSQL schema (in the full
+    suite only: the edit loop's fast tier keeps to the embedded default)."""
     if request.param == "sqlite":
         return tmp_path / "node.sqlite"
     return request.getfixturevalue("postgres_url")

@@ -137,10 +137,11 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
                   newest["SC"], newest["GSPS"], patient_id)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def node_config(request: pytest.FixtureRequest, filled: Filled, tmp_path: Path) -> NodeConfig:
     """The filled node's config over a private copy of its database: on SQLite, then
-    copied into a new PostgreSQL schema (`dxr-node copy-db`'s function)."""
+    (full suite only) copied into a new PostgreSQL schema (`dxr-node copy-db`'s
+    function)."""
     copy = tmp_path / "dxr-node.sqlite"
     with sqlite3.connect(filled.database) as source, sqlite3.connect(copy) as target:
         source.backup(target)
