@@ -32,6 +32,20 @@ EXAM_STATUSES = ("analysed", "rejected", "failed", "waiting")
 
 # Dispatches (and HL7/FHIR messages) that are open failures: failed, or waiting to be
 # retried after an error.
+def exam_filters(patient_id: str | None, date_from: str | None, date_to: str | None
+                 ) -> tuple[list[str], list[Any]]:
+    """SQL conditions on the instances (aliased ``i``) and their parameters for the
+    console's exam filters: patient ID, study date from/to (YYYYMMDD, inclusive)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for value, condition in ((patient_id, "i.patient_id = ?"),
+                             (date_from, "i.study_date >= ?"), (date_to, "i.study_date <= ?")):
+        if value:
+            where.append(condition)
+            params.append(value)
+    return where, params
+
+
 def _open_failure(alias: str = "") -> str:
     return (f"({alias}state = {_FAILED} OR ({alias}state = {_PENDING}"
             f" AND {alias}error IS NOT NULL))")
@@ -116,19 +130,10 @@ class ConsoleQueries(Database):
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of exams, newest received first, and the number matching the filters.
         ``date_from``/``date_to`` bound the study date (YYYYMMDD, inclusive)."""
-        where, params = [], []
+        where, params = exam_filters(patient_id, date_from, date_to)
         if status:
             where.append(f"{EXAM_STATUS_SQL} = ?")
             params.append(status)
-        if patient_id:
-            where.append("i.patient_id = ?")
-            params.append(patient_id)
-        if date_from:
-            where.append("i.study_date >= ?")
-            params.append(date_from)
-        if date_to:
-            where.append("i.study_date <= ?")
-            params.append(date_to)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         joins = (" FROM instances i JOIN jobs j ON j.instance_id = i.id"
                  " LEFT JOIN results r ON r.job_id = j.id")

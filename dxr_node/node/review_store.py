@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dxr_node.node.console_queries import exam_filters
 from dxr_node.node.database import Connection, inserted_id
 from dxr_node.node.store import ProducedObject, Store, StoreError
 
@@ -357,19 +358,10 @@ class ReviewStore:
               date_from: str | None = None, date_to: str | None = None, limit: int = 50,
               offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Results awaiting review, newest received first, and how many match."""
-        where, params = [], []
+        where, params = exam_filters(patient_id, date_from, date_to)
         if status:
             where.append("r.status = ?")
             params.append("ok" if status == "analysed" else status)
-        if patient_id:
-            where.append("i.patient_id = ?")
-            params.append(patient_id)
-        if date_from:
-            where.append("i.study_date >= ?")
-            params.append(date_from)
-        if date_to:
-            where.append("i.study_date <= ?")
-            params.append(date_to)
         clause = "".join(f" AND {w}" for w in where)
         total = self.store._read(f"SELECT COUNT(*){self._QUEUE_JOINS}{clause}", params)[0][0]
         rows = self.store._read(
