@@ -19,6 +19,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+# The object kind of each SOP class the node sends, as a storescp sees what arrives.
+KINDS = {"1.2.840.10008.5.1.4.1.1.88.33": "SR", "1.2.840.10008.5.1.4.1.1.88.22": "SR",
+         "1.2.840.10008.5.1.4.1.1.7": "SC", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from dcmtk_peers import require, storescp
+from dcmtk_peers import KINDS, require, storescp
 from node_process import DXR_NODE, serve, wait_for
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -32,8 +32,6 @@ IMAGES = 60
 DISTINCT = 8  # phantoms rendered; the others are copies under new UIDs (fast to make)
 LEASE_S = 6.0
 HEARTBEAT_S = 1.0
-KINDS = {"1.2.840.10008.5.1.4.1.1.88.33": "SR", "1.2.840.10008.5.1.4.1.1.88.22": "SR",
-         "1.2.840.10008.5.1.4.1.1.7": "SC", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS"}
 
 
 @pytest.fixture(scope="module")

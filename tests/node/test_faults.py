@@ -16,14 +16,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dcmtk_peers import free_port, require, storescp
+from dcmtk_peers import KINDS, free_port, require, storescp
 from node_process import serve, wait_for
 from pydicom import dcmread
 
 pytestmark = pytest.mark.slow
 
-KINDS = {"1.2.840.10008.5.1.4.1.1.88.33": "SR", "1.2.840.10008.5.1.4.1.1.88.22": "SR",
-         "1.2.840.10008.5.1.4.1.1.7": "SC", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS"}
 
 
 @pytest.fixture(scope="module")
