@@ -325,6 +325,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     canonical_bones: dict[str, _CanonicalBone] = {}
     rays = []
     candidates: dict[str, list[_CanonicalBone]] = {}
+    refined: dict[str, _Refined] = {}
     for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=False):
         name = BONE_FOR_FINGER[finger_name]
         rays.append((_rc(finger.base / scale), _rc(finger.tip / scale)))
@@ -343,7 +344,11 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
                                        name))
             continue
         canonical_bones[name] = bone
-        bones[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
+        refined[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
+    # The checks below (maturity, identity) judge each bone by its own ends; only the
+    # bases the usual proportions chose are measured (they assume the labels checked).
+    bones.update({name: r.bone(r.own_length) for name, r in refined.items()})
+    proportioned = _choose_bases(refined)
     problems.extend(Problem.of(Code.BONE_NOT_FOUND, f"{name} not found", name)
                     for name in candidates if not candidates[name])
 
@@ -399,6 +404,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: "
                                           "MC2 is not longer than MC4 (thumb side in doubt)"))
     features["palm_radius_px"] = palm_radius / scale
+    bones = {name: proportioned[name] for name in bones}
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
                         rays_rc=tuple(rays), details=features)
@@ -1154,7 +1160,7 @@ def _inconsistent(bones: dict[str, _CanonicalBone]) -> list[str]:
             or abs(lengths[name] - length) > 0.35 * length]
 
 
-def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedBone:
+def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> _Refined:
     """Sharpen a bone found at the working scale on the input pixels themselves.
 
     The axis is fitted to the mid-points between the outer edges of the central shaft,
@@ -1165,8 +1171,9 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
     length = float(np.linalg.norm(distal - proximal))
     width = bone.width_estimate_px
     if length < 10 or width < 2:
-        return bone
-    margin = 0.25 * length + 1.5 * width
+        return _Refined(bone.name, distal, (proximal - distal) / max(length, 1e-9),
+                        width, length, length, [])
+    margin = 0.4 * length + 1.5 * width
     low = np.maximum(np.floor(np.minimum(proximal, distal) - margin), 0).astype(int)
     high = np.minimum(np.ceil(np.maximum(proximal, distal) + margin),
                       np.array(image.shape[::-1]) - 1).astype(int)
@@ -1218,25 +1225,93 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> LocatedB
         head_gap = along[valley][int(np.argmax(gaps[valley]))]
     near = (along >= head_gap - edge) & (along <= head_gap)
     distal_s = along[near][int(np.argmin(slope[near]))] if near.any() else head_gap
-    base_gap = _strongest_near(gaps, along, -0.5 * length, 0.1 * length)
-    near = (along >= base_gap) & (along <= base_gap + edge)
-    proximal_s = along[near][int(np.argmax(slope[near]))] if near.any() else base_gap
-    if gaps[int(np.argmin(np.abs(along - base_gap)))] < 0.3 * strength:
-        # No joint space on the axis (a base overlapping the carpus): a faint dip in the
-        # cancellous base is no end; keep the end found along the ray.
-        proximal_s = -0.5 * length
-    distal = centre + distal_s * direction + low
-    proximal = centre + proximal_s * direction + low
-    axis = distal - proximal
-    return LocatedBone(
-        name=bone.name,
-        center_rc=_rc(0.5 * (distal + proximal)),
-        axis_angle_deg=math.degrees(math.atan2(-axis[1], axis[0])) % 360.0,
-        proximal_rc=_rc(proximal),
-        distal_rc=_rc(distal),
-        length_px=float(np.linalg.norm(axis)),
-        width_estimate_px=width,
-    )
+    # The base: every clear gap a metacarpal's length (BASE_REACH of the ray's) proximal of
+    # the head is a possible CMC joint; which one is left to the lengths of all three
+    # bones (_choose_bases). Without a joint space on the axis (a base overlapping the
+    # carpus) the base lies where the other bones' lengths put it.
+    window = np.flatnonzero((along >= head_gap - BASE_REACH[1] * length)
+                            & (along <= head_gap - BASE_REACH[0] * length))
+    local_max = (gaps >= np.roll(gaps, 1)) & (gaps >= np.roll(gaps, -1))
+    clear = window[local_max[window] & (gaps[window] >= BASE_GAP_SHARE * strength)
+                   & (gaps[window] > 0)]
+    clear = clear[np.argsort(gaps[clear])[::-1][:4]]
+    bases = []
+    for index in clear:
+        near = (along >= along[index]) & (along <= along[index] + edge)
+        base_s = along[near][int(np.argmax(slope[near]))] if near.any() else along[index]
+        depth = min(1.0, float(gaps[index]) / max(float(strength), 1e-9))
+        bases.append((distal_s - base_s, depth))
+    # The bone's own length, without the proportions: what the identity checks compare.
+    own_gap = _strongest_near(gaps, along, -0.5 * length, 0.1 * length)
+    own_depth = gaps[int(np.argmin(np.abs(along - own_gap)))]
+    near = (along >= own_gap) & (along <= own_gap + edge)
+    own_base = ((along[near][int(np.argmax(slope[near]))] if near.any() else own_gap)
+                if own_depth >= BASE_GAP_SHARE * strength else -0.5 * length)
+    return _Refined(bone.name, centre + distal_s * direction + low, -direction, width,
+                    distal_s + 0.5 * length, distal_s - own_base, bases)
+
+
+BASE_REACH = (0.75, 1.2)  # a base this far from the head, in lengths found along the ray
+BASE_GAP_SHARE = 0.3  # a CMC joint space at least this deep against the MCP's
+# Lengths may stray from the usual proportions by LENGTH_RATIO_SPREAD (log units: people
+# differ, and so do the joint lines found) at no cost; a further LENGTH_RATIO_SLOPE costs
+# as much as half a gap's depth, growing with its square.
+LENGTH_RATIO_SPREAD = 0.03
+LENGTH_RATIO_SLOPE = 0.03
+HIDDEN_BASE_COST = 1.2  # a base with no joint space: costlier than a weak but visible gap
+
+
+@dataclass(frozen=True)
+class _Refined:
+    """A bone at full resolution: its head, its axis and each length its base's possible
+    CMC gaps give it (with how deep each gap is against the MCP's, 0-1)."""
+
+    name: str
+    distal: np.ndarray  # (x, y)
+    proximal_direction: np.ndarray
+    width: float
+    ray_length: float  # from the head to the base found along the ray
+    own_length: float  # to the deepest gap near the ray's base (or the ray's end)
+    bases: list[tuple[float, float]]  # (length, depth share)
+
+    def bone(self, length: float) -> LocatedBone:
+        proximal = self.distal + length * self.proximal_direction
+        axis = self.distal - proximal
+        return LocatedBone(
+            name=self.name,
+            center_rc=_rc(0.5 * (self.distal + proximal)),
+            axis_angle_deg=math.degrees(math.atan2(-axis[1], axis[0])) % 360.0,
+            proximal_rc=_rc(proximal),
+            distal_rc=_rc(self.distal),
+            length_px=float(np.linalg.norm(axis)),
+            width_estimate_px=self.width,
+        )
+
+
+def _choose_bases(refined: dict[str, _Refined]) -> dict[str, LocatedBone]:
+    """One base per bone: clear CMC gaps, and lengths in the proportions metacarpals have
+    (LENGTH_RATIO), so that one bone's base is not taken at a carpal joint beyond it or
+    inside its own base. A base with no clear gap takes the length the others imply
+    (the ray's own end when none has a gap)."""
+    names = sorted(refined)
+    best_cost, best = math.inf, {}
+    choices = [[None, *refined[n].bases] for n in names]
+    for choice in itertools.product(*choices):
+        seen = {n: c for n, c in zip(names, choice, strict=True) if c is not None}
+        cost = HIDDEN_BASE_COST * (len(names) - len(seen))
+        cost += sum(1.0 - depth for _, depth in seen.values())
+        logs = np.log([length / LENGTH_RATIO[n] for n, (length, _) in seen.items()])
+        if len(logs) >= 2:
+            excess = np.maximum(np.abs(logs - logs.mean()) - LENGTH_RATIO_SPREAD, 0.0)
+            cost += 0.5 * float(((excess / LENGTH_RATIO_SLOPE) ** 2).sum())
+        if cost < best_cost:
+            reference = math.exp(float(logs.mean())) if len(logs) else None
+            best_cost, best = cost, {
+                n: refined[n].bone(seen[n][0] if n in seen else
+                                   reference * LENGTH_RATIO[n] if reference is not None
+                                   else refined[n].ray_length)
+                for n in names}
+    return best
 
 
 def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
