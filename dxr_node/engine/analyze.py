@@ -19,7 +19,12 @@ from dxr_node import ALGORITHM_NAME, __version__
 from dxr_node.engine import indices
 from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph
 from dxr_node.engine.locate import HandLocation, LocatedBone, LocateError, locate_metacarpals
-from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
+from dxr_node.engine.profile import (
+    EDGE_AT_WINDOW_BORDER,
+    ShaftMeasurement,
+    measure_shaft,
+    shared_blur_px,
+)
 from dxr_node.engine.result import (
     BONE_NAMES,
     STATUS_ERROR,
@@ -39,6 +44,9 @@ BAND_FRACTION = 0.20
 # A short or narrow-waisted shaft (children) may flare within that band: measure it once
 # more over the narrower central band before giving up on it.
 SHORT_BAND_FRACTION = 0.10
+# Search half-widths across the shaft, in the locator's width estimates: the second only
+# when the bone's edge met the first's border.
+SEARCH_WINDOWS = (1.1, 1.6)
 # Coarsest pixel spacing that still resolves a ~1-2 mm cortex with several pixels.
 MAX_SPACING_MM = 0.2
 # Plausible adult/adolescent mid-shaft geometry (mm); outside it the fit is not trusted.
@@ -229,12 +237,17 @@ def _measure_shaft(pixels: np.ndarray, located: LocatedBone,
 def _fit_band(pixels: np.ndarray, located: LocatedBone, fraction: float,
               blur_sigma_px: float | None) -> _Shaft:
     try:
-        measurement = measure_shaft(
-            pixels, located.center_rc, located.axis_angle_deg,
-            band_half_length_px=fraction * located.length_px / 2,
-            search_half_width_px=1.1 * located.width_estimate_px + 6,
-            blur_sigma_px=blur_sigma_px,
-        )
+        for window in SEARCH_WINDOWS:
+            measurement = measure_shaft(
+                pixels, located.center_rc, located.axis_angle_deg,
+                band_half_length_px=fraction * located.length_px / 2,
+                search_half_width_px=window * located.width_estimate_px + 6,
+                blur_sigma_px=blur_sigma_px,
+            )
+            # The locator's width is a quick estimate: a bone wider than it meets the
+            # window's border, and is looked at once more through a wider one.
+            if measurement.problem != EDGE_AT_WINDOW_BORDER:
+                break
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
         # A numerically degenerate shaft is a measurement failure, not a crash.
         return _Shaft(None, f"shaft fit failed ({type(exc).__name__}: {exc})", fraction)

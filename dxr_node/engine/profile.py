@@ -81,6 +81,9 @@ MAX_SATURATED_BONE = 0.12
 FALLBACK_SIGMAS = (0.6, 1.0, 1.6, 2.5)
 
 
+EDGE_AT_WINDOW_BORDER = "bone edge at the border of the search window"
+
+
 @dataclass(frozen=True)
 class ShaftMeasurement:
     """Result of ``measure_shaft``; all lengths in pixels.
@@ -480,7 +483,7 @@ class _Measurer:
             return f"inconsistent cortices ({side_a:.1f} vs {side_b:.1f} px)"
         low, high = prof.x[keep].min(), prof.x[keep].max()
         if low > edges.outer_a - 2 * result.sigma or high < edges.outer_b + 2 * result.sigma:
-            return "bone edge at the border of the search window"
+            return EDGE_AT_WINDOW_BORDER
         in_window = select & (band.u >= low) & (band.u <= high)
         if in_window.sum() < 0.9 * (high - low) * n_profiles:  # one pixel per px^2
             return "edge of the image field inside the search window"

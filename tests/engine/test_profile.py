@@ -334,3 +334,28 @@ def test_a_band_reaching_the_flaring_metaphysis_is_flagged():
         assert (m.problem is not None) == flagged, (shift_mm, m.problem)
         if flagged:
             assert "along the band" in m.problem
+
+
+def test_a_bone_wider_than_the_locator_thought_is_measured_through_a_wider_window():
+    """The locator's width is a quick estimate: when the bone's edge meets the border of
+    the search window it gave, the shaft is measured once more through a wider one."""
+    from dxr_node.engine.analyze import BAND_FRACTION, _fit_band
+    from dxr_node.engine.locate import LocatedBone
+    from dxr_node.engine.profile import EDGE_AT_WINDOW_BORDER
+
+    spacing = 0.1
+    image, center, outer = tube(spacing, 0.5)
+    length = 12.5 * outer  # the standard band then covers +-1.25 outer radii
+    located = LocatedBone(name="MC3", center_rc=center, axis_angle_deg=90.0,
+                          proximal_rc=(center[0] + length / 2, center[1]),
+                          distal_rc=(center[0] - length / 2, center[1]),
+                          length_px=length, width_estimate_px=outer)  # half the true width
+    narrow = measure_shaft(image, center, 90.0, band_half_length_px=1.25 * outer,
+                           search_half_width_px=1.1 * outer + 6)
+    assert narrow.problem == EDGE_AT_WINDOW_BORDER
+    shaft = _fit_band(image, located, BAND_FRACTION, None)
+    assert shaft.problem is None
+    assert shaft.measurement is not None
+    assert shaft.measurement.width_px * spacing == pytest.approx(TRUE_W_MM, abs=0.05)
+    assert shaft.measurement.cortical_thickness_px * spacing == pytest.approx(TRUE_T_MM,
+                                                                               abs=0.05)
