@@ -52,6 +52,12 @@ def on_bone(name: str, center_rc: Any, truth: dict) -> bool:
             and SHAFT_SPAN[0] <= along <= SHAFT_SPAN[1])
 
 
+def band_offset(name: str, center_rc: Any, truth: dict) -> float:
+    """How far the band's centre lies from the true mid-shaft along the bone, as a share
+    of its length (distal positive): where the bone's ends were placed."""
+    return _axis_distance(np.asarray(center_rc, float), truth["bones"][name])[1] - 0.5
+
+
 def true_dxr_bmd(truth: dict) -> float:
     vpa = statistics.fmean(indices.vpa_mm(truth["bones"][n]["cortical_thickness_mm"],
                                           truth["bones"][n]["width_mm"]) for n in BONE_NAMES)
@@ -69,7 +75,8 @@ def score(analysis: Analysis, truth: dict) -> dict[str, Any]:
         if bone.cortical_thickness_mm is not None:
             true = truth["bones"][name]
             errors[name] = {"T": bone.cortical_thickness_mm - true["cortical_thickness_mm"],
-                            "W": bone.width_mm - true["width_mm"]}
+                            "W": bone.width_mm - true["width_mm"],
+                            "along": band_offset(name, bone.center_rc, truth)}
     bmd_error = None
     if analysis.status == STATUS_OK and analysis.dxr_bmd_g_cm2 is not None and not wrong:
         bmd_error = analysis.dxr_bmd_g_cm2 - true_dxr_bmd(truth)
@@ -103,6 +110,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     bmd = [r["dxr_bmd_error"] / r["dxr_bmd_true"] * 100 for r in measured
            if r["dxr_bmd_error"] is not None]
     right_bones = sum(len(r["errors"]) for r in measured)
+    offsets = [abs(e["along"]) for r in measured for e in r["errors"].values() if "along" in e]
     return {
         "cases": len(records), "measured": len(measured), "rejected_by_cause": causes,
         "wrong_bones_reported_ok": {r["name"]: r["wrong"] for r in records if r["wrong"]},
@@ -111,6 +119,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "W_mae_mm": statistics.fmean(map(abs, w_err)) if w_err else None,
         "T_max_abs_mm": max(map(abs, t_err), default=None),
         "W_max_abs_mm": max(map(abs, w_err), default=None),
+        "band_offset_mae": statistics.fmean(offsets) if offsets else None,
+        "bands_off_midshaft_5pct": sum(o > 0.05 for o in offsets),
         "dxr_bmd_error_mae_percent": statistics.fmean(map(abs, bmd)) if bmd else None,
         "dxr_bmd_error_max_percent": max(map(abs, bmd), default=None),
         # Every wide hand is an adult's.

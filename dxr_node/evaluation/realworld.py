@@ -234,8 +234,13 @@ def run_image(path: Path, transform: str | None = None, spacing_mm: float | None
     bones = {}
     for name, bone in analysis.bones.items():
         centre = back @ np.array([bone.center_rc[0], bone.center_rc[1], 1.0])
+        # The axis (rows down, angle counter-clockwise from +column) in the original frame.
+        angle = math.radians(bone.axis_angle_deg)
+        axis = back[:2, :2] @ np.array([-math.sin(angle), math.cos(angle)])
         bones[name] = {"center_rc": [float(centre[0]), float(centre[1])],
-                       "width_px": bone.width_px / linear, "mci": bone.mci}
+                       "width_px": bone.width_px / linear, "mci": bone.mci,
+                       "length_px": bone.length_px / linear,
+                       "axis_rc": (axis / np.linalg.norm(axis)).tolist()}
     record = {
         "file": path.name, "source": source_prefix(path.name), "folder": path.parent.name,
         "transform": transform or "original", "spacing_mm": spacing,
@@ -293,8 +298,15 @@ def landmark_check(record: dict, marks: dict) -> dict[str, Any]:
         on_bone[name] = right
         if not right:
             (wrong if record["status"] == STATUS_OK else wrong_partial).append(name)
+    # How far along its bone each band lies from the annotated mid-shaft (share of the
+    # bone's length): where the bone's ends were placed.
+    offsets = {name: abs(float(np.dot(np.asarray(bone["center_rc"]) - points[name],
+                                      bone["axis_rc"]))) / bone["length_px"]
+               for name, bone in record["bones"].items()
+               if on_bone.get(name) and name in points and "axis_rc" in bone}
     expected = marks.get("laterality")
     return {"on_bone": on_bone, "wrong": wrong, "wrong_partial": wrong_partial,
+            "band_offsets": offsets,
             "laterality_expected": expected,
             "laterality_ok": expected is None or record["laterality"] in (None, expected)}
 

@@ -50,6 +50,16 @@ def test_landmark_judge_accepts_the_annotated_bones_and_flags_a_shift_by_one():
     assert rw.landmark_check(shifted, MARKS)["wrong"] == []
 
 
+def test_landmark_judge_measures_how_far_along_its_bone_a_band_lies():
+    """Bones running up the image (fingers up, axis along -rows), 400 px long: a band
+    20 px distal of the annotated mid-shaft is 5 % off; a sideways shift is not counted."""
+    record = _record(centres={"MC2": (480, 700), "MC3": (500, 610), "MC4": (510, 500)})
+    for bone in record["bones"].values():
+        bone.update(length_px=400.0, axis_rc=[-1.0, 0.0])
+    offsets = rw.landmark_check(record, MARKS)["band_offsets"]
+    assert offsets == pytest.approx({"MC2": 0.05, "MC3": 0.0, "MC4": 0.0})
+
+
 def test_agreement_notices_status_bones_position_and_mci():
     base = _record()
     assert rw.agreement(base, _record()) == (True, "")
