@@ -1173,7 +1173,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> _Refined
     if length < 10 or width < 2:
         return _Refined(bone.name, distal, (proximal - distal) / max(length, 1e-9),
                         width, length, length, [])
-    margin = 0.4 * length + 1.5 * width
+    margin = 0.25 * length + 1.5 * width
     low = np.maximum(np.floor(np.minimum(proximal, distal) - margin), 0).astype(int)
     high = np.minimum(np.ceil(np.maximum(proximal, distal) + margin),
                       np.array(image.shape[::-1]) - 1).astype(int)
