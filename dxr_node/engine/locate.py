@@ -1223,8 +1223,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> _Refined
         # The first such gap (the phalanx's own growth plate lies just beyond the joint).
         valley = (along >= along[clear[0]]) & (along <= along[clear[0]] + 0.05 * length)
         head_gap = along[valley][int(np.argmax(gaps[valley]))]
-    near = (along >= head_gap - edge) & (along <= head_gap)
-    distal_s = along[near][int(np.argmin(slope[near]))] if near.any() else head_gap
+    distal_s = _bone_edge(along, -slope, head_gap, -edge)
     # The base: every clear gap a metacarpal's length (BASE_REACH of the ray's) proximal of
     # the head is a possible CMC joint; which one is left to the lengths of all three
     # bones (_choose_bases). Without a joint space on the axis (a base overlapping the
@@ -1237,18 +1236,23 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> _Refined
     clear = clear[np.argsort(gaps[clear])[::-1][:4]]
     bases = []
     for index in clear:
-        near = (along >= along[index]) & (along <= along[index] + edge)
-        base_s = along[near][int(np.argmax(slope[near]))] if near.any() else along[index]
+        base_s = _bone_edge(along, slope, along[index], edge)
         depth = min(1.0, float(gaps[index]) / max(float(strength), 1e-9))
         bases.append((distal_s - base_s, depth))
     # The bone's own length, without the proportions: what the identity checks compare.
     own_gap = _strongest_near(gaps, along, -0.5 * length, 0.1 * length)
     own_depth = gaps[int(np.argmin(np.abs(along - own_gap)))]
-    near = (along >= own_gap) & (along <= own_gap + edge)
-    own_base = ((along[near][int(np.argmax(slope[near]))] if near.any() else own_gap)
+    own_base = (_bone_edge(along, slope, own_gap, edge)
                 if own_depth >= BASE_GAP_SHARE * strength else -0.5 * length)
     return _Refined(bone.name, centre + distal_s * direction + low, -direction, width,
                     distal_s + 0.5 * length, distal_s - own_base, bases)
+
+
+def _bone_edge(along: np.ndarray, rise: np.ndarray, gap: float, edge: float) -> float:
+    """A bone's own end beside its joint gap: where ``rise`` (the slope into the bone) is
+    steepest between the gap and ``edge`` further along (``edge`` < 0: before it)."""
+    near = (along >= min(gap, gap + edge)) & (along <= max(gap, gap + edge))
+    return float(along[near][int(np.argmax(rise[near]))]) if near.any() else gap
 
 
 BASE_REACH = (0.75, 1.2)  # a base this far from the head, in lengths found along the ray
