@@ -110,7 +110,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     bmd = [r["dxr_bmd_error"] / r["dxr_bmd_true"] * 100 for r in measured
            if r["dxr_bmd_error"] is not None]
     right_bones = sum(len(r["errors"]) for r in measured)
-    offsets = [abs(e["along"]) for r in measured for e in r["errors"].values() if "along" in e]
+    offsets = [abs(e["along"]) for r in measured for e in r["errors"].values()]
     return {
         "cases": len(records), "measured": len(measured), "rejected_by_cause": causes,
         "wrong_bones_reported_ok": {r["name"]: r["wrong"] for r in records if r["wrong"]},
