@@ -353,9 +353,11 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
                     for name in candidates if not candidates[name])
 
     # Maturity from all bones chosen: medians stand one misplaced bone.
+    out_of_line = _inconsistent(canonical_bones)
     paediatric, toddler, features = _maturity(image, smooth, inside, canonical_bones, bones,
-                                              pixel_spacing_mm)
-    for name in _inconsistent(canonical_bones):
+                                              pixel_spacing_mm,
+                                              len(canonical_bones) - len(out_of_line) >= 2)
+    for name in out_of_line:
         problems.append(Problem.of(
             Code.BONE_NOT_FOUND, f"{name} not found (out of line with the other metacarpals)",
             name))
@@ -1320,12 +1322,15 @@ def _choose_bases(refined: dict[str, _Refined]) -> dict[str, LocatedBone]:
 
 def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
               canonical: dict[str, _CanonicalBone], bones: dict[str, LocatedBone],
-              pixel_spacing_mm: float | None) -> tuple[bool, bool, dict[str, Any]]:
+              pixel_spacing_mm: float | None, bones_agree: bool = True
+              ) -> tuple[bool, bool, dict[str, Any]]:
     """(paediatric, toddler, features).
 
     Paediatric: besides the MCP joint, growth plates show as further dark bands across
     the bones near the metacarpal heads. Toddler: the carpus is still mostly cartilage,
-    so little of it is as bright as the metacarpal shafts, and the metacarpals are short.
+    so little of it is as bright as the metacarpal shafts, and the metacarpals are short;
+    only with ``bones_agree`` (two bones at least in line with each other: where no two
+    agree, the bones found are wrong segments, short for a reason other than age).
     """
     if not canonical:
         return False, False, {}
@@ -1346,10 +1351,10 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     # or, whatever their shape, short in millimetres beside a carpus still cartilage.
     cartilage = features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
     short_mm = features.get("mc3_length_mm", math.inf) < TODDLER_MC3_LENGTH_MM
-    toddler = (MIN_LENGTH_PER_WIDTH <= features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
-               and (cartilage or short_mm
-                    or features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS)
-               ) or (short_mm and cartilage)
+    stubby = MIN_LENGTH_PER_WIDTH <= features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
+    small = features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS
+    toddler = bones_agree and ((stubby and (cartilage or short_mm or small))
+                                 or (short_mm and cartilage))
     # Open growth plates must be seen on two bones before anything else may call the hand
     # a child's: the physes of MC2-MC5 close together, while dark bands near one head or a
     # pale carpus also come from an adult's joint texture or a mislocated bone, and an
