@@ -352,11 +352,18 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     problems.extend(Problem.of(Code.BONE_NOT_FOUND, f"{name} not found", name)
                     for name in candidates if not candidates[name])
 
-    # Maturity from all bones chosen: medians stand one misplaced bone.
     out_of_line = _inconsistent(canonical_bones)
-    paediatric, toddler, features = _maturity(image, smooth, inside, canonical_bones, bones,
-                                              pixel_spacing_mm,
-                                              len(canonical_bones) - len(out_of_line) >= 2)
+    in_line = {name: bone for name, bone in bones.items() if name not in out_of_line}
+    continuation = continues_proximally(frame.image, {
+        name: (*frame.from_input(np.array([b.proximal_rc[::-1], b.distal_rc[::-1]])),
+               b.width_estimate_px * zoom) for name, b in in_line.items()}) if in_line else 0.0
+    # Maturity from all bones chosen: medians stand one misplaced bone. Short bones call
+    # the hand a toddler's only when two agree and end at the carpus (a toddler's is
+    # cartilage): bones running on into further long bones are phalanges.
+    splayed = _splayed({name: canonical_bones[name] for name in in_line})
+    paediatric, toddler, features = _maturity(
+        image, smooth, inside, canonical_bones, bones, pixel_spacing_mm,
+        len(in_line) >= 2 and continuation <= MAX_PROXIMAL_CONTINUATION and not splayed)
     for name in out_of_line:
         problems.append(Problem.of(
             Code.BONE_NOT_FOUND, f"{name} not found (out of line with the other metacarpals)",
@@ -364,6 +371,9 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
         del canonical_bones[name], bones[name]
     if toddler:
         problems.insert(0, Problem.of(Code.TODDLER, "bones too small to measure (toddler)"))
+    elif splayed:
+        problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the "
+                                      "bones found cross or splay apart, as no metacarpals do"))
     elif features.get("length_per_width", math.inf) < MIN_LENGTH_PER_WIDTH:
         problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the "
                                       "bones found are too stubby for metacarpals"))
@@ -373,9 +383,6 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
                                       "and not stubby like a toddler's"))
     hand = cv2.warpAffine(mask, to_frame, frame.image.shape[::-1], flags=cv2.INTER_NEAREST)
     if canonical_bones:
-        continuation = 0.0 if toddler else continues_proximally(frame.image, {
-            name: (*frame.from_input(np.array([b.proximal_rc[::-1], b.distal_rc[::-1]])),
-                   b.width_estimate_px * zoom) for name, b in bones.items()})
         if continuation > MAX_PROXIMAL_CONTINUATION and beyond is None:
             # Phalanges taken for metacarpals (long or flexed fingers): the metacarpals
             # lie beyond them. Looked for once more there, under the same checks.
@@ -1150,6 +1157,27 @@ def _even_out_lengths(bones: dict[str, _CanonicalBone]) -> dict[str, _CanonicalB
     return evened
 
 
+def _splayed(bones: dict[str, _CanonicalBone]) -> bool:
+    """Two bones whose axes cross (over their central 80 %) or differ in direction by more
+    than MAX_AXIS_SPREAD_DEG: segments of the carpus or the fingers, not MC2-MC4, which
+    lie side by side, fanning out a little."""
+    for first, second in itertools.combinations(bones.values(), 2):
+        a, b = (first.distal - first.proximal, second.distal - second.proximal)
+        cosine = float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-9))
+        if math.degrees(math.acos(min(1.0, max(-1.0, cosine)))) > MAX_AXIS_SPREAD_DEG:
+            return True
+        # Where the two lines meet, as shares of each segment (parallel lines never do).
+        matrix = np.column_stack([a, -b])
+        if abs(np.linalg.det(matrix)) > 1e-9:
+            along_first, along_second = np.linalg.solve(matrix, second.proximal - first.proximal)
+            if 0.1 < along_first < 0.9 and 0.1 < along_second < 0.9:
+                return True
+    return False
+
+
+MAX_AXIS_SPREAD_DEG = 40.0  # between two of MC2-MC4 (they fan out by 20 degrees or less)
+
+
 def _inconsistent(bones: dict[str, _CanonicalBone]) -> list[str]:
     """Bones whose level or length (fingers up) is far from the others': a wrong segment."""
     if len(bones) < 3:
@@ -1329,8 +1357,8 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     Paediatric: besides the MCP joint, growth plates show as further dark bands across
     the bones near the metacarpal heads. Toddler: the carpus is still mostly cartilage,
     so little of it is as bright as the metacarpal shafts, and the metacarpals are short;
-    only with ``bones_agree`` (two bones at least in line with each other: where no two
-    agree, the bones found are wrong segments, short for a reason other than age).
+    only with ``bones_agree`` (else the bones found are wrong segments, short for a
+    reason other than age).
     """
     if not canonical:
         return False, False, {}

@@ -396,3 +396,30 @@ def test_a_bone_alone_keeps_the_ray_end_when_its_axis_shows_no_gap():
 
     chosen = _choose_bases({"MC3": _refined("MC3", [], ray_length=88.0)})
     assert chosen["MC3"].length_px == pytest.approx(88.0)
+
+
+def _canonical(proximal: tuple[float, float], distal: tuple[float, float]):
+    from dxr_node.engine.locate import _CanonicalBone
+
+    proximal_xy, distal_xy = np.array(proximal), np.array(distal)
+    return _CanonicalBone(distal_xy, proximal_xy, 0.5 * (proximal_xy + distal_xy), 10.0, 1.0)
+
+
+def test_metacarpals_side_by_side_and_fanning_out_are_not_splayed():
+    from dxr_node.engine.locate import _splayed
+
+    fan = {"MC2": _canonical((100, 300), (80, 100)), "MC3": _canonical((130, 300), (130, 95)),
+           "MC4": _canonical((160, 300), (180, 110))}
+    assert not _splayed(fan)
+
+
+@pytest.mark.parametrize("bones", [
+    # two axes crossing in the carpus (wide_2026_009 before the whole hand's mask)
+    {"MC2": _canonical((100, 300), (160, 200)), "MC3": _canonical((160, 300), (100, 200))},
+    # one bone across the others (wide_2026_020: carpal rows taken for metacarpals)
+    {"MC3": _canonical((130, 300), (130, 200)), "MC4": _canonical((140, 250), (240, 250))},
+])
+def test_bones_that_cross_or_splay_are_no_metacarpals(bones):
+    from dxr_node.engine.locate import _splayed
+
+    assert _splayed(bones)

@@ -101,3 +101,15 @@ def test_hands_found_on_a_second_reading_are_measured_on_the_right_bones(index):
     record = phantoms.run_case(wide_case(2026, index))
     assert not record["wrong"], record["wrong"]
     assert record["status"] == "ok", record["cause"]
+
+
+@pytest.mark.parametrize("index", [
+    9,  # before the whole hand's mask: three "metacarpals" crossing in the carpus
+    20,  # fingers cut: carpal rows taken for metacarpals, one of them lying across
+])
+def test_adults_are_not_called_toddlers_from_bones_that_are_no_metacarpals(index):
+    """Short bones found in the carpus (crossing, splayed or out of line) are wrong
+    segments: the hand is an adult's, and no rejection may call it a toddler's."""
+    record = phantoms.run_case(wide_case(2026, index))
+    assert not record["paediatric"], record["cause"]
+    assert record["cause"] != "toddler"
