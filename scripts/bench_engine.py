@@ -271,7 +271,7 @@ def main() -> int:
     summary["speed"] = spd = speed(workdir, n_speed)
     print(f"SPEED     {spd['images']} images {spd['image_shape'][0]}x{spd['image_shape'][1]} "
           f"at 0.1 mm, one core: analysis median {spd['analysis_s_median']:.2f} s "
-          f"(max {spd['analysis_s_max']:.2f})   goal <= 1 s")
+          f"(max {spd['analysis_s_max']:.2f})   goal <= 0.5 s (issue 9; 0.3 s aimed at)")
     print(f"          report objects (SR+SC+GSPS+PDF): median {spd['reports_s_median']:.2f} s "
           f"(max {spd['reports_s_max']:.2f})   goal <= 0.3 s")
 
