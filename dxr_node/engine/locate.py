@@ -61,6 +61,7 @@ TODDLER_MC3_LENGTH_MM = 38.0
 # Metacarpal length per outer width (median of the bones): toddlers' are stubby (real
 # toddlers seen 4.2-5.4, adults and adolescents 6.1-11).
 TODDLER_LENGTH_PER_WIDTH = 5.6
+ADULT_LENGTH_PER_WIDTH = 6.1  # one bone this slender: no toddler's hand
 # Stubbier than this is no metacarpal, even a toddler's (seen: toddlers 4.2-5.4, adults
 # 6.1-11; mislocations in the carpus or forearm 2.8-3.7).
 MIN_LENGTH_PER_WIDTH = 3.9
@@ -1379,7 +1380,11 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     # or, whatever their shape, short in millimetres beside a carpus still cartilage.
     cartilage = features["carpal_bone_fraction"] < TODDLER_CARPAL_BONE_FRACTION
     short_mm = features.get("mc3_length_mm", math.inf) < TODDLER_MC3_LENGTH_MM
-    stubby = MIN_LENGTH_PER_WIDTH <= features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
+    # Stubby: all of them (one with an adult's shape makes the others segments of longer
+    # bones, not a toddler's).
+    stubby = (MIN_LENGTH_PER_WIDTH <= features["length_per_width"] < TODDLER_LENGTH_PER_WIDTH
+              and all(b.length_px < ADULT_LENGTH_PER_WIDTH * max(b.width_estimate_px, 1e-6)
+                      for b in bones.values()))
     small = features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS
     toddler = bones_agree and ((stubby and (cartilage or short_mm or small))
                                  or (short_mm and cartilage))

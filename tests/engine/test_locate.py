@@ -423,3 +423,17 @@ def test_bones_that_cross_or_splay_are_no_metacarpals(bones):
     from dxr_node.engine.locate import _splayed
 
     assert _splayed(bones)
+
+
+def test_adolescent_hand_turned_a_quarter_is_not_called_a_toddler():
+    """dha_3183 (an adolescent's hand, ../shared/realdata-2) turned 90 degrees: two bones
+    were found short (segments of their shafts) beside a whole MC4 of an adult's shape,
+    and the short ones' median made the hand "too small to measure (toddler)"."""
+    from dxr_node.evaluation import realworld
+
+    path = REPO / ".." / "shared" / "realdata-2" / "dha_3183.jpg"
+    if not path.is_file():
+        pytest.skip(f"real image not available at {path}")
+    radiograph, _ = realworld.transformed(image.load_radiograph(path, 0.1), "rot90")
+    found = locate_metacarpals(radiograph.pixels, radiograph.pixel_spacing_mm)
+    assert ProblemCode.TODDLER not in {p.code for p in found.problems}
