@@ -1351,7 +1351,7 @@ def _choose_bases(refined: dict[str, _Refined]) -> dict[str, LocatedBone]:
 
 def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
               canonical: dict[str, _CanonicalBone], bones: dict[str, LocatedBone],
-              pixel_spacing_mm: float | None, bones_agree: bool = True
+              pixel_spacing_mm: float | None, bones_agree: bool
               ) -> tuple[bool, bool, dict[str, Any]]:
     """(paediatric, toddler, features).
 
