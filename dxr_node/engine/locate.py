@@ -623,11 +623,11 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
                  and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
         if wider:
             return [max(wider, key=lambda entry: entry[0])[2]]
-        # Fingers held together show fewer rays on the whole hand's mask: it is tried when
-        # the bones' own outline gives no metacarpals that hold.
+        # Fingers held together or crossing show fewer rays on the whole hand's mask: it is
+        # tried when the bones' own outline gives no metacarpals that hold, whatever its
+        # palm (the bones' outline may take its "palm" in the forearm, as wide as a hand's).
         whole_hand = [entry for entry in found
                       if entry[1] <= OUTLINE_ON_BACKGROUND
-                      and entry[2][2] >= WIDER_PALM * best[2]
                       and (entry[2][0] & best[0]).sum() >= 0.9 * best[0].sum()]
         if whole_hand:
             return [best, max(whole_hand, key=lambda entry: entry[0])[2]]

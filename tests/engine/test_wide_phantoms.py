@@ -93,6 +93,9 @@ def test_adducted_thumb_taken_for_the_little_finger_is_not_reported_as_the_other
 
 
 @pytest.mark.parametrize("index", [
+    6,  # a finger crossing its neighbour: the bones' outline won (five "rays" on MC1-MC5),
+    #     its "palm" was the forearm, as wide as the whole hand's palm, which was then
+    #     never tried; the whole hand's mask (four rays) finds the row of metacarpals
     9,  # fingers held together: the bones' own outline won as "the hand" (five rays that
     #     were MC1-MC5) and the palm was the carpus; the whole hand's mask finds them
     17,  # flexed fingers: the proximal phalanges were taken for the metacarpals
