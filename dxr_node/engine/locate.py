@@ -53,6 +53,8 @@ from dxr_node.engine.result import ProblemCode as Code
 
 WORK_SIZE = 512  # longest side of the copy used to find the hand
 PALM_RADIUS_PX = 120.0  # palm inscribed radius in the canonical frame
+RIDGE_SIGMA = 0.07 * PALM_RADIUS_PX  # scale of the ridge map that shows metacarpal shafts
+BONE_WIDTHS_PER_SIGMA = 3.0  # a ridge map shows bones about this many sigmas wide
 # Toddler hands: the carpus is mostly cartilage, the metacarpals short for the palm,
 # and (when the pixel spacing is known) the third metacarpal shorter than this.
 TODDLER_CARPAL_BONE_FRACTION = 0.25
@@ -233,7 +235,7 @@ def _locate_from_row(image: np.ndarray, pixel_spacing_mm: float | None, work: _W
     zoom = PALM_RADIUS_PX / (work.palm_radius / work.scale)
     frame = _canonical(_normalise(image, *work.grey_range), work.palm_centre / work.scale,
                        rotation_deg, zoom)
-    ridge = _ridge_map(frame.image, 0.07 * PALM_RADIUS_PX)
+    ridge = _ridge_map(frame.image, RIDGE_SIGMA)
     to_frame = frame.matrix @ np.diag([1 / work.scale, 1 / work.scale, 1.0])
     hand = cv2.warpAffine(work.mask, to_frame, frame.image.shape[::-1],
                           flags=cv2.INTER_NEAREST)
@@ -316,7 +318,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     frame = _canonical(_normalise(image, *work.grey_range), palm_centre / scale, rotation_deg,
                        zoom)
     smooth = cv2.GaussianBlur(frame.image, (0, 0), 1.0)
-    ridge = _ridge_map(frame.image, 0.07 * PALM_RADIUS_PX)
+    ridge = _ridge_map(frame.image, RIDGE_SIGMA)
     to_frame = frame.matrix @ np.diag([1 / scale, 1 / scale, 1.0])
     inside = cv2.warpAffine(work.exposed, to_frame, frame.image.shape[::-1],
                             flags=cv2.INTER_NEAREST)
@@ -393,7 +395,8 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
                                  thumb_seen, shafts, deeper)
             if not retry.problems:
                 return retry
-        identity = _check_identity(ridge, hand, canonical_bones, laterality, thumb_seen)
+        identity = _check_identity(_shaft_ridges(frame.image, ridge, canonical_bones), hand,
+                                   canonical_bones, laterality, thumb_seen)
         features["identity_shafts"] = identity.shafts
         features["identity_labelled"] = identity.labelled
         features["thumb_side_margin"] = identity.thumb_side_margin
@@ -444,6 +447,17 @@ class _WorkScale:
 def _side_by_side(fingers: list[_Finger]) -> bool:
     angles = np.degrees([f.rel_angle for f in fingers])
     return bool(np.diff(angles).max() <= MAX_FINGER_GAP_DEG)
+
+
+def _shaft_ridges(canonical: np.ndarray, ridge: np.ndarray,
+                  bones: dict[str, _CanonicalBone]) -> np.ndarray:
+    """The ridge map at the scale of the bones found: the palm's scale (RIDGE_SIGMA) unless
+    the bones are wider than it resolves as one ridge each (a narrow palm for its bones;
+    each cortex would then stand out as a "shaft" of its own)."""
+    width = float(np.median([b.width for b in bones.values()]))
+    if width <= BONE_WIDTHS_PER_SIGMA * RIDGE_SIGMA:
+        return ridge
+    return _ridge_map(canonical, width / BONE_WIDTHS_PER_SIGMA)
 
 
 def _check_identity(ridge: np.ndarray, hand: np.ndarray, bones: dict[str, _CanonicalBone],

@@ -98,6 +98,8 @@ def test_adducted_thumb_taken_for_the_little_finger_is_not_reported_as_the_other
     #     never tried; the whole hand's mask (four rays) finds the row of metacarpals
     9,  # fingers held together: the bones' own outline won as "the hand" (five rays that
     #     were MC1-MC5) and the palm was the carpus; the whole hand's mask finds them
+    13,  # a narrow palm for its bones: the right metacarpals were found, but the identity
+    #      check's ridge map (at the palm's scale) showed each cortex as a shaft of its own
     17,  # flexed fingers: the proximal phalanges were taken for the metacarpals
 ])
 def test_hands_found_on_a_second_reading_are_measured_on_the_right_bones(index):
