@@ -47,6 +47,9 @@ MAX_PROXIMAL_CONTINUATION = 0.75
 # many shaft spacings to confirm a thumb side found otherwise, and never by this many
 # less (which would contradict the thumb found).
 MIN_THUMB_SIDE_MARGIN = 0.2
+# A hand whose run across the palm stops this close (palm radii) to the edge of the
+# exposed field is cut by it there: its extent on that side is unknown.
+FIELD_EDGE_REACH = 0.1
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,15 @@ class IdentityCheck:
 
 def check_row(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray],
               axis: np.ndarray, radial_sign: float, palm_radius: float,
-              thumb_seen: bool = True) -> IdentityCheck:
+              thumb_seen: bool = True, field: np.ndarray | None = None) -> IdentityCheck:
     """Check MC2-MC4 labels against the row of shafts across the palm, at the mid-shaft
     level or, where something bright hides the row there (a splint, a ring), 0.4 palm
     radii proximal or distal of it: the first level where the row holds decides."""
     first = None
     for offset in (0.0, -0.4, 0.4):
         moved = {name: centre + offset * palm_radius * axis for name, centre in centres.items()}
-        check = _check_row_at(ridge, hand, moved, axis, radial_sign, palm_radius, thumb_seen)
+        check = _check_row_at(ridge, hand, moved, axis, radial_sign, palm_radius, thumb_seen,
+                              field)
         if check.problem is None:
             return check
         first = first or check
@@ -81,14 +85,16 @@ def check_row(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray
 
 def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.ndarray],
                   axis: np.ndarray, radial_sign: float, palm_radius: float,
-                  thumb_seen: bool) -> IdentityCheck:
+                  thumb_seen: bool, field: np.ndarray | None) -> IdentityCheck:
     """The check at one level.
 
     ``ridge`` and ``hand`` (mask) are canonical-frame images (fingers up); ``centres`` the
     labelled mid-shaft centres (x, y) there; ``axis`` the mean proximal->distal unit
     vector; ``radial_sign`` +1 when the thumb lies towards +x, -1 towards -x.
     ``thumb_seen``: the thumb side came from the thumb itself; the hand's extent beyond
-    the row must then not contradict it. Without it, the extent must confirm the side.
+    the row must then not contradict it. Without it, the extent must confirm the side,
+    unless the hand runs out of the exposed ``field`` (canonical frame) on the thumb side:
+    its extent there is then unknown, and the side rests on the header.
     """
     names: list[str] = [n for n in ("MC2", "MC3", "MC4") if n in centres]
     if len(names) < 2:
@@ -184,7 +190,8 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     ulnar_extent = (shafts[mc5] - across[low]) / spacing
     result["thumb_side_margin"] = float(radial_extent - ulnar_extent)
     margin_needed = -MIN_THUMB_SIDE_MARGIN if thumb_seen else MIN_THUMB_SIDE_MARGIN
-    if radial_extent - ulnar_extent < margin_needed:
+    radial_cut = field is not None and _cut_by_field(field, points, across, high)
+    if radial_extent - ulnar_extent < margin_needed and not radial_cut:
         return IdentityCheck("bone identity uncertain: the hand does not extend beyond MC2 "
                              "more than beyond MC5 (thumb side)", {}, **result)
     # Confidence: how clearly each shaft stands out from the gaps beside it, and how
@@ -233,6 +240,32 @@ def _index(across: np.ndarray, position: float) -> int:
     return int(np.argmin(np.abs(across - position)))
 
 
+def _cut_by_field(field: np.ndarray, points: np.ndarray, across: np.ndarray, end: int
+                  ) -> bool:
+    """Whether the hand's run across the palm, ending at index ``end`` on its + side,
+    ends at the edge of the exposed field (the hand goes on out of the image) rather than
+    on the background: the field is left within FIELD_EDGE_REACH palm radii beyond it."""
+    beyond = end + np.arange(1, int(FIELD_EDGE_REACH / (across[1] - across[0])) + 1)
+    beyond = beyond[beyond < len(across)]
+    if not len(beyond):
+        return True  # the sampled line itself ends there
+    exposed = _sample(field.astype(np.float32), points[:, beyond]).mean(axis=0)
+    return bool((exposed < 0.5).any())
+
+
+def _edge_beyond(field: np.ndarray, y: float, x: int, direction: int, palm_radius: float
+                 ) -> bool:
+    """Whether the exposed field ends within FIELD_EDGE_REACH palm radii beyond column x
+    (in ``direction``) at level y: a hand's run ending there is cut by the field."""
+    reach = int(FIELD_EDGE_REACH * palm_radius) + 1
+    row = field[int(np.clip(y, 0, field.shape[0] - 1))]
+    end = x + direction * reach
+    if end < 0 or end >= len(row):
+        return True
+    span = row[min(x, end): max(x, end) + 1]
+    return bool((span == 0).any())
+
+
 def _run_around(inside: np.ndarray, index: int) -> tuple[int, int] | None:
     if not inside[index]:
         return None
@@ -279,16 +312,19 @@ class Row:
     level_y: float  # mid-shaft level
     xs: tuple[float, float, float, float]  # shaft positions, from the thumb side: MC2..MC5
     thumb_side_margin: float  # how much further the hand reaches beyond MC2 than MC5
+    side_from_extent: bool = True  # False: the thumb side is not known from the row
 
 
 def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
-             palm_radius: float) -> Row | None:
+             palm_radius: float, field: np.ndarray | None = None) -> Row | None:
     """The row of MC2-MC5 between two levels, with its thumb side, or None.
 
     At each level the ridge peaks inside the hand are the bones crossing it; four
     neighbouring peaks, evenly spaced like metacarpals, alike in strength and standing
     where the hand ends within about one spacing on one side (MC5) and goes on on the
     other (thenar, thumb), make a row. The level where the row stands out best wins.
+    Where the hand runs out of the exposed ``field`` on the side it reaches less far, the
+    thumb side is not known from the row (``side_from_extent`` False; xs from that side).
     """
     best: tuple[float, Row] | None = None
     rows, cols = ridge.shape
@@ -302,6 +338,8 @@ def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
         for low, high in runs:
             if high - low < 1.0 * palm_radius:
                 continue
+            left_cut = field is not None and _edge_beyond(field, y, low, -1, palm_radius)
+            right_cut = field is not None and _edge_beyond(field, y, high, 1, palm_radius)
             level = float(np.percentile(strength[low:high + 1], 95))
             if level <= 0:
                 continue
@@ -318,9 +356,13 @@ def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
                 spacing = float(gaps.mean() * palm_radius)
                 left_extent = (four[0] - low) / spacing
                 right_extent = (high - four[3]) / spacing
-                # Thumb side: where the hand goes on beyond the row.
+                # Thumb side: where the hand goes on beyond the row; unknown where the
+                # shorter side is cut by the field's edge (the hand goes on out of it).
                 margin = abs(right_extent - left_extent)
-                if right_extent >= left_extent:
+                cut_short = (left_cut if left_extent < right_extent else right_cut)
+                if cut_short:
+                    margin = 0.0
+                if (right_extent >= left_extent) != cut_short:
                     xs = tuple(float(x) for x in four[::-1])
                     outer_ulnar = left_extent
                 else:
@@ -338,7 +380,8 @@ def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
                                                                              strict=True)]
                 score = (float(heights.min()) - max(valleys) - 0.5 * extra
                          - 0.5 * (gaps.max() / gaps.min() - 1.0) + 0.2 * min(margin, 1.0))
-                row = Row(float(y), xs, float(margin))  # type: ignore[arg-type]
+                row = Row(float(y), xs, float(margin),  # type: ignore[arg-type]
+                          side_from_extent=not cut_short)
                 if best is None or score > best[0]:
                     best = (score, row)
     return best[1] if best is not None and best[0] > 0 else None

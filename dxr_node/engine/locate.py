@@ -227,7 +227,10 @@ def _locate_from_row(image: np.ndarray, pixel_spacing_mm: float | None, work: _W
     """MC2-MC4 from the row of metacarpal shafts (MC2-MC5) across the palm, fingers up
     along the rays' common direction. The thumb side must be established twice: by the
     hand going on beyond the row (thenar, thumb) and by a thumb ray diverging on that
-    side (or, without one, by the header's laterality). None otherwise."""
+    side (or, without one, by the header's laterality); where the hand runs out of the
+    field on the side it reaches less far, by the ray or header alone (the identity check
+    then holds the labels to their shafts). A row that turns out to be the proximal
+    phalanges is passed over once for the row beyond it. None when no row is found."""
     up = _common_direction(fingers)
     if up is None:
         return None
@@ -241,25 +244,43 @@ def _locate_from_row(image: np.ndarray, pixel_spacing_mm: float | None, work: _W
                           flags=cv2.INTER_NEAREST)
     bases = frame.from_input(np.array([f.base for f in fingers]) / work.scale)
     top = float(np.median(bases[:, 1]))  # where the fingers leave the palm
-    row = find_row(ridge, hand, top, top + 2.2 * PALM_RADIUS_PX, PALM_RADIUS_PX)
-    if row is None:
-        return None
-    laterality = "L" if row.xs[0] > row.xs[3] else "R"  # thumb towards +x: left hand
-    thumb_side = _thumb_ray_side(fingers, frame, work.scale, up, row)
-    named = thumb_side or expected_laterality
-    if named != laterality:
-        return None  # the thumb side is not established twice
-    virtual = []
-    for x in row.xs:
-        tip_base = np.array([[x, row.level_y - 1.7 * PALM_RADIUS_PX],
-                             [x, row.level_y - 0.8 * PALM_RADIUS_PX]])
-        tip, base = frame.to_input(tip_base) * work.scale
-        length = float(np.linalg.norm(tip - base))
-        virtual.append(_Finger(tip, base, (tip - base) / length, length, 0.0))
-    shafts = {name: np.array([x, row.level_y])
-              for name, x in zip(("MC2", "MC3", "MC4"), row.xs, strict=False)}
-    located = _locate_rays(image, pixel_spacing_mm, work, virtual, laterality, False, shafts)
-    located.details["located_by_row"] = 1.0
+    field = cv2.warpAffine(work.exposed, to_frame, frame.image.shape[::-1],
+                           flags=cv2.INTER_NEAREST)
+    bottom = top + 2.2 * PALM_RADIUS_PX
+    located = None
+    for _ in range(2):
+        row = find_row(ridge, hand, top, bottom, PALM_RADIUS_PX, field)
+        if row is None:
+            return located
+        laterality = "L" if row.xs[0] > row.xs[3] else "R"  # thumb towards +x: left hand
+        thumb_side = _thumb_ray_side(fingers, frame, work.scale, up, row)
+        named = thumb_side or expected_laterality
+        if not row.side_from_extent and named is not None:
+            # The hand runs out of the field on one side: the thumb side rests on the
+            # thumb ray or the header alone, and the identity check (field-aware) must
+            # hold it.
+            if named != laterality:
+                row = replace(row, xs=row.xs[::-1])
+            laterality = named
+        elif named != laterality:
+            return located  # the thumb side is not established twice
+        virtual = []
+        for x in row.xs:
+            tip_base = np.array([[x, row.level_y - 1.7 * PALM_RADIUS_PX],
+                                 [x, row.level_y - 0.8 * PALM_RADIUS_PX]])
+            tip, base = frame.to_input(tip_base) * work.scale
+            length = float(np.linalg.norm(tip - base))
+            virtual.append(_Finger(tip, base, (tip - base) / length, length, 0.0))
+        shafts = {name: np.array([x, row.level_y])
+                  for name, x in zip(("MC2", "MC3", "MC4"), row.xs, strict=False)}
+        located = _locate_rays(image, pixel_spacing_mm, work, virtual, laterality, False,
+                               shafts)
+        located.details["located_by_row"] = 1.0
+        if located.details["proximal_continuation"] <= MAX_PROXIMAL_CONTINUATION:
+            return located
+        # A row of proximal phalanges (the fingers' bases were found at their middle
+        # joints): the metacarpals lie beyond it, looked for once more there.
+        top, bottom = row.level_y + 0.6 * PALM_RADIUS_PX, bottom + PALM_RADIUS_PX
     return located
 
 
@@ -396,7 +417,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             if not retry.problems:
                 return retry
         identity = _check_identity(_shaft_ridges(frame.image, ridge, canonical_bones), hand,
-                                   canonical_bones, laterality, thumb_seen)
+                                   inside, canonical_bones, laterality, thumb_seen)
         features["identity_shafts"] = identity.shafts
         features["identity_labelled"] = identity.labelled
         features["thumb_side_margin"] = identity.thumb_side_margin
@@ -417,6 +438,7 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: "
                                           "MC2 is not longer than MC4 (thumb side in doubt)"))
     features["palm_radius_px"] = palm_radius / scale
+    features["proximal_continuation"] = continuation
     bones = {name: proportioned[name] for name in bones}
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
@@ -460,8 +482,9 @@ def _shaft_ridges(canonical: np.ndarray, ridge: np.ndarray,
     return _ridge_map(canonical, width / BONE_WIDTHS_PER_SIGMA)
 
 
-def _check_identity(ridge: np.ndarray, hand: np.ndarray, bones: dict[str, _CanonicalBone],
-                    laterality: str, thumb_seen: bool) -> IdentityCheck:
+def _check_identity(ridge: np.ndarray, hand: np.ndarray, field: np.ndarray,
+                    bones: dict[str, _CanonicalBone], laterality: str, thumb_seen: bool
+                    ) -> IdentityCheck:
     axes = [b.distal - b.proximal for b in bones.values()]
     axis = np.mean([a / max(np.linalg.norm(a), 1e-9) for a in axes], axis=0) if axes else None
     if axis is None:
@@ -469,7 +492,7 @@ def _check_identity(ridge: np.ndarray, hand: np.ndarray, bones: dict[str, _Canon
     # Fingers up, a left hand (PA) has its thumb on the right (+x).
     return check_row(ridge, hand, {n: b.centre for n, b in bones.items()},
                      axis / np.linalg.norm(axis), 1.0 if laterality == "L" else -1.0,
-                     PALM_RADIUS_PX, thumb_seen)
+                     PALM_RADIUS_PX, thumb_seen, field)
 
 
 def _failed(reason: str, outline: tuple[Point, ...] = (), *, code: Code) -> HandLocation:

@@ -144,3 +144,35 @@ def test_partial_labels_with_mc3_on_the_outermost_shaft_are_refused_without_cras
     centres = {"MC3": np.array([xs["MC2"], LEVEL]), "MC4": np.array([xs["MC3"], LEVEL])}
     check = check_row(ridge, hand, centres, AXIS, 1.0, R)
     assert check.problem is not None and "bone identity uncertain" in check.problem
+
+
+def _cut_on_thumb_side(hand: np.ndarray, xs: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The palm with the exposed field ending 0.15 palm radii beyond MC2 (thumb on the
+    right): the hand runs out of the image there, reaching less far than beyond MC5."""
+    edge = int(xs["MC2"] + 0.15 * R)
+    field = np.ones(hand.shape, np.uint8)
+    field[:, edge:] = 0
+    return hand & field, field
+
+
+def test_a_hand_cut_by_the_field_on_the_thumb_side_passes_on_the_header_alone():
+    ridge, hand, xs = _palm(thumb_on_right=True)
+    cut, field = _cut_on_thumb_side(hand, xs)
+    # Without the field, the short reach beyond MC2 contradicts the side the header gave.
+    assert check_row(ridge, cut, _centres(xs), AXIS, 1.0, R, thumb_seen=False).problem
+    check = check_row(ridge, cut, _centres(xs), AXIS, 1.0, R, thumb_seen=False, field=field)
+    assert check.problem is None, check
+    # The count still holds labels to their shafts: moved one towards MC5, refused.
+    moved = check_row(ridge, cut, _centres(xs, -1), AXIS, 1.0, R, thumb_seen=False,
+                      field=field)
+    assert moved.problem is not None
+
+
+def test_find_row_leaves_the_thumb_side_open_where_the_field_cuts_the_hand():
+    ridge, hand, xs = _palm(thumb_on_right=True)
+    cut, field = _cut_on_thumb_side(hand, xs)
+    assert find_row(ridge, cut, LEVEL - R, LEVEL + R, R).side_from_extent  # read wrongly
+    row = find_row(ridge, cut, LEVEL - R, LEVEL + R, R, field)
+    assert row is not None and not row.side_from_extent
+    assert sorted(row.xs) == pytest.approx(sorted(xs[n] for n in ("MC2", "MC3", "MC4", "MC5")),
+                                           abs=0.1 * R)

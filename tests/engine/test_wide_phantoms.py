@@ -108,6 +108,15 @@ def test_hands_found_on_a_second_reading_are_measured_on_the_right_bones(index):
     assert record["status"] == "ok", record["cause"]
 
 
+def test_a_row_of_proximal_phalanges_is_passed_over_for_the_metacarpals_beyond_it():
+    """wide_hard_2026_002: the rays' bases lay at the fingers' middle joints, so the row of
+    shafts found first was the proximal phalanges (rejected: they run on into further
+    long bones); the row is looked for once more beyond it, where MC2-MC5 lie."""
+    record = phantoms.run_case(wide_case(2026, 2, hard=True))
+    assert not record["wrong"], record["wrong"]
+    assert record["status"] == "ok", record["cause"]
+
+
 @pytest.mark.parametrize("index", [
     9,  # before the whole hand's mask: three "metacarpals" crossing in the carpus
     20,  # fingers cut: carpal rows taken for metacarpals, one of them lying across
