@@ -646,6 +646,8 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
                     key = (_hand_like(fingers), len(fingers) == 5, -abs(len(fingers) - 5),
                            -ragged, palm_radius)
                     found.append((key, contrast, (mask, palm_centre, palm_radius, fingers)))
+                    if key[0]:
+                        break  # a larger opening can only tie, and the first of equals wins
     if not found:
         return []
     key, contrast, best = max(found, key=lambda entry: entry[0])
@@ -825,13 +827,12 @@ def _ridge_offsets(ridge: np.ndarray, base: np.ndarray, tip: np.ndarray, normal:
 
 def _peaks(profile: np.ndarray, floor: float, separation: int) -> np.ndarray:
     """Indices of local maxima above floor, greedily at least ``separation`` apart."""
-    local = (profile >= np.roll(profile, 1)) & (profile >= np.roll(profile, -1))
-    local[[0, -1]] = False
+    local = np.zeros(len(profile), bool)
+    local[1:-1] = (profile[1:-1] >= profile[:-2]) & (profile[1:-1] >= profile[2:])
+    candidates = np.flatnonzero(local & (profile >= floor))
     chosen: list[int] = []
-    for index in np.argsort(-profile):
-        if profile[index] < floor:
-            break
-        if local[index] and all(abs(index - c) >= separation for c in chosen):
+    for index in candidates[np.argsort(-profile[candidates], kind="stable")]:
+        if all(abs(index - c) >= separation for c in chosen):
             chosen.append(int(index))
     return np.array(sorted(chosen), dtype=int)
 
