@@ -50,6 +50,7 @@ MIN_THUMB_SIDE_MARGIN = 0.2
 # A hand whose run across the palm stops this close (palm radii) to the edge of the
 # exposed field is cut by it there: its extent on that side is unknown.
 FIELD_EDGE_REACH = 0.1
+MAX_ULNAR_EXTENT = 1.6  # shaft spacings: beyond MC5 the hand ends within about one
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,12 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     ulnar_extent = (shafts[mc5] - across[low]) / spacing
     result["thumb_side_margin"] = float(radial_extent - ulnar_extent)
     margin_needed = -MIN_THUMB_SIDE_MARGIN if thumb_seen else MIN_THUMB_SIDE_MARGIN
+    # Cut by the field beyond MC2, the hand's reach there is unknown; it must still end
+    # within about one spacing beyond MC5 (read from the wrong side, the thenar and thumb
+    # would lie there).
     radial_cut = field is not None and _cut_by_field(field, points, across, high)
-    if radial_extent - ulnar_extent < margin_needed and not radial_cut:
+    if radial_extent - ulnar_extent < margin_needed and (
+            not radial_cut or ulnar_extent > MAX_ULNAR_EXTENT):
         return IdentityCheck("bone identity uncertain: the hand does not extend beyond MC2 "
                              "more than beyond MC5 (thumb side)", {}, **result)
     # Confidence: how clearly each shaft stands out from the gaps beside it, and how
@@ -368,7 +373,7 @@ def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
                 else:
                     xs = tuple(float(x) for x in four)
                     outer_ulnar = right_extent
-                if outer_ulnar > 1.6:
+                if outer_ulnar > MAX_ULNAR_EXTENT:
                     continue  # the hand goes on beyond MC5 too: not the whole row
                 # Neighbours beyond the row as strong as its shafts: a longer row (fingers).
                 outside = [k for k in peaks if k < four[0] - 0.5 * spacing

@@ -176,3 +176,19 @@ def test_find_row_leaves_the_thumb_side_open_where_the_field_cuts_the_hand():
     assert row is not None and not row.side_from_extent
     assert sorted(row.xs) == pytest.approx(sorted(xs[n] for n in ("MC2", "MC3", "MC4", "MC5")),
                                            abs=0.1 * R)
+
+
+def test_a_hand_cut_by_the_field_read_from_the_wrong_side_is_refused():
+    # The field cuts the hand beside MC5 (thumb on the right, read as if on the left):
+    # the labels land on MC5, MC4, MC3 and the thenar and thumb (a palm radius) lie
+    # beyond "MC5", where the hand should end within about one shaft spacing.
+    ridge, hand, xs = _palm(thumb_on_right=True)
+    hand[:, int(xs["MC2"]): int(xs["MC2"] + 1.0 * R)] = 1
+    edge = int(xs["MC5"] - 0.15 * R)
+    field = np.ones(hand.shape, np.uint8)
+    field[:, :edge] = 0
+    mirrored = {"MC2": np.array([xs["MC5"], LEVEL]), "MC3": np.array([xs["MC4"], LEVEL]),
+                "MC4": np.array([xs["MC3"], LEVEL])}
+    check = check_row(ridge, hand & field, mirrored, AXIS, -1.0, R, thumb_seen=False,
+                      field=field)
+    assert check.problem is not None
