@@ -18,7 +18,14 @@ import numpy as np
 from dxr_node import ALGORITHM_NAME, __version__
 from dxr_node.engine import indices
 from dxr_node.engine.image import ImageLoadError, Radiograph, load_radiograph
-from dxr_node.engine.locate import HandLocation, LocatedBone, LocateError, locate_metacarpals
+from dxr_node.engine.locate import (
+    HandLocation,
+    LocatedBone,
+    LocateError,
+    locate_upright,
+    location_to_input,
+)
+from dxr_node.engine.pose import Point, Pose
 from dxr_node.engine.profile import (
     EDGE_AT_WINDOW_BORDER,
     ShaftMeasurement,
@@ -105,12 +112,16 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     # the command line for an export may be a rough assumption.
     header_spacing = spacing if radiograph.pixel_spacing_source != "command line" else None
     expected = _image_laterality(radiograph)
+    # Located and measured on the hand turned upright (a film gives the same numbers
+    # however it was stored); reported in the input's pixels.
+    upright, pose = pixels, Pose(0, False, pixels.shape)
     try:
-        location = locate_metacarpals(pixels, header_spacing, expected)
+        upright, pose, upright_location = locate_upright(pixels, header_spacing, expected)
     except LocateError as exc:
-        location = HandLocation(
+        upright_location = HandLocation(
             bones={}, laterality=None, rotation_deg=None, paediatric=False,
             problems=(Problem.of(Code.NOT_A_HAND, f"not a hand radiograph: {exc}"),))
+    location = location_to_input(upright_location, pose)
     for problem in location.problems:
         reasons.append(problem)
         # "MC4 shaft cut by the field edge" loses one bone; anything else, the hand.
@@ -124,7 +135,9 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
                                   f"header says {radiograph.laterality_tag}{view}"))
         fatal = True  # the bones were named for the other hand: never measured as they are
 
-    bones = {} if fatal else _measure_bones(pixels, location, spacing, reasons)
+    bones = {} if fatal else {
+        name: bone_to_input(bone, pose)
+        for name, bone in _measure_bones(upright, upright_location, spacing, reasons).items()}
     spacing_source = radiograph.pixel_spacing_source
     if spacing is not None and bones:
         if _spacing_implausible(bones, location.paediatric):
@@ -377,6 +390,25 @@ def hand_inconsistency(bones: dict[str, BoneMeasurement]) -> str | None:
             listed = ", ".join(f"{b.name} {v:.2f}" for b, v in zip(measured, values, strict=True))
             return f"{label} differs too much between bones ({listed})"
     return None
+
+
+def bone_to_input(bone: BoneMeasurement, pose: Pose) -> BoneMeasurement:
+    """A bone measured on the upright image, in input pixels."""
+    if pose.identity:
+        return bone
+
+    def segment(points: tuple[Point, Point]) -> tuple[Point, Point]:
+        return pose.to_input(points[0]), pose.to_input(points[1])
+
+    return replace(bone, center_rc=pose.to_input(bone.center_rc),
+                   axis_angle_deg=pose.angle_to_input(bone.axis_angle_deg),
+                   roi_rc=tuple(pose.to_input(p) for p in bone.roi_rc),
+                   outer_edge_a_rc=segment(bone.outer_edge_a_rc),
+                   inner_edge_a_rc=segment(bone.inner_edge_a_rc),
+                   inner_edge_b_rc=segment(bone.inner_edge_b_rc),
+                   outer_edge_b_rc=segment(bone.outer_edge_b_rc),
+                   proximal_rc=pose.to_input(bone.proximal_rc),
+                   distal_rc=pose.to_input(bone.distal_rc))
 
 
 def _radial_direction(located: dict[str, LocatedBone]) -> np.ndarray | None:

@@ -48,6 +48,7 @@ from dxr_node.engine.identity import (
     continues_proximally,
     find_row,
 )
+from dxr_node.engine.pose import Pose, upright_pose
 from dxr_node.engine.result import Problem
 from dxr_node.engine.result import ProblemCode as Code
 
@@ -133,6 +134,20 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     adds an absolute size check for toddler hands. ``expected_laterality`` ("L"/"R", the
     image laterality the header implies for a PA view) decides the thumb side only when
     the thumb itself is not seen, and a row of shafts read against it is refused.
+    Results are in input pixels (see ``locate_upright``).
+    """
+    _, pose, location = locate_upright(pixels, pixel_spacing_mm, expected_laterality)
+    return location_to_input(location, pose)
+
+
+def locate_upright(pixels: np.ndarray, pixel_spacing_mm: float | None = None,
+                   expected_laterality: str | None = None
+                   ) -> tuple[np.ndarray, Pose, HandLocation]:
+    """(upright image, its pose, the location in the upright image's pixels).
+
+    The hand is first turned upright by whole quarter turns and a mirror (see ``pose``),
+    so a film gives the same bones however it was stored; measuring on the upright image
+    too makes the numbers the same. ``location_to_input`` maps a location back.
     """
     image = np.asarray(pixels)
     if image.ndim != 2 or min(image.shape) < 64:
@@ -140,8 +155,54 @@ def locate_metacarpals(pixels: np.ndarray, pixel_spacing_mm: float | None = None
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise LocateError("the image holds NaN or infinite pixel values")
-    work, exposed, scale, grey_range = _downscale(image)
-    readings = _hand_and_fingers(work, exposed)
+    downscaled = _downscale(image)
+    readings = _hand_and_fingers(*downscaled[:2])
+    pose = _pose(image.shape, readings)
+    if not pose.identity:
+        image = pose.upright(image)
+        downscaled = _downscale(image)
+        readings = _hand_and_fingers(*downscaled[:2])
+    location = _locate_in_readings(image, pixel_spacing_mm,
+                                   pose.laterality_in_upright(expected_laterality),
+                                   downscaled, readings)
+    return image, pose, location
+
+
+def _pose(shape: tuple[int, int], readings: list[tuple]) -> Pose:
+    """The upright pose of the best reading: its long fingers' direction, its thumb (five
+    rays arranged like a hand) or none."""
+    if not readings:
+        return upright_pose(shape, None, None)
+    _, palm_centre, palm_radius, fingers = readings[0]
+    thumb = None
+    if len(fingers) == 5 and _hand_like(fingers):
+        thumb = _split_thumb(fingers, palm_centre, palm_radius)[0].tip - palm_centre
+    return upright_pose(shape, _common_direction(fingers), thumb)
+
+
+def location_to_input(location: HandLocation, pose: Pose) -> HandLocation:
+    """A location found on the upright image, in input pixels."""
+    if pose.identity:
+        return location
+    bones = {name: replace(bone, center_rc=pose.to_input(bone.center_rc),
+                           proximal_rc=pose.to_input(bone.proximal_rc),
+                           distal_rc=pose.to_input(bone.distal_rc),
+                           axis_angle_deg=pose.angle_to_input(bone.axis_angle_deg))
+             for name, bone in location.bones.items()}
+    rotation = (None if location.rotation_deg is None
+                else pose.rotation_to_input(location.rotation_deg))
+    return replace(location, bones=bones, rotation_deg=rotation,
+                   laterality=pose.laterality_to_input(location.laterality),
+                   outline_rc=tuple(pose.to_input(p) for p in location.outline_rc),
+                   rays_rc=tuple((pose.to_input(a), pose.to_input(b))
+                                 for a, b in location.rays_rc))
+
+
+def _locate_in_readings(image: np.ndarray, pixel_spacing_mm: float | None,
+                        expected_laterality: str | None, downscaled: tuple,
+                        readings: list[tuple]) -> HandLocation:
+    """The first reading of the hand whose metacarpals hold, else why the best failed."""
+    _, exposed, scale, grey_range = downscaled
     if not readings:
         return _failed("no hand found: not a hand radiograph", code=Code.NOT_A_HAND)
     tried = []
