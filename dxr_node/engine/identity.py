@@ -120,8 +120,8 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     bone_level = float(np.median([strength[_index(across, s)] for s in labelled.values()]))
     if bone_level <= 0:
         return IdentityCheck("bone identity uncertain: no shaft ridge at the bones", {})
-    peaks = _peaks(strength, low, high, SHAFT_LEVEL * bone_level,
-                   int(MIN_SHAFT_SEPARATION / 0.01))
+    peaks = local_peaks(strength, SHAFT_LEVEL * bone_level,
+                        int(MIN_SHAFT_SEPARATION / 0.01), low, high)
     shafts = across[peaks]
     heights = strength[peaks] / bone_level
     # Each label on its own shaft.
@@ -247,28 +247,29 @@ def _index(across: np.ndarray, position: float) -> int:
 
 def _cut_by_field(field: np.ndarray, points: np.ndarray, across: np.ndarray, end: int
                   ) -> bool:
-    """Whether the hand's run across the palm, ending at index ``end`` on its + side,
-    ends at the edge of the exposed field (the hand goes on out of the image) rather than
-    on the background: the field is left within FIELD_EDGE_REACH palm radii beyond it."""
-    beyond = end + np.arange(1, int(FIELD_EDGE_REACH / (across[1] - across[0])) + 1)
-    beyond = beyond[beyond < len(across)]
-    if not len(beyond):
-        return True  # the sampled line itself ends there
-    exposed = _sample(field.astype(np.float32), points[:, beyond]).mean(axis=0)
-    return bool((exposed < 0.5).any())
+    """Whether the hand's run across the palm, ending at index ``end`` on its + side, is
+    cut by the edge of the exposed field (see ``_leaves_field``)."""
+    exposed = _sample(field.astype(np.float32), points).mean(axis=0)
+    return _leaves_field(exposed, end, 1, int(FIELD_EDGE_REACH / (across[1] - across[0])))
 
 
 def _edge_beyond(field: np.ndarray, y: float, x: int, direction: int, palm_radius: float
                  ) -> bool:
-    """Whether the exposed field ends within FIELD_EDGE_REACH palm radii beyond column x
-    (in ``direction``) at level y: a hand's run ending there is cut by the field."""
-    reach = int(FIELD_EDGE_REACH * palm_radius) + 1
+    """Whether the hand's run along image row y, ending at column x (in ``direction``),
+    is cut by the edge of the exposed field (see ``_leaves_field``)."""
     row = field[int(np.clip(y, 0, field.shape[0] - 1))]
-    end = x + direction * reach
-    if end < 0 or end >= len(row):
+    return _leaves_field(row, x, direction, int(FIELD_EDGE_REACH * palm_radius) + 1)
+
+
+def _leaves_field(exposed: np.ndarray, end: int, step: int, reach: int) -> bool:
+    """Whether samples along a line (1 exposed, 0 not) leave the exposed field within
+    ``reach`` samples beyond index ``end`` in direction ``step`` (+1 or -1), or the line
+    runs out first: a hand's run ending at ``end`` then goes on out of the image, rather
+    than ending on the background."""
+    beyond = end + step * np.arange(1, max(reach, 1) + 1)
+    if beyond[-1] < 0 or beyond[-1] >= len(exposed):
         return True
-    span = row[min(x, end): max(x, end) + 1]
-    return bool((span == 0).any())
+    return bool((exposed[beyond] < 0.5).any())
 
 
 def _run_around(inside: np.ndarray, index: int) -> tuple[int, int] | None:
@@ -283,17 +284,19 @@ def _run_around(inside: np.ndarray, index: int) -> tuple[int, int] | None:
     return low, high
 
 
-def _peaks(values: np.ndarray, low: int, high: int, floor: float, separation: int
-           ) -> np.ndarray:
+def local_peaks(values: np.ndarray, floor: float, separation: int, low: int = -1,
+                high: int | None = None) -> np.ndarray:
+    """Indices of local maxima above ``floor`` strictly between ``low`` and ``high``,
+    chosen greedily from the highest at least ``separation`` apart."""
     local = np.zeros(len(values), bool)
     local[1:-1] = (values[1:-1] >= values[:-2]) & (values[1:-1] >= values[2:])
     local[:low + 1] = False
-    local[high:] = False
+    if high is not None:
+        local[high:] = False
+    candidates = np.flatnonzero(local & (values >= floor))
     chosen: list[int] = []
-    for index in np.argsort(-values):
-        if values[index] < floor:
-            break
-        if local[index] and all(abs(index - c) >= separation for c in chosen):
+    for index in candidates[np.argsort(-values[candidates], kind="stable")]:
+        if all(abs(index - c) >= separation for c in chosen):
             chosen.append(int(index))
     return np.array(sorted(chosen), dtype=int)
 
@@ -348,8 +351,8 @@ def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
             level = float(np.percentile(strength[low:high + 1], 95))
             if level <= 0:
                 continue
-            peaks = _peaks(strength, low, high, 0.25 * level,
-                           int(MIN_SHAFT_SEPARATION * palm_radius))
+            peaks = local_peaks(strength, 0.25 * level,
+                                int(MIN_SHAFT_SEPARATION * palm_radius), low, high)
             for i in range(len(peaks) - 3):
                 four = peaks[i:i + 4]
                 gaps = np.diff(four) / palm_radius

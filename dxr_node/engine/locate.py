@@ -47,6 +47,7 @@ from dxr_node.engine.identity import (
     check_row,
     continues_proximally,
     find_row,
+    local_peaks,
 )
 from dxr_node.engine.pose import Pose, upright_pose
 from dxr_node.engine.result import Problem
@@ -876,7 +877,7 @@ def _ridge_offsets(ridge: np.ndarray, base: np.ndarray, tip: np.ndarray, normal:
     for fraction in (0.3, 0.45, 0.6, 0.75):
         centre = base + fraction * (tip - base)
         profile = _sample(ridge, centre[0] + across * normal[0], centre[1] + across * normal[1])
-        peaks = _peaks(profile, 0.4 * profile.max(), int(0.25 * palm_radius / 0.5))
+        peaks = local_peaks(profile, 0.4 * profile.max(), int(0.25 * palm_radius / 0.5))
         sections.append(across[peaks])
     counts = [len(p) for p in sections]
     typical = max(sorted(set(counts)), key=counts.count)  # the most frequent count
@@ -884,18 +885,6 @@ def _ridge_offsets(ridge: np.ndarray, base: np.ndarray, tip: np.ndarray, normal:
         return [0.0]
     offsets = np.mean([p for p in sections if len(p) == typical], axis=0)
     return [float(o) for o in offsets]
-
-
-def _peaks(profile: np.ndarray, floor: float, separation: int) -> np.ndarray:
-    """Indices of local maxima above floor, greedily at least ``separation`` apart."""
-    local = np.zeros(len(profile), bool)
-    local[1:-1] = (profile[1:-1] >= profile[:-2]) & (profile[1:-1] >= profile[2:])
-    candidates = np.flatnonzero(local & (profile >= floor))
-    chosen: list[int] = []
-    for index in candidates[np.argsort(-profile[candidates], kind="stable")]:
-        if all(abs(index - c) >= separation for c in chosen):
-            chosen.append(int(index))
-    return np.array(sorted(chosen), dtype=int)
 
 
 def _outline(mask: np.ndarray, scale: float) -> tuple[Point, ...]:
@@ -1567,7 +1556,7 @@ def _gaps_near_head(image: np.ndarray, bone: LocatedBone) -> int:
     valleys = _valley_strength(profile, max(2, int(0.3 * width / 0.5)))
     if valleys.max() <= 0:
         return 0
-    peaks = _peaks(valleys, 0.35 * valleys.max(), max(2, int(0.08 * bone.length_px / 0.5)))
+    peaks = local_peaks(valleys, 0.35 * valleys.max(), max(2, int(0.08 * bone.length_px / 0.5)))
     return len(peaks)
 
 
