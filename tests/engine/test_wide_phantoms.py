@@ -127,3 +127,14 @@ def test_adults_are_not_called_toddlers_from_bones_that_are_no_metacarpals(index
     record = phantoms.run_case(wide_case(2026, index))
     assert not record["paediatric"], record["cause"]
     assert record["cause"] != "toddler"
+
+
+def test_a_phalanx_beyond_the_row_is_not_taken_for_a_metacarpal():
+    """repos_2026_0_4 (wide hand 0, fifth repositioning; hand turned upright by a quarter
+    turn and mirrored): three of four rays were spurious, the frame's "up" ran 40 degrees
+    off the metacarpals, and MC4 was placed on the ring finger's proximal phalanx, level
+    with MC2 and MC3 across that frame but 0.7 lengths beyond them along the bones."""
+    from dxr_node.phantom.wide import repositioned_cases
+
+    record = phantoms.run_case(repositioned_cases(2026, 0, 5)[4])
+    assert not record["wrong"], record["wrong"]
