@@ -400,9 +400,10 @@ def bone_to_input(bone: BoneMeasurement, pose: Pose) -> BoneMeasurement:
     def segment(points: tuple[Point, Point]) -> tuple[Point, Point]:
         return pose.to_input(points[0]), pose.to_input(points[1])
 
+    a, b, c, d = (pose.to_input(p) for p in bone.roi_rc)
     return replace(bone, center_rc=pose.to_input(bone.center_rc),
                    axis_angle_deg=pose.angle_to_input(bone.axis_angle_deg),
-                   roi_rc=tuple(pose.to_input(p) for p in bone.roi_rc),
+                   roi_rc=(a, b, c, d),
                    outer_edge_a_rc=segment(bone.outer_edge_a_rc),
                    inner_edge_a_rc=segment(bone.inner_edge_a_rc),
                    inner_edge_b_rc=segment(bone.inner_edge_b_rc),
