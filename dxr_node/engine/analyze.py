@@ -66,6 +66,8 @@ MAX_WIDTH_RATIO = 1.6
 MAX_LENGTH_RATIO = 1.45
 MAX_MCI_RATIO = 1.8
 PAEDIATRIC = "paediatric"
+UNRESOLVED_BLUR = ("cortex not resolved: its blur cannot be told from its thickness, and no "
+                   "other bone of the image gave the blur")
 
 
 def analyze_path(path: str | Path, pixel_spacing_mm: float | None = None,
@@ -203,15 +205,24 @@ def _measure_bones(pixels: np.ndarray, location: HandLocation, spacing: float | 
         elif not any(problem.bone == name for problem in location.problems):
             reasons.append(Problem.of(Code.BONE_NOT_FOUND, f"{name} not found", name))
     # A shaft whose own blur fit fell back is re-measured with the image's blur, taken from
-    # the bones that resolved it; the new measurement is kept only if it is sound.
+    # the bones that resolved it. It is not measured on an assumed blur: where the free
+    # blur degenerates, blur and cortex trade off against each other, and T follows
+    # whichever blur is tried (by 10-20 % over 0.6-2.5 px on real films).
     blur = shared_blur_px(s.measurement for s in shafts.values()
                          if s.problem is None and s.measurement is not None)
     for name, shaft in shafts.items():
-        if (blur is not None and shaft.measurement is not None
-                and shaft.measurement.blur_source == "fallback"):
-            again = _measure_shaft(pixels, location.bones[name], blur)
-            if again.problem is None or shaft.problem is not None:
-                shafts[name] = again
+        if shaft.measurement is None or shaft.measurement.blur_source != "fallback":
+            continue
+        if blur is None:
+            if shaft.problem is None:
+                shafts[name] = replace(shaft, problem=UNRESOLVED_BLUR)
+            continue
+        again = _measure_shaft(pixels, location.bones[name], blur)
+        if again.problem is None or shaft.problem is not None:
+            shafts[name] = again
+        else:
+            shafts[name] = replace(again, problem=f"with the image's blur ({blur:.1f} px), "
+                                                  f"{again.problem}")
     radial = _radial_direction(location.bones)
     bones = {}
     for name, shaft in shafts.items():

@@ -18,6 +18,7 @@ LANDMARKS = json.loads((Path(__file__).parents[1] / "data" / "realdata_landmarks
                        .read_text())
 ANNOTATED = sorted(name for name in LANDMARKS if not name.startswith("_"))
 TODDLERS = ("radinf_rsna_6.png", "radinf_rsna_8.png")
+REALDATA_2 = Path(__file__).resolve().parents[2].parent / "shared" / "realdata-2"
 
 
 def _nearest_landmark(center_rc, marks: dict) -> str:
@@ -44,3 +45,17 @@ def test_toddlers_are_rejected_with_a_reason(realdata_dir, name):
     assert result.status == "rejected"
     assert any("toddler" in reason for reason in result.reasons)
     assert result.mci is None and result.dxr_bmd_g_cm2 is None
+
+
+def test_a_shaft_whose_blur_cannot_be_fitted_is_not_measured_on_an_assumed_one():
+    """dhapayer_7232: on none of its three shafts does the free blur fit resolve the cortex
+    (a display-processed film), so no bone gives the image's blur. T would follow the
+    blur tried (10-20 % between 0.6 and 2.5 px): the bones are rejected, named, with why."""
+    film = REALDATA_2 / "dhapayer_7232.png"
+    if not film.is_file():
+        pytest.skip(f"{film} absent")
+    result, _ = analyze_path(film, pixel_spacing_mm=0.1)
+    assert result.status == "rejected"
+    unresolved = [r for r in result.reasons if "no other bone of the image gave the blur" in r]
+    assert sorted(r.split(":")[0] for r in unresolved) == ["MC2", "MC3", "MC4"], result.reasons
+    assert result.mci is None
