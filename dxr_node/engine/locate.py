@@ -1268,26 +1268,22 @@ MAX_AXIS_SPREAD_DEG = 40.0  # between two of MC2-MC4 (they fan out by 20 degrees
 
 
 def _inconsistent(bones: dict[str, _CanonicalBone]) -> list[str]:
-    """Bones whose level or length is far from the others', or that lie more than
-    MAX_LEVEL_SHIFT lengths beyond them along the bones' own mean axis: a wrong segment.
-    A level is off only when it is off both across the fingers-up frame and along the
-    bones' own axis: rays read off the fingers can point well away from the metacarpals
-    (neighbouring centres then sit at different heights across that frame, while a
-    phalanx a bone's length beyond them may sit at theirs), and one wrong bone tilts the
-    bones' mean axis."""
+    """Bones whose level or length (fingers up) is far from the others', or that lie more
+    than MAX_LEVEL_SHIFT lengths beyond them along the bones' own mean axis: a wrong
+    segment. (Rays read off the fingers can point well away from the metacarpals; a
+    phalanx a bone's length beyond them may then sit at their level across that frame.)"""
     if len(bones) < 3:
         return []
-    frame_levels = {name: bone.centre[1] for name, bone in bones.items()}
+    levels = {name: bone.centre[1] for name, bone in bones.items()}
     lengths = {name: np.linalg.norm(bone.distal - bone.proximal) for name, bone in bones.items()}
-    frame_level, length = np.median(list(frame_levels.values())), np.median(list(lengths.values()))
+    level, length = np.median(list(levels.values())), np.median(list(lengths.values()))
     axis = np.mean([(b.distal - b.proximal) / max(lengths[name], 1e-9)
                     for name, b in bones.items()], axis=0)
     along = {name: float(np.dot(bone.centre, axis)) / max(float(np.linalg.norm(axis)), 1e-9)
              for name, bone in bones.items()}
     middle = np.median(list(along.values()))
-    limit = 0.35 * PALM_RADIUS_PX
     return [name for name in bones
-            if (abs(frame_levels[name] - frame_level) > limit and abs(along[name] - middle) > limit)
+            if abs(levels[name] - level) > 0.35 * PALM_RADIUS_PX
             or abs(lengths[name] - length) > 0.35 * length
             or abs(along[name] - middle) > MAX_LEVEL_SHIFT * length]
 
