@@ -424,13 +424,19 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     if beyond is not None:
         candidates = {name: [c for c in found if c.distal[1] >= beyond.get(name, -math.inf)]
                       for name, found in candidates.items()}
-    for name, bone in sorted(_even_out_lengths(_choose_consistent(candidates)).items()):
+    chosen = _even_out_lengths(_choose_consistent(candidates))
+    expected = _expected_lengths(chosen)
+    for name, bone in sorted(chosen.items()):
         if not _inside(inside, bone):
             problems.append(Problem.of(Code.BONE_CUT, f"{name} shaft cut by the field edge",
                                        name))
             continue
         canonical_bones[name] = bone
-        refined[name] = _refine_at_full_resolution(image, _to_input(name, bone, frame))
+        located = _to_input(name, bone, frame)
+        # Look for its base as far as the longest of the hand's rays implies: one ray
+        # found short must not keep its own CMC gap out of reach.
+        reach = located.length_px * max(1.0, expected[name] / max(bone.length, 1e-9))
+        refined[name] = _refine_at_full_resolution(image, located, reach)
     # The checks below (maturity, identity) judge each bone by its own ends; only the
     # bases the usual proportions chose are measured (they assume the labels checked).
     bones.update({name: r.bone(r.own_length) for name, r in refined.items()})
@@ -1002,6 +1008,10 @@ class _CanonicalBone:
     width: float
     score: float  # how clearly the MCP gap stands out (for choosing between candidates)
 
+    @property
+    def length(self) -> float:
+        return float(np.linalg.norm(self.distal - self.proximal))
+
 
 def _metacarpal_candidates(smooth: np.ndarray, ridge: np.ndarray, base: np.ndarray,
                            tip: np.ndarray, mcp_reach: float = 1.8) -> list[_CanonicalBone]:
@@ -1227,18 +1237,27 @@ def _to_input(name: str, bone: _CanonicalBone, frame: _Canonical) -> LocatedBone
 LENGTH_RATIO = {"MC2": 1.0, "MC3": 0.955, "MC4": 0.855}
 
 
+def _expected_lengths(bones: dict[str, _CanonicalBone]) -> dict[str, float]:
+    """Each bone's length as the longest of the hand's rays implies (LENGTH_RATIO), or
+    their median where the longest is out of proportion with the rest."""
+    implied = [b.length / LENGTH_RATIO[n] for n, b in bones.items()]
+    if not implied:
+        return {}
+    reference = max(implied) if max(implied) <= 1.3 * np.median(implied) else np.median(implied)
+    return {name: float(reference) * LENGTH_RATIO[name] for name in bones}
+
+
 def _even_out_lengths(bones: dict[str, _CanonicalBone]) -> dict[str, _CanonicalBone]:
     """Lengthen a bone cut short (its base hidden where the bases overlap) to the length
     its neighbours imply; the full-resolution pass then looks for its gap there."""
     if len(bones) < 2:
         return bones
-    implied = [np.linalg.norm(b.distal - b.proximal) / LENGTH_RATIO[n] for n, b in bones.items()]
-    reference = max(implied) if max(implied) <= 1.3 * np.median(implied) else np.median(implied)
     evened = {}
+    expected_lengths = _expected_lengths(bones)
     for name, bone in bones.items():
         axis = bone.proximal - bone.distal
         length = float(np.linalg.norm(axis))
-        expected = reference * LENGTH_RATIO[name]
+        expected = expected_lengths[name]
         if length < 0.9 * expected:
             proximal = bone.distal + axis * (expected / length)
             bone = replace(bone, proximal=proximal, centre=0.5 * (bone.distal + proximal))
@@ -1293,11 +1312,14 @@ def _inconsistent(bones: dict[str, _CanonicalBone]) -> list[str]:
 MAX_LEVEL_SHIFT = 0.6
 
 
-def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> _Refined:
+def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone,
+                               base_reach_px: float | None = None) -> _Refined:
     """Sharpen a bone found at the working scale on the input pixels themselves.
 
     The axis is fitted to the mid-points between the outer edges of the central shaft,
     and each end moves to the steepest intensity step (bone end into joint gap) near it.
+    Base gaps are looked for up to BASE_REACH[1] of ``base_reach_px`` (default: the
+    bone's length) from the head.
     """
     proximal = np.array(bone.proximal_rc[::-1])
     distal = np.array(bone.distal_rc[::-1])
@@ -1306,7 +1328,10 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> _Refined
     if length < 10 or width < 2:
         return _Refined(bone.name, distal, (proximal - distal) / max(length, 1e-9),
                         width, length, length, [])
-    margin = 0.25 * length + 1.5 * width
+    reach = max(length, base_reach_px or 0.0)
+    # The profile runs from the centre to the farthest base gap looked for.
+    far = max(0.9 * length, (BASE_REACH[1] + 0.05) * reach - 0.45 * length)
+    margin = far - 0.5 * length + 1.5 * width
     low = np.maximum(np.floor(np.minimum(proximal, distal) - margin), 0).astype(int)
     high = np.minimum(np.ceil(np.maximum(proximal, distal) + margin),
                       np.array(image.shape[::-1]) - 1).astype(int)
@@ -1338,7 +1363,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> _Refined
 
     # Ends: the darkest gap near each end (joint space), then the bone's own edge on the
     # near side of it (a rounded head falls off gently, the far bone's plate sharply).
-    along = np.arange(-0.9 * length, 0.9 * length, 0.5)
+    along = np.arange(-far, far, 0.5)
     band = np.linspace(-0.25 * width, 0.25 * width, 5)
     points = centre + along[:, None, None] * direction + band[None, :, None] * normal
     profile = _sample(crop, points[..., 0], points[..., 1]).mean(axis=1)
@@ -1361,7 +1386,7 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone) -> _Refined
     # the head is a possible CMC joint; which one is left to the lengths of all three
     # bones (_choose_bases). Without a joint space on the axis (a base overlapping the
     # carpus) the base lies where the other bones' lengths put it.
-    window = np.flatnonzero((along >= head_gap - BASE_REACH[1] * length)
+    window = np.flatnonzero((along >= head_gap - BASE_REACH[1] * reach)
                             & (along <= head_gap - BASE_REACH[0] * length))
     local_max = (gaps >= np.roll(gaps, 1)) & (gaps >= np.roll(gaps, -1))
     clear = window[local_max[window] & (gaps[window] >= BASE_GAP_SHARE * strength)
