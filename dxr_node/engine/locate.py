@@ -81,6 +81,10 @@ PHYSIS_CLEARANCE = 0.1
 PHYSIS_REACH = 1.5
 PHYSIS_LINE_UP = 0.06  # widths: the band at the same place across the bone
 PHYSIS_MIN_BONES = 2
+# The deepest band, taken for the MCP joint, lies within this many widths of the bone's
+# end as found (a child's head may end at its physis, 0.4-0.9 widths short of the joint);
+# farther, the end is not where it was found and no band can be placed beside the joint.
+PHYSIS_JOINT_REACH = 1.25
 MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
 OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
 WIDER_PALM = 1.25  # palm radius of a hand mask around a mask of the bones
@@ -1556,7 +1560,7 @@ def _open_physis(image: np.ndarray, bone: LocatedBone) -> bool:
     near_head = np.abs(along) < 0.25 * bone.length_px / width
     deepest = int(np.argmax(np.where(near_head, valleys, -1.0)))
     depth = valleys[deepest]
-    if depth <= 0:
+    if depth <= 0 or abs(along[deepest]) > PHYSIS_JOINT_REACH:
         return False
     # The deepest band's own extent (a joint gap can be wide) is not a second band.
     dark = mean < mean[deepest] + 0.5 * depth

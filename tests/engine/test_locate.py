@@ -457,3 +457,16 @@ def test_a_base_is_looked_for_as_far_as_the_hands_longest_ray_implies():
     for name, joint in cmc_joints.items():
         bone = found.bones[name]
         assert math.dist(bone.proximal_rc, joint) <= 0.04 * bone.length_px, name
+
+
+def test_no_physis_is_read_beside_a_joint_found_far_from_the_bone_end():
+    """scaph_20016083_L_22M (a 22-year-old, ../shared/realdata-2): MC4's deepest band near
+    its head lay 2.2 widths inside the shaft from the end found, so the band taken for the
+    joint was not the joint; a band beside it was read as a physis, and with MC3's the
+    adult was called a child."""
+    path = REPO / ".." / "shared" / "realdata-2" / "scaph_20016083_L_22M.jpg"
+    if not path.is_file():
+        pytest.skip(f"real image not available at {path}")
+    found = locate_metacarpals(image.load_radiograph(path, 0.14).pixels, 0.14)
+    assert "MC4" not in found.details["open_physes"]
+    assert not found.paediatric
