@@ -1458,7 +1458,8 @@ def _choose_bases(refined: dict[str, _Refined]) -> dict[str, LocatedBone]:
     """One base per bone: clear CMC gaps, and lengths in the proportions metacarpals have
     (LENGTH_RATIO), so that one bone's base is not taken at a carpal joint beyond it or
     inside its own base. A base with no clear gap takes the length the others imply
-    (the ray's own end when none has a gap)."""
+    (the ray's own end when none has a gap); one implied beyond a clear gap of its own
+    would lie in the carpus past a joint space seen, and costs that gap's depth."""
     names = sorted(refined)
     best_cost, best = math.inf, {}
     choices = [[None, *refined[n].bases] for n in names]
@@ -1470,8 +1471,13 @@ def _choose_bases(refined: dict[str, _Refined]) -> dict[str, LocatedBone]:
         if len(logs) >= 2:
             excess = np.maximum(np.abs(logs - logs.mean()) - LENGTH_RATIO_SPREAD, 0.0)
             cost += 0.5 * float(((excess / LENGTH_RATIO_SLOPE) ** 2).sum())
+        reference = math.exp(float(logs.mean())) if len(logs) else None
+        if reference is not None:
+            cost += sum(max((depth for length, depth in refined[n].bases
+                             if length < reference * LENGTH_RATIO[n]
+                             * math.exp(-LENGTH_RATIO_SPREAD)), default=0.0)
+                        for n in names if n not in seen)
         if cost < best_cost:
-            reference = math.exp(float(logs.mean())) if len(logs) else None
             best_cost, best = cost, {
                 n: refined[n].bone(seen[n][0] if n in seen else
                                    reference * LENGTH_RATIO[n] if reference is not None

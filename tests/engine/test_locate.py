@@ -342,13 +342,12 @@ def test_real_image_rotated_with_black_corners(name, angle_deg):
         assert math.dist(found.bones[bone].center_rc, where[bone]) <= 0.35 * spacing, bone
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known regression of the hand-wide base reach: MC2's search now reaches a carpal "
-    "joint 1.21 ray lengths from its head, deeper than MC3's own CMC gap, and the bases "
-    "are taken there (the film is then rejected: MC4's band flares)"))
 def test_real_image_base_overlapping_the_carpus_keeps_its_length():
     """img43's MC2 base overlaps the trapezoid with no joint space on the axis: a faint dip
-    in the cancellous base cut it 12 % short (centre 0.25 of the spacing off)."""
+    in the cancellous base cut it 12 % short (centre 0.25 of the spacing off). Searched as
+    far as the hand's longest ray implies, MC2's axis also shows a carpal joint 1.21 ray
+    lengths from its head, deeper than MC3's CMC gap: taken, it put MC3's base in the
+    carpus past that CMC gap, which now costs the gap's depth."""
     name = "shsnet_rsna_train_img43.png"
     found = locate_metacarpals(_real(name))
     annotation = LANDMARKS[name]
@@ -470,3 +469,18 @@ def test_no_physis_is_read_beside_a_joint_found_far_from_the_bone_end():
     found = locate_metacarpals(image.load_radiograph(path, 0.14).pixels, 0.14)
     assert "MC4" not in found.details["open_physes"]
     assert not found.paediatric
+
+
+def test_a_base_implied_by_the_others_is_not_put_past_a_clear_gap_of_its_own():
+    """MC2 shows one deep gap far out (a carpal joint); MC3 shows its CMC gap where the
+    usual proportions put MC2's base short of that joint. Taking MC2's deep gap would
+    put MC3's base in the carpus past its own visible joint: MC3's gap wins."""
+    from dxr_node.engine.locate import LENGTH_RATIO, _choose_bases
+
+    chosen = _choose_bases({
+        "MC2": _refined("MC2", [(121.0, 0.74)]),
+        "MC3": _refined("MC3", [(95.5, 0.53)]),
+        "MC4": _refined("MC4", []),
+    })
+    assert chosen["MC3"].length_px == pytest.approx(95.5)
+    assert chosen["MC2"].length_px == pytest.approx(95.5 / LENGTH_RATIO["MC3"], rel=1e-6)
