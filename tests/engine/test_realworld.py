@@ -33,7 +33,7 @@ MEASURED_SHARE_GOAL = 0.9  # issue 9: >= 90 % of the real corpus measured
 # identity check): floors that a regression breaks, below the issue's goals. The goals
 # themselves stay as xfail(strict=False) tests until they are met.
 MEASURED_FLOOR = {"dha": 20, "dhapayer": 3, "k1101": 1, "mura": 1, "ra2": 1, "scaph": 13,
-                  "shsnet": 8}
+                  "shsnet": 9}
 # Of 38; goal 0. A 22-year-old (scaph_20077762_L) whose heads are found in the proximal
 # phalanges' bases, where the joint and a physis scar stand as two bands on two bones.
 # (scaph_20016083_L no longer: a joint found 2.2 widths from MC4's end is no joint.)
@@ -43,7 +43,6 @@ GOAL_NOT_MET_SOURCES = {
     "dhapayer": "3/4 measured (dhapayer_7232: no shaft's blur can be fitted)",
     "ra2": "1/2 measured (LH: MC4 profile groups disagree: its band lies off mid-shaft)",
     "scaph": "13/36 measured (goal 90 %): finger rays, identity and shaft checks reject",
-    "shsnet": "8/9 measured (img43: MC2's base taken at a carpal joint, MC4's band flares)",
 }
 BASELINE_WRONG_BONES = {
     "scaph_04574217_L_76F.jpg": "rejected now; when measured, the right bone but the MC2 "
@@ -60,8 +59,6 @@ BASELINE_NOT_MEASURED_ANNOTATED = {
     "scaph_20085361_R_16F.jpg": _NOT_MEASURED.format("4 finger rays, thumb along the index"),
     "scaph_04574217_L_76F.jpg": _NOT_MEASURED.format("MC3 thickness changes along the band"),
     "scaph_06902573_L_52F.jpg": _NOT_MEASURED.format("MC2 profile groups disagree"),
-    "shsnet_rsna_train_img43.png": _NOT_MEASURED.format(
-        "MC2's base search reaches a carpal joint beyond its CMC; MC4's band then flares"),
     "scaph_00952402_R_70F.jpg": _NOT_MEASURED.format(
         "MC3: its own blur fit degenerates, and with the image's blur no hollow shaft"),
 }
@@ -167,6 +164,23 @@ def test_no_wrong_bone_is_reported_ok(records, name):
     if record["status"] == "ok":
         assert check["laterality_ok"], (name, record["laterality"],
                                         check["laterality_expected"])
+
+
+# Bands more than a tenth of the bone's length from the annotated mid-shaft, on ok
+# results: where the engine stands, not a goal. scaph_20067963 (3 bones) and mura (2):
+# their heads are placed inside the proximal phalanges (the head rule meant for a child's
+# physis, docs/method.md), which bases taken short of the carpus no longer offset.
+BANDS_FAR_FROM_MID_SHAFT_CEILING = 5
+
+
+def test_bands_lie_near_the_annotated_mid_shafts(records):
+    offsets = {(name, bone): abs(offset)
+               for name in ANNOTATED if records[name]["status"] == "ok"
+               for bone, offset in records[name]["landmarks"]["band_offsets"].items()
+               if offset is not None}
+    far = sorted(key for key, offset in offsets.items() if offset > 0.10)
+    assert len(offsets) >= 60, len(offsets)
+    assert len(far) <= BANDS_FAR_FROM_MID_SHAFT_CEILING, far
 
 
 @pytest.mark.parametrize("name", [
