@@ -1140,7 +1140,7 @@ def _choose_consistent(candidates: dict[str, list[_CanonicalBone]]) -> dict[str,
     for choice in itertools.product(*(range(len(candidates[n])) for n in names)):
         bones = {n: candidates[n][k] for n, k in zip(names, choice, strict=True)}
         levels = [b.distal[1] for b in bones.values()]
-        lengths = [float(np.linalg.norm(b.distal - b.proximal)) for b in bones.values()]
+        lengths = [b.length for b in bones.values()]
         cost = -sum(b.score for b in bones.values())
         cost += 4.0 * max(0.0, (max(levels) - min(levels)) / PALM_RADIUS_PX - 0.3)
         cost += 4.0 * max(0.0, max(lengths) / max(min(lengths), 1.0) - 1.35)
@@ -1259,11 +1259,9 @@ def _even_out_lengths(bones: dict[str, _CanonicalBone]) -> dict[str, _CanonicalB
     evened = {}
     expected_lengths = _expected_lengths(bones)
     for name, bone in bones.items():
-        axis = bone.proximal - bone.distal
-        length = float(np.linalg.norm(axis))
         expected = expected_lengths[name]
-        if length < 0.9 * expected:
-            proximal = bone.distal + axis * (expected / length)
+        if bone.length < 0.9 * expected:
+            proximal = bone.distal + (bone.proximal - bone.distal) * (expected / bone.length)
             bone = replace(bone, proximal=proximal, centre=0.5 * (bone.distal + proximal))
         evened[name] = bone
     return evened
@@ -1298,7 +1296,7 @@ def _inconsistent(bones: dict[str, _CanonicalBone]) -> list[str]:
     if len(bones) < 3:
         return []
     levels = {name: bone.centre[1] for name, bone in bones.items()}
-    lengths = {name: np.linalg.norm(bone.distal - bone.proximal) for name, bone in bones.items()}
+    lengths = {name: bone.length for name, bone in bones.items()}
     level, length = np.median(list(levels.values())), np.median(list(lengths.values()))
     axis = np.mean([(b.distal - b.proximal) / max(lengths[name], 1e-9)
                     for name, b in bones.items()], axis=0)
@@ -1500,7 +1498,7 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     """
     if not canonical:
         return False, False, {}
-    lengths = [np.linalg.norm(b.distal - b.proximal) for b in canonical.values()]
+    lengths = [b.length for b in canonical.values()]
     features: dict[str, Any] = {
         "gaps_near_head": float(np.median([_gaps_near_head(image, b) for b in bones.values()])),
         "carpal_bone_fraction": _carpal_bone_fraction(smooth, field, canonical),
