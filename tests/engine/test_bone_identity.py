@@ -192,3 +192,30 @@ def test_a_hand_cut_by_the_field_read_from_the_wrong_side_is_refused():
     check = check_row(ridge, hand & field, mirrored, AXIS, -1.0, R, thumb_seen=False,
                       field=field)
     assert check.problem is not None
+
+
+@pytest.mark.xfail(strict=True, reason="known hole (issue 9): with the thumb unseen, a row "
+                   "read from the thumb's side can count MC1 as MC5; seen once, on "
+                   "dha_3270 turned 12 degrees with grey-padded corners")
+def test_a_row_read_from_the_thumb_side_with_mc1_counted_as_mc5_is_refused():
+    """Four rays (thumb adducted among them, the little finger not seen) tried from either
+    end: read from the thumb's end, the labels land on MC4, MC3, MC2, the thumb's stout
+    metacarpal 1.7 spacings beyond MC2 stands where MC5 should be, and the real MC5 and
+    the hypothenar make the hand reach further beyond "MC2" than beyond "MC5"."""
+    image = np.zeros((800, 1000), np.float32)
+    xs = {"MC5": 300.0, "MC4": 300.0 + SPACING, "MC3": 300.0 + 2 * SPACING,
+          "MC2": 300.0 + 3 * SPACING, "MC1": 300.0 + 4.7 * SPACING}
+    for name, x in xs.items():
+        half = {"MC5": 0.09, "MC1": 0.13}.get(name, 0.11) * R
+        cv2.rectangle(image, (int(x - half), int(LEVEL - 0.8 * R)),
+                      (int(x + half), int(LEVEL + 0.8 * R)), 1.0, -1)
+    hand = np.zeros(image.shape, np.uint8)
+    cv2.rectangle(hand, (int(xs["MC5"] - 0.35 * R), 0), (int(xs["MC1"] + 0.3 * R), 799), 1, -1)
+    ridge = _ridge_map(cv2.GaussianBlur((image * 0.6 + hand * 0.2).astype(np.float32),
+                                        (0, 0), 3), 0.07 * R)
+    assert check_row(ridge, hand, {n: np.array([xs[n], LEVEL]) for n in ("MC2", "MC3", "MC4")},
+                     AXIS, 1.0, R, thumb_seen=False).problem is None  # the right reading
+    from_thumb_side = {"MC2": np.array([xs["MC4"], LEVEL]), "MC3": np.array([xs["MC3"], LEVEL]),
+                       "MC4": np.array([xs["MC2"], LEVEL])}
+    check = check_row(ridge, hand, from_thumb_side, AXIS, -1.0, R, thumb_seen=False)
+    assert check.problem is not None
