@@ -416,9 +416,15 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     rays = []
     candidates: dict[str, list[_CanonicalBone]] = {}
     refined: dict[str, _Refined] = {}
+    little: list[_CanonicalBone] = []
     for finger, finger_name in zip(long_fingers, FINGER_NAMES, strict=False):
         name = BONE_FOR_FINGER[finger_name]
         rays.append((_rc(finger.base / scale), _rc(finger.tip / scale)))
+        if name == "MC5" and not thumb_seen and shafts is None:
+            # The thumb unseen, the ray read as the little finger may be the thumb: its
+            # metacarpal is looked for too (see THUMB_HEAD_SHIFT).
+            base, tip = frame.from_input(np.array([finger.base, finger.tip]) / scale)
+            little = _metacarpal_candidates(smooth, ridge, base, tip)
         if name != "MC5" and shafts is not None:
             candidates[name] = _shaft_candidates(smooth, ridge, shafts[name])
         elif name != "MC5":
@@ -504,6 +510,10 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
             problems.insert(0, Problem.of(
                 Code.IDENTITY_UNCERTAIN, "bone identity uncertain: the bones run on "
                 "proximally into further long bones (phalanges taken for metacarpals?)"))
+        elif not toddler and _thumb_read_as_little_finger(little, canonical_bones):
+            problems.insert(0, Problem.of(Code.IDENTITY_UNCERTAIN, "bone identity uncertain: "
+                                          "the ray read as the little finger has its "
+                                          "metacarpal head far proximal of MC4's (a thumb?)"))
         elif not toddler and _mc2_shorter_than_mc4(bones, thumb_seen):
             # MC2 is the longest metacarpal, MC4 about 15 % shorter: labels read from the
             # wrong side of the hand would make "MC2" (then MC5) the shorter one.
@@ -515,6 +525,28 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
                         rays_rc=tuple(rays), details=features)
+
+
+def _thumb_read_as_little_finger(little: list[_CanonicalBone],
+                                 bones: dict[str, _CanonicalBone]) -> bool:
+    """Four rays, the thumb unseen, read with one end as the index: the ray read as the
+    little finger is the thumb when none of its best three metacarpal candidates has its
+    head less than THUMB_HEAD_SHIFT of MC4's length proximal of MC4's head (the best
+    alone may be a segment running into the carpus). With the little finger missing from
+    the rays, the row of shafts alone can be read from the thumb's end (MC1 counted as
+    MC5): dha_3270 turned 12 degrees was so reported with MC2 and MC4 swapped."""
+    if not little or "MC4" not in bones:
+        return False
+    mc4 = bones["MC4"]
+    shifts = [candidate.distal[1] - mc4.distal[1] for candidate in little[:3]]
+    return bool(min(shifts) > THUMB_HEAD_SHIFT * mc4.length)
+
+
+# MC5's head lies a little proximal of MC4's (0.1-0.34 of a length on the real films,
+# the most from a poor candidate on a turned wrist film); the thumb's MCP joint far
+# proximal of the MCP line (0.52-0.54 on dha_3270), near MC2's distal third: MC1 is
+# about two thirds of MC2's length, its base beside MC2's.
+THUMB_HEAD_SHIFT = 0.4
 
 
 def _mc2_shorter_than_mc4(bones: dict[str, LocatedBone], thumb_seen: bool) -> bool:

@@ -194,9 +194,10 @@ def test_a_hand_cut_by_the_field_read_from_the_wrong_side_is_refused():
     assert check.problem is not None
 
 
-@pytest.mark.xfail(strict=True, reason="known hole (issue 9): with the thumb unseen, a row "
-                   "read from the thumb's side can count MC1 as MC5; seen once, on "
-                   "dha_3270 turned 12 degrees with grey-padded corners")
+@pytest.mark.xfail(strict=True, reason="the row alone cannot tell (issue 9): with the thumb "
+                   "unseen, read from the thumb's side it counts MC1 as MC5; the locator "
+                   "refuses such a reading by the thumb's metacarpal head (test_locate: "
+                   "test_a_thumb_read_as_the_little_finger_does_not_swap_the_labels)")
 def test_a_row_read_from_the_thumb_side_with_mc1_counted_as_mc5_is_refused():
     """Four rays (thumb adducted among them, the little finger not seen) tried from either
     end: read from the thumb's end, the labels land on MC4, MC3, MC2, the thumb's stout
