@@ -80,6 +80,18 @@ def test_bench_realworld_runs_on_one_real_image():
 
 
 @pytest.mark.slow
+def test_bench_realworld_turned_copies_of_one_annotated_image():
+    if not (REPO.parent / "shared" / "realdata" / "shsnet_rsna_train_img1.png").is_file():
+        pytest.skip("real radiographs not available (../shared/realdata absent)")
+    proc = subprocess.run([str(REPO / "scripts" / "bench_realworld"), "--only",
+                           "shsnet_rsna_train_img1.png", "--turned", "--jobs", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 copies" in proc.stdout and "of which on another bone: 0" in proc.stdout, (
+        proc.stdout)
+
+
+@pytest.mark.slow
 def test_bench_cluster_small_run_figures_are_sane():
     proc = subprocess.run([str(REPO / "scripts" / "bench_cluster"), "--images", "4",
                            "--nodes", "1,2", "--senders", "2", "--store-images", "20",

@@ -155,27 +155,41 @@ def _mirror_rot90(pixels: np.ndarray, spacing: float) -> tuple[np.ndarray, float
     return rotated, spacing, second @ first
 
 
-def _rot12(pixels: np.ndarray, spacing: float) -> tuple[np.ndarray, float, np.ndarray]:
-    """12 degrees counter-clockwise on a canvas grown to hold the whole image; the new
-    corners are padded with the median of the original border (its background)."""
+def _turned(pixels: np.ndarray, angle_deg: float, fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """``angle_deg`` counter-clockwise on a canvas grown to hold the whole image, the new
+    corners padded with ``fill``; (pixels, original -> new (row, col, 1) map)."""
     rows, cols = pixels.shape
-    angle = math.radians(12.0)
+    angle = math.radians(angle_deg)
     cos, sin = math.cos(angle), math.sin(angle)
-    new_cols = int(math.ceil(cols * cos + rows * sin))
-    new_rows = int(math.ceil(cols * sin + rows * cos))
+    new_cols = int(math.ceil(cols * abs(cos) + rows * abs(sin)))
+    new_rows = int(math.ceil(cols * abs(sin) + rows * abs(cos)))
     # In (x=col, y=row) with y down, a counter-clockwise turn on screen is
     # x' = cos*x + sin*y, y' = -sin*x + cos*y about the centre.
     cx, cy = (cols - 1) / 2, (rows - 1) / 2
     ncx, ncy = (new_cols - 1) / 2, (new_rows - 1) / 2
     xy = np.array([[cos, sin, ncx - cos * cx - sin * cy],
                    [-sin, cos, ncy + sin * cx - cos * cy]])
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     warped = cv2.warpAffine(pixels, xy, (new_cols, new_rows), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(np.median(border)))
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
     # Same map in (row, col): row' = y', col' = x'.
     rc = np.array([[xy[1, 1], xy[1, 0], xy[1, 2]], [xy[0, 1], xy[0, 0], xy[0, 2]],
                    [0.0, 0.0, 1.0]])
+    return warped, rc
+
+
+def _rot12(pixels: np.ndarray, spacing: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """12 degrees counter-clockwise; the new corners padded with the median of the
+    original border (its background)."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    warped, rc = _turned(pixels, 12.0, float(np.median(border)))
     return warped, spacing, rc
+
+
+def _black_corners(angle_deg: float) -> Transform:
+    def turn(pixels: np.ndarray, spacing: float) -> tuple[np.ndarray, float, np.ndarray]:
+        warped, rc = _turned(pixels, angle_deg, 0.0)
+        return warped, spacing, rc
+    return turn
 
 
 def _scale08(pixels: np.ndarray, spacing: float) -> tuple[np.ndarray, float, np.ndarray]:
@@ -201,11 +215,18 @@ TRANSFORMS: dict[str, Transform] = {
 }
 
 
+# Turned by odd angles with black corners, as an image turned in software before it is
+# sent would be: the labels of the annotated films must hold (bench_realworld --turned).
+TURNED: dict[str, Transform] = {f"turn{angle:+g}": _black_corners(angle)
+                                for angle in (7.0, -12.0, 20.0, -33.0)}
+
+
 def transformed(radiograph: Radiograph, name: str) -> tuple[Radiograph, np.ndarray]:
     """The radiograph with a transform applied, and the original -> new (row, col) map."""
     if radiograph.pixel_spacing_mm is None:
         raise ValueError(f"transform {name}: the image needs a pixel spacing")
-    pixels, spacing, matrix = TRANSFORMS[name](radiograph.pixels, radiograph.pixel_spacing_mm)
+    transform = TRANSFORMS.get(name) or TURNED[name]
+    pixels, spacing, matrix = transform(radiograph.pixels, radiograph.pixel_spacing_mm)
     return replace(radiograph, pixels=pixels.astype(np.float32, copy=False),
                    pixel_spacing_mm=spacing), matrix
 
@@ -309,6 +330,24 @@ def landmark_check(record: dict, marks: dict) -> dict[str, Any]:
             "band_offsets": offsets,
             "laterality_expected": expected,
             "laterality_ok": expected is None or record["laterality"] in (None, expected)}
+
+
+def across_own_bone(record: dict, marks: dict, name: str) -> bool:
+    """A bone judged wrong by ``landmark_check`` still lies on its own annotated bone
+    across the axis (the band moved along it, to a head or a base): within half the
+    annotated spacing of its mark, and nearer to it than to the others, across its axis."""
+    bone = record["bones"][name]
+    if "axis_rc" not in bone or name not in marks:
+        return False
+    points = {n: np.asarray(marks[n], float) for n in BONE_NAMES if n in marks}
+    ordered = [points[n] for n in BONE_NAMES if n in points]
+    spacing = float(np.mean([np.linalg.norm(b - a) for a, b in zip(ordered, ordered[1:],
+                                                                   strict=False)]))
+    axis, centre = np.asarray(bone["axis_rc"], float), np.asarray(bone["center_rc"], float)
+    across = {n: abs(float(axis[0] * (centre - p)[1] - axis[1] * (centre - p)[0]))
+              for n, p in points.items()}
+    return (across[name] <= LANDMARK_SPACING_SHARE * spacing
+            and min(across, key=across.__getitem__) == name)
 
 
 def agreement(original: dict, other: dict) -> tuple[bool, str]:

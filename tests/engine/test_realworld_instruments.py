@@ -12,14 +12,14 @@ import pytest
 from dxr_node.evaluation import realworld as rw
 
 
-@pytest.mark.parametrize("name", sorted(rw.TRANSFORMS))
+@pytest.mark.parametrize("name", sorted({**rw.TRANSFORMS, **rw.TURNED}))
 def test_transform_maps_a_point_where_its_pixel_went(name):
     rows, cols = 300, 220
     pixels = np.zeros((rows, cols), np.float32)
     point = np.array([70.0, 150.0])
     yy, xx = np.mgrid[0:rows, 0:cols]
     pixels += np.exp(-((yy - point[0]) ** 2 + (xx - point[1]) ** 2) / (2 * 4.0**2))
-    moved, spacing, matrix = rw.TRANSFORMS[name](pixels, 0.1)
+    moved, spacing, matrix = {**rw.TRANSFORMS, **rw.TURNED}[name](pixels, 0.1)
     where = matrix @ np.array([*point, 1.0])
     # The blob's intensity-weighted centre in the transformed image is where M says.
     weights = moved / moved.sum()
@@ -48,6 +48,22 @@ def test_landmark_judge_accepts_the_annotated_bones_and_flags_a_shift_by_one():
     # A rejected analysis reports nothing ok, so nothing is a wrong bone reported ok.
     shifted["status"] = "rejected"
     assert rw.landmark_check(shifted, MARKS)["wrong"] == []
+
+
+def test_a_band_moved_along_its_own_bone_is_told_from_a_wrong_bone():
+    """Bones up the image, 400 px long, 100 px apart: MC2's band 120 px distal is judged
+    wrong (not the mid-shaft measurement) yet lies on MC2 across the axis; a band between
+    MC2 and MC3 lies on neither."""
+    def record_with(mc2_centre):
+        record = _record(centres={"MC2": mc2_centre, "MC3": (500, 600), "MC4": (510, 500)})
+        for bone in record["bones"].values():
+            bone.update(length_px=400.0, axis_rc=[-1.0, 0.0])
+        return record
+
+    along = record_with((380, 700))
+    assert rw.landmark_check(along, MARKS)["wrong"] == ["MC2"]
+    assert rw.across_own_bone(along, MARKS, "MC2")
+    assert not rw.across_own_bone(record_with((500, 640)), MARKS, "MC2")
 
 
 def test_landmark_judge_measures_how_far_along_its_bone_a_band_lies():
