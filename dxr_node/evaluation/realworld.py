@@ -296,6 +296,14 @@ def run_image_or_crash(path: Path, transform: str | None = None, **options: Any
 
 # --- judging ------------------------------------------------------------------------------
 
+def _marked_centres(marks: dict) -> tuple[dict[str, np.ndarray], float]:
+    """The annotated mid-shaft centres and their mean spacing (neighbour to neighbour)."""
+    points = {name: np.asarray(marks[name], float) for name in BONE_NAMES if name in marks}
+    ordered = [points[n] for n in BONE_NAMES if n in points]
+    gaps = [float(np.linalg.norm(b - a)) for a, b in zip(ordered, ordered[1:], strict=False)]
+    return points, float(np.mean(gaps)) if gaps else float("inf")
+
+
 def landmark_check(record: dict, marks: dict) -> dict[str, Any]:
     """Which reported bones lie on their annotated bone (see LANDMARK_SPACING_SHARE).
 
@@ -303,10 +311,7 @@ def landmark_check(record: dict, marks: dict) -> dict[str, Any]:
     ``wrong_partial`` those of a rejected result that still lists bones (its overlay
     shows them labelled).
     """
-    points = {name: np.asarray(marks[name], float) for name in BONE_NAMES if name in marks}
-    ordered = [points[n] for n in BONE_NAMES if n in points]
-    gaps = [float(np.linalg.norm(b - a)) for a, b in zip(ordered, ordered[1:], strict=False)]
-    spacing = float(np.mean(gaps)) if gaps else float("inf")
+    points, spacing = _marked_centres(marks)
     on_bone: dict[str, bool] = {}
     wrong: list[str] = []
     wrong_partial: list[str] = []
@@ -339,10 +344,7 @@ def across_own_bone(record: dict, marks: dict, name: str) -> bool:
     bone = record["bones"][name]
     if "axis_rc" not in bone or name not in marks:
         return False
-    points = {n: np.asarray(marks[n], float) for n in BONE_NAMES if n in marks}
-    ordered = [points[n] for n in BONE_NAMES if n in points]
-    spacing = float(np.mean([np.linalg.norm(b - a) for a, b in zip(ordered, ordered[1:],
-                                                                   strict=False)]))
+    points, spacing = _marked_centres(marks)
     axis, centre = np.asarray(bone["axis_rc"], float), np.asarray(bone["center_rc"], float)
     across = {n: abs(float(axis[0] * (centre - p)[1] - axis[1] * (centre - p)[0]))
               for n, p in points.items()}
