@@ -39,6 +39,7 @@ MATCH_SPACING_SHARE = 0.3
 ROW_INDEX = {"MC2": 0, "MC3": 1, "MC4": 2}  # place in the row from the thumb side
 # MC5 is thinner than MC4: its ridge is at least this share of MC4's.
 MC5_LEVEL = 0.5
+MIN_ROW_GAP = 0.5  # neighbouring shafts of the row: at least this share of the spacing
 SIXTH_LEVEL = 0.45  # a shaft beyond MC5 this strong (share of MC2-MC4) is a metacarpal
 # Median share of the axis beyond the bases that looks like a further long bone, above
 # which the "metacarpals" are taken to be phalanges (metacarpals seen: <= 0.5).
@@ -51,6 +52,11 @@ MIN_THUMB_SIDE_MARGIN = 0.2
 # exposed field is cut by it there: its extent on that side is unknown.
 FIELD_EDGE_REACH = 0.1
 MAX_ULNAR_EXTENT = 1.6  # shaft spacings: beyond MC5 the hand ends within about one
+# A gap in the hand's mask across the palm at most this wide (palm radii) between two parts
+# of the hand is a crack in the mask, not its edge: on films with dim palm soft tissue the
+# clefts between the fingers reach down between the metacarpal shafts (0.16-0.28 seen),
+# while the palm is whole there. (The first web, thumb to index, seen: 0.4 and more.)
+MAX_MASK_CRACK = 0.3
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,8 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
     points = (origin + along[:, None, None] * palm_radius * axis
               + across[None, :, None] * palm_radius * normal)
     strength = _sample(ridge, points).mean(axis=0)
-    inside = _sample(hand.astype(np.float32), points).mean(axis=0) > 0.5
+    inside = _bridge_cracks(_sample(hand.astype(np.float32), points).mean(axis=0) > 0.5,
+                            int(MAX_MASK_CRACK / 0.01))
     labelled = {n: float(np.dot(centres[n] - origin, normal) / palm_radius) for n in names}
     # The run of the hand containing the labelled bones (a second hand is another run).
     middle = int(np.argmin(np.abs(across - np.mean(list(labelled.values())))))
@@ -164,9 +171,14 @@ def _check_row_at(ridge: np.ndarray, hand: np.ndarray, centres: dict[str, np.nda
             return IdentityCheck("bone identity uncertain: the labelled bones are not "
                                  "neighbouring shafts in order", {}, **result)
     mc4_index = first - 2
-    spacing = float(np.mean(np.abs(np.diff([labelled[n] for n in names]))))
+    # The row's shafts MC4..MC2 (unlabelled ones included) lie a spacing apart: two peaks
+    # closer than half of it are one bone seen twice or a crossing bone, not two shafts.
+    row = shafts[max(mc4_index, 0):min(first, len(shafts) - 1) + 1]
+    if len(row) > 1 and np.diff(row).min() < MIN_ROW_GAP * spacing:
+        return IdentityCheck("bone identity uncertain: two shafts of the row closer than "
+                             "metacarpals lie", {}, **result)
     beyond = [k for k in range(mc4_index)
-              if 0.5 * spacing <= shafts[mc4_index] - shafts[k] <= 1.8 * spacing]
+              if MIN_ROW_GAP * spacing <= shafts[mc4_index] - shafts[k] <= 1.8 * spacing]
     fifth = sorted(beyond, key=lambda k: -heights[k])
     if not fifth or heights[fifth[0]] < MC5_LEVEL * heights[mc4_index]:
         return IdentityCheck("bone identity uncertain: no fifth metacarpal on the ulnar side "
@@ -272,6 +284,19 @@ def _leaves_field(exposed: np.ndarray, end: int, step: int, reach: int) -> bool:
     return bool((exposed[beyond] < 0.5).any())
 
 
+def _bridge_cracks(inside: np.ndarray, max_gap: int) -> np.ndarray:
+    """``inside`` with its gaps of at most ``max_gap`` samples between two inside runs
+    filled."""
+    bridged = inside.copy()
+    starts = np.flatnonzero(inside[1:] & ~inside[:-1]) + 1  # first inside after a gap
+    ends = np.flatnonzero(inside[:-1] & ~inside[1:]) + 1  # first outside after a run
+    for end in ends:
+        later = starts[starts > end]
+        if len(later) and later[0] - end <= max_gap:
+            bridged[end:later[0]] = True
+    return bridged
+
+
 def _run_around(inside: np.ndarray, index: int) -> tuple[int, int] | None:
     if not inside[index]:
         return None
@@ -341,7 +366,7 @@ def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
         if band.size == 0:
             continue
         strength = band.mean(axis=0)
-        inside = hand[int(y)] > 0
+        inside = _bridge_cracks(hand[int(y)] > 0, int(MAX_MASK_CRACK * palm_radius))
         runs = _runs(inside)
         for low, high in runs:
             if high - low < 1.0 * palm_radius:
