@@ -724,9 +724,12 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
     thresholds are tried, on the image and on its background-flattened copy.
     """
     found = []  # (key, outline contrast, (mask, palm centre, palm radius, fingers))
+    # Where a protrusion touching the field's edge is cut by it (the forearm).
+    near_field_edge = cv2.erode(field, _disc(6)) == 0
     for image in (_flatten_background(work, field), work, _remove_local_background(work)):
         grey = (np.clip(cv2.GaussianBlur(image, (0, 0), 2) / max(image.max(), 1e-6), 0, 1)
                 * 255).astype(np.uint8)
+        levels = _OutlineLevels(image, field)
         for method in (cv2.THRESH_TRIANGLE, cv2.THRESH_OTSU):
             threshold, _ = cv2.threshold(grey, 0, 255, method)
             mask = _hand_mask(grey > threshold, field)
@@ -740,13 +743,14 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
             # A leak into the margins lengthens the outline more than it adds area.
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             ragged = sum(cv2.arcLength(c, True) for c in contours) / math.sqrt(mask.sum())
-            contrast = _outline_contrast(image, field, mask)
+            contrast = levels.contrast(mask)
             for palm_centre, palm_radius in _palm_candidates(dist):
                 ridge = _ridge_map(image, 0.06 * palm_radius)
                 # A larger opening also frees fingers held together (two fingers are
                 # about as wide as the smaller disc).
                 for opening in (0.45, 0.6):
-                    fingers = _fingers(mask, ridge, field, palm_centre, palm_radius, opening)
+                    fingers = _fingers(mask, dist, ridge, near_field_edge, palm_centre,
+                                       palm_radius, opening)
                     key = (_hand_like(fingers), len(fingers) == 5, -abs(len(fingers) - 5),
                            -ragged, palm_radius)
                     found.append((key, contrast, (mask, palm_centre, palm_radius, fingers)))
@@ -804,16 +808,28 @@ def _palm_candidates(dist: np.ndarray) -> list[tuple[np.ndarray, float]]:
     return chosen
 
 
-def _outline_contrast(image: np.ndarray, field: np.ndarray, mask: np.ndarray) -> float:
-    """Level just outside the mask, from the background (0) to the mask's inside (1)."""
-    smooth = cv2.GaussianBlur(image, (0, 0), 1)
-    ring = (cv2.dilate(mask, _disc(4)) - cv2.dilate(mask, _disc(1))) & field
-    inner = cv2.erode(mask, _disc(4))
-    if not ring.any() or not inner.any():
-        return 1.0
-    background = np.percentile(smooth[field > 0], 5)
-    inside = np.median(smooth[inner > 0])
-    return float((np.median(smooth[ring > 0]) - background) / max(inside - background, 1e-6))
+class _OutlineLevels:
+    """Outline contrast of masks on one image; the smoothed image and its background level
+    are the same for every mask tried on it, so they are computed once (on first use)."""
+
+    def __init__(self, image: np.ndarray, field: np.ndarray) -> None:
+        self.image = image
+        self.field = field
+        self.smooth: np.ndarray | None = None
+        self.background = 0.0
+
+    def contrast(self, mask: np.ndarray) -> float:
+        """Level just outside the mask, from the background (0) to the mask's inside (1)."""
+        if self.smooth is None:
+            self.smooth = cv2.GaussianBlur(self.image, (0, 0), 1)
+            self.background = np.percentile(self.smooth[self.field > 0], 5)
+        smooth, background = self.smooth, self.background
+        ring = (cv2.dilate(mask, _disc(4)) - cv2.dilate(mask, _disc(1))) & self.field
+        inner = cv2.erode(mask, _disc(4))
+        if not ring.any() or not inner.any():
+            return 1.0
+        inside = np.median(smooth[inner > 0])
+        return float((np.median(smooth[ring > 0]) - background) / max(inside - background, 1e-6))
 
 
 def _hand_like(fingers: list[_Finger]) -> bool:
@@ -849,16 +865,16 @@ def _disc(radius: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 
 
-def _fingers(mask: np.ndarray, ridge: np.ndarray, field: np.ndarray, palm_centre: np.ndarray,
-             palm_radius: float, opening: float) -> list[_Finger]:
+def _fingers(mask: np.ndarray, dist: np.ndarray, ridge: np.ndarray, edge: np.ndarray,
+             palm_centre: np.ndarray, palm_radius: float, opening: float) -> list[_Finger]:
     """Finger-like protrusions of the mask (what a half-palm-sized opening removes).
 
+    ``dist`` is the mask's distance transform, ``edge`` the pixels near the field's edge.
     Fingers held together make one protrusion: it is split by the number of bone
     ridges running along it.
     """
-    palm = _open_with_disc(mask, opening * palm_radius)
+    palm = _open_with_disc(dist, opening * palm_radius)
     protrusions = cv2.erode(mask & (1 - palm), _disc(1))
-    edge = cv2.erode(field, _disc(6)) == 0
     count, labels, stats, _ = cv2.connectedComponentsWithStats(protrusions, connectivity=4)
     found = []
     for label in range(1, count):
@@ -904,10 +920,11 @@ def _fingers(mask: np.ndarray, ridge: np.ndarray, field: np.ndarray, palm_centre
     return sorted(fingers, key=lambda f: f.rel_angle)
 
 
-def _open_with_disc(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Morphological opening by a Euclidean disc through two distance transforms (a large
-    disc as a structuring element is slow)."""
-    core = (cv2.distanceTransform(mask, cv2.DIST_L2, 5) > radius).astype(np.uint8)
+def _open_with_disc(dist: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological opening by a Euclidean disc of the mask whose distance transform is
+    ``dist``, through a second distance transform (a large disc as a structuring element
+    is slow)."""
+    core = (dist > radius).astype(np.uint8)
     return (cv2.distanceTransform(1 - core, cv2.DIST_L2, 5) <= radius).astype(np.uint8)
 
 
