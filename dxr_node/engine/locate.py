@@ -1019,11 +1019,15 @@ def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Bilinear samples at float (x, y) positions (any shape); 0 outside the image."""
     xs = np.asarray(xs, dtype=np.float32)
     ys = np.asarray(ys, dtype=np.float32)
-    # remap wants maps under 32767 on a side: fold the samples into rows of 1024.
+    # remap wants maps under 32767 on a side: fold the samples into rows of 1024 (the
+    # padding's samples are dropped; zeros are cheaper to pad with than np.resize's repeats).
     count = xs.size
     padded = -(-count // 1024) * 1024
-    map_x = np.resize(xs.ravel(), padded).reshape(-1, 1024)
-    map_y = np.resize(ys.ravel(), padded).reshape(-1, 1024)
+    flat_x = np.zeros(padded, np.float32)
+    flat_y = np.zeros(padded, np.float32)
+    flat_x[:count] = xs.ravel()
+    flat_y[:count] = ys.ravel()
+    map_x, map_y = flat_x.reshape(-1, 1024), flat_y.reshape(-1, 1024)
     values = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                        borderValue=0)
     return values.ravel()[:count].reshape(xs.shape)
