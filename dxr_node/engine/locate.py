@@ -35,7 +35,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -85,6 +85,10 @@ PHYSIS_MIN_BONES = 2
 # end as found (a child's head may end at its physis, 0.4-0.9 widths short of the joint);
 # farther, the end is not where it was found and no band can be placed beside the joint.
 PHYSIS_JOINT_REACH = 1.25
+# Padding is a flat polygon of few straight sides: a corner (3-6) or, where an image
+# already padded is turned again, its corners joined around the border (12-13 seen); a
+# background clipped to its lowest value follows the hand's outline (many more).
+MAX_PADDING_VERTICES = 16
 MAX_FINGER_GAP_DEG = 40.0  # between neighbouring long fingers seen from the palm centre
 OUTLINE_ON_BACKGROUND = 0.2  # outline level, background 0 to hand inside 1
 WIDER_PALM = 1.25  # palm radius of a hand mask around a mask of the bones
@@ -161,12 +165,12 @@ def locate_upright(pixels: np.ndarray, pixel_spacing_mm: float | None = None,
     if not np.isfinite(image).all():
         raise LocateError("the image holds NaN or infinite pixel values")
     downscaled = _downscale(image)
-    readings = _hand_and_fingers(*downscaled[:2])
+    readings = _hand_and_fingers(downscaled.work, downscaled.field)
     pose = _pose(image.shape, readings)
     if not pose.identity:
         image = pose.upright(image)
         downscaled = _downscale(image)
-        readings = _hand_and_fingers(*downscaled[:2])
+        readings = _hand_and_fingers(downscaled.work, downscaled.field)
     location = _locate_in_readings(image, pixel_spacing_mm,
                                    pose.laterality_in_upright(expected_laterality),
                                    downscaled, readings)
@@ -204,10 +208,10 @@ def location_to_input(location: HandLocation, pose: Pose) -> HandLocation:
 
 
 def _locate_in_readings(image: np.ndarray, pixel_spacing_mm: float | None,
-                        expected_laterality: str | None, downscaled: tuple,
+                        expected_laterality: str | None, downscaled: _Downscaled,
                         readings: list[tuple]) -> HandLocation:
     """The first reading of the hand whose metacarpals hold, else why the best failed."""
-    _, exposed, scale, grey_range = downscaled
+    exposed, scale, grey_range = downscaled.field, downscaled.scale, downscaled.grey_range
     if not readings:
         return _failed("no hand found: not a hand radiograph", code=Code.NOT_A_HAND)
     tried = []
@@ -617,19 +621,23 @@ class _Finger:
     rel_angle: float  # angle of the tip around the palm centre, relative to the mean
 
 
-def _downscale(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple[float, float]]:
-    """Copy whose longest side is WORK_SIZE, its exposed field, and its grey range.
+class _Downscaled(NamedTuple):
+    """The working copy of the image (longest side WORK_SIZE)."""
 
-    Returns (work image normalised to 0..1 over the field, field mask, scale from input to
-    work, (low, high) input grey levels). Outside the field is set to the background.
-    """
+    work: np.ndarray  # normalised to 0..1 over the field; outside it, the background
+    field: np.ndarray  # exposed field mask
+    scale: float  # input -> work
+    grey_range: tuple[float, float]  # (low, high) input grey levels
+
+
+def _downscale(image: np.ndarray) -> _Downscaled:
     scale = min(1.0, WORK_SIZE / max(image.shape))
     small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     field = _exposed_field(small) & (1 - _padding(small))
     low, high = (float(v) for v in np.percentile(small[field > 0], [0.5, 99.5]))
     work = _normalise(small, low, high)
     work[field == 0] = np.percentile(work[field > 0], 2)
-    return work, field, scale, (low, high)
+    return _Downscaled(work, field, scale, (low, high))
 
 
 def _flatten_background(work: np.ndarray, field: np.ndarray) -> np.ndarray:
@@ -650,12 +658,30 @@ def _flatten_background(work: np.ndarray, field: np.ndarray) -> np.ndarray:
     return np.clip(work - plane.astype(np.float32), 0, 1)
 
 
-def _remove_local_background(work: np.ndarray) -> np.ndarray:
+def _remove_local_background(work: np.ndarray, field: np.ndarray) -> np.ndarray:
     """The image minus its opening by a disc wider than a hand is thick (strong, uneven
-    background gradients); computed at a quarter of the size, which is plenty for it."""
+    background gradients); computed at a quarter of the size, which is plenty for it.
+    The opening, its smoothing and its upsampling are the field's own: the dark fill
+    outside it, mixed in, would lower the background along the field's edge and leave a
+    bright rim there that joins the hand (a slanted edge, as of an image turned in
+    software, is no image border)."""
     small = cv2.resize(work, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
-    background = cv2.morphologyEx(small, cv2.MORPH_OPEN, _disc(0.12 * min(small.shape)))
-    background = cv2.resize(cv2.GaussianBlur(background, (0, 0), 2), work.shape[::-1],
+    # Less the quarter-size pixels along the edge, which the fill is averaged into.
+    inside = cv2.erode(cv2.resize(field, small.shape[::-1], interpolation=cv2.INTER_AREA),
+                       _disc(1)) > 0
+    if not inside.any():
+        inside = np.ones(small.shape, bool)
+    disc = _disc(0.12 * min(small.shape))
+    eroded = cv2.erode(np.where(inside, small, small.max()).astype(np.float32), disc)
+    background = cv2.dilate(np.where(inside, eroded, 0.0).astype(np.float32), disc)
+    # Smoothed with the field's pixels only, and carried beyond its edge by the nearest
+    # values, so the upsampling mixes no fill in either.
+    weight = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 2)
+    smooth = cv2.GaussianBlur(np.where(inside, background, 0.0).astype(np.float32), (0, 0), 2)
+    reach = weight > 0.2
+    background = np.where(reach, smooth / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
+    background = np.where(reach, background, cv2.dilate(background, _disc(4)))
+    background = cv2.resize(background.astype(np.float32), work.shape[::-1],
                             interpolation=cv2.INTER_LINEAR)
     return np.clip(work - background, 0, 1)
 
@@ -703,7 +729,7 @@ def _padding(image: np.ndarray) -> np.ndarray:
         region = (labels == label).astype(np.uint8)
         contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         polygon = cv2.approxPolyDP(max(contours, key=cv2.contourArea), 2.0, True)
-        if len(polygon) <= 6:
+        if len(polygon) <= MAX_PADDING_VERTICES:
             padding |= region
     # The interpolated rim of the padding is no darker than its inside: drop it too.
     return cv2.dilate(padding, _disc(2))
@@ -726,7 +752,7 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
     found = []  # (key, outline contrast, (mask, palm centre, palm radius, fingers))
     # Where a protrusion touching the field's edge is cut by it (the forearm).
     near_field_edge = cv2.erode(field, _disc(6)) == 0
-    for image in (_flatten_background(work, field), work, _remove_local_background(work)):
+    for image in (_flatten_background(work, field), work, _remove_local_background(work, field)):
         grey = (np.clip(cv2.GaussianBlur(image, (0, 0), 2) / max(image.max(), 1e-6), 0, 1)
                 * 255).astype(np.uint8)
         levels = _OutlineLevels(image, field)

@@ -276,7 +276,8 @@ def run_image(path: Path, transform: str | None = None, spacing_mm: float | None
     if preview_dir is not None:
         preview_dir.mkdir(parents=True, exist_ok=True)
         write_preview(radiograph, analysis, record, landmarks,
-                      preview_dir / f"{path.stem}{'' if not transform else '_' + transform}.png")
+                      preview_dir / f"{path.stem}{'' if not transform else '_' + transform}.png",
+                      matrix)
     return record
 
 
@@ -376,9 +377,12 @@ def agreement(original: dict, other: dict) -> tuple[bool, str]:
 # --- preview ------------------------------------------------------------------------------
 
 def write_preview(radiograph: Radiograph, analysis: Analysis, record: dict,
-                  landmarks: dict | None, target: Path) -> None:
+                  landmarks: dict | None, target: Path, matrix: np.ndarray | None = None
+                  ) -> None:
     """Downscaled image with each bone's axis, ROI and label (green: ok result; orange:
-    partial result of a rejected analysis), annotated landmarks (cyan) and the verdict."""
+    partial result of a rejected analysis), annotated landmarks (cyan; moved by
+    ``matrix``, original -> this copy's (row, col, 1), on a transformed copy) and the
+    verdict."""
     display = to_display_uint8(radiograph.pixels)
     rows, cols = display.shape
     scale = min(1.0, PREVIEW_SIDE / max(rows, cols))
@@ -401,7 +405,8 @@ def write_preview(radiograph: Radiograph, analysis: Analysis, record: dict,
     if landmarks:
         for name in BONE_NAMES:
             if name in landmarks:
-                x, y = pt(landmarks[name])
+                mark = np.array([*landmarks[name], 1.0])
+                x, y = pt((matrix @ mark)[:2] if matrix is not None else mark[:2])
                 cv2.drawMarker(image, (x, y), (255, 255, 0), cv2.MARKER_CROSS, 14, 2)
                 cv2.putText(image, name[-1], (x - 16, y - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                             (255, 255, 0), 1, cv2.LINE_AA)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dxr_node.engine import image
+from dxr_node.engine import image, locate
 from dxr_node.engine.locate import LocateError, locate_metacarpals
 from dxr_node.engine.result import ProblemCode
 from dxr_node.phantom import generate
@@ -328,6 +328,10 @@ def _rotated_with_padding(pixels: np.ndarray, angle_deg: float, points: dict):
     ("shsnet_rsna_train_img95.png", -30.0),
     ("shsnet_rsna_train_img43.png", -120.0),
     ("shsnet_rsna_train_img43.png", -30.0),
+    # img1 has black corners of its own: turned again, they join the new ones around the
+    # border into one flat polygon of 12-13 sides, once left in the field as background.
+    ("shsnet_rsna_train_img1.png", 7.0),
+    ("shsnet_rsna_train_img1.png", -12.0),
 ])
 def test_real_image_rotated_with_black_corners(name, angle_deg):
     """The black corners a rotation leaves are no background: taken for it, the whole
@@ -340,6 +344,37 @@ def test_real_image_rotated_with_black_corners(name, angle_deg):
     spacing = math.dist(where["MC2"], where["MC4"]) / 2
     for bone in BONES:
         assert math.dist(found.bones[bone].center_rc, where[bone]) <= 0.35 * spacing, bone
+
+
+def _field_turned(angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A uniform background (0.3, brighter than the dark fill 0.05 outside the field) on a
+    canvas turned by angle_deg: (work image, field mask, padding mask)."""
+    inside = np.full((400, 300), 255, np.uint8)
+    turned, _ = _rotated_with_padding(inside, angle_deg, {})
+    field = (turned > 127).astype(np.uint8)
+    work = np.where(field > 0, 0.3, 0.05).astype(np.float32)
+    return work, field, 1 - field
+
+
+def test_the_local_background_leaves_no_bright_rim_along_a_slanted_field_edge():
+    """The opening that estimates the background is the field's own: the dark fill outside
+    a turned image's field, eroded in, left a bright rim along its edge that joined the
+    hand's mask there (scaph_02765799 turned 7 degrees)."""
+    work, field, _ = _field_turned(7.0)
+    flattened = locate._remove_local_background(work, field)
+    assert float(flattened[field > 0].max()) < 0.02
+
+
+@pytest.mark.parametrize("angle_deg", [7.0, -12.0, 20.0])
+def test_padding_turned_twice_is_found_as_one_polygon(angle_deg):
+    """img1 (RSNA) has black corners of its own; turned again, they join the new ones
+    around the border into one flat region of 12-13 straight sides (more than a corner's
+    3-6): padding all the same, not background (the whole field became the "hand")."""
+    turned, _ = _rotated_with_padding(_real("shsnet_rsna_train_img1.png"), angle_deg, {})
+    padding = locate._padding(turned)
+    content = cv2.erode((turned > 0).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert padding[turned == 0].mean() > 0.99
+    assert not padding[content].any()
 
 
 @pytest.mark.parametrize("angle_deg", [12.0, -12.0, 20.0])
