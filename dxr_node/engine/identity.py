@@ -366,7 +366,7 @@ def find_row(ridge: np.ndarray, hand: np.ndarray, top_y: float, bottom_y: float,
         if band.size == 0:
             continue
         strength = band.mean(axis=0)
-        inside = _bridge_cracks(hand[int(y)] > 0, int(MAX_MASK_CRACK * palm_radius))
+        inside = hand[int(y)] > 0
         runs = _runs(inside)
         for low, high in runs:
             if high - low < 1.0 * palm_radius:

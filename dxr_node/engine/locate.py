@@ -658,30 +658,12 @@ def _flatten_background(work: np.ndarray, field: np.ndarray) -> np.ndarray:
     return np.clip(work - plane.astype(np.float32), 0, 1)
 
 
-def _remove_local_background(work: np.ndarray, field: np.ndarray) -> np.ndarray:
+def _remove_local_background(work: np.ndarray) -> np.ndarray:
     """The image minus its opening by a disc wider than a hand is thick (strong, uneven
-    background gradients); computed at a quarter of the size, which is plenty for it.
-    The opening, its smoothing and its upsampling are the field's own: the dark fill
-    outside it, mixed in, would lower the background along the field's edge and leave a
-    bright rim there that joins the hand (a slanted edge, as of an image turned in
-    software, is no image border)."""
+    background gradients); computed at a quarter of the size, which is plenty for it."""
     small = cv2.resize(work, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
-    # Less the quarter-size pixels along the edge, which the fill is averaged into.
-    inside = cv2.erode(cv2.resize(field, small.shape[::-1], interpolation=cv2.INTER_AREA),
-                       _disc(1)) > 0
-    if not inside.any():
-        inside = np.ones(small.shape, bool)
-    disc = _disc(0.12 * min(small.shape))
-    eroded = cv2.erode(np.where(inside, small, small.max()).astype(np.float32), disc)
-    background = cv2.dilate(np.where(inside, eroded, 0.0).astype(np.float32), disc)
-    # Smoothed with the field's pixels only, and carried beyond its edge by the nearest
-    # values, so the upsampling mixes no fill in either.
-    weight = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 2)
-    smooth = cv2.GaussianBlur(np.where(inside, background, 0.0).astype(np.float32), (0, 0), 2)
-    reach = weight > 0.2
-    background = np.where(reach, smooth / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
-    background = np.where(reach, background, cv2.dilate(background, _disc(4)))
-    background = cv2.resize(background.astype(np.float32), work.shape[::-1],
+    background = cv2.morphologyEx(small, cv2.MORPH_OPEN, _disc(0.12 * min(small.shape)))
+    background = cv2.resize(cv2.GaussianBlur(background, (0, 0), 2), work.shape[::-1],
                             interpolation=cv2.INTER_LINEAR)
     return np.clip(work - background, 0, 1)
 
@@ -752,7 +734,7 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
     found = []  # (key, outline contrast, (mask, palm centre, palm radius, fingers))
     # Where a protrusion touching the field's edge is cut by it (the forearm).
     near_field_edge = cv2.erode(field, _disc(6)) == 0
-    for image in (_flatten_background(work, field), work, _remove_local_background(work, field)):
+    for image in (_flatten_background(work, field), work, _remove_local_background(work)):
         grey = (np.clip(cv2.GaussianBlur(image, (0, 0), 2) / max(image.max(), 1e-6), 0, 1)
                 * 255).astype(np.uint8)
         levels = _OutlineLevels(image, field)

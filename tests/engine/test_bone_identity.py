@@ -124,13 +124,11 @@ def test_a_label_between_shafts_is_not_taken_for_a_hidden_bone():
 def test_a_thin_crack_in_the_hand_mask_between_shafts_is_not_the_hands_edge(between):
     """On films with dim palm soft tissue the clefts between the fingers reach down
     between the shafts in the mask (scaph_17781310, scaph_20047064: 0.16-0.28 palm radii
-    wide): the palm is whole there, and the row is read across the crack."""
+    wide): the palm is whole there, and the labels are checked across the crack."""
     ridge, hand, xs = _palm()
     middle = int(round((xs[between[0]] + xs[between[1]]) / 2))
     hand[:, middle - int(0.1 * R): middle + int(0.1 * R)] = 0
     assert check_row(ridge, hand, _centres(xs), AXIS, 1.0, R).problem is None
-    row = find_row(ridge, hand, LEVEL - R, LEVEL + R, R)
-    assert row is not None and abs(row.xs[0] - xs["MC2"]) < 0.1 * R
 
 
 def test_a_gap_as_wide_as_the_first_web_still_ends_the_hand():

@@ -346,25 +346,6 @@ def test_real_image_rotated_with_black_corners(name, angle_deg):
         assert math.dist(found.bones[bone].center_rc, where[bone]) <= 0.35 * spacing, bone
 
 
-def _field_turned(angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A uniform background (0.3, brighter than the dark fill 0.05 outside the field) on a
-    canvas turned by angle_deg: (work image, field mask, padding mask)."""
-    inside = np.full((400, 300), 255, np.uint8)
-    turned, _ = _rotated_with_padding(inside, angle_deg, {})
-    field = (turned > 127).astype(np.uint8)
-    work = np.where(field > 0, 0.3, 0.05).astype(np.float32)
-    return work, field, 1 - field
-
-
-def test_the_local_background_leaves_no_bright_rim_along_a_slanted_field_edge():
-    """The opening that estimates the background is the field's own: the dark fill outside
-    a turned image's field, eroded in, left a bright rim along its edge that joined the
-    hand's mask there (scaph_02765799 turned 7 degrees)."""
-    work, field, _ = _field_turned(7.0)
-    flattened = locate._remove_local_background(work, field)
-    assert float(flattened[field > 0].max()) < 0.02
-
-
 @pytest.mark.parametrize("angle_deg", [7.0, -12.0, 20.0])
 def test_padding_turned_twice_is_found_as_one_polygon(angle_deg):
     """img1 (RSNA) has black corners of its own; turned again, they join the new ones
