@@ -288,12 +288,10 @@ def _bridge_cracks(inside: np.ndarray, max_gap: int) -> np.ndarray:
     """``inside`` with its gaps of at most ``max_gap`` samples between two inside runs
     filled."""
     bridged = inside.copy()
-    starts = np.flatnonzero(inside[1:] & ~inside[:-1]) + 1  # first inside after a gap
-    ends = np.flatnonzero(inside[:-1] & ~inside[1:]) + 1  # first outside after a run
-    for end in ends:
-        later = starts[starts > end]
-        if len(later) and later[0] - end <= max_gap:
-            bridged[end:later[0]] = True
+    runs = _runs(inside)
+    for (_, end), (start, _) in zip(runs, runs[1:], strict=False):
+        if start - end - 1 <= max_gap:
+            bridged[end + 1:start] = True
     return bridged
 
 

@@ -737,7 +737,9 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
     for image in (_flatten_background(work, field), work, _remove_local_background(work)):
         grey = (np.clip(cv2.GaussianBlur(image, (0, 0), 2) / max(image.max(), 1e-6), 0, 1)
                 * 255).astype(np.uint8)
-        levels = _OutlineLevels(image, field)
+        # The same for every mask tried on this image: computed once.
+        smooth = cv2.GaussianBlur(image, (0, 0), 1)
+        background = float(np.percentile(smooth[field > 0], 5))
         for method in (cv2.THRESH_TRIANGLE, cv2.THRESH_OTSU):
             threshold, _ = cv2.threshold(grey, 0, 255, method)
             mask = _hand_mask(grey > threshold, field)
@@ -751,7 +753,7 @@ def _hand_and_fingers(work: np.ndarray, field: np.ndarray) -> list[tuple]:
             # A leak into the margins lengthens the outline more than it adds area.
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             ragged = sum(cv2.arcLength(c, True) for c in contours) / math.sqrt(mask.sum())
-            contrast = levels.contrast(mask)
+            contrast = _outline_contrast(smooth, background, field, mask)
             for palm_centre, palm_radius in _palm_candidates(dist):
                 ridge = _ridge_map(image, 0.06 * palm_radius)
                 # A larger opening also frees fingers held together (two fingers are
@@ -816,28 +818,16 @@ def _palm_candidates(dist: np.ndarray) -> list[tuple[np.ndarray, float]]:
     return chosen
 
 
-class _OutlineLevels:
-    """Outline contrast of masks on one image; the smoothed image and its background level
-    are the same for every mask tried on it, so they are computed once (on first use)."""
-
-    def __init__(self, image: np.ndarray, field: np.ndarray) -> None:
-        self.image = image
-        self.field = field
-        self.smooth: np.ndarray | None = None
-        self.background = 0.0
-
-    def contrast(self, mask: np.ndarray) -> float:
-        """Level just outside the mask, from the background (0) to the mask's inside (1)."""
-        if self.smooth is None:
-            self.smooth = cv2.GaussianBlur(self.image, (0, 0), 1)
-            self.background = np.percentile(self.smooth[self.field > 0], 5)
-        smooth, background = self.smooth, self.background
-        ring = (cv2.dilate(mask, _disc(4)) - cv2.dilate(mask, _disc(1))) & self.field
-        inner = cv2.erode(mask, _disc(4))
-        if not ring.any() or not inner.any():
-            return 1.0
-        inside = np.median(smooth[inner > 0])
-        return float((np.median(smooth[ring > 0]) - background) / max(inside - background, 1e-6))
+def _outline_contrast(smooth: np.ndarray, background: float, field: np.ndarray,
+                      mask: np.ndarray) -> float:
+    """Level just outside the mask, from the background (0) to the mask's inside (1), on
+    the smoothed image whose background level (within the field) is ``background``."""
+    ring = (cv2.dilate(mask, _disc(4)) - cv2.dilate(mask, _disc(1))) & field
+    inner = cv2.erode(mask, _disc(4))
+    if not ring.any() or not inner.any():
+        return 1.0
+    inside = np.median(smooth[inner > 0])
+    return float((np.median(smooth[ring > 0]) - background) / max(inside - background, 1e-6))
 
 
 def _hand_like(fingers: list[_Finger]) -> bool:
