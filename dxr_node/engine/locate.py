@@ -525,6 +525,9 @@ def _locate_rays(image: np.ndarray, pixel_spacing_mm: float | None, work: _WorkS
                                           "MC2 is not longer than MC4 (thumb side in doubt)"))
     features["palm_radius_px"] = palm_radius / scale
     features["proximal_continuation"] = continuation
+    if not toddler and any(p.code == Code.IDENTITY_UNCERTAIN for p in problems):
+        # Growth plates on bones that may not be metacarpals say nothing of the hand.
+        paediatric = False
     bones = {name: proportioned[name] for name in bones}
     return HandLocation(bones=bones, laterality=laterality, rotation_deg=rotation_deg,
                         paediatric=paediatric, problems=tuple(problems), outline_rc=outline,
@@ -1423,24 +1426,35 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone,
     slope = np.gradient(profile)
     gaps = _valley_strength(profile, max(2, int(0.06 * length / 0.5)))
     edge = 0.06 * length
-    head_gap = _strongest_near(gaps, along, 0.5 * length, 0.1 * length)
+    # The MCP joint is a gap between two bright bone ends: judged against its near sides
+    # (HEAD_GAP_REACH). Against a bone's length, the wide pale zone under the phalanx
+    # base's subchondral plate dips deeper, and adult heads were put in the phalanx.
+    joints = _valley_strength(profile, max(2, int(HEAD_GAP_REACH * width / 0.5)))
+    head_gap = _strongest_near(joints, along, 0.5 * length, 0.1 * length)
+    at_head = int(np.argmin(np.abs(along - head_gap)))
+    # The bases are looked for from, and judged against, the deepest dip against a bone's
+    # length near the ray's head (the joint's or the phalanx base's), as they were tuned.
+    ray_head = _strongest_near(gaps, along, 0.5 * length, 0.1 * length)
+    strength = gaps[int(np.argmin(np.abs(along - ray_head)))]
     # In children the gap found may be the growth plate under the head's epiphysis (a
-    # long bright cap, unlike the thin epiphysis of the phalanx beyond the joint): then
-    # the joint is the next clear gap a cap's length further on.
-    strength = gaps[int(np.argmin(np.abs(along - head_gap)))]
+    # long bright cap, unlike the thin epiphysis of the phalanx beyond the joint); in an
+    # adult head found short of its joint, a trabecular dip. Then the joint is further
+    # on: when a gap there is half as deep as the deepest (there or at the head), the
+    # first one nearly as deep (a wide joint space between cartilage caps dips less than
+    # the phalanx's growth plate just beyond it).
     beyond = (along > head_gap + 0.1 * length) & (along < head_gap + 0.3 * length)
-    clear = np.flatnonzero(beyond & (gaps >= 0.5 * strength))
-    if len(clear):
-        # The first such gap (the phalanx's own growth plate lies just beyond the joint).
-        valley = (along >= along[clear[0]]) & (along <= along[clear[0]] + 0.05 * length)
-        head_gap = along[valley][int(np.argmax(gaps[valley]))]
+    deepest = max(joints[at_head], joints[beyond].max(initial=0.0))
+    if (beyond & (joints >= 0.5 * deepest)).any():
+        first = np.flatnonzero(beyond & (joints >= JOINT_GAP_SHARE * deepest))[0]
+        valley = (along >= along[first]) & (along <= along[first] + 0.05 * length)
+        head_gap = along[valley][int(np.argmax(joints[valley]))]
     distal_s = _bone_edge(along, -slope, head_gap, -edge)
     # The base: every clear gap a metacarpal's length (BASE_REACH of the ray's) proximal of
     # the head is a possible CMC joint; which one is left to the lengths of all three
     # bones (_choose_bases). Without a joint space on the axis (a base overlapping the
     # carpus) the base lies where the other bones' lengths put it.
-    window = np.flatnonzero((along >= head_gap - BASE_REACH[1] * reach)
-                            & (along <= head_gap - BASE_REACH[0] * length))
+    window = np.flatnonzero((along >= ray_head - BASE_REACH[1] * reach)
+                            & (along <= ray_head - BASE_REACH[0] * length))
     local_max = (gaps >= np.roll(gaps, 1)) & (gaps >= np.roll(gaps, -1))
     clear = window[local_max[window] & (gaps[window] >= BASE_GAP_SHARE * strength)
                    & (gaps[window] > 0)]
@@ -1466,6 +1480,8 @@ def _bone_edge(along: np.ndarray, rise: np.ndarray, gap: float, edge: float) -> 
     return float(along[near][int(np.argmax(rise[near]))]) if near.any() else gap
 
 
+HEAD_GAP_REACH = 0.3  # bone widths each side of the MCP joint gap to its bright ends
+JOINT_GAP_SHARE = 0.4  # of the deepest gap near the head: the joint beyond a growth plate
 BASE_REACH = (0.75, 1.2)  # a base this far from the head, in lengths found along the ray
 BASE_GAP_SHARE = 0.3  # a CMC joint space at least this deep against the MCP's
 # Lengths may stray from the usual proportions by LENGTH_RATIO_SPREAD (log units: people

@@ -497,6 +497,20 @@ def test_a_base_is_looked_for_as_far_as_the_hands_longest_ray_implies():
         assert math.dist(bone.proximal_rc, joint) <= 0.04 * bone.length_px, name
 
 
+def test_an_adult_head_ends_at_the_mcp_joint_not_in_the_phalanx_base():
+    """scaph_20067963_R_30F (a 30-year-old, ../shared/realdata-2): against a bone's length
+    the pale zone under each proximal phalanx's subchondral plate dipped deeper than the
+    narrow MCP joint gap, so the heads were put 28-41 px into the phalanges and every
+    band lay distal of mid-shaft. The joints looked at on 3x crops of the film are below."""
+    path = REPO / ".." / "shared" / "realdata-2" / "scaph_20067963_R_30F.jpg"
+    if not path.is_file():
+        pytest.skip(f"real image not available at {path}")
+    found = locate_metacarpals(image.load_radiograph(path, 0.14).pixels, 0.14)
+    mcp_joints = {"MC2": (411, 1025), "MC3": (401, 836), "MC4": (432, 704)}  # (row, col)
+    for name, joint in mcp_joints.items():
+        assert math.dist(found.bones[name].distal_rc, joint) <= 15.0, name
+
+
 def test_no_physis_is_read_beside_a_joint_found_far_from_the_bone_end():
     """scaph_20016083_L_22M (a 22-year-old, ../shared/realdata-2): MC4's deepest band near
     its head lay 2.2 widths inside the shaft from the end found, so the band taken for the
