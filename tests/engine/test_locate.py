@@ -537,3 +537,20 @@ def test_a_base_implied_by_the_others_is_not_put_past_a_clear_gap_of_its_own():
     })
     assert chosen["MC3"].length_px == pytest.approx(95.5)
     assert chosen["MC2"].length_px == pytest.approx(95.5 / LENGTH_RATIO["MC3"], rel=1e-6)
+
+
+def _bone_between(name: str, proximal_rc: tuple[float, float],
+                  distal_rc: tuple[float, float]) -> locate.LocatedBone:
+    length = math.dist(proximal_rc, distal_rc)
+    centre = ((proximal_rc[0] + distal_rc[0]) / 2, (proximal_rc[1] + distal_rc[1]) / 2)
+    return locate.LocatedBone(name, centre, 90.0, proximal_rc, distal_rc, length, 40.0)
+
+
+@pytest.mark.parametrize(("mc4_head_row", "lags"), [(150.0, False), (230.0, True)])
+def test_mc4s_head_far_behind_mc3s_is_not_a_row_of_mcp_joints(mc4_head_row, lags):
+    """Fingers up, lengths 400 px: MC4's head 0.125 lengths behind MC3's is a hand's arc of
+    MCP joints; 0.325 lengths is one set of heads found in the phalanges."""
+    bones = {"MC2": _bone_between("MC2", (520.0, 300.0), (110.0, 300.0)),
+             "MC3": _bone_between("MC3", (500.0, 400.0), (100.0, 400.0)),
+             "MC4": _bone_between("MC4", (mc4_head_row + 340.0, 500.0), (mc4_head_row, 500.0))}
+    assert locate._mc4_head_lags(bones) is lags
