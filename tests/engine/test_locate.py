@@ -358,6 +358,14 @@ def test_padding_turned_twice_is_found_as_one_polygon(angle_deg):
     assert not padding[content].any()
 
 
+def _real_film(name: str, spacing_mm: float) -> image.Radiograph:
+    """A film of ../shared/realdata-2 at an assumed spacing; the test skips without it."""
+    path = REPO / ".." / "shared" / "realdata-2" / name
+    if not path.is_file():
+        pytest.skip(f"real image not available at {path}")
+    return image.load_radiograph(path, spacing_mm)
+
+
 @pytest.mark.parametrize("angle_deg", [12.0, -12.0, 20.0])
 def test_a_thumb_read_as_the_little_finger_does_not_swap_the_labels(angle_deg):
     """dha_3270 (an adolescent's left hand, ../shared/realdata-2) turned a little: four
@@ -366,12 +374,9 @@ def test_a_thumb_read_as_the_little_finger_does_not_swap_the_labels(angle_deg):
     ok with MC2 and MC4 swapped (laterality R). The thumb's metacarpal head lies half a
     length proximal of MC4's, no little finger's does. Centres: the unturned film's,
     looked at on its overlay."""
-    path = REPO / ".." / "shared" / "realdata-2" / "dha_3270.jpg"
-    if not path.is_file():
-        pytest.skip(f"real image not available at {path}")
+    film = _real_film("dha_3270.jpg", 0.1)
     upright = {"MC2": (1157, 769), "MC3": (1108, 601), "MC4": (1154, 465)}  # (row, col)
-    pixels, where = _rotated_with_padding(image.load_radiograph(path, 0.1).pixels, angle_deg,
-                                          upright)
+    pixels, where = _rotated_with_padding(film.pixels, angle_deg, upright)
     found = locate_metacarpals(pixels, 0.1)
     spacing = math.dist(where["MC2"], where["MC4"]) / 2
     for name, bone in found.bones.items():  # on its own bone (a child's ends vary along it)
@@ -474,10 +479,8 @@ def test_adolescent_hand_turned_a_quarter_is_not_called_a_toddler():
     and the short ones' median made the hand "too small to measure (toddler)"."""
     from dxr_node.evaluation import realworld
 
-    path = REPO / ".." / "shared" / "realdata-2" / "dha_3183.jpg"
-    if not path.is_file():
-        pytest.skip(f"real image not available at {path}")
-    radiograph, _ = realworld.transformed(image.load_radiograph(path, 0.1), "rot90")
+    film = _real_film("dha_3183.jpg", 0.1)
+    radiograph, _ = realworld.transformed(film, "rot90")
     found = locate_metacarpals(radiograph.pixels, radiograph.pixel_spacing_mm)
     assert ProblemCode.TODDLER not in {p.code for p in found.problems}
 
@@ -487,10 +490,8 @@ def test_a_base_is_looked_for_as_far_as_the_hands_longest_ray_implies():
     at the working scale and their CMC gaps lay beyond the reach of their own lengths,
     so all three bases were placed inside the bases (MC3/MC2 0.86 where the usual
     proportion is 0.955). The bases looked at on the film lie at the CMC joints below."""
-    path = REPO / ".." / "shared" / "realdata-2" / "dha_3236.jpg"
-    if not path.is_file():
-        pytest.skip(f"real image not available at {path}")
-    found = locate_metacarpals(image.load_radiograph(path, 0.1).pixels, 0.1)
+    film = _real_film("dha_3236.jpg", 0.1)
+    found = locate_metacarpals(film.pixels, 0.1)
     cmc_joints = {"MC2": (1666, 739), "MC3": (1620, 643), "MC4": (1612, 552)}  # (row, col)
     for name, joint in cmc_joints.items():
         bone = found.bones[name]
@@ -502,10 +503,8 @@ def test_an_adult_head_ends_at_the_mcp_joint_not_in_the_phalanx_base():
     the pale zone under each proximal phalanx's subchondral plate dipped deeper than the
     narrow MCP joint gap, so the heads were put 28-41 px into the phalanges and every
     band lay distal of mid-shaft. The joints looked at on 3x crops of the film are below."""
-    path = REPO / ".." / "shared" / "realdata-2" / "scaph_20067963_R_30F.jpg"
-    if not path.is_file():
-        pytest.skip(f"real image not available at {path}")
-    found = locate_metacarpals(image.load_radiograph(path, 0.14).pixels, 0.14)
+    film = _real_film("scaph_20067963_R_30F.jpg", 0.14)
+    found = locate_metacarpals(film.pixels, 0.14)
     mcp_joints = {"MC2": (411, 1025), "MC3": (401, 836), "MC4": (432, 704)}  # (row, col)
     for name, joint in mcp_joints.items():
         assert math.dist(found.bones[name].distal_rc, joint) <= 15.0, name
@@ -516,10 +515,8 @@ def test_no_physis_is_read_beside_a_joint_found_far_from_the_bone_end():
     its head lay 2.2 widths inside the shaft from the end found, so the band taken for the
     joint was not the joint; a band beside it was read as a physis, and with MC3's the
     adult was called a child."""
-    path = REPO / ".." / "shared" / "realdata-2" / "scaph_20016083_L_22M.jpg"
-    if not path.is_file():
-        pytest.skip(f"real image not available at {path}")
-    found = locate_metacarpals(image.load_radiograph(path, 0.14).pixels, 0.14)
+    film = _real_film("scaph_20016083_L_22M.jpg", 0.14)
+    found = locate_metacarpals(film.pixels, 0.14)
     assert "MC4" not in found.details["open_physes"]
     assert not found.paediatric
 
