@@ -382,16 +382,15 @@ def _load_raster(path: Path, pixel_spacing_mm: float | None,
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we report it ourselves
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        # Grey as the decoder gives it, at the file's depth: a colour JPEG's stored luma
+        # plane itself, not luma rebuilt from RGB (whose rounding moves burned-in coloured
+        # marks by up to 20 grey levels), so a film and its grey export read alike.
+        image = (cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+                 if data.size else None)
     finally:
         cv2.utils.logging.setLogLevel(level)
     if image is None:
         raise ImageLoadError(f"{name}: not a readable PNG, JPEG or TIFF image")
-    if image.ndim == 3:
-        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-        image = cv2.cvtColor(image, code)
-    if image.ndim != 2:
-        raise ImageLoadError(f"{name}: unsupported image layout {image.shape}")
     spacing, source, problem = (
         (None, None, "no pixel spacing (give --pixel-spacing)") if pixel_spacing_mm is None
         else _plausible([pixel_spacing_mm], "command line"))

@@ -239,6 +239,23 @@ def test_raster_images(phantom, tmp_path, depth, channels, suffix):
     assert (given.pixel_spacing_mm, given.pixel_spacing_source) == (0.12, "command line")
 
 
+def test_colour_jpeg_reads_as_its_stored_luma(phantom, tmp_path):
+    """A film exported as colour JPEG with a burned-in coloured mark (the scaph films' box):
+    the grey read is the JPEG's luma plane, as any grey decoder gives it, so the film and its
+    grey export are the same image to the engine (a rebuilt luma moved the mark's pixels by
+    up to 20 grey levels, and an MC3 band with them)."""
+    _, pixels, _, _ = phantom
+    image = np.dstack([(pixels >> 4).astype(np.uint8)] * 3)
+    cv2.rectangle(image, (40, 40), (200, 160), (0, 40, 255), 3)  # a red box
+    path = tmp_path / "marked.jpg"
+    assert cv2.imwrite(str(path), image)
+    grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert np.array_equal(load_radiograph(path).pixels, grey.astype(np.float32))
+    export = tmp_path / "grey.png"
+    assert cv2.imwrite(str(export), grey)
+    assert np.array_equal(load_radiograph(path).pixels, load_radiograph(export).pixels)
+
+
 def _broken_inputs(folder: Path, tmp_path: Path, ds) -> dict[str, Path]:
     plain = (folder / "plain.dcm").read_bytes()
     files = {
