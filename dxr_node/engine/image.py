@@ -384,7 +384,7 @@ def _load_raster(path: Path, pixel_spacing_mm: float | None,
     try:
         # Grey as the decoder gives it, at the file's depth: a colour JPEG's stored luma
         # plane itself, not luma rebuilt from RGB (whose rounding moves burned-in coloured
-        # marks by up to 20 grey levels), so a film and its grey export read alike.
+        # marks by up to 24 grey levels), so a film and its grey export read alike.
         image = (cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
                  if data.size else None)
     finally:

@@ -243,7 +243,7 @@ def test_colour_jpeg_reads_as_its_stored_luma(phantom, tmp_path):
     """A film exported as colour JPEG with a burned-in coloured mark (the scaph films' box):
     the grey read is the JPEG's luma plane, as any grey decoder gives it, so the film and its
     grey export are the same image to the engine (a rebuilt luma moved the mark's pixels by
-    up to 20 grey levels, and an MC3 band with them)."""
+    up to 24 grey levels, and an MC3 band with them)."""
     _, pixels, _, _ = phantom
     image = np.dstack([(pixels >> 4).astype(np.uint8)] * 3)
     cv2.rectangle(image, (40, 40), (200, 160), (0, 40, 255), 3)  # a red box
