@@ -81,14 +81,17 @@ def test_trickled_pdata_on_an_established_association_is_cut(node):  # noqa: F81
     raw.sendall(bytes([0x04, 0x00, 0x00, 0x00, 0x0F, 0xA0]))
     started = time.monotonic()
     cut = False
-    while not cut and time.monotonic() - started < 20:
+    while time.monotonic() - started < 20:
         # Cut: our association ended, or the node's closed socket refuses the next byte
         # (which can come before our own association thread has noticed the close).
-        cut = not assoc.is_alive()
+        if not assoc.is_alive():
+            cut = True
+            break
         try:
             raw.send(b"\x00")
         except OSError:
             cut = True
+            break
         time.sleep(TRICKLE_S)
     if assoc.is_alive():
         assoc.abort()
