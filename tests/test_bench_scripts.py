@@ -79,6 +79,26 @@ def test_bench_realworld_runs_on_one_real_image():
     assert "all" in proc.stdout and "/8 agree" in proc.stdout, proc.stdout
 
 
+def test_bench_realworld_work_scales_probe_runs_both_sizes():
+    """--work-scales analyses the image again with the locator's working copy at 448 and
+    576 px and judges each against the shipped 512 px run."""
+    if not (REPO.parent / "shared" / "realdata" / "shsnet_rsna_train_img43.png").is_file():
+        pytest.skip("real radiographs not available (../shared/realdata absent)")
+    proc = subprocess.run([str(REPO / "scripts" / "bench_realworld"), "--only",
+                           "shsnet_rsna_train_img43.png", "--work-scales", "--jobs", "1",
+                           "--no-previews"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "WORKING SCALE" in proc.stdout, proc.stdout
+    summary = json.loads((REPO / "artifacts" / "realworld"
+                          / "summary_work_scales_only.json").read_text())
+    assert set(summary["work_scales"]) == {"448", "576"}, summary["work_scales"]
+    assert [r["transform"] for r in summary["records"]] == ["original", "work0.875",
+                                                            "work1.125"]
+    for size, figures in summary["work_scales"].items():
+        assert figures["images"] == 1
+        assert f"{size} px: {figures['ok']}/1 ok, {figures['agree']}/1 agree" in proc.stdout
+
+
 @pytest.mark.slow
 def test_bench_realworld_turned_copies_of_one_annotated_image():
     if not (REPO.parent / "shared" / "realdata" / "shsnet_rsna_train_img1.png").is_file():
