@@ -80,7 +80,8 @@ PHYSIS_DEPTH = 0.5
 PHYSIS_CLEARANCE = 0.1
 PHYSIS_REACH = 1.5
 PHYSIS_LINE_UP = 0.06  # widths: the band at the same place across the bone
-PHYSIS_MIN_BONES = 2
+PHYSIS_MIN_BONES = 2  # showing a growth plate of the same kind
+PHYSIS_KINDS = ("beyond the joint", "before the joint")  # distal, proximal of the deepest band
 # The deepest band, taken for the MCP joint, lies within this many widths of the bone's
 # end as found (a child's head may end at its physis, 0.4-0.9 widths short of the joint);
 # farther, the end is not where it was found and no band can be placed beside the joint.
@@ -1608,11 +1609,15 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     small = features["length_per_palm_radius"] < TODDLER_LENGTH_PER_PALM_RADIUS
     toddler = bones_agree and ((stubby and (cartilage or short_mm or small))
                                  or (short_mm and cartilage))
-    # Open growth plates must be seen on two bones before anything else may call the hand
-    # a child's: the physes of MC2-MC5 close together, while dark bands near one head or a
-    # pale carpus also come from an adult's joint texture or a mislocated bone, and an
-    # adult is never to be called a child.
-    physes = [name for name, bone in bones.items() if _open_physis(image, bone)]
+    # Open growth plates of one kind must be seen on two bones before anything else may
+    # call the hand a child's: the physes of one kind (under the metacarpal heads, or at
+    # the phalanges' bases beyond the joints) close together on MC2-MC5, while dark bands
+    # near one head or a pale carpus also come from an adult's joint texture or a
+    # mislocated bone, and an adult is never to be called a child. (A 22-year-old's MC2
+    # showed a "physis" before its joint and MC4 one beyond it.)
+    kinds = {name: _open_physes(image, bone) for name, bone in bones.items()}
+    shared = max(PHYSIS_KINDS, key=lambda kind: sum(kind in found for found in kinds.values()))
+    physes = [name for name, found in kinds.items() if shared in found]
     features["open_physes"] = physes
     paediatric = toddler or (len(physes) >= PHYSIS_MIN_BONES and (
         features["gaps_near_head"] >= 2
@@ -1620,12 +1625,13 @@ def _maturity(image: np.ndarray, smooth: np.ndarray, field: np.ndarray,
     return paediatric, toddler, features
 
 
-def _open_physis(image: np.ndarray, bone: LocatedBone) -> bool:
-    """A growth plate seen at this bone's MCP joint: beside the deepest dark band there (the
-    joint gap, or a physis deeper than it), a second band across the whole width, within
-    1.5 bone widths (the metacarpal head or the base of the proximal phalanx), at least
-    PHYSIS_DEPTH of the deepest one's depth and at the same place in 3 of 4 strips along
-    the bone (an adult's trabecular texture does not line up across the bone)."""
+def _open_physes(image: np.ndarray, bone: LocatedBone) -> set[str]:
+    """The growth plates seen at this bone's MCP joint, by the side of the deepest dark band
+    there (the joint gap, or a physis deeper than it) they lie on (PHYSIS_KINDS): a second
+    band across the whole width, within 1.5 bone widths (the metacarpal head or the base
+    of the proximal phalanx), at least PHYSIS_DEPTH of the deepest one's depth and at the
+    same place in 3 of 4 strips along the bone (an adult's trabecular texture does not
+    line up across the bone)."""
     distal = np.array(bone.distal_rc[::-1])
     direction = (distal - np.array(bone.proximal_rc[::-1])) / max(bone.length_px, 1e-6)
     normal = np.array([-direction[1], direction[0]])
@@ -1650,7 +1656,7 @@ def _open_physis(image: np.ndarray, bone: LocatedBone) -> bool:
     deepest = int(np.argmax(np.where(near_head, valleys, -1.0)))
     depth = valleys[deepest]
     if depth <= 0 or abs(along[deepest]) > PHYSIS_JOINT_REACH:
-        return False
+        return set()
     # The deepest band's own extent (a joint gap can be wide) is not a second band.
     dark = mean < mean[deepest] + 0.5 * depth
     first = last = deepest
@@ -1661,15 +1667,16 @@ def _open_physis(image: np.ndarray, bone: LocatedBone) -> bool:
     beside = (((along > along[last] + PHYSIS_CLEARANCE) & (along < along[deepest] + PHYSIS_REACH)),
               ((along < along[first] - PHYSIS_CLEARANCE) & (along > along[deepest] - PHYSIS_REACH)))
     strip_valleys = [_valley_strength(profile, reach) for profile in profiles]
-    for window in beside:
+    found = set()
+    for kind, window in zip(PHYSIS_KINDS, beside, strict=True):
         if not window.any():
             continue
         places = np.array([along[np.argmax(np.where(window, v, -1.0))] for v in strip_valleys])
         depths = np.array([np.max(v[window]) / depth for v in strip_valleys])
         lined_up = (np.abs(places - np.median(places)) < PHYSIS_LINE_UP) & (depths > 0.05)
         if np.median(depths) >= PHYSIS_DEPTH and lined_up.sum() >= 3:
-            return True
-    return False
+            found.add(kind)
+    return found
 
 
 def _gaps_near_head(image: np.ndarray, bone: LocatedBone) -> int:

@@ -521,6 +521,19 @@ def test_no_physis_is_read_beside_a_joint_found_far_from_the_bone_end():
     assert not found.paediatric
 
 
+def test_growth_plates_of_different_kinds_on_two_bones_make_no_child():
+    """scaph_20077762_L_22F (a 22-year-old, ../shared/realdata-2): MC4 showed a band beyond
+    its MCP joint (the pale zone under the phalanx's subchondral plate) and MC2 one before
+    its deepest band (that band in the phalanx base): two bones with a "physis" each, so
+    the adult was called a child. A child's physes of one kind (under the metacarpal heads,
+    or at the phalanges' bases) are open on all rays together."""
+    film = _real_film("scaph_20077762_L_22F.jpg", 0.14)
+    found = locate_metacarpals(film.pixels, 0.14)
+    assert not found.problems
+    assert len(found.details["open_physes"]) <= 1
+    assert not found.paediatric
+
+
 def test_a_base_implied_by_the_others_is_not_put_past_a_clear_gap_of_its_own():
     """MC2 shows one deep gap far out (a carpal joint); MC3 shows its CMC gap where the
     usual proportions put MC2's base short of that joint. Taking MC2's deep gap would
