@@ -445,8 +445,11 @@ class _Measurer:
         mid-shaft's (range over every resolved group, outliers too: a flare is what they
         may show), or the cortex thins steadily along the band as the shaft widens into
         the head."""
+        # A group whose width overran the search window diverged: it resolved nothing
+        # (one such on a real film claimed a change of 21353 %).
         resolved = [g.edges.width for g in groups if g is not None and g.success
-                    and g.cortex_amplitude > 0 and not _degenerate(g)]
+                    and g.cortex_amplitude > 0 and not _degenerate(g)
+                    and g.edges.width <= 2 * self.half_width]
         change = (max(resolved) - min(resolved)) / float(np.median(resolved))
         if change > MAX_WIDTH_CHANGE:
             return (f"outer width changes by {100 * change:.0f} % along the band "
