@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dxr_node.engine.profile import ShaftMeasurement, measure_shaft, shared_blur_px
-from dxr_node.engine.tube_model import blurred_chord, render_tube_image
+from dxr_node.engine.profile import ShaftMeasurement, _Measurer, measure_shaft, shared_blur_px
+from dxr_node.engine.tube_model import TubeEdges, TubeFit, blurred_chord, render_tube_image
 from dxr_node.phantom import generate
 
 # The module (the package re-exports its `render` function under the same name).
@@ -359,3 +359,25 @@ def test_a_bone_wider_than_the_locator_thought_is_measured_through_a_wider_windo
     assert shaft.measurement.width_px * spacing == pytest.approx(TRUE_W_MM, abs=0.05)
     assert shaft.measurement.cortical_thickness_px * spacing == pytest.approx(TRUE_T_MM,
                                                                                abs=0.05)
+
+
+def _group_fit(width: float, thickness: float = 4.0) -> TubeFit:
+    half = width / 2
+    return TubeFit(edges=TubeEdges(-half, -half + thickness, half - thickness, half), sigma=1.0,
+                   cortex_amplitude=1.0, canal_amplitude=-0.5, rms_residual=0.1, success=True,
+                   coefficients=(), reference=(0.0, width), unsharp=(0.0, 0.0), cost=1.0)
+
+
+def test_a_diverged_profile_group_is_no_flare():
+    """A group fit whose width overran the search window found nothing: it must not make
+    the band "flare" (scaph_20077762_L's MC4 claimed a width change of 21353 % and was
+    measured over the central 10 % instead of the standard band)."""
+    measurer = _Measurer(np.zeros((8, 8), np.float32), (4.0, 4.0), 90.0, half_length=30.0,
+                         half_width=22.0, min_width=8.0, fixed_sigma=None)
+    along = np.array([-20.0, -7.0, 7.0, 20.0])
+    steady = [_group_fit(w) for w in (20.0, 20.4, 20.2, 19.8)]
+    assert measurer.shaft_change(steady, steady, along) is None
+    diverged = [*steady[:3], _group_fit(4000.0)]
+    assert measurer.shaft_change(diverged, steady[:3], along[:3]) is None
+    flared = [*steady[:3], _group_fit(27.0)]
+    assert "outer width changes by" in measurer.shaft_change(flared, flared, along)
