@@ -67,14 +67,22 @@ def test_bench_wide_small_run_prints_every_figure():
         assert heading in proc.stdout, proc.stdout
 
 
+def _bench_realworld(image: str, *options: str, timeout: int = 600
+                     ) -> subprocess.CompletedProcess:
+    """scripts/bench_realworld on one real image of ../shared/realdata (skipped without)."""
+    if not (REPO.parent / "shared" / "realdata" / image).is_file():
+        pytest.skip("real radiographs not available (../shared/realdata absent)")
+    proc = subprocess.run([str(REPO / "scripts" / "bench_realworld"), "--only", image,
+                           "--jobs", "1", *options], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_bench_realworld_runs_on_one_real_image():
-    if not (REPO.parent / "shared" / "realdata" / "shsnet_rsna_train_img1.png").is_file():
-        pytest.skip("real radiographs not available (../shared/realdata absent)")
-    proc = subprocess.run([str(REPO / "scripts" / "bench_realworld"), "--only",
-                           "shsnet_rsna_train_img1.png", "--metamorphic", "--jobs", "1",
-                           "--no-previews"], capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _bench_realworld("shsnet_rsna_train_img1.png", "--metamorphic", "--no-previews",
+                            timeout=1200)
     assert "wrong bones reported ok: 0" in proc.stdout, proc.stdout
     assert "all" in proc.stdout and "/8 agree" in proc.stdout, proc.stdout
 
@@ -82,12 +90,7 @@ def test_bench_realworld_runs_on_one_real_image():
 def test_bench_realworld_work_scales_probe_runs_both_sizes():
     """--work-scales analyses the image again with the locator's working copy at 448 and
     576 px and judges each against the shipped 512 px run."""
-    if not (REPO.parent / "shared" / "realdata" / "shsnet_rsna_train_img43.png").is_file():
-        pytest.skip("real radiographs not available (../shared/realdata absent)")
-    proc = subprocess.run([str(REPO / "scripts" / "bench_realworld"), "--only",
-                           "shsnet_rsna_train_img43.png", "--work-scales", "--jobs", "1",
-                           "--no-previews"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _bench_realworld("shsnet_rsna_train_img43.png", "--work-scales", "--no-previews")
     assert "WORKING SCALE" in proc.stdout, proc.stdout
     summary = json.loads((REPO / "artifacts" / "realworld"
                           / "summary_work_scales_only.json").read_text())
@@ -101,12 +104,7 @@ def test_bench_realworld_work_scales_probe_runs_both_sizes():
 
 @pytest.mark.slow
 def test_bench_realworld_turned_copies_of_one_annotated_image():
-    if not (REPO.parent / "shared" / "realdata" / "shsnet_rsna_train_img1.png").is_file():
-        pytest.skip("real radiographs not available (../shared/realdata absent)")
-    proc = subprocess.run([str(REPO / "scripts" / "bench_realworld"), "--only",
-                           "shsnet_rsna_train_img1.png", "--turned", "--jobs", "1"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _bench_realworld("shsnet_rsna_train_img1.png", "--turned")
     assert "4 copies" in proc.stdout and "of which on another bone: 0" in proc.stdout, (
         proc.stdout)
 
