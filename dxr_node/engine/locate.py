@@ -1477,12 +1477,10 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone,
     local_max = (gaps >= np.roll(gaps, 1)) & (gaps >= np.roll(gaps, -1))
     clear = window[local_max[window] & (gaps[window] >= BASE_GAP_SHARE * strength)
                    & (gaps[window] > 0)]
-    clear = clear[np.argsort(gaps[clear])[::-1][:4]]
-    bases = []
-    for index in clear:
-        base_s = _bone_edge(along, slope, along[index], edge)
-        depth = min(1.0, float(gaps[index]) / max(float(strength), 1e-9))
-        bases.append((distal_s - base_s, depth))
+    bases = _distinct_bases([
+        (distal_s - _bone_edge(along, slope, along[index], edge),
+         min(1.0, float(gaps[index]) / max(float(strength), 1e-9)))
+        for index in clear[np.argsort(gaps[clear])[::-1]]], SAME_BASE * length)
     # The bone's own length, without the proportions: what the identity checks compare.
     own_gap = _strongest_near(gaps, along, -0.5 * length, 0.1 * length)
     own_depth = gaps[int(np.argmin(np.abs(along - own_gap)))]
@@ -1490,6 +1488,21 @@ def _refine_at_full_resolution(image: np.ndarray, bone: LocatedBone,
                 if own_depth >= BASE_GAP_SHARE * strength else -0.5 * length)
     return _Refined(bone.name, centre + distal_s * direction + low, -direction, width,
                     distal_s + 0.5 * length, distal_s - own_base, bases)
+
+
+def _distinct_bases(found: list[tuple[float, float]], tolerance: float
+                    ) -> list[tuple[float, float]]:
+    """The first MAX_BASES of ``found`` ((length, depth), deepest gap first), no two
+    within ``tolerance`` of each other.
+
+    Ripples in one wide dip end at the same bone edge: counted once, at the deepest. Four
+    copies of one base crowded the CMC gap out of the choice on a film that, resampled to
+    0.8 of its size, kept it (scaph_05346409 MC4)."""
+    distinct: list[tuple[float, float]] = []
+    for length, depth in found:
+        if all(abs(length - known) > tolerance for known, _ in distinct):
+            distinct.append((length, depth))
+    return distinct[:MAX_BASES]
 
 
 def _bone_edge(along: np.ndarray, rise: np.ndarray, gap: float, edge: float) -> float:
@@ -1509,6 +1522,8 @@ BASE_GAP_SHARE = 0.3  # a CMC joint space at least this deep against the MCP's
 LENGTH_RATIO_SPREAD = 0.03
 LENGTH_RATIO_SLOPE = 0.03
 HIDDEN_BASE_COST = 1.2  # a base with no joint space: costlier than a weak but visible gap
+SAME_BASE = 0.03  # bases closer than this share of a length are one
+MAX_BASES = 4  # possible CMC gaps per bone, deepest first
 
 
 @dataclass(frozen=True)

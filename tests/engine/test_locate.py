@@ -439,6 +439,19 @@ def test_bases_follow_the_proportions_of_the_metacarpals_not_the_deepest_gap():
     assert chosen["MC4"].proximal_rc == pytest.approx((10.0 + implied, 50.0))
 
 
+def test_ripples_of_one_dip_are_one_base_and_leave_room_for_the_next_gap():
+    """Gaps found deepest first; those ending at the same bone edge (within the tolerance)
+    are one base. Four copies of one base once filled every slot, and a CMC gap further
+    on, kept at another image scale, never reached the choice."""
+    from dxr_node.engine.locate import MAX_BASES, _distinct_bases
+
+    found = [(361.0, 0.73), (361.4, 0.61), (360.8, 0.59), (361.0, 0.56), (443.0, 0.53),
+             (479.0, 0.39)]
+    assert _distinct_bases(found, 10.0) == [(361.0, 0.73), (443.0, 0.53), (479.0, 0.39)]
+    spread = [(100.0 + 20 * k, 1.0 - 0.1 * k) for k in range(MAX_BASES + 2)]
+    assert _distinct_bases(spread, 10.0) == spread[:MAX_BASES]
+
+
 def test_a_bone_alone_keeps_the_ray_end_when_its_axis_shows_no_gap():
     from dxr_node.engine.locate import _choose_bases
 
