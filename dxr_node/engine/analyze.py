@@ -131,10 +131,13 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     if location.paediatric:
         reasons.append(Problem.of(Code.PAEDIATRIC, PAEDIATRIC))
     if location.laterality and expected and location.laterality != expected:
-        view = " (AP view)" if expected != radiograph.laterality_tag else ""
+        # The locator reads the image as PA; seen AP it shows the other hand.
+        seen_ap = expected != radiograph.laterality_tag
+        shown = {"L": "R", "R": "L"}[location.laterality] if seen_ap else location.laterality
         reasons.append(Problem.of(Code.LATERALITY,
-                                  f"laterality disagreement: image shows {location.laterality}, "
-                                  f"header says {radiograph.laterality_tag}{view}"))
+                                  f"laterality disagreement: image shows {shown}"
+                                  f"{' (AP view)' if seen_ap else ''}, "
+                                  f"header says {radiograph.laterality_tag}"))
         fatal = True  # the bones were named for the other hand: never measured as they are
 
     bones = {} if fatal else {

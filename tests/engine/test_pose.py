@@ -122,6 +122,21 @@ def test_a_phantom_stored_turned_or_mirrored_gives_the_same_result(index):
             assert math.dist(back, there.center_rc) < 0.01, (name, turns, mirrored)
 
 
+def test_a_laterality_disagreement_names_the_hand_the_image_shows_in_the_headers_view():
+    """An AP header with the hand a PA reading shows: seen AP, the image is the other hand.
+    The note once read "image shows L, header says L (AP view)"."""
+    dataset = phantom_dataset(seed=5, index=0)
+    original = radiograph_from_dataset(dataset, "phantom")
+    assert analyze(original).status == "ok"
+    dataset.ViewPosition = "AP"
+    analysis = analyze(radiograph_from_dataset(dataset, "phantom"))
+    hand = original.laterality_tag
+    other = {"L": "R", "R": "L"}[hand]
+    assert analysis.status != "ok"
+    assert (f"laterality disagreement: image shows {other} (AP view), header says {hand}"
+            in analysis.reasons), analysis.reasons
+
+
 def test_an_image_with_no_hand_keeps_its_pose():
     noise = np.random.default_rng(3).normal(100, 5, (200, 300)).astype(np.float32)
     assert upright_pose(noise.shape, None, None).identity
