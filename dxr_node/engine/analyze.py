@@ -25,7 +25,7 @@ from dxr_node.engine.locate import (
     locate_upright,
     location_to_input,
 )
-from dxr_node.engine.pose import Point, Pose
+from dxr_node.engine.pose import Point, Pose, other_hand
 from dxr_node.engine.profile import (
     EDGE_AT_WINDOW_BORDER,
     ShaftMeasurement,
@@ -133,7 +133,7 @@ def analyze(radiograph: Radiograph, started: float | None = None) -> Analysis:
     if location.laterality and expected and location.laterality != expected:
         # The locator reads the image as PA; seen AP it shows the other hand.
         seen_ap = expected != radiograph.laterality_tag
-        shown = {"L": "R", "R": "L"}[location.laterality] if seen_ap else location.laterality
+        shown = other_hand(location.laterality) if seen_ap else location.laterality
         reasons.append(Problem.of(Code.LATERALITY,
                                   f"laterality disagreement: image shows {shown}"
                                   f"{' (AP view)' if seen_ap else ''}, "
@@ -195,7 +195,7 @@ def _image_laterality(radiograph: Radiograph) -> str | None:
     header = radiograph.dataset
     view = str(header.get("ViewPosition", "") or "").upper() if header is not None else ""
     if view == "AP":
-        return "R" if tag == "L" else "L"
+        return other_hand(tag)
     return tag
 
 

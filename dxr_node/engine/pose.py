@@ -66,9 +66,14 @@ class Pose:
         """The thumb side ("L"/"R" as the locator reports it) after the mirror."""
         if not self.mirrored or laterality not in ("L", "R"):
             return laterality
-        return "R" if laterality == "L" else "L"
+        return other_hand(laterality)
 
     laterality_to_input = laterality_in_upright  # a mirror is its own inverse
+
+
+def other_hand(laterality: str) -> str:
+    """"R" for "L" and "L" for "R": a mirror, or the same film seen AP instead of PA."""
+    return "R" if laterality == "L" else "L"
 
 
 def upright_pose(input_shape: tuple[int, int], fingers_xy: np.ndarray | None,
